@@ -1,0 +1,3 @@
+from dstream.cli import main
+
+main()

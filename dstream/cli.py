@@ -1,0 +1,176 @@
+"""The ``dstream`` command line: thin commands that call one service function each.
+
+Every :class:`~dstream.errors.DStreamError` is caught once, in :func:`main`, printed as
+one paragraph on stderr and turned into its exit code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from dstream import __version__, log
+from dstream.errors import ConfigError, DStreamError
+
+app = typer.Typer(
+    name="dstream",
+    help="Pipe JSON-line envelopes between provider containers, with checkpoints.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+state_app = typer.Typer(help="Show or reset a task's stored checkpoint.", no_args_is_help=True)
+app.add_typer(state_app, name="state")
+
+FileOption = Annotated[
+    Path | None, typer.Option("--file", "-f", help="Task file (default: ./dstream.hcl).", show_default=False)
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print raw JSON lines instead of a table.")]
+
+
+class LogFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
+class PullPolicy(str, Enum):
+    missing = "missing"
+    always = "always"
+    never = "never"
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"dstream {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def _root(
+    log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")] = "info",
+    log_format: Annotated[LogFormat, typer.Option("--log-format", help="Log lines as text or JSON.")] = LogFormat.text,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    if log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise typer.BadParameter("use debug, info, warning or error", param_hint="--log-level")
+    log.setup(log_level, log_format.value)
+
+
+def _load(file: Path | None) -> Any:
+    from dstream.config import load
+
+    return load(file)
+
+
+@app.command()
+def lint(file: FileOption = None) -> None:
+    """Check a task file; print each problem as FILE:LINE: message."""
+    from dstream.config import lint as lint_file
+
+    problems = lint_file(file)
+    for problem in problems:
+        typer.echo(problem)
+    if problems:
+        raise typer.Exit(1)
+    typer.echo(f"{file or 'dstream.hcl'}: ok", err=True)
+
+
+@app.command()
+def run(
+    task: Annotated[str, typer.Argument(help="The task to run.")],
+    file: FileOption = None,
+    pull: Annotated[PullPolicy, typer.Option(help="When to pull provider images.")] = PullPolicy.missing,
+    update_lock: Annotated[
+        bool, typer.Option("--update-lock", help="Accept registry digests that differ from dstream.lock.")
+    ] = False,
+) -> None:
+    """Run a task until its input ends or you stop it (Ctrl-C stops gracefully)."""
+    from dstream.launch import LaunchOptions
+    from dstream.runner import run_task
+
+    document = _load(file)
+    summary = run_task(document, task, LaunchOptions(pull=pull.value, update_lock=update_lock))
+    how = "stopped" if summary.stopped else "finished"
+    log.get().info(
+        "task %s %s: %d envelopes (%s) in %.1fs%s%s",
+        summary.task,
+        how,
+        summary.envelopes,
+        _size(summary.bytes),
+        summary.seconds,
+        f", {summary.dead_letters} dead-lettered" if summary.dead_letters else "",
+        f", {summary.attempts} attempts" if summary.attempts > 1 else "",
+    )
+
+
+def _lifecycle(verb: str, task: str, file: Path | None, as_json: bool) -> None:
+    from dstream import protocol
+    from dstream.lifecycle import json_lines, render_table, run_verb
+
+    document = _load(file)
+    outcomes = asyncio.run(run_verb(document, task, verb))
+    if as_json:
+        for line in json_lines(outcomes):
+            sys.stdout.buffer.write(protocol.encode(line))
+        sys.stdout.flush()
+    else:
+        from rich.console import Console
+
+        Console().print(render_table(outcomes, verb, task))
+    failed = [o for o in outcomes if o.status == "failed"]
+    if failed:
+        reasons = "; ".join(f"{o.role}: {o.reason}" for o in failed)
+        raise DStreamError(f"{verb} failed for task {task}: {reasons}")
+
+
+@app.command()
+def init(task: str, file: FileOption = None, as_json: JsonOption = False) -> None:
+    """Create what the task's providers need (queues, slots, containers …)."""
+    _lifecycle("init", task, file, as_json)
+
+
+@app.command()
+def plan(task: str, file: FileOption = None, as_json: JsonOption = False) -> None:
+    """Show what init would create or change, without doing it."""
+    _lifecycle("plan", task, file, as_json)
+
+
+@app.command()
+def status(task: str, file: FileOption = None, as_json: JsonOption = False) -> None:
+    """Show the state of the task's infrastructure."""
+    _lifecycle("status", task, file, as_json)
+
+
+@app.command()
+def destroy(task: str, file: FileOption = None, as_json: JsonOption = False) -> None:
+    """Remove what init created for the task."""
+    _lifecycle("destroy", task, file, as_json)
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def main() -> None:
+    try:
+        app()  # standalone: Typer reports usage errors itself and exits
+    except DStreamError as exc:
+        if isinstance(exc, ConfigError) and len(exc.problems) > 1:
+            for problem in exc.problems:
+                sys.stderr.write(problem + "\n")
+        else:
+            sys.stderr.write(f"error: {exc}\n")
+        sys.exit(exc.exit_code)

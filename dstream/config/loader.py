@@ -1,0 +1,310 @@
+"""Task file loading: HCL text → syntax tree → evaluated dicts → pydantic models.
+
+Every problem is collected as ``FILE:LINE: message`` so ``dstream lint`` can print them
+all at once; :func:`load` raises one :class:`~dstream.errors.ConfigError` carrying them.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from dstream.config.evaluate import EvalError, Evaluator, default_environ
+from dstream.config.hcl import Block, Body, parse
+from dstream.config.models import Document, StateSettings, Task
+from dstream.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+DEFAULT_FILE = "dstream.hcl"
+
+_SECRET_KEY = re.compile(
+    r"(password|passwd|secret|token|api_?key|access_?key|account_?key|credential|"
+    r"connection_?string|conn_?str|dsn|sas)",
+    re.IGNORECASE,
+)
+_TOP_LEVEL_BLOCKS = ("task", "locals", "state")
+
+
+class _Loader:
+    def __init__(self, path: Path, environ: Mapping[str, str]) -> None:
+        self.path = path
+        self.name = str(path)
+        self.environ = environ
+        self.problems: list[str] = []
+        self._failed: set[tuple[Any, ...]] = set()
+
+    def problem(self, line: int, message: str) -> None:
+        self.problems.append(f"{self.name}:{line}: {message}")
+
+    def load(self, text: str) -> Document | None:
+        try:
+            root = parse(text, self.name)
+        except ConfigError as exc:
+            self.problems.extend(exc.problems)
+            return None
+        for attr in root.attributes.values():
+            self.problem(attr.line, f"unexpected attribute '{attr.name}' at top level")
+        locals_attrs: dict[str, Any] = {}
+        for block in root.blocks:
+            if block.type not in _TOP_LEVEL_BLOCKS:
+                self.problem(
+                    block.line,
+                    f"unknown block '{block.type}' (expected one of: {', '.join(_TOP_LEVEL_BLOCKS)})",
+                )
+            elif block.type == "locals":
+                self._check_labels(block, 0)
+                self._report_duplicates(block.body)
+                for name, attr in block.body.attributes.items():
+                    if name in locals_attrs:
+                        self.problem(attr.line, f"local '{name}' is defined twice")
+                    locals_attrs[name] = attr
+                for inner in block.body.blocks:
+                    self.problem(inner.line, f"unexpected block '{inner.type}' inside locals")
+        evaluator = Evaluator(locals_attrs, self.environ)
+        for name, attr in locals_attrs.items():  # report broken locals even when unused
+            try:
+                evaluator.local(name, attr.line)
+            except EvalError as exc:
+                self.problem(exc.line, str(exc))
+
+        tasks: dict[str, Task] = {}
+        task_lines: dict[str, int] = {}
+        secrets: set[str] = set()
+        for block in root.blocks_of("task"):
+            if not self._check_labels(block, 1):
+                continue
+            name = block.labels[0]
+            if name in task_lines:
+                self.problem(block.line, f"duplicate task name '{name}' (first defined at line {task_lines[name]})")
+                continue
+            task_lines[name] = block.line
+            task = self._task(block, evaluator)
+            if task is not None:
+                tasks[name] = task
+                secrets.update(_secret_values(task.input.config))
+                secrets.update(_secret_values(task.output.config))
+
+        state = StateSettings()
+        state_blocks = root.blocks_of("state")
+        for extra in state_blocks[1:]:
+            self.problem(extra.line, "only one state block is allowed")
+        if state_blocks:
+            lines: dict[tuple[Any, ...], int] = {}
+            raw = self._body_dict(state_blocks[0].body, (), lines, evaluator, "state")
+            try:
+                state = StateSettings.model_validate(raw)
+            except ValidationError as exc:
+                self._validation_problems(exc, lines, state_blocks[0].line)
+        if self.problems:
+            return None
+        secrets.update(evaluator.secrets)
+        return Document(
+            path=self.path,
+            tasks=tasks,
+            state=state,
+            secrets=frozenset(s for s in secrets if len(s) >= 4),
+            lines=dict(task_lines.items()),
+        )
+
+    def _check_labels(self, block: Block, count: int) -> bool:
+        if len(block.labels) != count:
+            want = 'one name, as in task "my-task" { ... }' if count else "no labels"
+            self.problem(block.line, f"block '{block.type}' takes {want}")
+            return False
+        return True
+
+    def _report_duplicates(self, body: Body) -> None:
+        for dup in body.duplicates:
+            first = body.attributes[dup.name].line
+            self.problem(dup.line, f"attribute '{dup.name}' is set twice (first at line {first})")
+
+    def _task(self, block: Block, evaluator: Evaluator) -> Task | None:
+        lines: dict[tuple[Any, ...], int] = {}
+        self._failed = set()
+        raw = self._body_dict(block.body, (), lines, evaluator, "task")
+        raw["name"] = block.labels[0]
+        missing_role = False
+        for role in ("input", "output"):
+            if role not in raw and not block.body.blocks_of(role):
+                self.problem(block.line, f"task '{block.labels[0]}' has no {role} block")
+                missing_role = True
+        try:
+            task = Task.model_validate(raw)
+        except ValidationError as exc:
+            self._validation_problems(exc, lines, block.line, skip_missing=missing_role)
+            return None
+        return None if self._failed else task
+
+    def _body_dict(
+        self,
+        body: Body,
+        path: tuple[Any, ...],
+        lines: dict[tuple[Any, ...], int],
+        evaluator: Evaluator,
+        kind: str,
+    ) -> dict[str, Any]:
+        """Evaluate a block body into a dict, recording the line of every key."""
+        self._report_duplicates(body)
+        out: dict[str, Any] = {}
+        for name, attr in body.attributes.items():
+            lines[(*path, name)] = attr.line
+            try:
+                out[name] = evaluator.eval(attr.expr)
+            except EvalError as exc:
+                self.problem(exc.line or attr.line, str(exc))
+                self._failed.add((*path, name))
+        seen: dict[str, int] = {}
+        for inner in body.blocks:
+            key = (*path, inner.type)
+            inner_kind = "provider" if kind == "task" and inner.type in ("input", "output") else inner.type
+            if kind == "config" or inner.type == "config":
+                inner_kind = "config"
+            if inner.labels and kind != "config":
+                self.problem(inner.line, f"block '{inner.type}' takes no labels")
+                continue
+            value = self._body_dict(inner.body, key, lines, evaluator, inner_kind)
+            if inner.type in out and inner.type not in seen:
+                self.problem(
+                    inner.line,
+                    f"'{inner.type}' is given both as an attribute (line {lines[key]}) and as a block",
+                )
+                continue
+            if inner.type in seen:
+                if kind != "config":
+                    self.problem(
+                        inner.line,
+                        f"only one '{inner.type}' block is allowed here (first at line {seen[inner.type]})",
+                    )
+                    continue
+                previous = out[inner.type]
+                out[inner.type] = [*previous, value] if isinstance(previous, list) else [previous, value]
+            else:
+                if kind == "config" and inner.labels:
+                    value = _nest_labels(inner.labels, value)
+                out[inner.type] = value
+                seen[inner.type] = inner.line
+                lines[key] = inner.line
+        return out
+
+    def _validation_problems(
+        self,
+        exc: ValidationError,
+        lines: dict[tuple[Any, ...], int],
+        default_line: int,
+        skip_missing: bool = False,
+    ) -> None:
+        for error in exc.errors():
+            loc = tuple(error["loc"])
+            # Already reported: a value that failed to evaluate, or a missing input/output block.
+            if any(loc[: len(f)] == f or f[:-1] == loc for f in self._failed):
+                continue
+            if skip_missing and error["type"] == "missing" and loc in (("input",), ("output",)):
+                continue
+            line = default_line
+            for size in range(len(loc), 0, -1):
+                if loc[:size] in lines:
+                    line = lines[loc[:size]]
+                    break
+            else:
+                # A missing key or a model-level rule: point at the enclosing block.
+                for size in range(len(loc) - 1, 0, -1):
+                    if loc[:size] in lines:
+                        line = lines[loc[:size]]
+                        break
+            self.problem(line, _describe(error))
+
+
+def _nest_labels(labels: list[str], value: dict[str, Any]) -> dict[str, Any]:
+    for label in reversed(labels):
+        value = {label: value}
+    return value
+
+
+def _describe(error: Any) -> str:
+    loc = ".".join(str(p) for p in error["loc"] if p not in ("function-after",))
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"unknown attribute or block '{loc}'"
+    if kind == "missing":
+        return f"missing required '{loc}'"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if kind == "literal_error":
+        return f"{loc}: {message}, got {error['input']!r}"
+    return f"{loc}: {message}" if loc else message
+
+
+def _secret_values(config: Any, key: str = "") -> set[str]:
+    """String values under keys that look like credentials (password, dsn, token …)."""
+    found: set[str] = set()
+    if isinstance(config, dict):
+        for k, v in config.items():
+            found |= _secret_values(v, str(k))
+    elif isinstance(config, list):
+        for v in config:
+            found |= _secret_values(v, key)
+    elif isinstance(config, str) and key and _SECRET_KEY.search(key):
+        found.add(config)
+        found.update(_password_parts(config))
+    return found
+
+
+def _password_parts(value: str) -> set[str]:
+    """Credentials embedded in DSNs and connection strings (also redacted on their own)."""
+    parts: set[str] = set()
+    for match in re.finditer(r"(?i)(?:password|pwd|accountkey|sharedaccesskey)\s*=\s*([^;\s]+)", value):
+        parts.add(match.group(1))
+    url = re.search(r"://[^:/@\s]+:([^@\s]+)@", value)
+    if url:
+        parts.add(url.group(1))
+    return parts
+
+
+def find_file(file: str | Path | None) -> Path:
+    path = Path(file) if file else Path(DEFAULT_FILE)
+    if not path.exists():
+        hint = "" if file else " (pass -f FILE, or create dstream.hcl in this directory)"
+        raise ConfigError(f"{path}: no such file{hint}")
+    return path
+
+
+def lint(file: str | Path | None, environ: Mapping[str, str] | None = None) -> list[str]:
+    """Every problem in a task file as ``FILE:LINE: message`` (empty when clean)."""
+    path = find_file(file)
+    loader = _Loader(path, default_environ() if environ is None else environ)
+    loader.load(_read(path))
+    return _by_line(loader.problems)
+
+
+def load(file: str | Path | None, environ: Mapping[str, str] | None = None) -> Document:
+    """Load and validate a task file; raises ConfigError listing every problem."""
+    path = find_file(file)
+    loader = _Loader(path, default_environ() if environ is None else environ)
+    document = loader.load(_read(path))
+    if document is None:
+        count = len(loader.problems)
+        summary = f"{path}: {count} problem{'s' if count != 1 else ''} in the task file"
+        problems = _by_line(loader.problems)
+        raise ConfigError(summary + "\n" + "\n".join(problems), problems)
+    return document
+
+
+def _by_line(problems: list[str]) -> list[str]:
+    def key(problem: str) -> int:
+        found = re.match(r"^.*?:(\d+): ", problem)
+        return int(found.group(1)) if found else 0
+
+    return sorted(problems, key=key)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None

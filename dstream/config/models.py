@@ -1,0 +1,152 @@
+"""The validated shape of a task file (pydantic models).
+
+Durations accept ``"500ms"``, ``"30s"``, ``"2m"``, ``"1h"`` or a number of seconds; sizes
+accept ``"8MiB"``, ``"512k"`` … or a number of bytes.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from ``"500ms"``/``"30s"``/``"2m"``/``"1h"`` or a number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError('expected a duration like "30s"')
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match:
+            number = float(match.group(1))
+            factor = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[match.group(2)]
+            return number * factor
+    raise ValueError(f'expected a duration like "500ms", "30s" or "2m", got {value!r}')
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from ``"8MiB"``, ``"512k"``, ``"1GB"`` or a number of bytes."""
+    if isinstance(value, bool):
+        raise ValueError('expected a size like "8MiB"')
+    if isinstance(value, int):
+        if value <= 0:
+            raise ValueError("a size must be positive")
+        return value
+    if isinstance(value, str):
+        match = _SIZE.match(value)
+        if match:
+            unit = (match.group(2) or "b").lower()
+            power = "bkmgt".index(unit[0])
+            base = 1024 if unit.endswith(("i", "ib")) else 1000
+            return int(float(match.group(1)) * base**power)
+    raise ValueError(f'expected a size like "8MiB" or "512k", got {value!r}')
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ContainerSettings(_Strict):
+    """Per-provider container overrides. Unset fields keep the hardened defaults."""
+
+    network: str | None = None
+    memory: Size | None = None
+    cpus: float | None = Field(default=None, gt=0)
+    pids_limit: int | None = Field(default=None, gt=0)
+    read_only: bool | None = None
+    user: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    mounts: list[str] = Field(default_factory=list)
+
+
+class ProviderBlock(_Strict):
+    provider_path: str | None = None
+    provider_ref: str | None = None
+    config: dict[str, Any] = Field(default_factory=dict)
+    # Legacy providers that never print {"status": "ready"}: don't wait for one.
+    handshake: bool = True
+    container: ContainerSettings = Field(default_factory=ContainerSettings)
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> ProviderBlock:
+        if bool(self.provider_path) == bool(self.provider_ref):
+            which = "both are" if self.provider_path else "neither is"
+            raise ValueError(
+                f"set exactly one of provider_path (a local executable) or provider_ref (an OCI reference); {which} set"
+            )
+        return self
+
+    @property
+    def source(self) -> str:
+        return self.provider_ref or self.provider_path or ""
+
+
+class RestartPolicy(_Strict):
+    max_attempts: int = Field(default=3, ge=0)
+    backoff: Duration = 1.0
+    max_backoff: Duration = 60.0
+
+
+class DeadLetterSettings(_Strict):
+    path: str | None = None
+
+
+class StateSettings(_Strict):
+    backend: Literal["sqlite"] = "sqlite"
+    path: str | None = None
+
+
+class Task(_Strict):
+    name: str
+    type: Literal["providers"] = "providers"
+    description: str | None = None
+    input: ProviderBlock
+    output: ProviderBlock
+    on_error: Literal["fail", "dead_letter"] = "fail"
+    dead_letter: DeadLetterSettings = Field(default_factory=DeadLetterSettings)
+    restart: RestartPolicy | None = None
+    max_in_flight: int = Field(default=50_000, gt=0)
+    max_in_flight_bytes: Size = 64 * 1024 * 1024
+    max_line_bytes: Size = 8 * 1024 * 1024
+    handshake_timeout: Duration = 30.0
+    stop_timeout: Duration = 10.0
+    drain_timeout: Duration = 60.0
+    commit_interval: Duration = 0.2
+
+
+class Document(BaseModel):
+    """A loaded task file: its tasks plus what the loader learned about secrets."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    path: Path
+    tasks: dict[str, Task]
+    state: StateSettings = Field(default_factory=StateSettings)
+    secrets: frozenset[str] = frozenset()
+    lines: dict[str, int] = Field(default_factory=dict)
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    def task(self, name: str) -> Task:
+        from dstream.errors import ConfigError
+
+        try:
+            return self.tasks[name]
+        except KeyError:
+            known = ", ".join(sorted(self.tasks)) or "none"
+            raise ConfigError(f"{self.path}: no task named {name!r} (tasks: {known})") from None

@@ -1,0 +1,1 @@
+"""Resolving ``provider_ref``: OCI images and ORAS executables, digests, the lock file."""

@@ -1,0 +1,79 @@
+"""One exception tree for everything dstream reports to a user.
+
+::
+
+    DStreamError                      exit code 1 unless stated
+    ├── ConfigError                   HCL syntax, validation, lint problems (carry file:line)
+    ├── DistributionError             provider_ref resolution, registry, lock file
+    │   └── LockMismatchError         locked digest differs from the registry's
+    ├── RuntimeFailure                starting/attaching/stopping a provider process or container
+    ├── ProtocolError                 a provider broke the wire protocol (handshake, framing)
+    │   └── BadDataError              malformed/oversized/invalid-UTF-8 data line
+    ├── ProviderError                 a provider reported failure or exited non-zero
+    │   └── HandshakeError            a provider failed before or during its handshake
+    ├── StateError                    checkpoint store problems
+    └── Interrupted                   the user stopped the run before it could finish cleanly
+
+Foreign exceptions (docker, oras, hcl2, pydantic, sqlite) are translated where those
+libraries are called, never further up.
+"""
+
+from __future__ import annotations
+
+
+class DStreamError(Exception):
+    """Root of every error dstream reports; ``str()`` is the user-facing message."""
+
+    exit_code: int = 1
+
+
+class ConfigError(DStreamError):
+    """The task file is invalid. ``problems`` holds each ``FILE:LINE: message`` line."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        self.problems = problems or [message]
+        super().__init__(message)
+
+
+class DistributionError(DStreamError):
+    """A provider reference could not be resolved, pulled or verified."""
+
+
+class LockMismatchError(DistributionError):
+    """The registry's digest for a reference differs from the one in the lock file."""
+
+
+class RuntimeFailure(DStreamError):
+    """A provider process or container could not be started, attached to or stopped."""
+
+
+class ProtocolError(DStreamError):
+    """A provider broke the wire protocol."""
+
+
+class BadDataError(ProtocolError):
+    """A data line could not be relayed (malformed JSON, invalid UTF-8, oversized)."""
+
+    def __init__(self, message: str, reason: str, raw: bytes, position: int) -> None:
+        self.reason = reason
+        self.raw = raw
+        self.position = position
+        super().__init__(message)
+
+
+class ProviderError(DStreamError):
+    """A provider reported a failure or exited with a non-zero status."""
+
+
+class HandshakeError(ProviderError):
+    """A provider failed before or during its handshake."""
+
+
+class StateError(DStreamError):
+    """The checkpoint store could not be read or written."""
+
+
+class Interrupted(DStreamError):
+    """The run was stopped by the user before it could finish cleanly."""
+
+    exit_code = 130

@@ -1,0 +1,109 @@
+"""Opening a provider: send the command envelope, wait for the handshake.
+
+The handshake is raced against the provider exiting and a timeout; every failure names
+the provider and quotes its last stderr lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+from dstream import protocol
+from dstream.errors import HandshakeError
+
+if TYPE_CHECKING:
+    from dstream.redact import Redactor
+    from dstream.runtime.base import ProviderProcess
+
+
+def stderr_excerpt(proc: ProviderProcess, redactor: Redactor) -> str:
+    lines = redactor.lines(proc.stderr_tail())
+    if not lines:
+        return " It printed nothing on stderr."
+    body = "\n".join(f"    {line}" for line in lines[-10:])
+    return f" Its last stderr lines:\n{body}"
+
+
+async def open_provider(
+    proc: ProviderProcess,
+    command: str,
+    config: dict[str, Any],
+    checkpoint: Any,
+    *,
+    timeout: float,
+    expect_handshake: bool,
+    max_line_bytes: int,
+    redactor: Redactor,
+) -> tuple[protocol.Handshake, bytes]:
+    """Send the command envelope; return the handshake and any stdout bytes read past it.
+
+    Those bytes belong to the data stream (or, for a legacy provider, are the data stream).
+    """
+    try:
+        await proc.write(protocol.command_envelope(command, config, checkpoint))
+    except (BrokenPipeError, ConnectionError):
+        code = await _exit_code(proc)
+        raise HandshakeError(
+            f"{proc.description} exited{_status(code)} before reading its command." + stderr_excerpt(proc, redactor)
+        ) from None
+    if not expect_handshake:
+        return protocol.LEGACY, b""
+    try:
+        line, rest = await asyncio.wait_for(_first_line(proc, max_line_bytes), timeout)
+    except TimeoutError:
+        raise HandshakeError(
+            f"{proc.description} sent no handshake within {timeout:g}s "
+            f'(expected a first stdout line like {{"status":"ready"}}). If it is a legacy provider '
+            f"that never sends one, set handshake = false in its block; if it is slow to start, "
+            f"raise handshake_timeout." + stderr_excerpt(proc, redactor)
+        ) from None
+    if line is None:
+        code = await _exit_code(proc)
+        raise HandshakeError(
+            f"{proc.description} exited{_status(code)} before its handshake." + stderr_excerpt(proc, redactor)
+        )
+    handshake = protocol.parse_handshake(line)
+    if handshake is None:
+        try:
+            protocol.decode_object(line)
+        except protocol.DecodeError:
+            shown = redactor(line[:200].decode("utf-8", "replace").strip())
+            raise HandshakeError(
+                f"{proc.description} printed {shown!r} instead of a handshake; a provider's stdout "
+                f"carries only protocol lines (logs belong on stderr)." + stderr_excerpt(proc, redactor)
+            ) from None
+        # A JSON object that is not a handshake: a legacy provider, and that line is data.
+        return protocol.LEGACY, line + rest
+    if handshake.status == "error":
+        raise HandshakeError(f"{proc.description} refused to start: {redactor(handshake.message) or 'no reason given'}")
+    return handshake, rest
+
+
+async def _first_line(proc: ProviderProcess, max_line_bytes: int) -> tuple[bytes | None, bytes]:
+    buffer = bytearray()
+    while True:
+        newline = buffer.find(b"\n")
+        if newline >= 0:
+            return bytes(buffer[: newline + 1]), bytes(buffer[newline + 1 :])
+        if len(buffer) > max_line_bytes:
+            return bytes(buffer), b""
+        chunk = await proc.read(65536)
+        if not chunk:
+            return (bytes(buffer) + b"\n", b"") if buffer.strip() else (None, b"")
+        buffer += chunk
+
+
+async def _exit_code(proc: ProviderProcess) -> int | None:
+    with contextlib.suppress(TimeoutError):
+        return await asyncio.wait_for(proc.wait(), 5)
+    return None
+
+
+def _status(code: int | None) -> str:
+    if code is None:
+        return ""
+    if code < 0:
+        return f" (killed by signal {-code})"
+    return f" with code {code}"

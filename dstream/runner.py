@@ -1,0 +1,214 @@
+"""``dstream run``: one task, from checkpoint to checkpoint, with the restart policy.
+
+An attempt starts both providers, relays until the input ends (or a stop is requested),
+and persists the last acknowledged checkpoint. A failed attempt is retried from that
+checkpoint when the task has a ``restart`` block.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from dstream import log
+from dstream.deadletter import DeadLetterWriter, default_path
+from dstream.errors import BadDataError, DStreamError, Interrupted, ProviderError, RuntimeFailure
+from dstream.launch import LaunchOptions, new_run_id, open_pair
+from dstream.pipeline import Relay, RelayResult
+from dstream.redact import Redactor
+from dstream.state import open_store
+
+if TYPE_CHECKING:
+    from dstream.config.models import Document, Task
+    from dstream.state.base import CheckpointStore
+
+_log = log.get("run")
+_RETRYABLE = (ProviderError, RuntimeFailure)
+
+
+@dataclass
+class RunSummary:
+    task: str
+    run_id: str
+    attempts: int
+    envelopes: int
+    bytes: int
+    checkpoint: Any
+    seconds: float
+    dead_letters: int
+    stopped: bool
+
+
+class TaskRun:
+    def __init__(
+        self,
+        document: Document,
+        task_name: str,
+        options: LaunchOptions | None = None,
+        stdout: BinaryIO | None = None,
+    ) -> None:
+        self.document = document
+        self.task: Task = document.task(task_name)
+        self.options = options or LaunchOptions()
+        self.stdout = stdout if stdout is not None else sys.stdout.buffer
+        self.redactor = Redactor(document.secrets)
+        log.set_redactor(self.redactor)
+        self.run_id = new_run_id()
+        self._relay: Relay | None = None
+        self._stop = asyncio.Event()
+        self._stop_count = 0
+
+    def request_stop(self) -> None:
+        self._stop_count += 1
+        self._stop.set()
+        if self._relay is not None:
+            self._relay.request_stop()
+        elif self._stop_count == 1:
+            _log.info("stop requested")
+
+    async def run(self) -> RunSummary:
+        store = open_store(self.document)
+        started = time.monotonic()
+        policy = self.task.restart
+        attempts = 0
+        envelopes = 0
+        nbytes = 0
+        dead = 0
+        try:
+            while True:
+                attempts += 1
+                stored = store.load(self.task.name)
+                resume = stored.checkpoint if stored else None
+                if resume is not None:
+                    _log.info("task %s resumes from checkpoint %s", self.task.name, _short(resume))
+                try:
+                    result = await self._attempt(store, resume)
+                except (BadDataError, Interrupted):
+                    raise
+                except _RETRYABLE as exc:
+                    if policy is None or attempts > policy.max_attempts or self._stop.is_set():
+                        raise
+                    delay = min(policy.backoff * 2 ** (attempts - 1), policy.max_backoff)
+                    _log.warning(
+                        "attempt %d of %d failed: %s — restarting from the last checkpoint in %.1fs",
+                        attempts,
+                        policy.max_attempts + 1,
+                        _first_line(str(exc)),
+                        delay,
+                    )
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stop.wait(), delay)
+                    if self._stop.is_set():
+                        raise Interrupted("stopped while waiting to restart") from None
+                    continue
+                envelopes += result.stats.envelopes
+                nbytes += result.stats.bytes
+                dead += result.stats.dead_letters
+                return RunSummary(
+                    task=self.task.name,
+                    run_id=self.run_id,
+                    attempts=attempts,
+                    envelopes=envelopes,
+                    bytes=nbytes,
+                    checkpoint=result.last_checkpoint if result.persisted else resume,
+                    seconds=time.monotonic() - started,
+                    dead_letters=dead,
+                    stopped=result.stopped_by_request,
+                )
+        finally:
+            store.close()
+
+    async def _attempt(self, store: CheckpointStore, resume: Any) -> RelayResult:
+        if self._stop.is_set():
+            raise Interrupted("stopped before the providers started")
+        opening = asyncio.create_task(
+            open_pair(self.document, self.task, self.run_id, "run", resume, self.options, self.redactor)
+        )
+        stop_wait = asyncio.create_task(self._stop.wait())
+        await asyncio.wait({opening, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        stop_wait.cancel()
+        if not opening.done():
+            opening.cancel()
+            with contextlib.suppress(asyncio.CancelledError, DStreamError):
+                await opening
+            raise Interrupted("stopped while the providers were starting")
+        inp, out = opening.result()
+        dead_letters = None
+        if self.task.on_error == "dead_letter":
+            path = default_path(self.document.base_dir, self.task.name, self.task.dead_letter.path)
+            dead_letters = DeadLetterWriter(path, self.task.name, self.run_id)
+        try:
+            if not inp.handshake.commits:
+                await inp.proc.close_stdin()  # as upstream: stdin carries only the command
+            _log.info(
+                "task %s running (run %s): %s → %s",
+                self.task.name,
+                self.run_id,
+                _kind(inp.handshake),
+                _kind(out.handshake),
+            )
+            self._relay = Relay(
+                task=self.task,
+                run_id=self.run_id,
+                input_proc=inp.proc,
+                output_proc=out.proc,
+                input_handshake=inp.handshake,
+                output_handshake=out.handshake,
+                input_leftover=inp.leftover,
+                output_leftover=out.leftover,
+                store=store,
+                resume_from=resume,
+                dead_letters=dead_letters,
+                redactor=self.redactor,
+                stdout=self.stdout,
+            )
+            if self._stop.is_set():
+                self._relay.request_stop()
+            result = await self._relay.run()
+        finally:
+            self._relay = None
+            if dead_letters is not None:
+                dead_letters.close()
+            for opened in (inp, out):
+                await opened.proc.cleanup()
+        if result.failure is not None:
+            raise result.failure
+        return result
+
+
+def _kind(handshake: Any) -> str:
+    if handshake.legacy:
+        return "legacy provider"
+    features = ",".join(sorted(handshake.features)) or "no features"
+    return f"provider ({features})"
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _first_line(text: str) -> str:
+    return text.splitlines()[0] if text else text
+
+
+def run_task(document: Document, task_name: str, options: LaunchOptions | None = None) -> RunSummary:
+    """Run a task in a fresh event loop, with SIGINT/SIGTERM wired to a graceful stop."""
+
+    async def main() -> RunSummary:
+        runner = TaskRun(document, task_name, options)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, runner.request_stop)
+        try:
+            return await runner.run()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+    return asyncio.run(main())

@@ -1,0 +1,47 @@
+"""The dstream provider SDK: write a provider as a small Python class.
+
+Example::
+
+    from dstream.sdk import InputProvider, ProviderConfig, Record
+
+    class Config(ProviderConfig):
+        max_count: int = 10
+
+    class Counter(InputProvider[Config]):
+        name = "counter-input-provider"
+        Config = Config
+
+        def read(self, checkpoint):
+            start = checkpoint["value"] if checkpoint else 0
+            for n in range(start + 1, self.config.max_count + 1):
+                yield Record({"value": n}, position={"value": n})
+
+    main = Counter.main   # the console script
+
+Test without Docker with :mod:`dstream.sdk.testing`.
+"""
+
+from dstream.sdk.base import (
+    Context,
+    EmptyConfig,
+    InfrastructureProvider,
+    InputProvider,
+    OutputProvider,
+    Provider,
+    ProviderConfig,
+)
+from dstream.sdk.types import Checkpoint, Envelope, Record, Resource
+
+__all__ = [
+    "Checkpoint",
+    "Context",
+    "EmptyConfig",
+    "Envelope",
+    "InfrastructureProvider",
+    "InputProvider",
+    "OutputProvider",
+    "Provider",
+    "ProviderConfig",
+    "Record",
+    "Resource",
+]

@@ -1,0 +1,52 @@
+"""The checkpoint store interface, and choosing a store from the task file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from dstream.config.models import Document
+
+DEFAULT_STATE_DIR = ".dstream"
+
+
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    task: str
+    checkpoint: Any
+    run_id: str
+    updated_at: float
+    sequence: int  # how many times this task's checkpoint has been written
+
+
+class CheckpointStore(Protocol):
+    """Where checkpoints persist. Writes are atomic: a reader sees the old or the new one."""
+
+    location: str
+
+    def load(self, task: str) -> StoredCheckpoint | None: ...
+
+    def save(self, task: str, checkpoint: Any, run_id: str) -> StoredCheckpoint: ...
+
+    def reset(self, task: str) -> bool:
+        """Forget the task's checkpoint; True when there was one."""
+
+    def tasks(self) -> list[StoredCheckpoint]: ...
+
+    def close(self) -> None: ...
+
+
+def default_state_path(document: Document) -> Path:
+    configured = document.state.path
+    if configured:
+        path = Path(configured).expanduser()
+        return path if path.is_absolute() else document.base_dir / path
+    return document.base_dir / DEFAULT_STATE_DIR / "state.db"
+
+
+def open_store(document: Document) -> CheckpointStore:
+    from dstream.state.sqlite import SqliteStore
+
+    return SqliteStore(default_state_path(document))

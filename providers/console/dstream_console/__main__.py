@@ -1,0 +1,3 @@
+from dstream_console import main
+
+main()

@@ -1,0 +1,3 @@
+from dstream_counter import main
+
+main()
