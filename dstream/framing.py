@@ -72,9 +72,30 @@ class LineFramer:
         else:
             block = chunk[: last + 1]
         self._tail = bytearray(chunk[last + 1 :])
-        self.lines += block.count(b"\n")
+        if len(block) > self.max_line_bytes:
+            block = self._drop_long_lines(block)
+        else:
+            self.lines += block.count(b"\n")
         self._check_tail()
         return block
+
+    def _drop_long_lines(self, block: bytes) -> bytes:
+        """A block bigger than the limit may hold a too-long line: route those to the sink."""
+        kept: list[bytes] = []
+        start = 0
+        limit = self.max_line_bytes
+        while start < len(block):
+            end = block.index(b"\n", start)
+            if end - start > limit:
+                self._skipped = 0
+                self.sink.begin(self.lines + 1)
+                self._skip(block[start:end])
+                self._end_skip()
+            else:
+                kept.append(block[start : end + 1])
+                self.lines += 1
+            start = end + 1
+        return b"".join(kept)
 
     def finish(self) -> bytes:
         """At end of stream: the last line if it had no newline (newline added), else ``b""``."""

@@ -201,6 +201,8 @@ class Relay:
             else:
                 failure = await self._output_died(out_exit)
                 pump_in.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await pump_in
                 await self._stop_input_now()
             await self._final_persist()
         except _Forced:
@@ -272,8 +274,19 @@ class Relay:
                 await asyncio.wait_for(proc.wait(), 10)
 
     async def _stop_input_now(self) -> None:
+        """Stop the input, discarding what it still prints so it is not stuck writing."""
         if self.input.returncode is None:
-            await self._stop(self.input)
+            discard = asyncio.create_task(self._discard_input())
+            try:
+                await self._stop(self.input)
+            finally:
+                discard.cancel()
+                with contextlib.suppress(asyncio.CancelledError, OSError):
+                    await discard
+
+    async def _discard_input(self) -> None:
+        while await self.input.read(READ_CHUNK):
+            pass
 
     async def _output_died(self, out_exit: asyncio.Task[int]) -> DStreamError:
         try:

@@ -1,0 +1,64 @@
+"""Wire protocol encode/decode."""
+
+from __future__ import annotations
+
+import pytest
+
+from dstream import protocol
+
+
+def test_command_envelope_round_trip() -> None:
+    line = protocol.command_envelope("run", {"a": 1, "nested": {"b": [1, 2]}}, {"value": 3})
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert protocol.decode_object(line) == {
+        "command": "run",
+        "config": {"a": 1, "nested": {"b": [1, 2]}},
+        "checkpoint": {"value": 3},
+        "protocol": 1,
+    }
+
+
+def test_handshake_parsing() -> None:
+    hs = protocol.parse_handshake(b'{"status":"ready","verbs":["run","init"],"features":["ack"]}\n')
+    assert hs is not None and hs.status == "ready" and hs.acks and not hs.commits
+    assert hs.supports("init") and not hs.supports("destroy")
+    bare = protocol.parse_handshake(b'{"status":"ready"}')
+    assert bare is not None and bare.verbs is None and bare.supports("destroy")
+    err = protocol.parse_handshake(b'{"status":"error","message":"bad dsn"}')
+    assert err is not None and err.status == "error" and err.message == "bad dsn"
+    # A data line is not a handshake (legacy provider); neither is garbage.
+    assert protocol.parse_handshake(b'{"data":{"status":"ready"}}') is None
+    assert protocol.parse_handshake(b"hello") is None
+
+
+def test_decode_many_fast_path_and_failures() -> None:
+    assert protocol.decode_many([b'{"a":1}', b'{"b":2}\r']) == [{"a": 1}, {"b": 2}]
+    with pytest.raises(protocol.DecodeError):
+        protocol.decode_many([b'{"a":1}', b'{"b":'])
+    with pytest.raises(protocol.DecodeError):
+        protocol.decode_many([b'{"a":1}, {"b":2}'])  # two values on one line
+    with pytest.raises(protocol.DecodeError):
+        protocol.decode_many([b'{"a":"\xff"}'])  # invalid UTF-8
+
+
+def test_control_lines_are_told_apart_from_data() -> None:
+    assert protocol.control_value({"checkpoint": {"v": 1}}, "checkpoint") == (True, {"v": 1})
+    assert protocol.control_value({"data": {}, "checkpoint": 1}, "checkpoint") == (False, None)
+    assert protocol.control_value({"ack": 5}, "ack") == (True, 5)
+
+
+def test_canonical_ignores_key_order() -> None:
+    assert protocol.canonical({"a": 1, "b": {"c": 2, "d": 3}}) == protocol.canonical({"b": {"d": 3, "c": 2}, "a": 1})
+
+
+def test_lifecycle_reply_accepts_resource_lines_and_upstream_summary() -> None:
+    reply = protocol.LifecycleReply()
+    reply.feed(b'{"resource":{"type":"servicebus_queue","name":"Orders_cdc_events","action":"create","state":"present"}}')
+    reply.feed(b"not json: a stray line")
+    assert [r.name for r in reply.resources] == ["Orders_cdc_events"] and not reply.failed
+    upstream = protocol.LifecycleReply()
+    upstream.feed(b'{"status":"Success","resources":["q1",{"name":"q2","type":"queue"}],"metadata":null,"message":"ok","error":null}')
+    assert [r.name for r in upstream.resources] == ["q1", "q2"] and not upstream.failed
+    failed = protocol.LifecycleReply()
+    failed.feed(b'{"status":"Failed","resources":[],"metadata":null,"message":"no permission","error":null}')
+    assert failed.failed and failed.message == "no permission"
