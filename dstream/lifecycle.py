@@ -139,6 +139,8 @@ def json_lines(outcomes: list[ProviderOutcome]) -> list[dict[str, Any]]:
     for outcome in outcomes:
         for raw in outcome.reply.raw:
             lines.append({"role": outcome.role, **raw})
-        if outcome.status != "ok":
-            lines.append({"role": outcome.role, "status": outcome.status, "message": outcome.reason})
+        if outcome.status == "failed":
+            lines.append({"role": outcome.role, "status": "failed", "message": outcome.reason})
+        elif outcome.status == "skipped":
+            _log.info("%s provider skipped: %s", outcome.role, outcome.reason)
     return lines

@@ -1,0 +1,234 @@
+"""End to end through the real CLI, with providers as real local processes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import run_cli
+
+COUNTER_TO_CONSOLE = """
+task "demo" {{
+  input {{
+    provider_path = "counter-input-provider"
+    config {{
+      interval = {interval}
+      max_count = {count}
+      include_timestamp = false
+    }}
+  }}
+  output {{
+    provider_path = "console-output-provider"
+    config {{ outputFormat = "{fmt}" }}
+  }}
+}}
+"""
+
+
+def test_counter_to_console_delivers_exactly_max_count_in_order(task_file: Callable[..., Path]) -> None:
+    path = task_file(COUNTER_TO_CONSOLE.format(interval=0, count=2500, fmt="simple"))
+    result = run_cli("run", "demo", "-f", str(path))
+    assert result.returncode == 0, result.stderr
+    values = [json.loads(line)["value"] for line in result.stdout.splitlines()]
+    assert values == list(range(1, 2501))
+    assert "finished: 2500 envelopes" in result.stderr
+
+
+def test_jsonl_output_is_the_envelope_and_resume_continues(task_file: Callable[..., Path]) -> None:
+    path = task_file(COUNTER_TO_CONSOLE.format(interval=0, count=10, fmt="jsonl"))
+    first = run_cli("run", "demo", "-f", str(path))
+    assert first.returncode == 0, first.stderr
+    envelopes = [json.loads(line) for line in first.stdout.splitlines()]
+    assert envelopes[0] == {"data": {"value": 1}, "metadata": {"Source": "counter", "Sequence": 1}}
+    # The checkpoint was persisted: a second run has nothing left to send.
+    again = run_cli("run", "demo", "-f", str(path))
+    assert again.returncode == 0 and again.stdout == ""
+    assert "resumes from checkpoint {'value': 10}" in again.stderr
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (
+            "import sys\nsys.stdin.readline()\nprint('fatal: cannot load driver', file=sys.stderr)\nsys.exit(3)\n",
+            "exited with code 3 before its handshake",
+        ),
+        (
+            "import sys, time\nsys.stdin.readline()\nprint('fatal: cannot load driver', file=sys.stderr, flush=True)\n"
+            "print('Welcome to my provider!', flush=True)\ntime.sleep(30)\n",
+            "printed 'Welcome to my provider!' instead of a handshake",
+        ),
+        (
+            "import sys, time\nsys.stdin.readline()\nprint('fatal: cannot load driver', file=sys.stderr, flush=True)\n"
+            "time.sleep(30)\n",
+            "sent no handshake within 1s",
+        ),
+    ],
+    ids=["exits", "garbage", "hangs"],
+)
+def test_broken_providers_give_a_clear_error_with_their_stderr(
+    task_file: Callable[..., Path], script: Callable[[str, str], Path], body: str, expected: str
+) -> None:
+    broken = script("broken-input-provider", body)
+    path = task_file(
+        f"""
+        task "t" {{
+          handshake_timeout = "1s"
+          input {{ provider_path = "{broken}" }}
+          output {{ provider_path = "console-output-provider" }}
+        }}
+        """
+    )
+    started = time.monotonic()
+    result = run_cli("run", "t", "-f", str(path), timeout=60)
+    assert result.returncode == 1
+    assert expected in result.stderr
+    assert "fatal: cannot load driver" in result.stderr
+    assert time.monotonic() - started < 20
+
+
+def test_invalid_provider_config_names_the_field(task_file: Callable[..., Path]) -> None:
+    path = task_file(
+        """
+        task "t" {
+          input {
+            provider_path = "counter-input-provider"
+            config { max_count = "many" }
+          }
+          output { provider_path = "console-output-provider" }
+        }
+        """
+    )
+    result = run_cli("run", "t", "-f", str(path))
+    assert result.returncode == 1
+    assert "refused to start: invalid config: config.max_count" in result.stderr
+
+
+def test_invalid_task_file_is_refused_before_starting_anything(task_file: Callable[..., Path]) -> None:
+    path = task_file('task "t" {\n  input { provider_path = "counter-input-provider" }\n}\n')
+    result = run_cli("run", "t", "-f", str(path))
+    assert result.returncode == 1
+    assert f"{path}:1: task 't' has no output block" in result.stderr
+    lint = run_cli("lint", "-f", str(path))
+    assert lint.returncode == 1 and f"{path}:1:" in lint.stdout
+
+
+def test_sigterm_stops_both_providers_and_leaves_no_child(task_file: Callable[..., Path]) -> None:
+    path = task_file(COUNTER_TO_CONSOLE.format(interval=20, count=0, fmt="simple"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dstream", "run", "demo", "-f", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()  # data is flowing end to end
+        assert json.loads(first)["value"] == 1
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert len(children) >= 2
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "stopped:" in err
+    for child in children:
+        assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+    delivered = [json.loads(line)["value"] for line in [first, *out.splitlines()]]
+    assert delivered == list(range(1, len(delivered) + 1))
+    # A clean stop persisted the last delivered value: the next run continues right after it.
+    last = delivered[-1]
+    path.write_text(COUNTER_TO_CONSOLE.format(interval=0, count=last + 3, fmt="simple"))
+    again = run_cli("run", "demo", "-f", str(path))
+    assert again.returncode == 0, again.stderr
+    assert [json.loads(line)["value"] for line in again.stdout.splitlines()] == [last + 1, last + 2, last + 3]
+
+
+LIFECYCLE_PROVIDER = """
+from dstream.sdk import InfrastructureProvider, OutputProvider, ProviderConfig, Resource
+
+class Config(ProviderConfig):
+    queues: list[str]
+
+class Queues(OutputProvider[Config], InfrastructureProvider):
+    name = "queues-output-provider"
+    Config = Config
+
+    def write(self, batch):
+        pass
+
+    def init(self):
+        for q in self.config.queues:
+            yield Resource("queue", q, action="create", state="present")
+
+    def plan(self):
+        for q in self.config.queues:
+            yield Resource("queue", q, action="create", state="absent")
+
+Queues.main()
+"""
+
+
+def test_lifecycle_verb_prints_a_table_and_json(task_file: Callable[..., Path], script: Callable[[str, str], Path]) -> None:
+    provider = script("queues-output-provider", LIFECYCLE_PROVIDER)
+    path = task_file(
+        f"""
+        task "t" {{
+          input {{ provider_path = "counter-input-provider" }}
+          output {{
+            provider_path = "{provider}"
+            config {{ queues = ["orders", "customers"] }}
+          }}
+        }}
+        """
+    )
+    table = run_cli("init", "t", "-f", str(path), env={"COLUMNS": "200"})
+    assert table.returncode == 0, table.stderr
+    assert "orders" in table.stdout and "customers" in table.stdout and "create" in table.stdout
+    assert "does not support init" in table.stdout  # the counter input has no lifecycle
+    raw = run_cli("plan", "t", "-f", str(path), "--json")
+    assert raw.returncode == 0, raw.stderr
+    lines = [json.loads(line) for line in raw.stdout.splitlines()]
+    assert lines == [
+        {"role": "output", "resource": {"type": "queue", "name": "orders", "action": "create", "state": "absent"}},
+        {"role": "output", "resource": {"type": "queue", "name": "customers", "action": "create", "state": "absent"}},
+    ]
+    skipped = run_cli("destroy", "t", "-f", str(path))
+    assert skipped.returncode == 0 and "does not support destroy" in skipped.stdout
+
+
+def test_upstream_failed_reply_is_a_failure(task_file: Callable[..., Path], script: Callable[[str, str], Path]) -> None:
+    legacy = script(
+        "legacy-output-provider",
+        "import sys, json\nsys.stdin.readline()\n"
+        'print(json.dumps({"status": "Failed", "resources": [], "metadata": None, '
+        '"message": "queue quota exceeded", "error": None}))\n',
+    )
+    path = task_file(
+        f"""
+        task "t" {{
+          input {{ provider_path = "counter-input-provider" }}
+          output {{ provider_path = "{legacy}" }}
+        }}
+        """
+    )
+    result = run_cli("init", "t", "-f", str(path))
+    assert result.returncode == 1
+    assert "queue quota exceeded" in result.stderr
+
+
+def test_version_and_help() -> None:
+    version = run_cli("--version")
+    assert version.returncode == 0 and version.stdout.startswith("dstream ")
+    helptext = run_cli("--help")
+    assert helptext.returncode == 0 and "run" in helptext.stdout and "lint" in helptext.stdout
