@@ -27,6 +27,8 @@ app = typer.Typer(
 )
 state_app = typer.Typer(help="Show or reset a task's stored checkpoint.", no_args_is_help=True)
 app.add_typer(state_app, name="state")
+providers_app = typer.Typer(help="List, build and push provider images.", no_args_is_help=True)
+app.add_typer(providers_app, name="providers")
 
 FileOption = Annotated[
     Path | None, typer.Option("--file", "-f", help="Task file (default: ./dstream.hcl).", show_default=False)
@@ -153,6 +155,104 @@ def status(task: str, file: FileOption = None, as_json: JsonOption = False) -> N
 def destroy(task: str, file: FileOption = None, as_json: JsonOption = False) -> None:
     """Remove what init created for the task."""
     _lifecycle("destroy", task, file, as_json)
+
+
+@app.command()
+def lock(file: FileOption = None) -> None:
+    """Resolve every provider_ref to its registry digest and write dstream.lock."""
+    from dstream.distribution.resolve import lock_document
+
+    document = _load(file)
+    rows = lock_document(document)
+    for ref, digest, change in rows:
+        typer.echo(f"{change:>9}  {ref}  {digest}")
+    if not rows:
+        typer.echo("no provider_ref in the task file: nothing to lock", err=True)
+    else:
+        typer.echo(f"wrote {document.base_dir / 'dstream.lock'}", err=True)
+
+
+@app.command()
+def ps(as_json: JsonOption = False) -> None:
+    """List the provider containers of running (and left-over) dstream tasks."""
+    from dstream import protocol
+    from dstream.runtime.docker import DockerEngine, describe_containers
+
+    rows = describe_containers(DockerEngine())
+    if as_json:
+        for row in rows:
+            sys.stdout.buffer.write(protocol.encode(row))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("task", "run", "role", "container", "image", "status", "dstream")
+    for row in rows:
+        table.add_row(row["task"], row["run_id"], row["role"], row["name"], row["image"], row["status"], row["owner"])
+    Console().print(table)
+    if not rows:
+        typer.echo("no dstream containers", err=True)
+
+
+RegistryOption = Annotated[
+    str | None, typer.Option("--registry", help="Registry host[:port] (default: $DSTREAM_REGISTRY or the catalogue's).")
+]
+
+
+@providers_app.command("list")
+def providers_list(as_json: JsonOption = False) -> None:
+    """The provider catalogue: names, images and verbs."""
+    from dstream import catalogue, protocol
+
+    entries = catalogue.entries()
+    if as_json:
+        sys.stdout.buffer.write(protocol.encode([e.to_json() for e in entries]))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("name", "kind", "image", "verbs", "description")
+    for e in entries:
+        table.add_row(e.name, e.kind, e.image(), ",".join(e.verbs), e.description)
+    Console().print(table)
+
+
+def _names(names: list[str] | None, all_: bool) -> list[str]:
+    from dstream import catalogue
+
+    if all_:
+        return [e.name for e in catalogue.entries()]
+    if not names:
+        raise typer.BadParameter("name a provider, or pass --all")
+    return names
+
+
+@providers_app.command("build")
+def providers_build(
+    names: Annotated[list[str] | None, typer.Argument(help="Provider names from the catalogue.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every provider in the catalogue.")] = False,
+    registry: RegistryOption = None,
+) -> None:
+    """docker build a provider image from images/NAME/Dockerfile (base image: $DSTREAM_BASE_IMAGE)."""
+    from dstream.images import Builder
+
+    builder = Builder(echo=lambda line: typer.echo(line, err=True))
+    for name in _names(names, all_):
+        typer.echo(builder.build(name, registry))
+
+
+@providers_app.command("push")
+def providers_push(
+    names: Annotated[list[str] | None, typer.Argument(help="Provider names from the catalogue.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every provider in the catalogue.")] = False,
+    registry: RegistryOption = None,
+) -> None:
+    """docker push a provider image (building it first if needed); prints the pinned reference."""
+    from dstream.images import Builder
+
+    builder = Builder(echo=lambda line: typer.echo(line, err=True))
+    for name in _names(names, all_):
+        typer.echo(builder.push(name, registry))
 
 
 def _size(n: int) -> str:

@@ -35,6 +35,7 @@ class LaunchOptions:
     pull: str = "missing"  # missing | always | never
     update_lock: bool = False
     progress: bool = True
+    leftovers_checked: bool = False
     runtimes: dict[str, Runtime] = field(default_factory=dict)  # tests inject a fake
 
 

@@ -7,10 +7,13 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 _FOLDER_MARKERS = {"unit": "unit", "e2e": "e2e", "integration": "integration"}

@@ -100,8 +100,15 @@ if [[ "$installed" != "$AZURITE_VERSION" || ! -r "$AZ_MAIN" ]]; then
     [[ -s "$AZ_HOME/package.json" ]] || printf '{"name":"dstream-dev-azurite","private":true}\n' >"$AZ_HOME/package.json"
     t1="$(now_ms)"
     printf '\n==== %s npm install azurite@%s\n' "$(date -Is)" "$AZURITE_VERSION" >>"$(log_file azurite-install)"
-    if ! npm install --prefix "$AZ_HOME" --no-audit --no-fund --no-update-notifier \
-        "azurite@$AZURITE_VERSION" >>"$(log_file azurite-install)" 2>&1 </dev/null; then
+    # Run npm inside $AZ_HOME rather than with --prefix: --prefix also moves npm's *global*
+    # config to $AZ_HOME/etc/npmrc, so the machine's (e.g. its `cafile` for a TLS-intercepting
+    # proxy) would be ignored.  Node's extra CA file defaults to the system bundle for the same
+    # reason.  Short retries: npm otherwise spends minutes per package on a TLS failure.
+    if ! (cd "$AZ_HOME" &&
+        NODE_EXTRA_CA_CERTS="${NODE_EXTRA_CA_CERTS:-$(ls /etc/ssl/certs/ca-certificates.crt 2>/dev/null || true)}" \
+            npm install --no-audit --no-fund --no-update-notifier --save-exact \
+            --fetch-retries=2 --fetch-retry-mintimeout=2000 --fetch-retry-maxtimeout=10000 \
+            "azurite@$AZURITE_VERSION") >>"$(log_file azurite-install)" 2>&1 </dev/null; then
         show_log azurite-install 30
         die "npm install azurite@$AZURITE_VERSION failed (log $(log_file azurite-install))"
     fi

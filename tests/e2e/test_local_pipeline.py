@@ -7,13 +7,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 import pytest
 
 from tests.conftest import run_cli
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
 
 COUNTER_TO_CONSOLE = """
 task "demo" {{
@@ -50,7 +53,8 @@ def test_jsonl_output_is_the_envelope_and_resume_continues(task_file: Callable[.
     assert envelopes[0] == {"data": {"value": 1}, "metadata": {"Source": "counter", "Sequence": 1}}
     # The checkpoint was persisted: a second run has nothing left to send.
     again = run_cli("run", "demo", "-f", str(path))
-    assert again.returncode == 0 and again.stdout == ""
+    assert again.returncode == 0
+    assert again.stdout == ""
     assert "resumes from checkpoint {'value': 10}" in again.stderr
 
 
@@ -118,7 +122,8 @@ def test_invalid_task_file_is_refused_before_starting_anything(task_file: Callab
     assert result.returncode == 1
     assert f"{path}:1: task 't' has no output block" in result.stderr
     lint = run_cli("lint", "-f", str(path))
-    assert lint.returncode == 1 and f"{path}:1:" in lint.stdout
+    assert lint.returncode == 1
+    assert f"{path}:1:" in lint.stdout
 
 
 def test_sigterm_stops_both_providers_and_leaves_no_child(task_file: Callable[..., Path]) -> None:
@@ -136,7 +141,11 @@ def test_sigterm_stops_both_providers_and_leaves_no_child(task_file: Callable[..
         children = psutil.Process(proc.pid).children(recursive=True)
         assert len(children) >= 2
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
+        # Not communicate(): it would skip what readline() already buffered.
+        out = proc.stdout.read()
+        assert proc.stderr is not None
+        err = proc.stderr.read()
+        proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -179,7 +188,9 @@ Queues.main()
 """
 
 
-def test_lifecycle_verb_prints_a_table_and_json(task_file: Callable[..., Path], script: Callable[[str, str], Path]) -> None:
+def test_lifecycle_verb_prints_a_table_and_json(
+    task_file: Callable[..., Path], script: Callable[[str, str], Path]
+) -> None:
     provider = script("queues-output-provider", LIFECYCLE_PROVIDER)
     path = task_file(
         f"""
@@ -194,7 +205,9 @@ def test_lifecycle_verb_prints_a_table_and_json(task_file: Callable[..., Path], 
     )
     table = run_cli("init", "t", "-f", str(path), env={"COLUMNS": "200"})
     assert table.returncode == 0, table.stderr
-    assert "orders" in table.stdout and "customers" in table.stdout and "create" in table.stdout
+    assert "orders" in table.stdout
+    assert "customers" in table.stdout
+    assert "create" in table.stdout
     assert "does not support init" in table.stdout  # the counter input has no lifecycle
     raw = run_cli("plan", "t", "-f", str(path), "--json")
     assert raw.returncode == 0, raw.stderr
@@ -204,7 +217,8 @@ def test_lifecycle_verb_prints_a_table_and_json(task_file: Callable[..., Path], 
         {"role": "output", "resource": {"type": "queue", "name": "customers", "action": "create", "state": "absent"}},
     ]
     skipped = run_cli("destroy", "t", "-f", str(path))
-    assert skipped.returncode == 0 and "does not support destroy" in skipped.stdout
+    assert skipped.returncode == 0
+    assert "does not support destroy" in skipped.stdout
 
 
 def test_upstream_failed_reply_is_a_failure(task_file: Callable[..., Path], script: Callable[[str, str], Path]) -> None:
@@ -229,6 +243,9 @@ def test_upstream_failed_reply_is_a_failure(task_file: Callable[..., Path], scri
 
 def test_version_and_help() -> None:
     version = run_cli("--version")
-    assert version.returncode == 0 and version.stdout.startswith("dstream ")
+    assert version.returncode == 0
+    assert version.stdout.startswith("dstream ")
     helptext = run_cli("--help")
-    assert helptext.returncode == 0 and "run" in helptext.stdout and "lint" in helptext.stdout
+    assert helptext.returncode == 0
+    assert "run" in helptext.stdout
+    assert "lint" in helptext.stdout

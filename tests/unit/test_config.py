@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from dstream.config import lint, load
 from dstream.config.models import parse_duration, parse_size
 from dstream.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
 
 FULL = """\
 # a comment
@@ -62,7 +65,8 @@ def test_full_file_keeps_types_and_evaluates_locals_and_env(task_file: Callable[
     assert cfg["tables"] == ["dbo.Orders", "dbo.Customers"]
     assert cfg["tables2"] == ["dbo.Orders", "dbo.Customers"]  # "${local.x}" alone keeps the list
     assert cfg["server"] == {"host": "db", "port": 1433}
-    assert cfg["port"] == 1433 and isinstance(cfg["port"], int)
+    assert cfg["port"] == 1433
+    assert isinstance(cfg["port"], int)
     assert cfg["first"] == "dbo.Orders"
     assert cfg["queue"] == "cdc-db"
     assert cfg["conn"] == "Server=db;Password=s3cret!"
@@ -70,8 +74,11 @@ def test_full_file_keeps_types_and_evaluates_locals_and_env(task_file: Callable[
     assert cfg["piped"] == "pd"
     assert cfg["native"] == "Server=db;Password=s3cret!"
     assert cfg["native_def"] == "nd"
-    assert cfg["int"] == 42 and cfg["float"] == 1.5 and cfg["neg"] == -3
-    assert cfg["yes"] is True and cfg["nothing"] is None
+    assert cfg["int"] == 42
+    assert cfg["float"] == 1.5
+    assert cfg["neg"] == -3
+    assert cfg["yes"] is True
+    assert cfg["nothing"] is None
     assert cfg["nested"] == {"a": 1, "deeper": {"b": "two"}}
     assert cfg["list"] == [1, "two", False, {"k": "v"}]
     assert cfg["escaped"] == 'quote " backslash \\ ${literal}'
@@ -145,29 +152,56 @@ def test_config_as_block_or_map_and_repeated_nested_blocks(task_file: Callable[.
 
 
 LINT_CASES = [
-    ('task "t" {\n  input {\n    provider_path = "x"\n    colour = 1\n  }\n  output { provider_path = "y" }\n}\n',
-     4, "unknown attribute or block 'input.colour'"),
-    ('task "t" {\n  input { provider_path = "x" }\n  output { provider_path = "y" }\n  wheels { }\n}\n',
-     4, "unknown attribute or block 'wheels'"),
-    ('gadget {\n}\n', 1, "unknown block 'gadget'"),
-    ('task "t" {\n  input {\n    provider_path = "x"\n    provider_ref = "r:1"\n  }\n  output { provider_path = "y" }\n}\n',
-     2, "set exactly one of provider_path"),
-    ('task "t" {\n  input { provider_path = "x" }\n  output {\n    config = {}\n  }\n}\n',
-     3, "neither is set"),
-    ('task "t" {\n  input {\n    provider_path = "x"\n    config { a = local.missing }\n  }\n  output { provider_path = "y" }\n}\n',
-     4, "undefined local 'local.missing'"),
-    ('task "t" {\n  input { provider_path = "x" }\n  output { provider_path = "y" }\n}\n\ntask "t" {\n  input { provider_path = "x" }\n  output { provider_path = "y" }\n}\n',
-     6, "duplicate task name 't' (first defined at line 1)"),
+    (
+        'task "t" {\n  input {\n    provider_path = "x"\n    colour = 1\n  }\n  output { provider_path = "y" }\n}\n',
+        4,
+        "unknown attribute or block 'input.colour'",
+    ),
+    (
+        'task "t" {\n  input { provider_path = "x" }\n  output { provider_path = "y" }\n  wheels { }\n}\n',
+        4,
+        "unknown attribute or block 'wheels'",
+    ),
+    ("gadget {\n}\n", 1, "unknown block 'gadget'"),
+    (
+        'task "t" {\n  input {\n    provider_path = "x"\n    provider_ref = "r:1"\n  }\n  output { provider_path = "y" }\n}\n',
+        2,
+        "set exactly one of provider_path",
+    ),
+    ('task "t" {\n  input { provider_path = "x" }\n  output {\n    config = {}\n  }\n}\n', 3, "neither is set"),
+    (
+        'task "t" {\n  input {\n    provider_path = "x"\n    config { a = local.missing }\n  }\n  output { provider_path = "y" }\n}\n',
+        4,
+        "undefined local 'local.missing'",
+    ),
+    (
+        'task "t" {\n  input { provider_path = "x" }\n  output { provider_path = "y" }\n}\n\ntask "t" {\n  input { provider_path = "x" }\n  output { provider_path = "y" }\n}\n',
+        6,
+        "duplicate task name 't' (first defined at line 1)",
+    ),
     ('task "t" {\n  input {\n    provider_path = \n  }\n}\n', 3, "syntax error"),
     ('task "t" {\n  input { provider_path = "x" }\n}\n', 1, "has no output block"),
-    ('task "t" {\n  input { provider_path = "x" }\n  output { provider_path = "y" }\n  on_error = "explode"\n}\n',
-     4, "on_error"),
-    ('task "t" {\n  input { provider_path = "x" }\n  output { provider_path = "y" }\n  stop_timeout = "soon"\n}\n',
-     4, "expected a duration"),
-    ('task "t" {\n  input {\n    provider_path = "x"\n    provider_path = "z"\n  }\n  output { provider_path = "y" }\n}\n',
-     4, "is set twice (first at line 3)"),
-    ('locals {\n  a = local.b\n  b = local.a\n}\n', 2, "cycle"),
-    ('task "t" {\n  input { provider_path = unquoted }\n  output { provider_path = "y" }\n}\n', 2, "unknown name 'unquoted'"),
+    (
+        'task "t" {\n  input { provider_path = "x" }\n  output { provider_path = "y" }\n  on_error = "explode"\n}\n',
+        4,
+        "on_error",
+    ),
+    (
+        'task "t" {\n  input { provider_path = "x" }\n  output { provider_path = "y" }\n  stop_timeout = "soon"\n}\n',
+        4,
+        "expected a duration",
+    ),
+    (
+        'task "t" {\n  input {\n    provider_path = "x"\n    provider_path = "z"\n  }\n  output { provider_path = "y" }\n}\n',
+        4,
+        "is set twice (first at line 3)",
+    ),
+    ("locals {\n  a = local.b\n  b = local.a\n}\n", 2, "cycle"),
+    (
+        'task "t" {\n  input { provider_path = unquoted }\n  output { provider_path = "y" }\n}\n',
+        2,
+        "unknown name 'unquoted'",
+    ),
 ]
 
 

@@ -65,7 +65,8 @@ def test_oversized_line_goes_to_the_sink_not_memory() -> None:
     assert sink.events[0] == ("begin", 2)
     assert sink.raw() == big
     assert sink.events[-1] == ("end", 35)
-    assert framer.pending == 0 and framer.lines == 3
+    assert framer.pending == 0
+    assert framer.lines == 3
 
 
 def test_oversized_line_finishing_in_a_chunk() -> None:
@@ -81,7 +82,8 @@ def test_oversized_last_line_without_newline() -> None:
     sink = RecordingSink()
     framer = LineFramer(4, sink)
     assert feed_all(framer, [b"abcdefgh"]) == b""
-    assert sink.raw() == b"abcdefgh" and sink.events[-1] == ("end", 8)
+    assert sink.raw() == b"abcdefgh"
+    assert sink.events[-1] == ("end", 8)
 
 
 def test_oversized_line_inside_one_chunk() -> None:
@@ -89,5 +91,20 @@ def test_oversized_line_inside_one_chunk() -> None:
     framer = LineFramer(8, sink)
     out = feed_all(framer, [b"short\n" + b"y" * 20 + b"\nok\n"])
     assert out == b"short\nok\n"
-    assert sink.events[0] == ("begin", 2) and sink.raw() == b"y" * 20
+    assert sink.events[0] == ("begin", 2)
+    assert sink.raw() == b"y" * 20
     assert framer.lines == 3
+
+
+def test_docker_frames_demultiplex_across_any_split() -> None:
+    from dstream.runtime.frames import STDERR, STDOUT, FrameDemux, frame
+
+    stream = frame(STDOUT, b"hello ") + frame(STDERR, b"log line\n") + frame(STDOUT, b"world\n") + frame(STDOUT, b"")
+    for size in (1, 3, 7, 8, 9, len(stream)):
+        demux = FrameDemux()
+        out: dict[int, bytes] = {STDOUT: b"", STDERR: b""}
+        for i in range(0, len(stream), size):
+            for kind, data in demux.feed(stream[i : i + size]).items():
+                out[kind] += data
+        assert out == {STDOUT: b"hello world\n", STDERR: b"log line\n"}
+        assert demux.clean

@@ -9,7 +9,8 @@ from dstream import protocol
 
 def test_command_envelope_round_trip() -> None:
     line = protocol.command_envelope("run", {"a": 1, "nested": {"b": [1, 2]}}, {"value": 3})
-    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert line.endswith(b"\n")
+    assert line.count(b"\n") == 1
     assert protocol.decode_object(line) == {
         "command": "run",
         "config": {"a": 1, "nested": {"b": [1, 2]}},
@@ -20,12 +21,20 @@ def test_command_envelope_round_trip() -> None:
 
 def test_handshake_parsing() -> None:
     hs = protocol.parse_handshake(b'{"status":"ready","verbs":["run","init"],"features":["ack"]}\n')
-    assert hs is not None and hs.status == "ready" and hs.acks and not hs.commits
-    assert hs.supports("init") and not hs.supports("destroy")
+    assert hs is not None
+    assert hs.status == "ready"
+    assert hs.acks
+    assert not hs.commits
+    assert hs.supports("init")
+    assert not hs.supports("destroy")
     bare = protocol.parse_handshake(b'{"status":"ready"}')
-    assert bare is not None and bare.verbs is None and bare.supports("destroy")
+    assert bare is not None
+    assert bare.verbs is None
+    assert bare.supports("destroy")
     err = protocol.parse_handshake(b'{"status":"error","message":"bad dsn"}')
-    assert err is not None and err.status == "error" and err.message == "bad dsn"
+    assert err is not None
+    assert err.status == "error"
+    assert err.message == "bad dsn"
     # A data line is not a handshake (legacy provider); neither is garbage.
     assert protocol.parse_handshake(b'{"data":{"status":"ready"}}') is None
     assert protocol.parse_handshake(b"hello") is None
@@ -53,12 +62,19 @@ def test_canonical_ignores_key_order() -> None:
 
 def test_lifecycle_reply_accepts_resource_lines_and_upstream_summary() -> None:
     reply = protocol.LifecycleReply()
-    reply.feed(b'{"resource":{"type":"servicebus_queue","name":"Orders_cdc_events","action":"create","state":"present"}}')
+    reply.feed(
+        b'{"resource":{"type":"servicebus_queue","name":"Orders_cdc_events","action":"create","state":"present"}}'
+    )
     reply.feed(b"not json: a stray line")
-    assert [r.name for r in reply.resources] == ["Orders_cdc_events"] and not reply.failed
+    assert [r.name for r in reply.resources] == ["Orders_cdc_events"]
+    assert not reply.failed
     upstream = protocol.LifecycleReply()
-    upstream.feed(b'{"status":"Success","resources":["q1",{"name":"q2","type":"queue"}],"metadata":null,"message":"ok","error":null}')
-    assert [r.name for r in upstream.resources] == ["q1", "q2"] and not upstream.failed
+    upstream.feed(
+        b'{"status":"Success","resources":["q1",{"name":"q2","type":"queue"}],"metadata":null,"message":"ok","error":null}'
+    )
+    assert [r.name for r in upstream.resources] == ["q1", "q2"]
+    assert not upstream.failed
     failed = protocol.LifecycleReply()
     failed.feed(b'{"status":"Failed","resources":[],"metadata":null,"message":"no permission","error":null}')
-    assert failed.failed and failed.message == "no permission"
+    assert failed.failed
+    assert failed.message == "no permission"

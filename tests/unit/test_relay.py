@@ -11,8 +11,7 @@ import base64
 import io
 import json
 from collections.abc import Awaitable, Callable
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -22,6 +21,9 @@ from dstream.launch import LaunchOptions
 from dstream.runner import RunSummary, TaskRun
 from dstream.runtime.fake import FakeIO, FakeRuntime
 from dstream.state.sqlite import SqliteStore
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 Behaviour = Callable[[FakeIO], Awaitable[int]]
 
@@ -227,7 +229,9 @@ def test_bad_line_is_dead_lettered_byte_for_byte_and_the_rest_flows(tmp_path: Pa
     records = [json.loads(line) for line in dlq.read_bytes().splitlines()]
     assert len(records) == 1
     record = records[0]
-    assert record["reason"] == reason and record["task"] == "t" and record["line"] == 3
+    assert record["reason"] == reason
+    assert record["task"] == "t"
+    assert record["line"] == 3
     assert base64.b64decode(record["raw_base64"]) == bad
     assert record["size"] == len(bad)
     assert record["after_checkpoint"] == {"value": 1}
@@ -271,7 +275,8 @@ def test_output_dying_mid_stream_stops_the_input_and_persists_only_acked(tmp_pat
     with pytest.raises(ProviderError) as err:
         run(doc, FakeRuntime(input=endless, output=dies))
     message = str(err.value)
-    assert "output provider" in message and "exited with code 3" in message
+    assert "output provider" in message
+    assert "exited with code 3" in message
     assert "disk full" in message
     assert stored(doc) == {"value": 20}
 
@@ -348,9 +353,7 @@ def test_secrets_are_redacted_from_errors(tmp_path: Path) -> None:
     doc = Document(
         path=tmp_path / "dstream.hcl",
         tasks={
-            "t": Task.model_validate(
-                {"name": "t", "input": {"provider_path": "f"}, "output": {"provider_path": "f"}}
-            )
+            "t": Task.model_validate({"name": "t", "input": {"provider_path": "f"}, "output": {"provider_path": "f"}})
         },
         secrets=frozenset({"hunter2-canary"}),
     )

@@ -1,0 +1,87 @@
+"""Upstream-style provider artifacts: one executable per platform, pulled with oras-py.
+
+Layout (as upstream publishes it): artifactType ``application/vnd.dstream.provider``,
+layers titled ``plugin.<os>_<arch>`` (``.exe`` on Windows) plus ``provider.json``. The
+executable for this machine is cached by manifest digest under
+``$DSTREAM_CACHE`` (default ``~/.cache/dstream``)/``artifacts/<digest>/`` and verified
+against its layer digest before every run, so a moved tag can never run stale code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dstream import log
+from dstream.distribution.registry import Manifest, docker_credentials, is_insecure
+from dstream.errors import DistributionError
+
+if TYPE_CHECKING:
+    from dstream.distribution.reference import Reference
+
+_log = log.get("artifacts")
+
+
+def cache_dir() -> Path:
+    configured = os.environ.get("DSTREAM_CACHE")
+    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "dstream"
+
+
+def this_platform() -> tuple[str, str]:
+    """(os, arch) in Go/OCI terms."""
+    machine = os.uname().machine.lower()
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
+    return ("linux" if sys.platform.startswith("linux") else sys.platform), arch
+
+
+def _layer_for_platform(manifest: Manifest) -> tuple[str, dict[str, object]]:
+    os_name, arch = this_platform()
+    wanted = {f"plugin.{os_name}_{arch}", f"plugin.{os_name}_{arch}.exe"}
+    titles = []
+    for layer in manifest.layers():
+        title = str((layer.get("annotations") or {}).get("org.opencontainers.image.title", ""))
+        titles.append(title)
+        if title in wanted:
+            return title, layer
+    offered = ", ".join(t for t in titles if t.startswith("plugin.")) or "none"
+    raise DistributionError(f"the artifact has no executable for {os_name}/{arch} (it offers: {offered})")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1024 * 1024), b""):
+            digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+def fetch_executable(ref: Reference, manifest: Manifest) -> Path:
+    """The local path of this platform's executable, downloading it when not cached."""
+    title, layer = _layer_for_platform(manifest)
+    digest = str(layer["digest"])
+    target = cache_dir() / "artifacts" / manifest.digest.replace(":", "-") / "plugin"
+    if target.exists() and _sha256(target) == digest:
+        return target
+    _log.info("pulling %s (%s) from %s", title, digest[:19], ref.registry)
+    import oras.client
+
+    client = oras.client.OrasClient(hostname=ref.registry, insecure=is_insecure(ref.registry))
+    creds = docker_credentials(ref.registry)
+    if creds:
+        client.login(username=creds[0], password=creds[1], hostname=ref.registry, insecure=is_insecure(ref.registry))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".part")
+    try:
+        client.download_blob(f"{ref.name}@{manifest.digest}", digest, str(partial))
+    except Exception as exc:  # noqa: BLE001 - oras/requests raise many kinds; say which artifact failed
+        partial.unlink(missing_ok=True)
+        raise DistributionError(f"cannot download {title} of {ref}: {exc}") from None
+    if _sha256(partial) != digest:
+        partial.unlink(missing_ok=True)
+        raise DistributionError(f"{title} of {ref} does not match its digest {digest}")
+    partial.chmod(0o755)
+    partial.replace(target)
+    return target

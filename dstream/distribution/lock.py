@@ -1,0 +1,87 @@
+"""``dstream.lock``: the digest each ``provider_ref`` resolved to, like Terraform's lock file.
+
+Format (HCL, one block per reference; commit it with the task file)::
+
+    provider "127.0.0.1:5000/dstream/counter-input-provider:0.1.0" {
+      digest    = "sha256:…"
+      kind      = "image"
+      locked_at = "2026-11-23T01:00:00Z"
+    }
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from dstream.errors import DistributionError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+LOCK_FILE = "dstream.lock"
+_HEADER = (
+    "# dstream.lock: the registry digest of every provider_ref, written by `dstream lock`.\n"
+    "# Commit it. `dstream run` refuses to start when a registry serves a different digest\n"
+    "# for a locked reference (accept the new one with --update-lock or `dstream lock`).\n"
+)
+
+
+@dataclass(frozen=True)
+class Locked:
+    digest: str
+    kind: str
+    locked_at: str
+
+
+class LockFile:
+    def __init__(self, path: Path, entries: dict[str, Locked] | None = None) -> None:
+        self.path = path
+        self.entries = entries or {}
+
+    @classmethod
+    def load(cls, path: Path) -> LockFile:
+        if not path.exists():
+            return cls(path)
+        from dstream.config.evaluate import EvalError, Evaluator
+        from dstream.config.hcl import parse
+        from dstream.errors import ConfigError
+
+        try:
+            body = parse(path.read_text(), str(path))
+            evaluator = Evaluator({}, {})
+            entries = {}
+            for block in body.blocks_of("provider"):
+                values = {name: evaluator.eval(attr.expr) for name, attr in block.body.attributes.items()}
+                entries[block.labels[0]] = Locked(
+                    digest=str(values["digest"]),
+                    kind=str(values.get("kind", "image")),
+                    locked_at=str(values.get("locked_at", "")),
+                )
+        except (ConfigError, EvalError, KeyError, IndexError) as exc:
+            raise DistributionError(
+                f"{path} is not a valid lock file ({exc}); delete it and run `dstream lock`"
+            ) from None
+        return cls(path, entries)
+
+    def get(self, ref: str) -> Locked | None:
+        return self.entries.get(ref)
+
+    def set(self, ref: str, digest: str, kind: str) -> None:
+        self.entries[ref] = Locked(digest, kind, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+    def save(self) -> None:
+        blocks = []
+        for ref in sorted(self.entries):
+            entry = self.entries[ref]
+            blocks.append(
+                f'provider "{ref}" {{\n'
+                f'  digest    = "{entry.digest}"\n'
+                f'  kind      = "{entry.kind}"\n'
+                f'  locked_at = "{entry.locked_at}"\n'
+                "}\n"
+            )
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(_HEADER + "\n" + "\n".join(blocks))
+        tmp.replace(self.path)

@@ -1,0 +1,174 @@
+"""A small client for the OCI distribution API: resolve a tag to its manifest digest.
+
+Loopback registries (and those in ``$DSTREAM_INSECURE_REGISTRIES``) are spoken to over
+plain HTTP, as the Docker engine does; others over HTTPS. Bearer-token and basic auth
+use the credentials ``docker login`` stored in ``~/.docker/config.json``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from dstream.distribution.reference import DOCKER_HUB, Reference
+from dstream.errors import DistributionError
+
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+IMAGE_CONFIGS = ("application/vnd.docker.container.image.v1+json", "application/vnd.oci.image.config.v1+json")
+DSTREAM_ARTIFACT = "application/vnd.dstream.provider"
+_ACCEPT = ", ".join([OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST, DOCKER_LIST])
+TIMEOUT = 30
+
+
+@dataclass(frozen=True)
+class Manifest:
+    digest: str
+    media_type: str
+    body: dict[str, Any]
+
+    @property
+    def kind(self) -> str:
+        """``"image"``, ``"artifact"`` (an upstream-style executable) or ``"unknown"``."""
+        body = self.body
+        if body.get("artifactType") == DSTREAM_ARTIFACT:
+            return "artifact"
+        config_type = (body.get("config") or {}).get("mediaType", "")
+        if config_type == DSTREAM_ARTIFACT:
+            return "artifact"  # ORAS before 1.0 put the artifact type in the config
+        if self.media_type in (OCI_INDEX, DOCKER_LIST) or config_type in IMAGE_CONFIGS:
+            return "image"
+        titles = [
+            (layer.get("annotations") or {}).get("org.opencontainers.image.title", "")
+            for layer in body.get("layers") or []
+        ]
+        if any(t.startswith("plugin.") for t in titles):
+            return "artifact"
+        return "unknown"
+
+    def layers(self) -> list[dict[str, Any]]:
+        return list(self.body.get("layers") or [])
+
+
+def is_insecure(host: str) -> bool:
+    extra = {h.strip() for h in os.environ.get("DSTREAM_INSECURE_REGISTRIES", "").split(",") if h.strip()}
+    if host in extra:
+        return True
+    name = host.rsplit(":", 1)[0] if not host.startswith("[") else host[1:].split("]", maxsplit=1)[0]
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def docker_credentials(host: str) -> tuple[str, str] | None:
+    config = Path(os.environ.get("DOCKER_CONFIG", Path.home() / ".docker")) / "config.json"
+    try:
+        auths = json.loads(config.read_text()).get("auths", {})
+    except (OSError, ValueError):
+        return None
+    keys = [host, f"https://{host}", f"http://{host}"]
+    if host == "registry-1.docker.io":
+        keys.append("https://index.docker.io/v1/")
+    for key in keys:
+        encoded = (auths.get(key) or {}).get("auth")
+        if encoded:
+            user, _, password = base64.b64decode(encoded).decode().partition(":")
+            return user, password
+    return None
+
+
+class RegistryClient:
+    def __init__(self) -> None:
+        self._session = requests.Session()
+        self._tokens: dict[str, str] = {}
+
+    def _base(self, ref: Reference) -> str:
+        host = "registry-1.docker.io" if ref.registry == DOCKER_HUB else ref.registry
+        scheme = "http" if is_insecure(host) else "https"
+        return f"{scheme}://{host}"
+
+    def _get(self, ref: Reference, path: str, headers: dict[str, str], stream: bool = False) -> requests.Response:
+        url = self._base(ref) + path
+        host = url.split("/")[2]
+        scope = f"repository:{ref.repository}:pull"
+        for attempt in range(2):
+            request_headers = dict(headers)
+            token = self._tokens.get(scope)
+            if token:
+                request_headers["Authorization"] = token
+            try:
+                response = self._session.get(url, headers=request_headers, timeout=TIMEOUT, stream=stream)
+            except requests.RequestException as exc:
+                raise DistributionError(f"cannot reach registry {ref.registry}: {_reason(exc)}") from None
+            if response.status_code != 401 or attempt:
+                return response
+            self._tokens[scope] = self._authenticate(response, host, scope)
+        return response
+
+    def _authenticate(self, response: requests.Response, host: str, scope: str) -> str:
+        challenge = response.headers.get("WWW-Authenticate", "")
+        creds = docker_credentials(host)
+        if challenge.lower().startswith("basic"):
+            if creds is None:
+                raise DistributionError(f"registry {host} needs a login: run `docker login {host}`")
+            return "Basic " + base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
+        params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
+        realm = params.pop("realm", None)
+        if not realm:
+            raise DistributionError(f"registry {host} refused access and sent no usable auth challenge")
+        params.setdefault("scope", scope)
+        try:
+            reply = self._session.get(realm, params=params, auth=creds, timeout=TIMEOUT)
+        except requests.RequestException as exc:
+            raise DistributionError(f"cannot get a token from {realm}: {_reason(exc)}") from None
+        if reply.status_code != 200:
+            raise DistributionError(f"registry {host} refused a token ({reply.status_code}); try `docker login {host}`")
+        data = reply.json()
+        return "Bearer " + str(data.get("token") or data.get("access_token"))
+
+    def manifest(self, ref: Reference, reference: str | None = None) -> Manifest:
+        """The manifest for ``ref`` (its tag or digest, or ``reference``) and its digest."""
+        wanted = reference or ref.reference
+        response = self._get(ref, f"/v2/{ref.repository}/manifests/{wanted}", {"Accept": _ACCEPT})
+        if response.status_code == 404:
+            raise DistributionError(
+                f"{ref.docker_name}:{wanted} was not found in registry {ref.registry} "
+                f"(check the name and tag; was it pushed?)"
+            )
+        if response.status_code == 401:
+            raise DistributionError(f"access to {ref} denied by {ref.registry}; run `docker login {ref.registry}`")
+        if response.status_code != 200:
+            raise DistributionError(f"registry {ref.registry} answered {response.status_code} for {ref}")
+        content = response.content
+        digest = response.headers.get("Docker-Content-Digest") or "sha256:" + hashlib.sha256(content).hexdigest()
+        if wanted.startswith("sha256:") and digest != wanted:
+            raise DistributionError(f"registry {ref.registry} returned {digest} for {wanted}")
+        media_type = response.headers.get("Content-Type", "").split(";")[0]
+        try:
+            body = json.loads(content)
+        except ValueError:
+            raise DistributionError(f"registry {ref.registry} returned a manifest that is not JSON for {ref}") from None
+        return Manifest(digest=digest, media_type=body.get("mediaType") or media_type, body=body)
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc)
+    if "Connection refused" in text:
+        return "connection refused"
+    if "Name or service not known" in text or "Temporary failure in name resolution" in text:
+        return "unknown host"
+    return text[:200]
