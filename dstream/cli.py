@@ -157,6 +157,60 @@ def destroy(task: str, file: FileOption = None, as_json: JsonOption = False) -> 
     _lifecycle("destroy", task, file, as_json)
 
 
+@state_app.command("show")
+def state_show(task: str, file: FileOption = None) -> None:
+    """Print the task's stored checkpoint (what the next run resumes from)."""
+    import json
+    import time
+
+    from dstream.state import open_store
+
+    document = _load(file)
+    document.task(task)
+    store = open_store(document)
+    try:
+        stored = store.load(task)
+    finally:
+        store.close()
+    if stored is None:
+        typer.echo(json.dumps({"task": task, "checkpoint": None, "store": store.location}))
+        typer.echo(f"task {task} has no checkpoint yet: the next run starts from the beginning", err=True)
+        return
+    updated = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stored.updated_at))
+    out = {
+        "task": task,
+        "checkpoint": stored.checkpoint,
+        "run_id": stored.run_id,
+        "updated_at": updated,
+        "writes": stored.sequence,
+        "store": store.location,
+    }
+    typer.echo(json.dumps(out, indent=2))
+
+
+@state_app.command("reset")
+def state_reset(
+    task: str,
+    file: FileOption = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Forget the task's checkpoint: the next run starts from the beginning."""
+    from dstream.state import open_store
+
+    document = _load(file)
+    document.task(task)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise DStreamError(f"refusing to reset task {task} without confirmation: pass --yes")
+        typer.confirm(f"Forget the checkpoint of task {task}? Its next run starts from the beginning", abort=True)
+    store = open_store(document)
+    try:
+        existed = store.reset(task)
+    finally:
+        store.close()
+    typer.echo(f"task {task}: checkpoint {'removed' if existed else 'was already empty'} ({store.location})")
+
+
 @app.command()
 def lock(file: FileOption = None) -> None:
     """Resolve every provider_ref to its registry digest and write dstream.lock."""
@@ -211,9 +265,9 @@ def providers_list(as_json: JsonOption = False) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("name", "kind", "image", "verbs", "description")
+    table = Table("name", "kind", "image", "verbs")
     for e in entries:
-        table.add_row(e.name, e.kind, e.image(), ",".join(e.verbs), e.description)
+        table.add_row(e.name, e.kind, e.image(), ",".join(e.verbs))
     Console().print(table)
 
 

@@ -60,8 +60,12 @@ class Builder:
         """(python version "3.11", machine "x86_64") of the base image."""
         if self._python is None:
             base = base_image()
-            if self.engine.image(base) is None and base == DEFAULT_BASE:
-                self.echo(f"base image {base} is not local; docker will pull it")
+            if self.engine.image(base) is None:
+                raise RuntimeFailure(
+                    f"the base image {base} is not in the local engine. Pull it (`docker pull {base}`), "
+                    f"or, without access to Docker Hub, build a Debian base with "
+                    f"images/base/build-local-base.sh and set DSTREAM_BASE_IMAGE=dstream-local/python:bookworm"
+                )
             probe = "import sys, platform; print('%d.%d' % sys.version_info[:2], platform.machine())"
             out = self.engine.run_probe(base, ["python3", "-c", probe])
             version, machine = out.split()[-2:]

@@ -104,7 +104,7 @@ class _Loader:
             return None
         secrets.update(evaluator.secrets)
         return Document(
-            path=self.path,
+            path=self.path.resolve(),
             tasks=tasks,
             state=state,
             secrets=frozenset(s for s in secrets if len(s) >= 4),

@@ -127,6 +127,8 @@ class DockerEngine:
 
     def run_probe(self, image: str, command: list[str]) -> str:
         """Run a short command in ``image`` (no network) and return its output."""
+        if self.image(image) is None:  # never let a probe pull implicitly
+            raise RuntimeFailure(f"image {image} is not in the local engine")
         try:
             out = self.client.containers.run(image, command, remove=True, network_mode="none", stderr=True)
         except docker.errors.DockerException as exc:

@@ -30,7 +30,7 @@ from dstream.sdk.base import (
     Provider,
     ProviderConfig,
 )
-from dstream.sdk.types import Checkpoint, Envelope, Record, Resource
+from dstream.sdk.types import Checkpoint, Envelope, Raw, Record, Resource
 
 __all__ = [
     "Checkpoint",
@@ -42,6 +42,7 @@ __all__ = [
     "OutputProvider",
     "Provider",
     "ProviderConfig",
+    "Raw",
     "Record",
     "Resource",
 ]

@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from dstream import protocol
 from dstream.sdk.base import Context, InfrastructureProvider, InputProvider, OutputProvider, Provider, supported_verbs
-from dstream.sdk.types import Checkpoint, Envelope, Record
+from dstream.sdk.types import Checkpoint, Envelope, Raw, Record
 
 FLUSH_INTERVAL = 0.02
 READ_CHUNK = 1024 * 1024
@@ -271,6 +271,15 @@ class Host:
                 if state.due():
                     self._send(protocol.checkpoint(state.position))
                     state.saved()
+        elif isinstance(item, Raw):
+            line = item.line
+            self._send(line if line.endswith(b"\n") else line + b"\n")
+            if item.position is not None:
+                state.position = item.position
+                state.unsaved += 1
+                if state.due():
+                    self._send(protocol.checkpoint(state.position))
+                    state.saved()
         elif isinstance(item, Checkpoint):
             self._send(protocol.checkpoint(item.position))
             state.position = item.position
@@ -278,7 +287,7 @@ class Host:
         elif isinstance(item, dict):
             self._send(protocol.encode(item))
         else:
-            raise TypeError(f"read() yielded {type(item).__name__}; yield Record, Checkpoint or dict")
+            raise TypeError(f"read() yielded {type(item).__name__}; yield Record, Raw, Checkpoint or dict")
 
     def _finish_input(self, state: _CheckpointState) -> None:
         if state.unsaved and state.position is not None:

@@ -8,7 +8,7 @@ from typing import Any
 from dstream import protocol
 from dstream.protocol import Resource
 
-__all__ = ["Checkpoint", "Envelope", "Record", "Resource"]
+__all__ = ["Checkpoint", "Envelope", "Raw", "Record", "Resource"]
 
 
 @dataclass(slots=True)
@@ -23,6 +23,17 @@ class Record:
 
     data: Any
     metadata: dict[str, Any] = field(default_factory=dict)
+    position: Any = None
+
+
+@dataclass(slots=True)
+class Raw:
+    """An already-encoded protocol line, sent as it is (replaying a JSONL file, say).
+
+    The orchestrator still validates it: a malformed line meets the task's ``on_error``.
+    """
+
+    line: bytes
     position: Any = None
 
 
