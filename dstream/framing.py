@@ -1,56 +1,54 @@
 """Newline framing over a byte stream read in large chunks.
 
 The relay never looks at one line at a time unless it has to: :meth:`LineFramer.feed`
-returns the run of complete lines in a chunk as one ``bytes`` block, and keeps the
-unfinished tail. A tail that grows past ``max_line_bytes`` is an oversized line: its
-bytes go to an :class:`OversizeSink` as they arrive instead of being buffered, so memory
-stays bounded whatever a provider prints.
+returns the run of complete lines in a chunk as one :class:`Block`, and keeps the
+unfinished tail. A line longer than ``max_line_bytes`` is not buffered: it comes out as
+:class:`Oversize` events (``start``, ``data``…, ``end``) carrying its bytes piece by
+piece, in stream order with the blocks around it, so memory stays bounded whatever a
+provider prints.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Literal
 
 
-class OversizeSink(Protocol):
-    """Receives an oversized line in pieces: ``begin`` (with its 1-based line number), ``write``…, ``end``."""
+@dataclass(slots=True)
+class Block:
+    """Complete lines (newline-terminated); ``first_line`` is the 1-based number of the first."""
 
-    def begin(self, line_number: int) -> None: ...
-    def write(self, data: bytes) -> None: ...
-    def end(self, size: int) -> None: ...
+    data: bytes
+    first_line: int
 
 
-class DiscardSink:
-    """Drops oversized lines, counting them (for streams where they only get a warning)."""
+@dataclass(slots=True)
+class Oversize:
+    stage: Literal["start", "data", "end"]
+    line: int
+    data: bytes = b""
+    size: int = 0  # set on "end": the whole line's length
 
-    def __init__(self) -> None:
-        self.count = 0
 
-    def begin(self, line_number: int) -> None:
-        self.count += 1
-
-    def write(self, data: bytes) -> None:
-        return None
-
-    def end(self, size: int) -> None:
-        return None
+Event = Block | Oversize
 
 
 class LineFramer:
-    def __init__(self, max_line_bytes: int, sink: OversizeSink | None = None) -> None:
+    def __init__(self, max_line_bytes: int) -> None:
         self.max_line_bytes = max_line_bytes
-        self.sink: OversizeSink = sink or DiscardSink()
         self.lines = 0  # complete lines seen so far, oversized ones included
         self._tail = bytearray()
         self._skipped = -1  # bytes of the oversized line being skipped, -1 when not skipping
+        self._events: list[Event] = []
 
-    def feed(self, chunk: bytes) -> bytes:
-        """Append ``chunk``; return every complete line now available (``b""`` if none)."""
+    def feed(self, chunk: bytes) -> list[Event]:
+        """Append ``chunk``; return what is now complete, in stream order."""
+        events = self._events = []
         if self._skipped >= 0:
             newline = chunk.find(b"\n")
             if newline < 0:
                 self._skip(chunk)
-                return b""
+                return events
             self._skip(chunk[:newline])
             self._end_skip()
             chunk = chunk[newline + 1 :]
@@ -58,7 +56,7 @@ class LineFramer:
         if last < 0:
             self._tail += chunk
             self._check_tail()
-            return b""
+            return events
         if self._tail:
             first = chunk.find(b"\n")
             if len(self._tail) + first > self.max_line_bytes:
@@ -73,46 +71,49 @@ class LineFramer:
             block = chunk[: last + 1]
         self._tail = bytearray(chunk[last + 1 :])
         if len(block) > self.max_line_bytes:
-            block = self._drop_long_lines(block)
-        else:
-            self.lines += block.count(b"\n")
+            self._split_long_lines(block)
+        elif block:
+            self._emit(block)
         self._check_tail()
-        return block
+        return events
 
-    def _drop_long_lines(self, block: bytes) -> bytes:
-        """A block bigger than the limit may hold a too-long line: route those to the sink."""
-        kept: list[bytes] = []
-        start = 0
-        limit = self.max_line_bytes
-        while start < len(block):
-            end = block.index(b"\n", start)
-            if end - start > limit:
-                self._skipped = 0
-                self.sink.begin(self.lines + 1)
-                self._skip(block[start:end])
-                self._end_skip()
-            else:
-                kept.append(block[start : end + 1])
-                self.lines += 1
-            start = end + 1
-        return b"".join(kept)
-
-    def finish(self) -> bytes:
-        """At end of stream: the last line if it had no newline (newline added), else ``b""``."""
+    def finish(self) -> list[Event]:
+        """At end of stream: the last line if it had no newline (one is added)."""
+        events = self._events = []
         if self._skipped >= 0:
             self._end_skip()
-            return b""
-        if not self._tail:
-            return b""
-        line = bytes(self._tail) + b"\n"
-        self._tail = bytearray()
-        self.lines += 1
-        return line
+        elif self._tail:
+            line = bytes(self._tail) + b"\n"
+            self._tail = bytearray()
+            self._emit(line)
+        return events
 
     @property
     def pending(self) -> int:
         """Bytes held for an unfinished line."""
         return len(self._tail)
+
+    def _emit(self, block: bytes) -> None:
+        self._events.append(Block(block, self.lines + 1))
+        self.lines += block.count(b"\n")
+
+    def _split_long_lines(self, block: bytes) -> None:
+        """A block bigger than the limit may hold too-long lines: cut them out, in order."""
+        start = 0
+        run_start = 0
+        limit = self.max_line_bytes
+        while start < len(block):
+            end = block.index(b"\n", start)
+            if end - start > limit:
+                if run_start < start:
+                    self._emit(block[run_start:start])
+                self._begin_skip()
+                self._skip(block[start:end])
+                self._end_skip()
+                run_start = end + 1
+            start = end + 1
+        if run_start < len(block):
+            self._emit(block[run_start:])
 
     def _check_tail(self) -> None:
         if len(self._tail) > self.max_line_bytes:
@@ -121,15 +122,15 @@ class LineFramer:
     def _begin_skip(self) -> None:
         held, self._tail = bytes(self._tail), bytearray()
         self._skipped = 0
-        self.sink.begin(self.lines + 1)
+        self._events.append(Oversize("start", self.lines + 1))
         self._skip(held)
 
     def _skip(self, data: bytes) -> None:
         if data:
             self._skipped += len(data)
-            self.sink.write(data)
+            self._events.append(Oversize("data", self.lines + 1, data))
 
     def _end_skip(self) -> None:
         size, self._skipped = self._skipped, -1
         self.lines += 1
-        self.sink.end(size)
+        self._events.append(Oversize("end", self.lines, size=size))

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from dstream import log, protocol
 from dstream.errors import BadDataError, DStreamError, ProtocolError, ProviderError, StateError
-from dstream.framing import DiscardSink, LineFramer
+from dstream.framing import Block, LineFramer, Oversize
 from dstream.handshake import stderr_excerpt
 from dstream.redact import Redactor
 from dstream.runtime.base import READ_CHUNK, ProviderProcess
@@ -73,38 +73,6 @@ class RelayResult:
     failure: DStreamError | None = None
 
 
-class _DeadLetterSink:
-    """Oversized input lines: fail at once, or stream them into the dead-letter file."""
-
-    def __init__(self, relay: Relay) -> None:
-        self.relay = relay
-
-    def begin(self, line_number: int) -> None:
-        relay = self.relay
-        limit = relay.task.max_line_bytes
-        detail = f"line longer than max_line_bytes ({limit} bytes)"
-        if relay.dead_letters is None:
-            raise BadDataError(
-                f"{relay.input.description} printed a line longer than max_line_bytes "
-                f"({limit} bytes) at line {line_number}; raise max_line_bytes or set "
-                f'on_error = "dead_letter".',
-                "oversized_line",
-                b"",
-                line_number,
-            )
-        relay.dead_letters.begin("oversized_line", line_number, relay.last_seen_checkpoint, detail)
-
-    def write(self, data: bytes) -> None:
-        assert self.relay.dead_letters is not None
-        self.relay.dead_letters.write_raw(data)
-
-    def end(self, size: int) -> None:
-        assert self.relay.dead_letters is not None
-        self.relay.dead_letters.end()
-        self.relay.stats.dead_letters += 1
-        _log.warning("dead-lettered an oversized line (%d bytes) to %s", size, self.relay.dead_letters.path)
-
-
 class Relay:
     def __init__(
         self,
@@ -138,7 +106,7 @@ class Relay:
         self.last_seen_checkpoint: Any = resume_from
         self._input_leftover = input_leftover
         self._output_leftover = output_leftover
-        self._framer = LineFramer(task.max_line_bytes, _DeadLetterSink(self))
+        self._framer = LineFramer(task.max_line_bytes)
         self._pending: deque[_Pending] = deque()
         self._acked: _Pending | None = None
         self._persisted: _Pending | None = None
@@ -152,6 +120,7 @@ class Relay:
         self._stopper: asyncio.Task[None] | None = None
         self._warned: set[str] = set()
         self._stdout_broken = False
+        self._fatal: BadDataError | None = None
 
     # -- control from outside (signals) ------------------------------------------------
 
@@ -329,7 +298,7 @@ class Relay:
     async def _pump_input(self) -> None:
         framer = self._framer
         if self._input_leftover:
-            await self._forward(framer.feed(self._input_leftover))
+            await self._handle(framer.feed(self._input_leftover))
             self._input_leftover = b""
         while True:
             if self._window_full():
@@ -337,26 +306,71 @@ class Relay:
             chunk = await self.input.read(READ_CHUNK)
             if not chunk:
                 break
-            block = framer.feed(chunk)
-            if block:
-                await self._forward(block)
-        tail = framer.finish()
-        if tail:
-            await self._forward(tail)
+            await self._handle(framer.feed(chunk))
+        if framer.pending:
+            # A last line without a newline: relay it only if the input ended cleanly. From
+            # a crashed input it is a torn write, after its last checkpoint, so it is resent.
+            try:
+                code: int | None = await asyncio.wait_for(
+                    asyncio.shield(asyncio.ensure_future(self.input.wait())), self.task.stop_timeout
+                )
+            except TimeoutError:
+                code = None
+            if code != 0:
+                _log.warning(
+                    "dropped an incomplete last line (%d bytes) from %s, which %s; it comes after the "
+                    "last checkpoint, so it will be sent again",
+                    framer.pending,
+                    self.input.description,
+                    "did not exit" if code is None else _describe_exit(code),
+                )
+                return
+        await self._handle(framer.finish())
 
-    async def _forward(self, block: bytes) -> None:
+    async def _handle(self, events: list[Block | Oversize]) -> None:
+        for event in events:
+            if isinstance(event, Block):
+                await self._forward(event)
+            else:
+                self._oversize(event)
+
+    def _oversize(self, event: Oversize) -> None:
+        """A line over max_line_bytes: fail at its start, or stream it into the dead letters."""
+        limit = self.task.max_line_bytes
+        if self.dead_letters is None:
+            raise BadDataError(
+                f"{self.input.description} printed a line longer than max_line_bytes ({limit} bytes) "
+                f'at line {event.line}; raise max_line_bytes or set on_error = "dead_letter".',
+                "oversized_line",
+                event.data,
+                event.line,
+            )
+        if event.stage == "start":
+            detail = f"line longer than max_line_bytes ({limit} bytes)"
+            self.dead_letters.begin("oversized_line", event.line, self.last_seen_checkpoint, detail)
+        elif event.stage == "data":
+            self.dead_letters.write_raw(event.data)
+        else:
+            self.dead_letters.end()
+            self.stats.dead_letters += 1
+            _log.warning("dead-lettered an oversized line (%d bytes) to %s", event.size, self.dead_letters.path)
+
+    async def _forward(self, block: Block) -> None:
+        self._fatal = None
         out, checkpoints, envelopes = self._process(block)
         if not out:
+            if self._fatal is not None:
+                raise self._fatal
             return
-        total_env = self.stats.envelopes + envelopes
-        total_bytes = self.stats.bytes + len(out)
-        registered = [self._register(value, total_env, total_bytes) for value in checkpoints]
+        base_env, base_bytes = self.stats.envelopes, self.stats.bytes
+        # Registered before the write: the output may ack before write() returns.
+        registered = [self._register(value, base_env + env, base_bytes + size) for value, env, size in checkpoints]
         try:
             await self.output.write(out)
         except (BrokenPipeError, ConnectionError, OSError) as exc:
             raise OutputGone(str(exc)) from None
-        self.stats.envelopes = total_env
-        self.stats.bytes = total_bytes
+        self.stats.envelopes = base_env + envelopes
+        self.stats.bytes = base_bytes + len(out)
         if registered and not self.output_hs.acks:
             # A legacy output never acks: count data handed over as delivered (weaker).
             if "legacy-ack" not in self._warned:
@@ -367,54 +381,69 @@ class Relay:
                 )
             for pending in registered:
                 self._on_ack_key(pending.key)
+        if self._fatal is not None:
+            raise self._fatal  # after forwarding the good lines before it
 
-    def _process(self, block: bytes) -> tuple[bytes, list[Any], int]:
-        """Validate a block of complete lines; return what to forward, its checkpoints, its envelope count."""
-        lines = block.split(b"\n")
+    def _process(self, block: Block) -> tuple[bytes, list[tuple[Any, int, int]], int]:
+        """Validate a block of complete lines.
+
+        Returns what to forward, its checkpoints (each with the envelopes and bytes of the
+        block up to it) and its envelope count.
+        """
+        data = block.data
+        lines = data.split(b"\n")
         lines.pop()  # the block ends with a newline
         try:
             values = protocol.decode_many(lines)
             if not all(type(v) is dict for v in values):
                 raise protocol.DecodeError("not an object")
         except protocol.DecodeError:
-            return self._process_slowly(lines)
-        checkpoints: list[Any] = []
-        if protocol.CHECKPOINT_TOKEN in block:
-            for value in values:
+            return self._process_slowly(lines, block.first_line)
+        checkpoints: list[tuple[Any, int, int]] = []
+        if protocol.CHECKPOINT_TOKEN in data:
+            seen = 0
+            size = 0
+            for index, value in enumerate(values):
                 is_cp, position = protocol.control_value(value, "checkpoint")
                 if is_cp:
-                    checkpoints.append(position)
-        if checkpoints:
-            self.last_seen_checkpoint = checkpoints[-1]
-        return block, checkpoints, len(values) - len(checkpoints)
+                    size += sum(map(len, lines[seen : index + 1])) + index + 1 - seen
+                    seen = index + 1
+                    checkpoints.append((position, index - len(checkpoints), size))
+            if checkpoints:
+                self.last_seen_checkpoint = checkpoints[-1][0]
+        return data, checkpoints, len(values) - len(checkpoints)
 
-    def _process_slowly(self, lines: list[bytes]) -> tuple[bytes, list[Any], int]:
+    def _process_slowly(self, lines: list[bytes], first_line: int) -> tuple[bytes, list[tuple[Any, int, int]], int]:
         keep: list[bytes] = []
-        checkpoints: list[Any] = []
+        checkpoints: list[tuple[Any, int, int]] = []
         envelopes = 0
-        first_line = self._framer.lines - len(lines) + 1
+        size = 0
         for offset, line in enumerate(lines):
             if not line.strip():
                 self.stats.skipped_blank += 1
                 continue
             reason, detail, value = _check_line(line)
             if reason:
-                self._bad_line(reason, detail, line, first_line + offset)
+                self._fatal = self._bad_line(reason, detail, line, first_line + offset)
+                if self._fatal is not None:
+                    break
                 continue
+            keep.append(line)
+            size += len(line) + 1
             is_cp, position = protocol.control_value(value, "checkpoint")
             if is_cp:
-                checkpoints.append(position)
+                checkpoints.append((position, envelopes, size))
                 self.last_seen_checkpoint = position
             else:
                 envelopes += 1
-            keep.append(line)
         out = b"\n".join(keep) + b"\n" if keep else b""
         return out, checkpoints, envelopes
 
-    def _bad_line(self, reason: str, detail: str, line: bytes, number: int) -> None:
+    def _bad_line(self, reason: str, detail: str, line: bytes, number: int) -> BadDataError | None:
+        """Dead-letter a bad line, or (on_error = "fail") return the error to stop with."""
         if self.dead_letters is None:
             shown = self.redactor(line[:120].decode("utf-8", "replace"))
-            raise BadDataError(
+            return BadDataError(
                 f"{self.input.description} sent a bad line {number} ({reason.replace('_', ' ')}: "
                 f"{detail}): {shown!r}. The checkpoint stays before it. Fix the provider, or set "
                 f'on_error = "dead_letter" to set such lines aside and go on.',
@@ -425,6 +454,7 @@ class Relay:
         self.dead_letters.write(reason, line, number, self.last_seen_checkpoint, detail)
         self.stats.dead_letters += 1
         _log.warning("dead-lettered line %d (%s) to %s", number, reason.replace("_", " "), self.dead_letters.path)
+        return None
 
     # -- checkpoints and acks ------------------------------------------------------------
 
@@ -482,6 +512,14 @@ class Relay:
 
     async def _wait_window(self) -> None:
         started = time.monotonic()
+        in_flight = self.stats.envelopes - self._acked_envelopes
+        if "paused" not in self._warned:
+            self._warned.add("paused")
+            _log.info(
+                "the output is behind: pausing the input (%d envelopes in flight, max_in_flight %d)",
+                in_flight,
+                self.task.max_in_flight,
+            )
         while self._window_full():
             self._window.clear()
             await self._window.wait()
@@ -518,22 +556,22 @@ class Relay:
     # -- output → orchestrator --------------------------------------------------------
 
     async def _pump_output(self) -> None:
-        sink = DiscardSink()
-        framer = LineFramer(self.task.max_line_bytes, sink)
+        framer = LineFramer(self.task.max_line_bytes)
         data = self._output_leftover
         while True:
             if data:
-                block = framer.feed(data)
-                if block:
-                    self._output_block(block)
+                self._output_events(framer.feed(data))
             data = await self.output.read(READ_CHUNK)
             if not data:
+                self._output_events(framer.finish())
                 break
-        tail = framer.finish()
-        if tail:
-            self._output_block(tail)
-        if sink.count:
-            _log.warning("the output printed %d oversized stdout line(s); they were dropped", sink.count)
+
+    def _output_events(self, events: list[Block | Oversize]) -> None:
+        for event in events:
+            if isinstance(event, Block):
+                self._output_block(event.data)
+            elif event.stage == "start":
+                _log.warning("the output printed a stdout line over max_line_bytes; it was dropped")
 
     def _output_block(self, block: bytes) -> None:
         if protocol.ACK_TOKEN not in block:

@@ -65,6 +65,13 @@ if docker image inspect "$IMAGE" >/dev/null 2>&1; then
     exit 0
 fi
 
+lock_service base-image
+if docker image inspect "$IMAGE" >/dev/null 2>&1; then
+    log "$IMAGE already exists (built by a concurrent run)"
+    check_image
+    exit 0
+fi
+
 # The Debian mirror the host's apt uses (first .../debian URI that is not the security archive).
 detect_mirror() {
     if [[ -n "${DSTREAM_DEBIAN_MIRROR:-}" ]]; then

@@ -84,6 +84,12 @@ if ports_ok; then
     exit 0
 fi
 
+lock_service azurite
+if ports_ok; then
+    log "azurite answers on 127.0.0.1:10000-10002"
+    exit 0
+fi
+
 # Node.js and npm: from Debian if the machine has none.
 if ! have node || ! have npm; then
     apt_install_missing nodejs npm
@@ -118,7 +124,7 @@ fi
 
 # A process of ours that is alive but does not answer: either still starting (then it answers
 # soon) or stuck/shutting down (then it is replaced).
-if pid_alive azurite && ! wait_for 20 "the running azurite (pid $(cat "$(pid_file azurite)")) to answer" ports_ok; then
+if pid_alive azurite && ! wait_for --pid azurite 20 "the running azurite (pid $(cat "$(pid_file azurite)")) to answer" ports_ok; then
     stop_pidfile azurite 20 azurite.js
 fi
 if ! pid_alive azurite; then
@@ -136,9 +142,9 @@ if ! pid_alive azurite; then
         --skipApiVersionCheck --loose --silent --disableTelemetry
 fi
 
-if ! wait_for "$START_TIMEOUT" "azurite on 127.0.0.1:10000-10002" ports_ok; then
+if ! wait_for --pid azurite "$START_TIMEOUT" "azurite on 127.0.0.1:10000-10002" ports_ok; then
     show_log azurite
-    die "azurite did not answer within ${START_TIMEOUT}s (log: $(log_file azurite))"
+    die "azurite did not come up (it exited, or no answer within ${START_TIMEOUT}s; log: $(log_file azurite))"
 fi
 if ! verify_blob; then
     show_log azurite

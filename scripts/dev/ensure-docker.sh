@@ -31,6 +31,12 @@ if have docker && docker_ok; then
     exit 0
 fi
 
+lock_service docker
+if have docker && docker_ok; then
+    verify_engine
+    exit 0
+fi
+
 # Where should the engine listen?
 sock=/var/run/docker.sock
 if [[ -n "${DOCKER_HOST:-}" ]]; then
@@ -53,7 +59,7 @@ if pid_alive dockerd; then
     log "dockerd is already starting (pid $(cat "$(pid_file dockerd)")); waiting for it"
 else
     # A previous dockerd that died leaves its pid file behind; dockerd refuses to start then.
-    if [[ -s /var/run/docker.pid ]] && ! kill -0 "$(cat /var/run/docker.pid)" 2>/dev/null; then
+    if [[ -s /var/run/docker.pid ]] && ! proc_alive "$(cat /var/run/docker.pid)"; then
         log "removing stale /var/run/docker.pid"
         rm -f /var/run/docker.pid
     fi
@@ -68,8 +74,8 @@ else
         --pidfile /var/run/docker.pid
 fi
 
-if ! wait_for "$START_TIMEOUT" "docker info ($DOCKER_HOST)" docker info; then
+if ! wait_for --pid dockerd "$START_TIMEOUT" "docker info ($DOCKER_HOST)" docker info; then
     show_log dockerd
-    die "the docker engine did not answer within ${START_TIMEOUT}s (log: $(log_file dockerd))"
+    die "the docker engine did not come up (dockerd exited, or no answer within ${START_TIMEOUT}s; log: $(log_file dockerd))"
 fi
 verify_engine

@@ -47,6 +47,12 @@ if ready; then
     exit 0
 fi
 
+lock_service postgres
+if ready; then
+    log "postgres answers at $DSN (wal_level=logical, wal2json installed)"
+    exit 0
+fi
+
 apt_install_missing "postgresql-$PG_VERSION" "postgresql-$PG_VERSION-wal2json" "postgresql-client-$PG_VERSION"
 [[ -r "$WAL2JSON_SO" ]] || die "wal2json is not installed ($WAL2JSON_SO missing)"
 
@@ -103,8 +109,9 @@ install -d -o postgres -g postgres -m 2775 /var/run/postgresql
 
 pg_start() {
     log "pg_ctlcluster $PG_VERSION $PG_CLUSTER $1"
-    # Own session, so the server survives the caller (make, a CI step) exiting.
-    if ! setsid pg_ctlcluster "$PG_VERSION" "$PG_CLUSTER" "$1" </dev/null >>"$SERVER_LOG" 2>&1; then
+    # Own session and no inherited descriptors, so the server survives the caller (make, a CI
+    # step) exiting and holds none of its pipes.
+    if ! detach pg_ctlcluster "$PG_VERSION" "$PG_CLUSTER" "$1" </dev/null >>"$SERVER_LOG" 2>&1; then
         show_log "$SERVER_LOG"
         die "pg_ctlcluster $PG_VERSION $PG_CLUSTER $1 failed (log $SERVER_LOG)"
     fi

@@ -63,7 +63,7 @@ stop_debian_service() {
             log "stopping Debian's docker-registry service (pid $pid, packaged config)"
             kill -TERM "$pid" 2>/dev/null || true
             local tries=50
-            while kill -0 "$pid" 2>/dev/null && (( tries-- > 0 )); do sleep 0.1; done
+            while proc_alive "$pid" && (( tries-- > 0 )); do sleep 0.1; done
             kill -KILL "$pid" 2>/dev/null || true
         fi
     done
@@ -90,7 +90,8 @@ verify_push() {
         log "no docker engine answers; skipping the push check for $name (run ensure-docker.sh first)"
         return 0
     fi
-    local ref="127.0.0.1:$port/dstream/setup-check:latest" tmp curl_auth=()
+    local repo=dstream-setup-check ref tmp curl_auth=()
+    ref="127.0.0.1:$port/$repo:latest"
     tmp="$(mktemp -d)"
     # A throw-away client config, so `docker login` does not touch the user's ~/.docker.
     export DOCKER_CONFIG="$tmp/docker-config"
@@ -115,15 +116,18 @@ verify_push() {
     local digest
     digest="$(curl -fsS -m 10 "${curl_auth[@]}" -o /dev/null -D - \
         -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
-        "http://127.0.0.1:$port/v2/dstream/setup-check/manifests/latest" |
+        "http://127.0.0.1:$port/v2/$repo/manifests/latest" |
         tr -d '\r' | awk 'tolower($1)=="docker-content-digest:" {print $2}')"
     [[ "$digest" == sha256:* ]] || { rm -rf "$tmp"; die "pushed manifest not found on 127.0.0.1:$port"; }
     local code
     code="$(curl -s -m 10 "${curl_auth[@]}" -o /dev/null -w '%{http_code}' -X DELETE \
-        "http://127.0.0.1:$port/v2/dstream/setup-check/manifests/$digest")"
+        "http://127.0.0.1:$port/v2/$repo/manifests/$digest")"
     [[ "$code" == 202 ]] || { rm -rf "$tmp"; die "DELETE manifest on 127.0.0.1:$port answered $code, expected 202 (delete enabled?)"; }
     rm -rf "$tmp"
     unset DOCKER_CONFIG
+    # Leave no trace in /v2/_catalog (no cache is configured, so removing the empty repository's
+    # directory under a running registry is safe; the few unreferenced bytes of blobs stay).
+    rm -rf "$DSTREAM_DEV_HOME/$name/docker/registry/v2/repositories/$repo"
     log "$name: docker push over plain http, manifest read and delete OK"
 }
 
@@ -131,6 +135,12 @@ verify_push() {
 ensure_registry() {
     local name="$1" port="$2" config="$3" auth="$4"
     local url="http://127.0.0.1:$port/v2/"
+    if registry_ok "$port" "$auth"; then
+        log "$name answers at $url"
+        return 0
+    fi
+    # One lock per registry (taking the second one releases the first).
+    lock_service "$name"
     if registry_ok "$port" "$auth"; then
         log "$name answers at $url"
         return 0
@@ -146,7 +156,7 @@ ensure_registry() {
     # A process of ours that is alive but does not answer: either still starting (then it
     # answers soon) or stuck (then it is replaced).
     if pid_alive "$name" &&
-        ! wait_for 10 "the running $name (pid $(cat "$(pid_file "$name")")) to answer" registry_ok "$port" "$auth"; then
+        ! wait_for --pid "$name" 10 "the running $name (pid $(cat "$(pid_file "$name")")) to answer" registry_ok "$port" "$auth"; then
         stop_pidfile "$name" 10 docker-registry
     fi
     if ! pid_alive "$name"; then
@@ -164,9 +174,9 @@ ensure_registry() {
                 start_detached "$name" "$REGISTRY_BIN" serve "$config"
         fi
     fi
-    if ! wait_for "$START_TIMEOUT" "$name at $url" registry_ok "$port" "$auth"; then
+    if ! wait_for --pid "$name" "$START_TIMEOUT" "$name at $url" registry_ok "$port" "$auth"; then
         show_log "$name"
-        die "$name did not answer at $url within ${START_TIMEOUT}s (log: $(log_file "$name"))"
+        die "$name did not come up at $url (it exited, or no answer within ${START_TIMEOUT}s; log: $(log_file "$name"))"
     fi
     log "$name answers at $url (binary $REGISTRY_BIN, storage $DSTREAM_DEV_HOME/$name)"
     verify_push "$name" "$port" "$auth"

@@ -11,7 +11,10 @@ export DSTREAM_DEV_HOME
 DSTREAM_DEV_LOGS="$DSTREAM_DEV_HOME/logs"
 DSTREAM_DEV_RUN="$DSTREAM_DEV_HOME/run"
 DSTREAM_DEV_CACHE="$DSTREAM_DEV_HOME/cache"
-mkdir -p "$DSTREAM_DEV_LOGS" "$DSTREAM_DEV_RUN" "$DSTREAM_DEV_CACHE"
+if ! mkdir -p "$DSTREAM_DEV_LOGS" "$DSTREAM_DEV_RUN" "$DSTREAM_DEV_CACHE" 2>/dev/null; then
+    printf '[setup] ERROR: cannot create %s (run as root, or set DSTREAM_DEV_HOME)\n' "$DSTREAM_DEV_HOME" >&2
+    exit 1
+fi
 
 # Repository root, from this file's location (never from the CWD).
 DSTREAM_REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -56,9 +59,15 @@ show_log() {
     fi
 }
 
-# wait_for TIMEOUT_SECONDS DESCRIPTION CMD [ARGS...]
-# Polls CMD (output discarded) until it succeeds or the timeout passes.  Returns 1 on timeout.
+# wait_for [--pid NAME] TIMEOUT_SECONDS DESCRIPTION CMD [ARGS...]
+# Polls CMD (output discarded) until it succeeds or the timeout passes.  Returns 1 on timeout,
+# or at once, with --pid, when the process in NAME's pid file has exited.
 wait_for() {
+    local watch=""
+    if [[ "$1" == --pid ]]; then
+        watch="$2"
+        shift 2
+    fi
     local timeout="$1" what="$2"
     shift 2
     local deadline=$(( $(date +%s) + timeout ))
@@ -66,6 +75,10 @@ wait_for() {
     while true; do
         if "$@" >/dev/null 2>&1; then
             return 0
+        fi
+        if [[ -n "$watch" ]] && ! pid_alive "$watch"; then
+            log "$watch exited while waiting for $what"
+            return 1
         fi
         if (( $(date +%s) >= deadline )); then
             log "timed out after ${timeout}s waiting for $what"
@@ -75,19 +88,38 @@ wait_for() {
     done
 }
 
+# proc_alive PID: PID is a live process.  A zombie does not count: the daemons are orphans once
+# their starter exits, and this machine's PID 1 may take a while to reap them.
+proc_alive() {
+    local stat
+    [[ "$1" =~ ^[0-9]+$ ]] || return 1
+    stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+    stat="${stat##*) }"            # drop "pid (comm) ", comm may contain spaces
+    [[ -n "$stat" && "${stat:0:1}" != Z && "${stat:0:1}" != X ]]
+}
+
 # pid_alive NAME: the pid in NAME's pid file is a running process.
 pid_alive() {
-    local pf pid
+    local pf
     pf="$(pid_file "$1")"
-    [[ -s "$pf" ]] || return 1
-    pid="$(cat "$pf")"
-    [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null
+    [[ -s "$pf" ]] && proc_alive "$(cat "$pf")"
+}
+
+# _CLOSE_FDS: shell snippet that closes every file descriptor above 2, so a daemon holds no
+# pipe or lock of its caller (make's jobserver, a CI runner's output pipe, our fd-9 lock).
+# shellcheck disable=SC2016
+_CLOSE_FDS='for fd in $(ls /proc/$$/fd); do if [ "$fd" -gt 2 ]; then eval "exec $fd>&-"; fi; done 2>/dev/null'
+
+# detach CMD [ARGS...]: run CMD in a new session with no inherited descriptors above 2 (the
+# caller sets up 0-2).  For starters that daemonize by themselves (pg_ctlcluster).
+detach() {
+    setsid bash -c "$_CLOSE_FDS; exec \"\$@\"" detach "$@"
 }
 
 # start_detached NAME CMD [ARGS...]
-# Starts CMD in its own session (setsid + nohup, stdin from /dev/null), appending stdout and
-# stderr to logs/NAME.log and writing its pid to run/NAME.pid.  It survives the caller (make,
-# CI step) exiting.  Environment variables set by the caller are inherited.
+# Starts CMD in its own session (setsid + nohup, stdin from /dev/null, no inherited descriptors
+# above 2), appending stdout and stderr to logs/NAME.log and writing its pid to run/NAME.pid.
+# It survives the caller (make, a CI step) exiting.  The caller's environment is inherited.
 start_detached() {
     local name="$1"
     shift
@@ -98,8 +130,8 @@ start_detached() {
     printf '\n==== %s starting %s: %s\n' "$(date -Is)" "$name" "$*" >>"$lf"
     # The inner bash records its own pid, then execs the daemon, so the pid file holds the
     # daemon's pid (no forking wrappers in between).
-    # shellcheck disable=SC2016
-    nohup setsid bash -c 'echo $$ >"$0"; exec "$@"' "$pf" "$@" </dev/null >>"$lf" 2>&1 &
+    nohup setsid bash -c "echo \$\$ >\"\$0\"; $_CLOSE_FDS; exec \"\$@\"" "$pf" "$@" \
+        </dev/null >>"$lf" 2>&1 &
     # Wait (bounded) for the pid file so callers can rely on it.
     local tries=50
     while [[ ! -s "$pf" ]] && (( tries-- > 0 )); do
@@ -128,7 +160,7 @@ stop_pidfile() {
     log "stopping $name (pid $pid)"
     kill -TERM "$pid" 2>/dev/null || true
     local deadline=$(( $(date +%s) + timeout ))
-    while kill -0 "$pid" 2>/dev/null; do
+    while proc_alive "$pid"; do
         if (( $(date +%s) >= deadline )); then
             log "$name did not exit within ${timeout}s; sending SIGKILL"
             kill -KILL "$pid" 2>/dev/null || true
@@ -137,6 +169,20 @@ stop_pidfile() {
         sleep 0.2
     done
     rm -f "$pf"
+}
+
+# lock_service NAME: serialize set-up of NAME across concurrent runs (several clones share the
+# services).  Holds an flock on run/NAME.lock through fd 9 until the script exits.  Callers check
+# "already answers" again after taking it.  Daemons must not inherit fd 9 (start_detached and
+# detach close it).
+lock_service() {
+    local lf
+    lf="$DSTREAM_DEV_RUN/$1.lock"
+    exec 9>"$lf"
+    if ! flock -n 9; then
+        log "another set-up of $1 is running; waiting for it (up to 600s)"
+        flock -w 600 9 || die "could not lock $lf within 600s"
+    fi
 }
 
 # is_installed PKG: the Debian package is installed.
@@ -158,7 +204,7 @@ apt_update_once() {
     fi
     log "apt-get update"
     printf '\n==== %s apt-get update\n' "$(date -Is)" >>"$(log_file apt)"
-    if ! apt-get update -q >>"$(log_file apt)" 2>&1 </dev/null; then
+    if ! apt-get update -q -o DPkg::Lock::Timeout=300 >>"$(log_file apt)" 2>&1 </dev/null; then
         show_log apt 30
         die "apt-get update failed"
     fi
@@ -168,7 +214,7 @@ apt_update_once() {
 
 _apt_get_install() {
     printf '\n==== %s apt-get install %s\n' "$(date -Is)" "$*" >>"$(log_file apt)"
-    apt-get install -y -q --no-install-recommends \
+    apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=300 \
         -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
         "$@" >>"$(log_file apt)" 2>&1 </dev/null
 }

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import requests
@@ -18,6 +18,9 @@ import requests
 from dstream.errors import DStreamError
 from dstream.images import Builder, base_tag
 from dstream.runtime.docker import DockerEngine
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 REGISTRY = os.environ.get("DSTREAM_TEST_REGISTRY", "127.0.0.1:5000")
 HERE = Path(__file__).parent

@@ -2,49 +2,38 @@
 
 from __future__ import annotations
 
-from dstream.framing import LineFramer
+from dstream.framing import Block, LineFramer, Oversize
 
 
-class RecordingSink:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, object]] = []
-
-    def begin(self, line_number: int) -> None:
-        self.events.append(("begin", line_number))
-
-    def write(self, data: bytes) -> None:
-        self.events.append(("write", data))
-
-    def end(self, size: int) -> None:
-        self.events.append(("end", size))
-
-    def raw(self) -> bytes:
-        return b"".join(d for kind, d in self.events if kind == "write" and isinstance(d, bytes))
+def feed_all(framer: LineFramer, chunks: list[bytes]) -> tuple[bytes, list[Oversize]]:
+    """Blocks joined, and the oversize events, in order."""
+    events = [e for c in chunks for e in framer.feed(c)] + framer.finish()
+    blocks = b"".join(e.data for e in events if isinstance(e, Block))
+    return blocks, [e for e in events if isinstance(e, Oversize)]
 
 
-def feed_all(framer: LineFramer, chunks: list[bytes]) -> bytes:
-    out = b"".join(framer.feed(c) for c in chunks)
-    return out + framer.finish()
+def raw_of(events: list[Oversize]) -> bytes:
+    return b"".join(e.data for e in events if e.stage == "data")
 
 
 def test_line_split_across_chunks() -> None:
     framer = LineFramer(1024)
-    assert framer.feed(b'{"a":') == b""
-    assert framer.feed(b'1}\n{"b"') == b'{"a":1}\n'
-    assert framer.feed(b":2}\n") == b'{"b":2}\n'
+    assert framer.feed(b'{"a":') == []
+    assert framer.feed(b'1}\n{"b"') == [Block(b'{"a":1}\n', 1)]
+    assert framer.feed(b":2}\n") == [Block(b'{"b":2}\n', 2)]
     assert framer.lines == 2
 
 
 def test_many_lines_in_one_chunk_come_out_as_one_block() -> None:
     framer = LineFramer(1024)
     chunk = b"".join(b'{"n":%d}\n' % i for i in range(100))
-    assert framer.feed(chunk) == chunk
+    assert framer.feed(chunk) == [Block(chunk, 1)]
     assert framer.lines == 100
 
 
 def test_final_line_without_newline_gets_one() -> None:
     framer = LineFramer(1024)
-    assert feed_all(framer, [b'{"a":1}\n{"b":2}']) == b'{"a":1}\n{"b":2}\n'
+    assert feed_all(framer, [b'{"a":1}\n{"b":2}']) == (b'{"a":1}\n{"b":2}\n', [])
     assert framer.lines == 2
 
 
@@ -53,46 +42,44 @@ def test_every_byte_split_gives_the_same_lines() -> None:
     for size in range(1, len(data) + 1):
         framer = LineFramer(1024)
         chunks = [data[i : i + size] for i in range(0, len(data), size)]
-        assert feed_all(framer, chunks) == data
+        assert feed_all(framer, chunks) == (data, [])
 
 
-def test_oversized_line_goes_to_the_sink_not_memory() -> None:
-    sink = RecordingSink()
-    framer = LineFramer(10, sink)
+def test_oversized_line_streams_out_in_order_not_into_memory() -> None:
+    framer = LineFramer(10)
     big = b"x" * 35
-    out = feed_all(framer, [b'{"a":1}\n', big[:12], big[12:30], big[30:] + b'\n{"b":2}\n'])
-    assert out == b'{"a":1}\n{"b":2}\n'
-    assert sink.events[0] == ("begin", 2)
-    assert sink.raw() == big
-    assert sink.events[-1] == ("end", 35)
+    events = [e for c in [b'{"a":1}\n', big[:12], big[12:30], big[30:] + b'\n{"b":2}\n'] for e in framer.feed(c)]
+    assert events[0] == Block(b'{"a":1}\n', 1)
+    assert events[1] == Oversize("start", 2)
+    assert raw_of([e for e in events if isinstance(e, Oversize)]) == big
+    assert Oversize("end", 2, size=35) in events
+    assert events[-1] == Block(b'{"b":2}\n', 3)
     assert framer.pending == 0
     assert framer.lines == 3
 
 
 def test_oversized_line_finishing_in_a_chunk() -> None:
-    sink = RecordingSink()
-    framer = LineFramer(10, sink)
-    out = feed_all(framer, [b"123456", b"789012345\nok\n"])
-    assert out == b"ok\n"
-    assert sink.raw() == b"123456789012345"
-    assert ("end", 15) in sink.events
+    framer = LineFramer(10)
+    blocks, oversize = feed_all(framer, [b"123456", b"789012345\nok\n"])
+    assert blocks == b"ok\n"
+    assert raw_of(oversize) == b"123456789012345"
+    assert oversize[-1] == Oversize("end", 1, size=15)
 
 
 def test_oversized_last_line_without_newline() -> None:
-    sink = RecordingSink()
-    framer = LineFramer(4, sink)
-    assert feed_all(framer, [b"abcdefgh"]) == b""
-    assert sink.raw() == b"abcdefgh"
-    assert sink.events[-1] == ("end", 8)
+    framer = LineFramer(4)
+    blocks, oversize = feed_all(framer, [b"abcdefgh"])
+    assert blocks == b""
+    assert raw_of(oversize) == b"abcdefgh"
+    assert oversize[-1].stage == "end"
 
 
-def test_oversized_line_inside_one_chunk() -> None:
-    sink = RecordingSink()
-    framer = LineFramer(8, sink)
-    out = feed_all(framer, [b"short\n" + b"y" * 20 + b"\nok\n"])
-    assert out == b"short\nok\n"
-    assert sink.events[0] == ("begin", 2)
-    assert sink.raw() == b"y" * 20
+def test_oversized_line_inside_one_chunk_keeps_its_place() -> None:
+    framer = LineFramer(8)
+    events = framer.feed(b"short\n" + b"y" * 20 + b"\nok\n")
+    assert events[0] == Block(b"short\n", 1)
+    assert [e.stage for e in events[1:-1] if isinstance(e, Oversize)] == ["start", "data", "end"]
+    assert events[-1] == Block(b"ok\n", 3)
     assert framer.lines == 3
 
 

@@ -7,14 +7,16 @@ reading as the file grows (like ``tail -f``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from pydantic import Field
 
 from dstream.sdk import Checkpoint, InputProvider, ProviderConfig, Raw, Record
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 
 class FileInputConfig(ProviderConfig):
@@ -44,7 +46,9 @@ class FileInputProvider(InputProvider[FileInputConfig]):
         with self.path.open("rb") as f:
             size = self.path.stat().st_size
             if offset > size:
-                raise ValueError(f"checkpoint offset {offset} is past the end of {self.path} ({size} bytes): was it truncated?")
+                raise ValueError(
+                    f"checkpoint offset {offset} is past the end of {self.path} ({size} bytes): was it truncated?"
+                )
             f.seek(offset)
             if offset:
                 self.log.info("resuming %s at byte %d", self.path, offset)

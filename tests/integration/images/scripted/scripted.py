@@ -13,15 +13,8 @@ import signal
 import sys
 import time
 
-stop = False
-
-
-def on_term(signum, frame):
-    global stop
-    stop = True
-
-
-signal.signal(signal.SIGTERM, on_term)
+stopping = []
+signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum))
 command = json.loads(sys.stdin.readline())
 config = command.get("config") or {}
 behaviour = config.get("behaviour", "count")
@@ -40,7 +33,7 @@ if behaviour == "count":
 start = (command.get("checkpoint") or {}).get("value", 0)
 count = int(config.get("count", 0))
 n = start
-while not stop and (not count or n < count):
+while not stopping and (not count or n < count):
     n += 1
     print(json.dumps({"data": {"value": n}, "metadata": {"Sequence": n}}), flush=True)
     if behaviour == "count":
