@@ -291,6 +291,7 @@ def providers_build(
     from dstream.images import Builder
 
     builder = Builder(echo=lambda line: typer.echo(line, err=True))
+    builder.rebuild_base = True
     for name in _names(names, all_):
         typer.echo(builder.build(name, registry))
 
@@ -300,13 +301,15 @@ def providers_push(
     names: Annotated[list[str] | None, typer.Argument(help="Provider names from the catalogue.")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Every provider in the catalogue.")] = False,
     registry: RegistryOption = None,
+    build: Annotated[bool, typer.Option("--build", help="Build (base included) before pushing, even if present.")] = False,
 ) -> None:
     """docker push a provider image (building it first if needed); prints the pinned reference."""
     from dstream.images import Builder
 
     builder = Builder(echo=lambda line: typer.echo(line, err=True))
+    builder.rebuild_base = build
     for name in _names(names, all_):
-        typer.echo(builder.push(name, registry))
+        typer.echo(builder.push(name, registry, build=build))
 
 
 def _size(n: int) -> str:

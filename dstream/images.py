@@ -53,6 +53,8 @@ class Builder:
         self.root = checkout_root()
         self.echo = echo or (lambda line: _log.info("%s", line))
         self._python: tuple[str, str] | None = None
+        self.rebuild_base = False
+        self._base_built = False
 
     # -- wheels --------------------------------------------------------------------------
 
@@ -131,8 +133,9 @@ class Builder:
         dockerfile = self.root / "images" / name / "Dockerfile"
         if not dockerfile.exists():
             raise RuntimeFailure(f"no Dockerfile for {name} (expected {dockerfile})")
-        if self.engine.image(base_tag()) is None:
+        if self._base_built is False and (self.rebuild_base or self.engine.image(base_tag()) is None):
             self.build_base()
+            self._base_built = True
         source = self.root / entry.source
         stage = self._stage(name, dockerfile)
         requirements = _requirements(source / "pyproject.toml")
@@ -152,11 +155,11 @@ class Builder:
         self._build(stage, tag, {"PROVIDER_BASE": base_tag()}, labels)
         return tag
 
-    def push(self, name: str, registry: str | None = None) -> str:
+    def push(self, name: str, registry: str | None = None, build: bool = False) -> str:
         entry = catalogue.find(name)
         image = entry.image(registry)
         repository, _, tag = image.rpartition(":")
-        if self.engine.image(image) is None:
+        if build or self.engine.image(image) is None:
             self.build(name, registry)
         self.echo(f"pushing {image}")
         digest = self.engine.push(repository, tag, lambda event: None)
