@@ -301,7 +301,9 @@ def providers_push(
     names: Annotated[list[str] | None, typer.Argument(help="Provider names from the catalogue.")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Every provider in the catalogue.")] = False,
     registry: RegistryOption = None,
-    build: Annotated[bool, typer.Option("--build", help="Build (base included) before pushing, even if present.")] = False,
+    build: Annotated[
+        bool, typer.Option("--build", help="Build (base included) before pushing, even if present.")
+    ] = False,
 ) -> None:
     """docker push a provider image (building it first if needed); prints the pinned reference."""
     from dstream.images import Builder

@@ -131,7 +131,9 @@ def test_lock_then_retag_makes_run_refuse_naming_both_digests(
     assert run_cli("run", task_name, "-f", str(path)).returncode == 0
 
 
-def test_unknown_image_and_unreachable_registry_are_clear(task_file: Callable[..., Path], registry: str, task_name: str) -> None:
+def test_unknown_image_and_unreachable_registry_are_clear(
+    task_file: Callable[..., Path], registry: str, task_name: str
+) -> None:
     path = task_file(
         f"""
         task "missing" {{

@@ -14,7 +14,13 @@ DIGEST = "sha256:" + "ab" * 32
 @pytest.mark.parametrize(
     ("text", "registry", "repository", "tag", "digest"),
     [
-        ("127.0.0.1:5000/dstream/counter-input-provider:0.1.0", "127.0.0.1:5000", "dstream/counter-input-provider", "0.1.0", None),
+        (
+            "127.0.0.1:5000/dstream/counter-input-provider:0.1.0",
+            "127.0.0.1:5000",
+            "dstream/counter-input-provider",
+            "0.1.0",
+            None,
+        ),
         ("ghcr.io/katasec/mssql-cdc:v1.0.0", "ghcr.io", "katasec/mssql-cdc", "v1.0.0", None),
         ("localhost/x", "localhost", "x", "latest", None),
         ("busybox", "docker.io", "library/busybox", "latest", None),
@@ -48,13 +54,32 @@ def test_loopback_registries_are_plain_http() -> None:
 
 
 def test_manifest_kind_from_media_types_not_names() -> None:
-    image = Manifest("sha256:1", "application/vnd.oci.image.manifest.v1+json", {"config": {"mediaType": "application/vnd.oci.image.config.v1+json"}})
+    image = Manifest(
+        "sha256:1",
+        "application/vnd.oci.image.manifest.v1+json",
+        {"config": {"mediaType": "application/vnd.oci.image.config.v1+json"}},
+    )
     assert image.kind == "image"
     index = Manifest("sha256:2", "application/vnd.oci.image.index.v1+json", {"manifests": []})
     assert index.kind == "image"
-    oras1 = Manifest("sha256:3", "application/vnd.oci.image.manifest.v1+json", {"artifactType": "application/vnd.dstream.provider", "config": {"mediaType": "application/vnd.oci.empty.v1+json"}})
+    oras1 = Manifest(
+        "sha256:3",
+        "application/vnd.oci.image.manifest.v1+json",
+        {
+            "artifactType": "application/vnd.dstream.provider",
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json"},
+        },
+    )
     assert oras1.kind == "artifact"
-    oras0 = Manifest("sha256:4", "application/vnd.oci.image.manifest.v1+json", {"config": {"mediaType": "application/vnd.dstream.provider"}})
+    oras0 = Manifest(
+        "sha256:4",
+        "application/vnd.oci.image.manifest.v1+json",
+        {"config": {"mediaType": "application/vnd.dstream.provider"}},
+    )
     assert oras0.kind == "artifact"
-    other = Manifest("sha256:5", "application/vnd.oci.image.manifest.v1+json", {"config": {"mediaType": "application/vnd.cncf.helm.config.v1+json"}})
+    other = Manifest(
+        "sha256:5",
+        "application/vnd.oci.image.manifest.v1+json",
+        {"config": {"mediaType": "application/vnd.cncf.helm.config.v1+json"}},
+    )
     assert other.kind == "unknown"
