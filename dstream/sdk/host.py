@@ -65,8 +65,14 @@ class _Reader:
                 block, self._buffer = self._buffer[: last + 1], self._buffer[last + 1 :]
                 return block
             if self.eof:
-                block, self._buffer = self._buffer, b""
-                return block + b"\n" if block.strip() else b""
+                # A last line without its newline was cut off (the orchestrator died
+                # mid-write). It lies after the last checkpoint and will be sent again.
+                if self._buffer.strip():
+                    logging.getLogger("dstream.sdk").warning(
+                        "dropped an incomplete last line (%d bytes) at end of input", len(self._buffer)
+                    )
+                self._buffer = b""
+                return b""
             self._buffer += self._read()
 
 
