@@ -36,13 +36,14 @@ async def open_provider(
     expect_handshake: bool,
     max_line_bytes: int,
     redactor: Redactor,
+    task: str | None = None,
 ) -> tuple[protocol.Handshake, bytes]:
     """Send the command envelope; return the handshake and any stdout bytes read past it.
 
     Those bytes belong to the data stream (or, for a legacy provider, are the data stream).
     """
     try:
-        await proc.write(protocol.command_envelope(command, config, checkpoint))
+        await proc.write(protocol.command_envelope(command, config, checkpoint, task))
     except (BrokenPipeError, ConnectionError):
         code = await _exit_code(proc)
         raise HandshakeError(

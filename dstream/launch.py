@@ -92,6 +92,7 @@ async def start_and_open(
             expect_handshake=spec.block.handshake,
             max_line_bytes=task.max_line_bytes,
             redactor=redactor,
+            task=task.name,
         )
     except BaseException:
         await proc.cleanup()

@@ -3,7 +3,8 @@
 This is the only module that calls orjson. Message kinds:
 
 - command envelope (orchestrator → provider, first stdin line):
-  ``{"command": "run"|"init"|"plan"|"status"|"destroy", "config": {...}, "checkpoint": ..., "protocol": 1}``
+  ``{"command": "run"|"init"|"plan"|"status"|"destroy", "config": {...}, "checkpoint": ..., "protocol": 1,
+  "task": "NAME"}``
 - handshake (provider → orchestrator, first stdout line):
   ``{"status": "ready", "verbs": [...], "features": [...]}`` or ``{"status": "error", "message": ...}``
 - data: ``{"data": {...}, "metadata": {...}}`` (extra top-level fields are relayed untouched)
@@ -78,8 +79,13 @@ def decode_many(lines: list[bytes]) -> list[Any]:
     return values  # type: ignore[no-any-return]
 
 
-def command_envelope(command: str, config: dict[str, Any], checkpoint: Any = None) -> bytes:
-    return encode({"command": command, "config": config, "checkpoint": checkpoint, "protocol": PROTOCOL_VERSION})
+def command_envelope(command: str, config: dict[str, Any], checkpoint: Any = None, task: str | None = None) -> bytes:
+    """The first stdin line. ``task`` (an addition) lets providers tag what they own."""
+    envelope: dict[str, Any] = {"command": command, "config": config, "checkpoint": checkpoint}
+    envelope["protocol"] = PROTOCOL_VERSION
+    if task is not None:
+        envelope["task"] = task
+    return encode(envelope)
 
 
 @dataclass(frozen=True)

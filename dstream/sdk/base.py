@@ -43,6 +43,7 @@ class Context:
     """What the host gives a running provider: stop signal, logger, commit queue."""
 
     def __init__(self, name: str) -> None:
+        self.task: str | None = None  # the dstream task running this provider, when told
         self.stopping = threading.Event()
         self.log = logging.getLogger(name)
         self._committed: queue.SimpleQueue[Any] = queue.SimpleQueue()

@@ -153,6 +153,7 @@ class Host:
             self._flush()
             return 2
         command = str(envelope.get("command") or "run")
+        self.ctx.task = envelope.get("task")
         verbs = supported_verbs(self.cls)
         if command not in verbs:
             self.ctx.log.info("verb %r is not supported by %s (supports: %s)", command, self.cls.name, verbs)

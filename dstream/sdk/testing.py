@@ -60,8 +60,9 @@ def run_provider(
     command: str = "run",
     checkpoint: Any = None,
     stdin_lines: list[bytes] | None = None,
+    task: str = "test-task",
 ) -> ProviderRun:
-    stdin = io.BytesIO(protocol.command_envelope(command, config, checkpoint) + b"".join(stdin_lines or []))
+    stdin = io.BytesIO(protocol.command_envelope(command, config, checkpoint, task) + b"".join(stdin_lines or []))
     stdout = io.BytesIO()
     code = Host(cls, stdin, stdout).run()
     raw = stdout.getvalue()
