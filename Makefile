@@ -27,7 +27,7 @@ demo: venv services images
 	$(BIN)/dstream run counter-to-console
 
 test: venv services images lint
-	DSTREAM_REQUIRE_ENGINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+	DSTREAM_REQUIRE_SERVICES=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: venv services images
 	$(BIN)/python -m benchmarks.run

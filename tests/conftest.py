@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 _FOLDER_MARKERS = {"unit": "unit", "e2e": "e2e", "integration": "integration"}
@@ -67,3 +67,64 @@ def run_cli(
         timeout=timeout,
         check=False,
     )
+
+
+AZURITE_DEFAULT = (
+    "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+    "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
+    "BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;QueueEndpoint=http://127.0.0.1:10001/devstoreaccount1;"
+    "TableEndpoint=http://127.0.0.1:10002/devstoreaccount1;"
+)
+PG_DEFAULT = "postgresql://dstream:dstream@127.0.0.1:5432/dstream_test"
+
+
+def service_unavailable(message: str) -> None:
+    """Fail when `make test` promised the service (DSTREAM_REQUIRE_SERVICES=1), else skip."""
+    if os.environ.get("DSTREAM_REQUIRE_SERVICES"):
+        pytest.fail(message)
+    pytest.skip(f"{message} (`make test` starts it)")
+
+
+def _port_open(host: str, port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def azurite_connection_string() -> Iterator[str]:
+    """Azurite: the npm one `make test` starts here, or testcontainers' container where its
+    image can be pulled (GitHub Actions sets DSTREAM_TEST_AZURITE_CONTAINER=1)."""
+    configured = os.environ.get("DSTREAM_TEST_AZURITE")
+    if configured:
+        yield configured
+        return
+    if os.environ.get("DSTREAM_TEST_AZURITE_CONTAINER"):
+        from testcontainers.azurite import AzuriteContainer
+
+        with AzuriteContainer() as container:
+            yield container.get_connection_string()
+        return
+    if not (_port_open("127.0.0.1", 10000) and _port_open("127.0.0.1", 10001)):
+        service_unavailable("no Azurite on 127.0.0.1:10000-10001")
+    yield AZURITE_DEFAULT
+
+
+@pytest.fixture(scope="session")
+def pg_dsn() -> str:
+    """A PostgreSQL 15 with wal2json and wal_level=logical (`make test` starts one)."""
+    dsn = os.environ.get("DSTREAM_TEST_PG_DSN", PG_DEFAULT)
+    try:
+        import psycopg
+
+        with psycopg.connect(dsn, connect_timeout=5) as conn:
+            level = conn.execute("SHOW wal_level").fetchone()
+    except Exception as exc:
+        service_unavailable(f"no PostgreSQL at {dsn}: {exc}")
+    if not level or level[0] != "logical":
+        service_unavailable(f"PostgreSQL at {dsn} has wal_level={level}, not logical")
+    return dsn

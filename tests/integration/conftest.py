@@ -1,6 +1,6 @@
 """Fixtures for tests against the real Docker engine and the local OCI registry.
 
-``make test`` starts both (and sets DSTREAM_REQUIRE_ENGINE=1, so a missing engine fails
+``make test`` starts both (and sets DSTREAM_REQUIRE_SERVICES=1, so a missing engine fails
 the run instead of skipping it). Every container a test starts carries dstream's task
 label; the autouse fixture removes any that a failing test left behind.
 """
@@ -18,6 +18,7 @@ import requests
 from dstream.errors import DStreamError
 from dstream.images import Builder, base_tag
 from dstream.runtime.docker import DockerEngine
+from tests.conftest import service_unavailable
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -26,19 +27,13 @@ REGISTRY = os.environ.get("DSTREAM_TEST_REGISTRY", "127.0.0.1:5000")
 HERE = Path(__file__).parent
 
 
-def _unavailable(message: str) -> None:
-    if os.environ.get("DSTREAM_REQUIRE_ENGINE"):
-        pytest.fail(message)
-    pytest.skip(f"{message} (`make test` sets it up)")
-
-
 @pytest.fixture(scope="session")
 def engine() -> DockerEngine:
     found = DockerEngine()
     try:
         _ = found.client
     except DStreamError as exc:
-        _unavailable(str(exc))
+        service_unavailable(str(exc))
     return found
 
 
@@ -47,7 +42,7 @@ def registry(engine: DockerEngine) -> str:
     try:
         requests.get(f"http://{REGISTRY}/v2/", timeout=5).raise_for_status()
     except requests.RequestException as exc:
-        _unavailable(f"no OCI registry at {REGISTRY}: {exc}")
+        service_unavailable(f"no OCI registry at {REGISTRY}: {exc}")
     return REGISTRY
 
 
