@@ -1,6 +1,7 @@
-"""The provider catalogue (``registry/catalogue.json``): name → image, verbs, config schema.
+"""The provider catalogue: name → image, verbs, config schema.
 
-The file is versioned data. ``python -m dstream.catalogue --update`` refreshes each
+``registry/catalogue.json`` holds the settings (default registry); each provider has its
+own versioned data file, ``registry/providers/<name>.json``. ``python -m dstream.catalogue --update`` refreshes each
 entry's ``verbs`` and ``config_schema`` from the provider classes, and a unit test
 checks that the file matches them, so it cannot drift.
 """
@@ -17,7 +18,7 @@ from typing import Any
 
 from dstream.errors import ConfigError
 
-_PACKAGED = Path(__file__).with_name("catalogue.json")
+_PACKAGED = Path(__file__).with_name("catalogue_data") / "catalogue.json"
 _CHECKOUT = Path(__file__).resolve().parent.parent / "registry" / "catalogue.json"
 
 
@@ -64,8 +65,19 @@ def default_registry() -> str:
     return os.environ.get("DSTREAM_REGISTRY") or str(_raw().get("default_registry") or "127.0.0.1:5000")
 
 
+def _entry_files() -> list[Path]:
+    folder = catalogue_path().parent / str(_raw().get("providers_dir", "providers"))
+    return sorted(folder.glob("*.json"))
+
+
 def entries() -> list[Entry]:
-    return [Entry(**item) for item in _raw()["providers"]]
+    out = []
+    for path in _entry_files():
+        try:
+            out.append(Entry(**json.loads(path.read_text())))
+        except (OSError, ValueError, TypeError) as exc:
+            raise ConfigError(f"invalid catalogue entry {path}: {exc}") from None
+    return out
 
 
 def find(name: str) -> Entry:
@@ -85,18 +97,20 @@ def describe_class(entry: Entry) -> tuple[list[str], dict[str, Any]]:
     return supported_verbs(cls), cls.Config.model_json_schema()
 
 
-def update(path: Path | None = None) -> Path:
-    path = path or _CHECKOUT
-    data = json.loads(path.read_text())
-    for item in data["providers"]:
+def update() -> list[Path]:
+    """Refresh every entry's verbs and config schema from its provider class."""
+    paths = _entry_files()
+    for path in paths:
+        item = json.loads(path.read_text())
         verbs, schema = describe_class(Entry(**item))
         item["verbs"] = verbs
         item["config_schema"] = schema
-    path.write_text(json.dumps(data, indent=2) + "\n")
-    return path
+        path.write_text(json.dumps(item, indent=2) + "\n")
+    return paths
 
 
 if __name__ == "__main__":  # python -m dstream.catalogue --update
     if sys.argv[1:] != ["--update"]:
         sys.exit("usage: python -m dstream.catalogue --update")
-    sys.stdout.write(f"updated {update()}\n")
+    for updated in update():
+        sys.stdout.write(f"updated {updated}\n")
