@@ -50,6 +50,7 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	bash scripts/dev/actionlint.sh
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache

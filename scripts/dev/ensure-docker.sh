@@ -4,7 +4,7 @@
 # If DOCKER_HOST is set and answers, nothing is done.  Otherwise Debian's docker.io is installed
 # when dockerd is missing, and dockerd is started in the background (own session, survives the
 # caller) on unix:///var/run/docker.sock (or on the unix socket DOCKER_HOST names), storage
-# driver overlay2, no registry mirrors.  Loopback (127.0.0.0/8) is a plain-http ("insecure")
+# driver overlay2 (DSTREAM_DOCKER_STORAGE_DRIVER, e.g. vfs inside a container), no registry mirrors.  Loopback (127.0.0.0/8) is a plain-http ("insecure")
 # registry range by default, so 127.0.0.1:5000 works without TLS; this is verified.
 #
 # Log: $DSTREAM_DEV_HOME/logs/dockerd.log
@@ -70,7 +70,7 @@ else
     # No systemd: dockerd starts and supervises its own containerd.
     start_detached dockerd dockerd \
         --host "unix://$sock" \
-        --storage-driver overlay2 \
+        --storage-driver "${DSTREAM_DOCKER_STORAGE_DRIVER:-overlay2}" \
         --pidfile /var/run/docker.pid
 fi
 
