@@ -25,12 +25,14 @@ from dstream import log, protocol
 from dstream.errors import BadDataError, DStreamError, ProtocolError, ProviderError, StateError
 from dstream.framing import Block, LineFramer, Oversize
 from dstream.handshake import stderr_excerpt
+from dstream.lease import LeaseLost
 from dstream.redact import Redactor
 from dstream.runtime.base import READ_CHUNK, ProviderProcess
 
 if TYPE_CHECKING:
     from dstream.config.models import Task
     from dstream.deadletter import DeadLetterWriter
+    from dstream.lease import Lease, LeaseGuard
     from dstream.state.base import CheckpointStore
 
 _log = log.get("relay")
@@ -90,7 +92,11 @@ class Relay:
         dead_letters: DeadLetterWriter | None = None,
         redactor: Redactor | None = None,
         stdout: BinaryIO | None = None,
+        lease: Lease | None = None,
+        guard: LeaseGuard | None = None,
     ) -> None:
+        self.lease = lease
+        self.guard = guard
         self.task = task
         self.run_id = run_id
         self.input = input_proc
@@ -121,8 +127,16 @@ class Relay:
         self._warned: set[str] = set()
         self._stdout_broken = False
         self._fatal: BadDataError | None = None
+        self._abort: DStreamError | None = None
 
     # -- control from outside (signals) ------------------------------------------------
+
+    def abort(self, failure: DStreamError) -> None:
+        """Stop now, drain nothing, persist nothing more (a lost lease, a failing store)."""
+        if self._abort is None:
+            self._abort = failure
+            _log.error("%s", self.redactor(str(failure)))
+        self._force.set()
 
     def request_stop(self) -> None:
         """First call: stop gracefully (input stops, in-flight data drains). Second: stop now."""
@@ -163,6 +177,9 @@ class Relay:
                 await self._stop_input_now()
                 # Deliver what came before the bad line, so its checkpoints can still be acked.
                 await self._drain(out_exit, pump_out, forced)
+            elif pump_in.done() and isinstance(pump_in.exception(), LeaseLost):
+                self.abort(self._redacted(pump_in.exception()))
+                raise _Forced
             elif pump_in.done() and not isinstance(pump_in.exception(), OutputGone):
                 exc = pump_in.exception()
                 assert exc is not None
@@ -173,11 +190,16 @@ class Relay:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await pump_in
                 await self._stop_input_now()
-            await self._final_persist()
+            if self._force.is_set():
+                raise _Forced
+            try:
+                await self._final_persist()
+            except (StateError, LeaseLost) as exc:
+                failure = failure or self._redacted(exc)
         except _Forced:
             for proc in (self.input, self.output):
                 await proc.kill()
-            failure = failure or _interrupted()
+            failure = self._abort or failure or _interrupted()
         finally:
             for t in tasks:
                 if not t.done():
@@ -356,6 +378,8 @@ class Relay:
             _log.warning("dead-lettered an oversized line (%d bytes) to %s", event.size, self.dead_letters.path)
 
     async def _forward(self, block: Block) -> None:
+        if self.guard is not None:
+            self.guard.check()  # never relay once the lease may be someone else's
         self._fatal = None
         out, checkpoints, envelopes = self._process(block)
         if not out:
@@ -529,7 +553,11 @@ class Relay:
         while True:
             await self._ack_event.wait()
             self._ack_event.clear()
-            await self._persist()
+            try:
+                await self._persist()
+            except (StateError, LeaseLost) as exc:
+                self.abort(exc)
+                return
             await asyncio.sleep(self.task.commit_interval)  # rate limit, not synchronisation
 
     async def _persist(self) -> None:
@@ -538,10 +566,7 @@ class Relay:
             if target is None or target is self._persisted:
                 return
             if self.store is not None:
-                try:
-                    await asyncio.to_thread(self.store.save, self.task.name, target.value, self.run_id)
-                except StateError:
-                    raise
+                await asyncio.to_thread(self._save, target.value)
             self._persisted = target
             self.stats.persisted += 1
             self.stats.last_persist = time.monotonic()
@@ -549,6 +574,17 @@ class Relay:
                 # If the input is gone, it resumes from the store next run.
                 with contextlib.suppress(BrokenPipeError, ConnectionError, OSError):
                     await self.input.write(protocol.committed(target.value))
+
+    def _save(self, value: Any) -> None:
+        """Write a checkpoint, fenced by the task lease when there is one (worker thread)."""
+        assert self.store is not None
+        if self.lease is None:
+            self.store.save(self.task.name, value, self.run_id)
+            return
+        if self.guard is not None:
+            self.guard.check()
+        with self.lease.fenced() as token:
+            self.store.save(self.task.name, value, self.run_id, fence=token)
 
     async def _final_persist(self) -> None:
         await self._persist()

@@ -19,6 +19,7 @@ from dstream import log
 from dstream.deadletter import DeadLetterWriter, default_path
 from dstream.errors import BadDataError, DStreamError, Interrupted, ProviderError, RuntimeFailure
 from dstream.launch import LaunchOptions, new_run_id, open_pair
+from dstream.lease import Lease, LeaseGuard, LeaseLost, open_lease
 from dstream.pipeline import Relay, RelayResult
 from dstream.redact import Redactor
 from dstream.state import open_store
@@ -62,18 +63,94 @@ class TaskRun:
         self._relay: Relay | None = None
         self._stop = asyncio.Event()
         self._stop_count = 0
+        self._guard: LeaseGuard | None = None
+        self._lost: LeaseLost | None = None
+        self._acquired_at = 0.0
 
     def request_stop(self) -> None:
         self._stop_count += 1
         self._stop.set()
+        if self._lost is not None:
+            return
         if self._relay is not None:
             self._relay.request_stop()
         elif self._stop_count == 1:
             _log.info("stop requested")
 
     async def run(self) -> RunSummary:
-        store = open_store(self.document)
         started = time.monotonic()
+        lease = open_lease(self.document, self.task, self.run_id)
+        if lease is None:
+            return await self._run(started)
+        if not await self._acquire(lease):
+            return RunSummary(self.task.name, self.run_id, 0, 0, 0, None, time.monotonic() - started, 0, True)
+        self._guard = LeaseGuard(lease)
+        self._guard.acquired(self._acquired_at)
+        renewer = asyncio.create_task(self._renew(self._guard))
+        try:
+            return await self._run(started)
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+            if self._guard.valid():
+                await asyncio.to_thread(lease.release)
+                _log.info("released the lease of task %s", self.task.name)
+
+    async def _acquire(self, lease: Lease) -> bool:
+        """Wait as a standby until this replica holds the lease; False if stopped first."""
+        waited = False
+        last_note = 0.0
+        while not self._stop.is_set():
+            self._acquired_at = time.monotonic()
+            if await asyncio.to_thread(lease.try_acquire):
+                if waited:
+                    _log.info("took over the lease of task %s: this replica is now active", self.task.name)
+                else:
+                    _log.info(
+                        "holding the lease of task %s (%gs, renewed every %gs)",
+                        self.task.name,
+                        lease.duration,
+                        lease.duration / 3,
+                    )
+                return True
+            if time.monotonic() - last_note > 60:
+                holder = await asyncio.to_thread(lease.holder)
+                _log.info(
+                    "standby: the lease of task %s is held by %s; waiting for it",
+                    self.task.name,
+                    holder or "another replica",
+                )
+                last_note = time.monotonic()
+            waited = True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), min(lease.duration / 3, 5.0))
+        _log.info("stopped while standby")
+        return False
+
+    async def _renew(self, guard: LeaseGuard) -> None:
+        interval = guard.lease.duration / 3
+        while True:
+            await asyncio.sleep(interval)  # the renewal period, not synchronisation
+            remaining = guard.deadline - time.monotonic()
+            try:
+                if remaining <= 0:
+                    guard.check()
+                await asyncio.wait_for(asyncio.to_thread(guard.renew_once), timeout=max(remaining, 0.01))
+            except (LeaseLost, TimeoutError) as exc:
+                reason = str(exc) if isinstance(exc, LeaseLost) else "renewing the lease took past its deadline"
+                guard.lost = guard.lost or reason
+                self._lease_lost(LeaseLost(f"task {self.task.name}: {reason}; stopping this replica now"))
+                return
+
+    def _lease_lost(self, failure: LeaseLost) -> None:
+        self._lost = failure
+        self._stop.set()
+        if self._relay is not None:
+            self._relay.abort(failure)
+
+    async def _run(self, started: float) -> RunSummary:
+        store = open_store(self.document)
         policy = self.task.restart
         attempts = 0
         envelopes = 0
@@ -88,7 +165,7 @@ class TaskRun:
                     _log.info("task %s resumes from checkpoint %s", self.task.name, _short(resume))
                 try:
                     result = await self._attempt(store, resume)
-                except (BadDataError, Interrupted):
+                except (BadDataError, Interrupted, LeaseLost):
                     raise
                 except _RETRYABLE as exc:
                     if policy is None or attempts > policy.max_attempts or self._stop.is_set():
@@ -124,6 +201,8 @@ class TaskRun:
             store.close()
 
     async def _attempt(self, store: CheckpointStore, resume: Any) -> RelayResult:
+        if self._lost is not None:
+            raise self._lost
         if self._stop.is_set():
             raise Interrupted("stopped before the providers started")
         opening = asyncio.create_task(
@@ -166,6 +245,8 @@ class TaskRun:
                 dead_letters=dead_letters,
                 redactor=self.redactor,
                 stdout=self.stdout,
+                lease=self._guard.lease if self._guard else None,
+                guard=self._guard,
             )
             if self._stop.is_set():
                 self._relay.request_stop()

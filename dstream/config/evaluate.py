@@ -59,6 +59,7 @@ class Evaluator:
         self._locals: dict[str, Any] = {}
         self._resolving: list[str] = []
         self.secrets: set[str] = set()
+        self.env_names: set[str] = set()
         self._functions: dict[str, Callable[[int, list[Any]], Any]] = {
             "env": self._fn_env,
             "lower": lambda line, a: _one_str(line, "lower", a).lower(),
@@ -285,6 +286,7 @@ class Evaluator:
         return self._env(line, args[0], args[1] if len(args) == 2 else None)
 
     def _env(self, line: int, name: str, default: str | None) -> str:
+        self.env_names.add(name)
         value = self._environ.get(name)
         if value is None:
             if default is None:

@@ -88,6 +88,8 @@ class _Loader:
                 tasks[name] = task
                 secrets.update(_secret_values(task.input.config))
                 secrets.update(_secret_values(task.output.config))
+                if task.lease is not None:
+                    secrets.update(_secret_values({"connection_string": task.lease.connection_string}))
 
         state = StateSettings()
         state_blocks = root.blocks_of("state")
@@ -102,12 +104,14 @@ class _Loader:
                 self._validation_problems(exc, lines, state_blocks[0].line)
         if self.problems:
             return None
+        secrets.update(_secret_values({"connection_string": state.connection_string}))
         secrets.update(evaluator.secrets)
         return Document(
             path=self.path.resolve(),
             tasks=tasks,
             state=state,
             secrets=frozenset(s for s in secrets if len(s) >= 4),
+            env_names=frozenset(evaluator.env_names),
             lines=dict(task_lines.items()),
         )
 

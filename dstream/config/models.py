@@ -105,8 +105,41 @@ class DeadLetterSettings(_Strict):
 
 
 class StateSettings(_Strict):
-    backend: Literal["sqlite"] = "sqlite"
+    """Where checkpoints live: SQLite beside the task file, or Azure Blob Storage (shared)."""
+
+    backend: Literal["sqlite", "azure_blob"] = "sqlite"
     path: str | None = None
+    connection_string: str | None = None
+    container: str = "dstream-state"
+    prefix: str = "checkpoints/"
+
+    @model_validator(mode="after")
+    def _azure_needs_a_connection(self) -> StateSettings:
+        if self.backend == "azure_blob" and not self.connection_string:
+            raise ValueError(
+                'backend = "azure_blob" needs connection_string (e.g. env("AZURE_STORAGE_CONNECTION_STRING"))'
+            )
+        return self
+
+
+class LeaseSettings(_Strict):
+    """Active/standby replicas: only the holder of the task lease runs providers."""
+
+    backend: Literal["azure_blob", "file"] = "file"
+    duration: Duration = 30.0
+    # azure_blob: defaults to the state block's connection and container.
+    connection_string: str | None = None
+    container: str | None = None
+    # file: a lease file shared by replicas on one machine (default beside the state).
+    path: str | None = None
+
+    @model_validator(mode="after")
+    def _valid_duration(self) -> LeaseSettings:
+        if self.backend == "azure_blob" and not 15 <= self.duration <= 60:
+            raise ValueError("an azure_blob lease lasts 15s to 60s (an Azure Storage limit)")
+        if self.duration < 1:
+            raise ValueError("a lease must last at least 1s")
+        return self
 
 
 class Task(_Strict):
@@ -118,6 +151,7 @@ class Task(_Strict):
     on_error: Literal["fail", "dead_letter"] = "fail"
     dead_letter: DeadLetterSettings = Field(default_factory=DeadLetterSettings)
     restart: RestartPolicy | None = None
+    lease: LeaseSettings | None = None
     max_in_flight: int = Field(default=50_000, gt=0)
     max_in_flight_bytes: Size = 64 * 1024 * 1024
     max_line_bytes: Size = 8 * 1024 * 1024
@@ -136,6 +170,7 @@ class Document(BaseModel):
     tasks: dict[str, Task]
     state: StateSettings = Field(default_factory=StateSettings)
     secrets: frozenset[str] = frozenset()
+    env_names: frozenset[str] = frozenset()  # environment variables the file reads
     lines: dict[str, int] = Field(default_factory=dict)
 
     @property

@@ -28,7 +28,8 @@ class CheckpointStore(Protocol):
 
     def load(self, task: str) -> StoredCheckpoint | None: ...
 
-    def save(self, task: str, checkpoint: Any, run_id: str) -> StoredCheckpoint: ...
+    def save(self, task: str, checkpoint: Any, run_id: str, fence: Any = None) -> StoredCheckpoint:
+        """Write atomically. ``fence`` is the task lease's token (Azure: the lease id)."""
 
     def reset(self, task: str) -> bool:
         """Forget the task's checkpoint; True when there was one."""
@@ -47,6 +48,12 @@ def default_state_path(document: Document) -> Path:
 
 
 def open_store(document: Document) -> CheckpointStore:
+    settings = document.state
+    if settings.backend == "azure_blob":
+        from dstream.state.azure_blob import AzureBlobStore
+
+        assert settings.connection_string is not None
+        return AzureBlobStore(settings.connection_string, settings.container, settings.prefix)
     from dstream.state.sqlite import SqliteStore
 
     return SqliteStore(default_state_path(document))

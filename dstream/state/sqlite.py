@@ -48,7 +48,7 @@ class SqliteStore:
             raise StateError(f"cannot read the checkpoint of task {task!r} from {self.path}: {exc}") from None
         return _row(row) if row else None
 
-    def save(self, task: str, checkpoint: Any, run_id: str) -> StoredCheckpoint:
+    def save(self, task: str, checkpoint: Any, run_id: str, fence: Any = None) -> StoredCheckpoint:
         now = time.time()
         try:
             # One statement, one transaction: atomic, and durable with synchronous=FULL.
@@ -79,6 +79,9 @@ class SqliteStore:
 
     def close(self) -> None:
         self._db.close()
+
+
+# The fence of a SQLite write is the file lease's lock, held around save() by the caller.
 
 
 def _row(row: tuple[Any, ...]) -> StoredCheckpoint:
