@@ -44,7 +44,7 @@ services:
 	bash scripts/dev/up.sh docker registry base azurite postgres
 
 images: venv services
-	$(BIN)/dstream providers push --all --build --registry $(REGISTRY)
+	$(BIN)/dstream providers push --all --orchestrator --build --registry $(REGISTRY)
 
 lint: venv
 	$(BIN)/ruff check .

@@ -7,6 +7,7 @@ one paragraph on stderr and turned into its exit code.
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -304,14 +305,77 @@ def providers_push(
     build: Annotated[
         bool, typer.Option("--build", help="Build (base included) before pushing, even if present.")
     ] = False,
+    orchestrator: Annotated[bool, typer.Option("--orchestrator", help="Also the dstream image (for deploy).")] = False,
 ) -> None:
     """docker push a provider image (building it first if needed); prints the pinned reference."""
     from dstream.images import Builder
 
     builder = Builder(echo=lambda line: typer.echo(line, err=True))
     builder.rebuild_base = build
-    for name in _names(names, all_):
+    for name in _names(names, all_) if names or all_ or not orchestrator else []:
         typer.echo(builder.push(name, registry, build=build))
+    if orchestrator:
+        typer.echo(builder.push_orchestrator(registry, build=build))
+
+
+class PrintFormat(str, Enum):
+    kubernetes = "kubernetes"
+
+
+@app.command("deploy")
+def deploy_cmd(
+    task: Annotated[str | None, typer.Argument(help="The task to deploy.")] = None,
+    file: FileOption = None,
+    replicas: Annotated[int, typer.Option("--replicas", help="Orchestrator replicas (active + standbys).")] = 1,
+    image: Annotated[
+        str | None, typer.Option("--image", help="The dstream image (default: REGISTRY/dstream/dstream:VERSION).")
+    ] = None,
+    network: Annotated[str, typer.Option("--network", help="Swarm network of the orchestrators.")] = "host",
+    state_dir: Annotated[
+        Path | None, typer.Option("--state-dir", help="Host directory for SQLite state and file leases.")
+    ] = None,
+    list_: Annotated[bool, typer.Option("--list", help="List deployed tasks.")] = False,
+    print_: Annotated[PrintFormat | None, typer.Option("--print", help="Print manifests instead of deploying.")] = None,
+) -> None:
+    """Run a task as a Docker Swarm service of dstream orchestrators (or print Kubernetes manifests)."""
+    from dstream import deploy
+    from dstream.images import orchestrator_image
+
+    if list_:
+        rows = deploy.deployments()
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table("task", "service", "image", "replicas", "created")
+        for row in rows:
+            table.add_row(row["task"], row["service"], row["image"], row["replicas"], row["created"])
+        Console().print(table)
+        return
+    if task is None:
+        raise typer.BadParameter("name the task to deploy (or pass --list)")
+    document = _load(file)
+    chosen = image or orchestrator_image()
+    if print_ is not None:
+        typer.echo(deploy.kubernetes_manifests(document, task, replicas, chosen), nl=False)
+        return
+    result = deploy.deploy(document, task, replicas, chosen, network=network or None, state_dir=state_dir)
+    typer.echo(
+        f"deployed {task} as Swarm service {result.service} ({result.replicas} replica(s), image {result.image})"
+    )
+    if result.secrets:
+        typer.echo(f"secrets passed as Swarm secrets: {', '.join(result.secrets)}", err=True)
+
+
+@app.command()
+def undeploy(task: str) -> None:
+    """Remove a deployed task: its service, containers, config and secrets."""
+    from dstream import deploy
+
+    removed = deploy.undeploy(task)
+    typer.echo(
+        f"undeployed {task}: {removed['services']} service, {removed['containers']} leftover container(s), "
+        f"{removed['configs']} config(s), {removed['secrets']} secret(s)"
+    )
 
 
 def _size(n: int) -> str:
@@ -323,7 +387,19 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
+def _load_secret_files() -> None:
+    """In a deployed orchestrator, secrets arrive as files (Swarm/Kubernetes secrets) in
+    $DSTREAM_SECRETS_DIR; each becomes the environment variable of its name."""
+    folder = os.environ.get("DSTREAM_SECRETS_DIR")
+    if not folder or not Path(folder).is_dir():
+        return
+    for entry in Path(folder).iterdir():
+        if entry.is_file() and entry.name.isidentifier() and entry.name not in os.environ:
+            os.environ[entry.name] = entry.read_text().rstrip("\n")
+
+
 def main() -> None:
+    _load_secret_files()
     try:
         app()  # standalone: Typer reports usage errors itself and exits
     except DStreamError as exc:

@@ -155,6 +155,30 @@ class Builder:
         self._build(stage, tag, {"PROVIDER_BASE": base_tag()}, labels)
         return tag
 
+    def build_orchestrator(self, registry: str | None = None) -> str:
+        """The dstream image itself (images/dstream): the CLI, its dependencies, the built-in providers."""
+        stage = self._stage("dstream", self.root / "images" / "dstream" / "Dockerfile")
+        project = tomllib.loads((self.root / "pyproject.toml").read_text())["project"]
+        requirements = [*project["dependencies"], *project["optional-dependencies"]["azure"]]
+        self._download(requirements, stage / "wheels")
+        self._local_wheel(self.root, stage / "wheels")
+        for source in sorted({entry.source for entry in catalogue.entries()}):
+            if not _requirements(self.root / source / "pyproject.toml"):
+                self._local_wheel(self.root / source, stage / "wheels")
+        tag = orchestrator_image(registry)
+        labels = {"org.opencontainers.image.title": "dstream", "org.opencontainers.image.version": __version__}
+        self._build(stage, tag, {"BASE_IMAGE": base_image()}, labels)
+        return tag
+
+    def push_orchestrator(self, registry: str | None = None, build: bool = False) -> str:
+        image = orchestrator_image(registry)
+        if build or self.engine.image(image) is None:
+            self.build_orchestrator(registry)
+        repository, _, tag = image.rpartition(":")
+        self.echo(f"pushing {image}")
+        digest = self.engine.push(repository, tag, lambda event: None)
+        return f"{image}@{digest}" if digest else image
+
     def push(self, name: str, registry: str | None = None, build: bool = False) -> str:
         entry = catalogue.find(name)
         image = entry.image(registry)
@@ -164,6 +188,10 @@ class Builder:
         self.echo(f"pushing {image}")
         digest = self.engine.push(repository, tag, lambda event: None)
         return f"{image}@{digest}" if digest else image
+
+
+def orchestrator_image(registry: str | None = None) -> str:
+    return f"{registry or catalogue.default_registry()}/dstream/dstream:{__version__}"
 
 
 def _requirements(pyproject: Path) -> list[str]:

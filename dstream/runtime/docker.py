@@ -42,6 +42,8 @@ LABEL_ROLE = "io.dstream.role"
 LABEL_RUN = "io.dstream.run-id"
 LABEL_HOST = "io.dstream.host"
 LABEL_PID = "io.dstream.pid"
+LABEL_OWNER = "io.dstream.owner-container"  # set when dstream itself runs in a container
+LABEL_DEPLOY = "io.dstream.deploy"
 DEFAULT_MEMORY = 1024 * 1024 * 1024
 DEFAULT_PIDS = 256
 _DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
@@ -148,6 +150,12 @@ class DockerEngine:
         with contextlib.suppress(docker.errors.NotFound):
             self.client.api.remove_container(container_id, force=True)
 
+    def running(self, container: str) -> bool:
+        try:
+            return bool(self.client.api.inspect_container(container)["State"]["Running"])
+        except docker.errors.NotFound:
+            return False
+
 
 @dataclass(frozen=True)
 class Leftover:
@@ -158,16 +166,25 @@ class Leftover:
 
 
 def find_leftovers(engine: DockerEngine, task: str) -> list[Leftover]:
-    """Containers of ``task`` whose dstream process on this host is gone (e.g. killed -9)."""
+    """Containers of ``task`` whose dstream process is gone (e.g. killed -9).
+
+    A dstream running on this host is judged by its pid; one running in a container (a
+    deployed replica) by whether that container still runs.
+    """
     host = socket.gethostname()
     found = []
     for info in engine.dstream_containers(task):
         labels = info.get("Labels") or {}
-        if labels.get(LABEL_HOST) != host:
+        owner = labels.get(LABEL_OWNER)
+        if owner:
+            if engine.running(owner):
+                continue
+        elif labels.get(LABEL_HOST) != host:
             continue  # another machine's run: not ours to judge
-        pid = int(labels.get(LABEL_PID) or 0)
-        if pid and _alive(pid):
-            continue
+        else:
+            pid = int(labels.get(LABEL_PID) or 0)
+            if pid and _alive(pid):
+                continue
         name = (info.get("Names") or ["?"])[0].lstrip("/")
         found.append(Leftover(info["Id"], name, labels.get(LABEL_RUN, "?"), labels.get(LABEL_ROLE, "?")))
     return found
@@ -412,6 +429,9 @@ class DockerRuntime:
             LABEL_PID: str(os.getpid()),
             "io.dstream.source": spec.source,
         }
+        owner = os.environ.get("DSTREAM_OWNER_CONTAINER")  # set by `dstream deploy`
+        if owner or os.environ.get("DSTREAM_IN_CONTAINER"):
+            labels[LABEL_OWNER] = owner or socket.gethostname()  # else a container's hostname is its id
         host_config = api.create_host_config(
             cap_drop=["ALL"],
             security_opt=["no-new-privileges:true"],
@@ -443,3 +463,81 @@ class DockerRuntime:
         except docker.errors.APIError as exc:
             raise RuntimeFailure(f"cannot create the {spec.role} container: {exc.explanation or exc}") from None
         return str(created["Id"])
+
+
+class Swarm:
+    """The Docker Swarm operations ``dstream deploy`` needs: configs, secrets, services."""
+
+    def __init__(self, engine: DockerEngine) -> None:
+        self.engine = engine
+
+    def ensure_active(self) -> None:
+        state = self.engine.client.info().get("Swarm", {}).get("LocalNodeState")
+        if state != "active":
+            raise RuntimeFailure(
+                "this Docker engine is not in swarm mode; run `docker swarm init --advertise-addr 127.0.0.1` "
+                "(one node is enough), or deploy to Kubernetes with `dstream deploy TASK --print kubernetes`"
+            )
+
+    def create_config(self, name: str, data: bytes, labels: dict[str, str]) -> str:
+        existing = self.engine.client.configs.list(filters={"name": name})
+        if existing:
+            return str(existing[0].id)
+        return str(self.engine.client.configs.create(name=name, data=data, labels=labels).id)
+
+    def create_secret(self, name: str, data: bytes, labels: dict[str, str]) -> str:
+        existing = self.engine.client.secrets.list(filters={"name": name})
+        if existing:
+            return str(existing[0].id)
+        return str(self.engine.client.secrets.create(name=name, data=data, labels=labels).id)
+
+    def create_service(
+        self,
+        name: str,
+        image: str,
+        args: list[str],
+        replicas: int,
+        labels: dict[str, str],
+        env: dict[str, str],
+        mounts: list[str],
+        configs: list[tuple[str, str, str]],
+        secrets: list[tuple[str, str, str]],
+        network: str | None,
+    ) -> str:
+        from docker.types import ConfigReference, RestartPolicy, SecretReference, ServiceMode
+
+        try:
+            service = self.engine.client.services.create(
+                image,
+                args=args,
+                name=name,
+                labels=labels,
+                container_labels=labels,
+                env=[f"{k}={v}" for k, v in env.items()],
+                mounts=mounts,
+                mode=ServiceMode("replicated", replicas=replicas),
+                configs=[ConfigReference(cid, cname, target) for cid, cname, target in configs],
+                secrets=[SecretReference(sid, sname, target) for sid, sname, target in secrets],
+                restart_policy=RestartPolicy(condition="on-failure", delay=1_000_000_000),
+                stop_grace_period=30_000_000_000,
+                networks=[network] if network else None,
+            )
+        except docker.errors.APIError as exc:
+            raise RuntimeFailure(f"cannot create the service {name}: {exc.explanation or exc}") from None
+        return str(service.id)
+
+    def services(self, label: str = LABEL_DEPLOY) -> list[Any]:
+        return list(self.engine.client.services.list(filters={"label": label}))
+
+    def service(self, name: str) -> Any | None:
+        found = [s for s in self.engine.client.services.list(filters={"name": name}) if s.name == name]
+        return found[0] if found else None
+
+    def remove_labelled(self, label: str) -> tuple[int, int]:
+        """Remove the configs and secrets carrying ``label`` (after their service is gone)."""
+        configs = self.engine.client.configs.list(filters={"label": label})
+        secrets = self.engine.client.secrets.list(filters={"label": label})
+        for item in [*configs, *secrets]:
+            with contextlib.suppress(docker.errors.NotFound):
+                item.remove()
+        return len(configs), len(secrets)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -40,10 +41,15 @@ class CheckpointStore(Protocol):
 
 
 def default_state_path(document: Document) -> Path:
+    """``state { path }``, else ``$DSTREAM_STATE_DIR/state.db`` (set by ``dstream deploy``),
+    else ``.dstream/state.db`` beside the task file."""
     configured = document.state.path
     if configured:
         path = Path(configured).expanduser()
         return path if path.is_absolute() else document.base_dir / path
+    override = os.environ.get("DSTREAM_STATE_DIR")
+    if override:
+        return Path(override) / "state.db"
     return document.base_dir / DEFAULT_STATE_DIR / "state.db"
 
 
