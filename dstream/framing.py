@@ -16,16 +16,15 @@ from typing import Literal
 
 @dataclass(slots=True)
 class Block:
-    """Complete lines (newline-terminated); ``first_line`` is the 1-based number of the first."""
+    """Complete lines, newline-terminated. (Not counted here: the relay counts them only
+    when it has to, to keep one pass over the data off the hot path.)"""
 
     data: bytes
-    first_line: int
 
 
 @dataclass(slots=True)
 class Oversize:
     stage: Literal["start", "data", "end"]
-    line: int
     data: bytes = b""
     size: int = 0  # set on "end": the whole line's length
 
@@ -36,7 +35,6 @@ Event = Block | Oversize
 class LineFramer:
     def __init__(self, max_line_bytes: int) -> None:
         self.max_line_bytes = max_line_bytes
-        self.lines = 0  # complete lines seen so far, oversized ones included
         self._tail = bytearray()
         self._skipped = -1  # bytes of the oversized line being skipped, -1 when not skipping
         self._events: list[Event] = []
@@ -94,8 +92,7 @@ class LineFramer:
         return len(self._tail)
 
     def _emit(self, block: bytes) -> None:
-        self._events.append(Block(block, self.lines + 1))
-        self.lines += block.count(b"\n")
+        self._events.append(Block(block))
 
     def _split_long_lines(self, block: bytes) -> None:
         """A block bigger than the limit may hold too-long lines: cut them out, in order."""
@@ -122,15 +119,14 @@ class LineFramer:
     def _begin_skip(self) -> None:
         held, self._tail = bytes(self._tail), bytearray()
         self._skipped = 0
-        self._events.append(Oversize("start", self.lines + 1))
+        self._events.append(Oversize("start"))
         self._skip(held)
 
     def _skip(self, data: bytes) -> None:
         if data:
             self._skipped += len(data)
-            self._events.append(Oversize("data", self.lines + 1, data))
+            self._events.append(Oversize("data", data))
 
     def _end_skip(self) -> None:
         size, self._skipped = self._skipped, -1
-        self.lines += 1
-        self._events.append(Oversize("end", self.lines, size=size))
+        self._events.append(Oversize("end", size=size))

@@ -128,6 +128,7 @@ class Relay:
         self._stdout_broken = False
         self._fatal: BadDataError | None = None
         self._abort: DStreamError | None = None
+        self._line = 1  # the number of the next line from the input (for error messages)
 
     # -- control from outside (signals) ------------------------------------------------
 
@@ -355,6 +356,8 @@ class Relay:
                 await self._forward(event)
             else:
                 self._oversize(event)
+                if event.stage == "end":
+                    self._line += 1
 
     def _oversize(self, event: Oversize) -> None:
         """A line over max_line_bytes: fail at its start, or stream it into the dead letters."""
@@ -362,14 +365,14 @@ class Relay:
         if self.dead_letters is None:
             raise BadDataError(
                 f"{self.input.description} printed a line longer than max_line_bytes ({limit} bytes) "
-                f'at line {event.line}; raise max_line_bytes or set on_error = "dead_letter".',
+                f'at line {self._line}; raise max_line_bytes or set on_error = "dead_letter".',
                 "oversized_line",
                 event.data,
-                event.line,
+                self._line,
             )
         if event.stage == "start":
             detail = f"line longer than max_line_bytes ({limit} bytes)"
-            self.dead_letters.begin("oversized_line", event.line, self.last_seen_checkpoint, detail)
+            self.dead_letters.begin("oversized_line", self._line, self.last_seen_checkpoint, detail)
         elif event.stage == "data":
             self.dead_letters.write_raw(event.data)
         else:
@@ -412,30 +415,36 @@ class Relay:
         """Validate a block of complete lines.
 
         Returns what to forward, its checkpoints (each with the envelopes and bytes of the
-        block up to it) and its envelope count.
+        block up to it) and its envelope count. Only checkpoint lines are parsed; the rest
+        is validated in bulk (see :func:`protocol.valid_block`).
         """
         data = block.data
-        lines = data.split(b"\n")
-        lines.pop()  # the block ends with a newline
-        try:
-            values = protocol.decode_many(lines)
-            if not all(type(v) is dict for v in values):
-                raise protocol.DecodeError("not an object")
-        except protocol.DecodeError:
-            return self._process_slowly(lines, block.first_line)
+        count = protocol.valid_block(data)
+        if count < 0:
+            lines = data.split(b"\n")
+            lines.pop()  # the block ends with a newline
+            first = self._line
+            self._line += len(lines)
+            return self._process_slowly(lines, first)
+        self._line += count
         checkpoints: list[tuple[Any, int, int]] = []
         if protocol.CHECKPOINT_TOKEN in data:
-            seen = 0
-            size = 0
-            for index, value in enumerate(values):
-                is_cp, position = protocol.control_value(value, "checkpoint")
+            token = protocol.CHECKPOINT_TOKEN
+            at = data.find(token)
+            line_index = 0
+            counted_to = 0
+            while at >= 0:
+                start = data.rfind(b"\n", 0, at) + 1
+                end = data.index(b"\n", at)
+                is_cp, position = protocol.control_value(protocol.decode(data[start:end]), "checkpoint")
                 if is_cp:
-                    size += sum(map(len, lines[seen : index + 1])) + index + 1 - seen
-                    seen = index + 1
-                    checkpoints.append((position, index - len(checkpoints), size))
+                    line_index += data.count(b"\n", counted_to, start)
+                    counted_to = start
+                    checkpoints.append((position, line_index - len(checkpoints), end + 1))
+                at = data.find(token, end)
             if checkpoints:
                 self.last_seen_checkpoint = checkpoints[-1][0]
-        return data, checkpoints, len(values) - len(checkpoints)
+        return data, checkpoints, count - len(checkpoints)
 
     def _process_slowly(self, lines: list[bytes], first_line: int) -> tuple[bytes, list[tuple[Any, int, int]], int]:
         keep: list[bytes] = []

@@ -64,6 +64,32 @@ def decode_object(line: bytes | str) -> dict[str, Any]:
     return value
 
 
+try:  # simdjson validates without building Python objects: ~5x cheaper on small envelopes
+    import simdjson as _simdjson
+
+    _PARSER: Any = _simdjson.Parser()
+except ImportError:  # pragma: no cover - an optional speed-up
+    _PARSER = None
+
+
+def valid_block(block: bytes) -> int:
+    """How many lines ``block`` holds when each is exactly one JSON object, else -1.
+
+    The relay's hot path: one C-level parse and no Python objects. -1 means "look at the
+    lines one by one" (blank lines, non-objects, malformed JSON, invalid UTF-8).
+    """
+    if not block.startswith(b"{"):
+        return -1
+    lines = block.count(b"\n{") + 1  # lines that start an object
+    joined = b"[" + block[:-1].replace(b"\n", b",") + b"]"
+    try:
+        # As many values as object-starting lines: no other line, no line with two values.
+        count = len(_PARSER.parse(joined)) if _PARSER is not None else len(orjson.loads(joined))
+    except ValueError:  # simdjson's and orjson's errors (invalid JSON or UTF-8) are ValueErrors
+        return -1
+    return lines if count == lines else -1
+
+
 def decode_many(lines: list[bytes]) -> list[Any]:
     """Parse many lines in one orjson call (the relay's validation fast path).
 

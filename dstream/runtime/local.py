@@ -50,6 +50,25 @@ def _child_setup() -> None:  # runs in the child between fork and exec
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+_F_SETPIPE_SZ = 1031
+PIPE_SIZE = 1024 * 1024
+
+
+def _grow_pipes(proc: asyncio.subprocess.Process) -> None:
+    """1 MiB pipes instead of 64 KiB: fewer wake-ups and system calls per megabyte relayed."""
+    if sys.platform != "linux":
+        return
+    import fcntl
+
+    transport = getattr(proc, "_transport", None)
+    for fd_number in (0, 1):
+        pipe = transport.get_pipe_transport(fd_number) if transport is not None else None
+        handle = pipe.get_extra_info("pipe") if pipe is not None else None
+        if handle is not None:
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(handle.fileno(), _F_SETPIPE_SZ, PIPE_SIZE)
+
+
 class LocalProcess:
     def __init__(self, role: str, description: str, proc: asyncio.subprocess.Process, tail: StderrTail) -> None:
         self.role = role
@@ -144,5 +163,6 @@ class LocalRuntime:
             )
         except OSError as exc:
             raise RuntimeFailure(f"cannot start {spec.role} provider {executable}: {exc.strerror or exc}") from None
+        _grow_pipes(proc)
         description = f"{spec.role} provider {Path(executable).name} (pid {proc.pid})"
         return LocalProcess(spec.role, description, proc, StderrTail(on_stderr))

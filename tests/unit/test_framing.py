@@ -19,22 +19,19 @@ def raw_of(events: list[Oversize]) -> bytes:
 def test_line_split_across_chunks() -> None:
     framer = LineFramer(1024)
     assert framer.feed(b'{"a":') == []
-    assert framer.feed(b'1}\n{"b"') == [Block(b'{"a":1}\n', 1)]
-    assert framer.feed(b":2}\n") == [Block(b'{"b":2}\n', 2)]
-    assert framer.lines == 2
+    assert framer.feed(b'1}\n{"b"') == [Block(b'{"a":1}\n')]
+    assert framer.feed(b":2}\n") == [Block(b'{"b":2}\n')]
 
 
 def test_many_lines_in_one_chunk_come_out_as_one_block() -> None:
     framer = LineFramer(1024)
     chunk = b"".join(b'{"n":%d}\n' % i for i in range(100))
-    assert framer.feed(chunk) == [Block(chunk, 1)]
-    assert framer.lines == 100
+    assert framer.feed(chunk) == [Block(chunk)]
 
 
 def test_final_line_without_newline_gets_one() -> None:
     framer = LineFramer(1024)
     assert feed_all(framer, [b'{"a":1}\n{"b":2}']) == (b'{"a":1}\n{"b":2}\n', [])
-    assert framer.lines == 2
 
 
 def test_every_byte_split_gives_the_same_lines() -> None:
@@ -49,13 +46,12 @@ def test_oversized_line_streams_out_in_order_not_into_memory() -> None:
     framer = LineFramer(10)
     big = b"x" * 35
     events = [e for c in [b'{"a":1}\n', big[:12], big[12:30], big[30:] + b'\n{"b":2}\n'] for e in framer.feed(c)]
-    assert events[0] == Block(b'{"a":1}\n', 1)
-    assert events[1] == Oversize("start", 2)
+    assert events[0] == Block(b'{"a":1}\n')
+    assert events[1] == Oversize("start")
     assert raw_of([e for e in events if isinstance(e, Oversize)]) == big
-    assert Oversize("end", 2, size=35) in events
-    assert events[-1] == Block(b'{"b":2}\n', 3)
+    assert Oversize("end", size=35) in events
+    assert events[-1] == Block(b'{"b":2}\n')
     assert framer.pending == 0
-    assert framer.lines == 3
 
 
 def test_oversized_line_finishing_in_a_chunk() -> None:
@@ -63,7 +59,7 @@ def test_oversized_line_finishing_in_a_chunk() -> None:
     blocks, oversize = feed_all(framer, [b"123456", b"789012345\nok\n"])
     assert blocks == b"ok\n"
     assert raw_of(oversize) == b"123456789012345"
-    assert oversize[-1] == Oversize("end", 1, size=15)
+    assert oversize[-1] == Oversize("end", size=15)
 
 
 def test_oversized_last_line_without_newline() -> None:
@@ -77,10 +73,9 @@ def test_oversized_last_line_without_newline() -> None:
 def test_oversized_line_inside_one_chunk_keeps_its_place() -> None:
     framer = LineFramer(8)
     events = framer.feed(b"short\n" + b"y" * 20 + b"\nok\n")
-    assert events[0] == Block(b"short\n", 1)
+    assert events[0] == Block(b"short\n")
     assert [e.stage for e in events[1:-1] if isinstance(e, Oversize)] == ["start", "data", "end"]
-    assert events[-1] == Block(b"ok\n", 3)
-    assert framer.lines == 3
+    assert events[-1] == Block(b"ok\n")
 
 
 def test_docker_frames_demultiplex_across_any_split() -> None:

@@ -78,3 +78,17 @@ def test_lifecycle_reply_accepts_resource_lines_and_upstream_summary() -> None:
     failed.feed(b'{"status":"Failed","resources":[],"metadata":null,"message":"no permission","error":null}')
     assert failed.failed
     assert failed.message == "no permission"
+
+
+def test_valid_block_accepts_only_one_object_per_line() -> None:
+    good = b'{"data":{"a":1}}\n{"checkpoint":{"v":1}}\n'
+    assert protocol.valid_block(good) == 2
+    for bad in (
+        b'{"data":1}\n\n',  # a blank line
+        b'{"data":1}\n[1,2]\n',  # not an object
+        b'{"data":1,}\n{"a":2}\n',  # malformed
+        b'{"data":"\xff"}\n',  # invalid UTF-8
+        b'{"a":1}, {"b":2}\n',  # two values on one line
+        b' {"a":1}\n',  # leading space: left to the slow path
+    ):
+        assert protocol.valid_block(bad) == -1, bad

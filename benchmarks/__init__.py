@@ -1,0 +1,1 @@
+"""dstream benchmarks: `make bench` (python -m benchmarks.run)."""
