@@ -7,6 +7,7 @@ one paragraph on stderr and turned into its exit code.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 from enum import Enum
@@ -48,6 +49,11 @@ class PullPolicy(str, Enum):
     never = "never"
 
 
+class Kind(str, Enum):
+    input = "input"
+    output = "output"
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"dstream {__version__}")
@@ -74,16 +80,43 @@ def _load(file: Path | None) -> Any:
 
 
 @app.command()
-def lint(file: FileOption = None) -> None:
+def lint(
+    file: FileOption = None,
+    schemas: Annotated[
+        bool, typer.Option("--schemas/--no-schemas", help="Also check each config against its provider's schema.")
+    ] = True,
+) -> None:
     """Check a task file; print each problem as FILE:LINE: message."""
     from dstream.config import lint as lint_file
 
     problems = lint_file(file)
+    if not problems and schemas:
+        from dstream.schemas import check_document
+
+        problems, notes = check_document(_load(file))
+        for note in notes:
+            typer.echo(note, err=True)
     for problem in problems:
         typer.echo(problem)
     if problems:
         raise typer.Exit(1)
     typer.echo(f"{file or 'dstream.hcl'}: ok", err=True)
+
+
+@app.command()
+def spec(
+    ref: Annotated[str, typer.Argument(help="A provider image/artifact reference, catalogue name or path.")],
+) -> None:
+    """Print a provider's config JSON schema (from its image label or the catalogue), without running it."""
+    import json
+
+    from dstream.schemas import find_schema
+
+    schema, source = find_schema(ref)
+    if schema is None:
+        raise DStreamError(f"no config schema found for {ref} (no {'io.dstream.spec'} label, not in the catalogue)")
+    typer.echo(json.dumps(schema, indent=2))
+    typer.echo(f"(from {source})", err=True)
 
 
 @app.command()
@@ -94,13 +127,36 @@ def run(
     update_lock: Annotated[
         bool, typer.Option("--update-lock", help="Accept registry digests that differ from dstream.lock.")
     ] = False,
+    progress: Annotated[
+        bool | None, typer.Option("--progress/--no-progress", help="Live status line (default: on a terminal).")
+    ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option("--metrics-port", help="Serve Prometheus metrics and /healthz on this port.")
+    ] = None,
+    detach: Annotated[
+        bool, typer.Option("--detach", "-d", help="Run in the background (then: dstream ps, logs, stop).")
+    ] = False,
 ) -> None:
     """Run a task until its input ends or you stop it (Ctrl-C stops gracefully)."""
+    from dstream import background
     from dstream.launch import LaunchOptions
     from dstream.runner import run_task
 
     document = _load(file)
-    summary = run_task(document, task, LaunchOptions(pull=pull.value, update_lock=update_lock))
+    document.task(task)
+    if detach:
+        record = background.start(document, task, sys.argv[1:])
+        typer.echo(f"task {task} runs in the background (pid {record.pid}); log: {record.log}")
+        typer.echo(f"  dstream logs {task} -f  |  dstream stop {task}  |  dstream ps", err=True)
+        return
+    with background.registered(document, task):
+        summary = run_task(
+            document,
+            task,
+            LaunchOptions(pull=pull.value, update_lock=update_lock),
+            progress=progress,
+            metrics_port=metrics_port,
+        )
     how = "stopped" if summary.stopped else "finished"
     log.get().info(
         "task %s %s: %d envelopes (%s) in %.1fs%s%s",
@@ -229,24 +285,82 @@ def lock(file: FileOption = None) -> None:
 
 @app.command()
 def ps(as_json: JsonOption = False) -> None:
-    """List the provider containers of running (and left-over) dstream tasks."""
-    from dstream import protocol
-    from dstream.runtime.docker import DockerEngine, describe_containers
+    """Running tasks on this machine, and the provider containers of dstream runs."""
+    from dstream import background, protocol
 
-    rows = describe_containers(DockerEngine())
+    runs = [vars(r) for r in background.records()]
+    containers: list[dict[str, str]] = []
+    try:
+        from dstream.runtime.docker import DockerEngine, describe_containers
+
+        containers = describe_containers(DockerEngine())
+    except DStreamError as exc:
+        log.get().debug("no container listing: %s", exc)
     if as_json:
-        for row in rows:
-            sys.stdout.buffer.write(protocol.encode(row))
+        sys.stdout.buffer.write(protocol.encode({"runs": runs, "containers": containers}))
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("task", "run", "role", "container", "image", "status", "dstream")
-    for row in rows:
-        table.add_row(row["task"], row["run_id"], row["role"], row["name"], row["image"], row["status"], row["owner"])
-    Console().print(table)
-    if not rows:
-        typer.echo("no dstream containers", err=True)
+    console = Console()
+    if runs:
+        table = Table("task", "pid", "started", "file", "log", title="runs", title_justify="left")
+        for run_ in runs:
+            table.add_row(run_["task"], str(run_["pid"]), run_["started"], run_["file"], run_["log"] or "")
+        console.print(table)
+    if containers:
+        table = Table(
+            "task", "run", "role", "container", "image", "status", "dstream", title="containers", title_justify="left"
+        )
+        for row in containers:
+            table.add_row(
+                row["task"], row["run_id"], row["role"], row["name"], row["image"], row["status"], row["owner"]
+            )
+        console.print(table)
+    if not runs and not containers:
+        typer.echo("no dstream runs or containers", err=True)
+
+
+@app.command()
+def logs(
+    task: str,
+    file: Annotated[Path | None, typer.Option("--file", help="Task file (default: ./dstream.hcl).")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the run ends.")] = False,
+) -> None:
+    """Print the log of a task started with --detach."""
+    from dstream import background
+
+    document = None
+    with contextlib.suppress(DStreamError):
+        document = _load(file)
+    path = background.log_path(task, document)
+
+    def out(data: bytes) -> None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+
+    if follow:
+        background.follow(path, task, out)
+    else:
+        out(path.read_bytes())
+
+
+@app.command()
+def stop(
+    task: str,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for a graceful stop.")] = 60.0,
+) -> None:
+    """Stop a running task gracefully (SIGTERM: drain, checkpoint, exit)."""
+    from dstream import background
+
+    failed = []
+    for record, stopped in background.stop(task, timeout):
+        if stopped:
+            typer.echo(f"stopped task {task} (pid {record.pid})")
+        else:
+            failed.append(record.pid)
+    if failed:
+        raise DStreamError(f"task {task} (pid {', '.join(map(str, failed))}) did not stop within {timeout:g}s")
 
 
 RegistryOption = Annotated[
@@ -280,6 +394,20 @@ def _names(names: list[str] | None, all_: bool) -> list[str]:
     if not names:
         raise typer.BadParameter("name a provider, or pass --all")
     return names
+
+
+@providers_app.command("new")
+def providers_new(
+    name: Annotated[str, typer.Argument(help="e.g. acme-input-provider")],
+    kind: Annotated[Kind, typer.Option("--kind", help="input or output")],
+    directory: Annotated[Path, typer.Option("--dir", help="Where to create the project.")] = Path(),
+) -> None:
+    """Scaffold a provider project (package, tests, Dockerfile, catalogue entry) that works as generated."""
+    from dstream.scaffold import scaffold
+
+    root = scaffold(name, kind.value, directory)
+    typer.echo(f"created {root}")
+    typer.echo(f"  cd {root} && pip install -e . && python -m pytest tests && dstream test-provider {name}", err=True)
 
 
 @providers_app.command("build")
@@ -316,6 +444,39 @@ def providers_push(
         typer.echo(builder.push(name, registry, build=build))
     if orchestrator:
         typer.echo(builder.push_orchestrator(registry, build=build))
+
+
+@app.command("test-provider")
+def conformance_cmd(
+    ref: Annotated[
+        str, typer.Argument(help="A provider image/artifact reference, or an executable (path or PATH name).")
+    ],
+    config: Annotated[str, typer.Option("--config", help="The provider config, as JSON.")] = "{}",
+    kind: Annotated[Kind | None, typer.Option("--kind", help="input or output (default: from its features).")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for each answer.")] = 30.0,
+    network: Annotated[str | None, typer.Option("--network", help="Container network (e.g. host).")] = None,
+) -> None:
+    """Run the conformance suite against a provider and print a pass/fail table."""
+    import json
+
+    from dstream.conformance import run_suite
+
+    try:
+        parsed = json.loads(config)
+    except ValueError as exc:
+        raise typer.BadParameter(f"not JSON: {exc}", param_hint="--config") from None
+    checks = run_suite(ref, parsed, kind.value if kind else None, timeout, network)
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("check", "result", "detail", title=f"dstream test-provider {ref}", title_justify="left")
+    colours = {"pass": "green", "fail": "red", "skip": "yellow"}
+    for check in checks:
+        table.add_row(check.name, f"[{colours[check.result]}]{check.result}[/]", check.detail)
+    Console().print(table)
+    failed = [c.name for c in checks if c.result == "fail"]
+    if failed:
+        raise DStreamError(f"{len(failed)} of {len(checks)} checks failed: {', '.join(failed)}")
 
 
 class PrintFormat(str, Enum):

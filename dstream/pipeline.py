@@ -64,6 +64,9 @@ class RelayStats:
     skipped_blank: int = 0
     last_persist: float | None = None
     paused: float = 0.0  # seconds spent waiting for the output (window full)
+    waiting: bool = False  # paused right now
+    acked_envelopes: int = 0  # delivered: covered by an acknowledged checkpoint
+    acked_bytes: int = 0
 
 
 @dataclass
@@ -519,6 +522,8 @@ class Relay:
             self._acked_envelopes = advanced.envelopes
             self._acked_bytes = advanced.nbytes
             self.stats.acked += 1
+            self.stats.acked_envelopes = advanced.envelopes
+            self.stats.acked_bytes = advanced.nbytes
             self._ack_event.set()
             self._window.set()
         return True
@@ -553,9 +558,11 @@ class Relay:
                 in_flight,
                 self.task.max_in_flight,
             )
+        self.stats.waiting = True
         while self._window_full():
             self._window.clear()
             await self._window.wait()
+        self.stats.waiting = False
         self.stats.paused += time.monotonic() - started
 
     async def _persister(self) -> None:

@@ -20,7 +20,7 @@ from dstream.deadletter import DeadLetterWriter, default_path
 from dstream.errors import BadDataError, DStreamError, Interrupted, ProviderError, RuntimeFailure
 from dstream.launch import LaunchOptions, new_run_id, open_pair
 from dstream.lease import Lease, LeaseGuard, LeaseLost, open_lease
-from dstream.pipeline import Relay, RelayResult
+from dstream.pipeline import Relay, RelayResult, RelayStats
 from dstream.redact import Redactor
 from dstream.state import open_store
 
@@ -30,6 +30,27 @@ if TYPE_CHECKING:
 
 _log = log.get("run")
 _RETRYABLE = (ProviderError, RuntimeFailure)
+
+
+@dataclass
+class Snapshot:
+    """What a run is doing right now (for the status line and the metrics endpoint)."""
+
+    task: str
+    run_id: str
+    state: str  # starting | standby | running | stopping | restarting | finished | failed
+    envelopes: int
+    bytes: int
+    delivered: int
+    delivered_bytes: int
+    checkpoints_persisted: int
+    dead_letters: int
+    restarts: int
+    in_flight: int
+    waiting_for_output: bool
+    last_checkpoint_age: float | None
+    providers: dict[str, str]
+    lease: str
 
 
 @dataclass
@@ -66,10 +87,57 @@ class TaskRun:
         self._guard: LeaseGuard | None = None
         self._lost: LeaseLost | None = None
         self._acquired_at = 0.0
+        self.state = "starting"
+        self.restarts = 0
+        self._done = RelayStats()  # totals of finished attempts
+        self._last_persist: float | None = None
+
+    def snapshot(self) -> Snapshot:
+        relay = self._relay
+        live = relay.stats if relay is not None else RelayStats()
+        done = self._done
+        last = live.last_persist or self._last_persist
+        providers = {}
+        if relay is not None:
+            for proc in (relay.input, relay.output):
+                code = proc.returncode
+                providers[proc.role] = "running" if code is None else f"exited {code}"
+        lease = "" if self._guard is None else ("held" if self._guard.valid() else "lost")
+        if self.state == "standby":
+            lease = "waiting"
+        return Snapshot(
+            task=self.task.name,
+            run_id=self.run_id,
+            state=self.state,
+            envelopes=done.envelopes + live.envelopes,
+            bytes=done.bytes + live.bytes,
+            delivered=done.acked_envelopes + live.acked_envelopes,
+            delivered_bytes=done.acked_bytes + live.acked_bytes,
+            checkpoints_persisted=done.persisted + live.persisted,
+            dead_letters=done.dead_letters + live.dead_letters,
+            restarts=self.restarts,
+            in_flight=live.envelopes - live.acked_envelopes,
+            waiting_for_output=live.waiting,
+            last_checkpoint_age=None if last is None else time.monotonic() - last,
+            providers=providers,
+            lease=lease,
+        )
+
+    def _fold(self, stats: RelayStats) -> None:
+        done = self._done
+        done.envelopes += stats.envelopes
+        done.bytes += stats.bytes
+        done.acked_envelopes += stats.acked_envelopes
+        done.acked_bytes += stats.acked_bytes
+        done.persisted += stats.persisted
+        done.dead_letters += stats.dead_letters
+        self._last_persist = stats.last_persist or self._last_persist
 
     def request_stop(self) -> None:
         self._stop_count += 1
         self._stop.set()
+        if self.state in ("running", "starting"):
+            self.state = "stopping"
         if self._lost is not None:
             return
         if self._relay is not None:
@@ -101,6 +169,7 @@ class TaskRun:
         """Wait as a standby until this replica holds the lease; False if stopped first."""
         waited = False
         last_note = 0.0
+        self.state = "standby"
         while not self._stop.is_set():
             self._acquired_at = time.monotonic()
             if await asyncio.to_thread(lease.try_acquire):
@@ -178,10 +247,13 @@ class TaskRun:
                         _first_line(str(exc)),
                         delay,
                     )
+                    self.state = "restarting"
+                    self.restarts += 1
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._stop.wait(), delay)
                     if self._stop.is_set():
                         raise Interrupted("stopped while waiting to restart") from None
+                    self.state = "starting"
                     continue
                 envelopes += result.stats.envelopes
                 nbytes += result.stats.bytes
@@ -248,10 +320,13 @@ class TaskRun:
                 lease=self._guard.lease if self._guard else None,
                 guard=self._guard,
             )
+            self.state = "running" if not self._stop.is_set() else "stopping"
             if self._stop.is_set():
                 self._relay.request_stop()
             result = await self._relay.run()
         finally:
+            if self._relay is not None:
+                self._fold(self._relay.stats)
             self._relay = None
             if dead_letters is not None:
                 dead_letters.close()
@@ -278,18 +353,52 @@ def _first_line(text: str) -> str:
     return text.splitlines()[0] if text else text
 
 
-def run_task(document: Document, task_name: str, options: LaunchOptions | None = None) -> RunSummary:
-    """Run a task in a fresh event loop, with SIGINT/SIGTERM wired to a graceful stop."""
+def run_task(
+    document: Document,
+    task_name: str,
+    options: LaunchOptions | None = None,
+    progress: bool | None = None,
+    metrics_port: int | None = None,
+) -> RunSummary:
+    """Run a task in a fresh event loop, with SIGINT/SIGTERM wired to a graceful stop.
+
+    ``progress``: a live status line (None: when stderr is a terminal; log lines otherwise).
+    ``metrics_port``: serve Prometheus metrics and /healthz on that port.
+    """
+    from dstream.status import StatusReporter
 
     async def main() -> RunSummary:
         runner = TaskRun(document, task_name, options)
+        reporter = StatusReporter(runner, live=progress if progress is not None else None)
+        runner.stdout = reporter.stdout_sink()
+        server = None
+        if metrics_port is not None:
+            from dstream.metrics import MetricsServer
+
+            try:
+                server = MetricsServer(runner, metrics_port)
+            except OSError as exc:
+                raise RuntimeFailure(f"cannot serve metrics on port {metrics_port}: {exc.strerror}") from None
+            server.start()
+            _log.info("metrics on http://0.0.0.0:%d/metrics (health: /healthz)", server.port)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, runner.request_stop)
+        status = asyncio.create_task(reporter.report())
         try:
-            return await runner.run()
+            summary = await runner.run()
+            runner.state = "finished"
+            return summary
+        except BaseException:
+            runner.state = "failed"
+            raise
         finally:
+            status.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await status
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
+            if server is not None:
+                server.stop()
 
     return asyncio.run(main())

@@ -37,6 +37,7 @@ class _Loader:
         self.environ = environ
         self.problems: list[str] = []
         self._failed: set[tuple[Any, ...]] = set()
+        self.lines: dict[str, int] = {}
 
     def problem(self, line: int, message: str) -> None:
         self.problems.append(f"{self.name}:{line}: {message}")
@@ -112,7 +113,7 @@ class _Loader:
             state=state,
             secrets=frozenset(s for s in secrets if len(s) >= 4),
             env_names=frozenset(evaluator.env_names),
-            lines=dict(task_lines.items()),
+            lines={**task_lines, **self.lines},
         )
 
     def _check_labels(self, block: Block, count: int) -> bool:
@@ -132,6 +133,8 @@ class _Loader:
         self._failed = set()
         raw = self._body_dict(block.body, (), lines, evaluator, "task")
         raw["name"] = block.labels[0]
+        for path, line in lines.items():  # kept so later checks (provider schemas) can cite lines
+            self.lines["/".join([block.labels[0], *map(str, path)])] = line
         missing_role = False
         for role in ("input", "output"):
             if role not in raw and not block.body.blocks_of(role):

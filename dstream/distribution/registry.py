@@ -164,6 +164,16 @@ class RegistryClient:
             raise DistributionError(f"registry {ref.registry} returned a manifest that is not JSON for {ref}") from None
         return Manifest(digest=digest, media_type=body.get("mediaType") or media_type, body=body)
 
+    def blob(self, ref: Reference, digest: str, limit: int = 16 * 1024 * 1024) -> bytes:
+        """A small blob (an image config, provider.json), verified against its digest."""
+        response = self._get(ref, f"/v2/{ref.repository}/blobs/{digest}", {})
+        if response.status_code != 200:
+            raise DistributionError(f"cannot read blob {digest} of {ref} ({response.status_code})")
+        data = response.content[: limit + 1]
+        if len(data) > limit or "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+            raise DistributionError(f"blob {digest} of {ref} is too large or does not match its digest")
+        return data
+
 
 def _reason(exc: Exception) -> str:
     text = str(exc)

@@ -114,7 +114,17 @@ async def resolve_for_run(
 ) -> tuple[Runtime, ProviderSpec]:
     text = spec.block.provider_ref or ""
     lock = LockFile.load(document.base_dir / LOCK_FILE)
-    resolved = await asyncio.to_thread(resolve_digest, text, lock, options.update_lock)
+    try:
+        resolved = await asyncio.to_thread(resolve_digest, text, lock, options.update_lock)
+    except DistributionError as exc:
+        if isinstance(exc, LockMismatchError) or lock.get(text) is not None or options.pull == "always":
+            raise
+        # A local build not pushed anywhere (a provider author's loop): run it as it is.
+        runtime = _docker_runtime(options)
+        if await asyncio.to_thread(runtime.engine.image, text) is None:
+            raise
+        _log.warning("%s; using the local image %s (not pinned to a registry digest)", exc, text)
+        return runtime, dataclasses.replace(spec, image=text)
     if resolved.kind == "artifact":
         manifest = resolved.manifest
         if manifest is None:

@@ -213,6 +213,9 @@ class Host:
 
     def _run_input(self, provider: InputProvider[Any], checkpoint: Any) -> int:
         ctx = self.ctx
+        self._state = _CheckpointState(provider)
+        # Going idle: checkpoint what was emitted so far, then flush, so it can be acked.
+        ctx._before_sleep.append(self._checkpoint_now)
         ctx._before_sleep.append(self._flush)
         if self.cls.wants_commits():  # type: ignore[attr-defined]
             ctx._on_committed = provider.on_committed
@@ -239,8 +242,16 @@ class Host:
             if is_commit:
                 self.ctx._committed.put(position)
 
+    def _checkpoint_now(self) -> None:
+        """Before idling: the time-based checkpoint that a next record would have triggered."""
+        state = self._state
+        idle_long_enough = state.interval is not None and time.monotonic() - state.last >= state.interval
+        if state.unsaved and state.position is not None and idle_long_enough:
+            self._send(protocol.checkpoint(state.position))
+            state.saved()
+
     def _consume(self, provider: InputProvider[Any], items: Iterator[Any]) -> None:
-        state = _CheckpointState(provider)
+        state = self._state
         try:
             for item in items:
                 self._emit(item, state)
@@ -255,7 +266,7 @@ class Host:
         self._finish_input(state)
 
     async def _consume_async(self, provider: InputProvider[Any], items: AsyncIterator[Any]) -> None:
-        state = _CheckpointState(provider)
+        state = self._state
         try:
             async for item in items:
                 self._emit(item, state)

@@ -1,0 +1,125 @@
+"""Provider config schemas, read without running the provider (like Airbyte's ``spec``).
+
+Where a schema comes from, first found:
+- a local image's label ``io.dstream.spec`` (no network);
+- the registry: the image config's ``io.dstream.spec`` label, or the ``config_schema`` of an
+  upstream-style artifact's ``provider.json`` (no pull, no run);
+- the provider catalogue, by provider name (``provider_path`` names an installed provider).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dstream import catalogue, log
+from dstream.errors import DistributionError, DStreamError
+
+if TYPE_CHECKING:
+    from dstream.config.models import Document, ProviderBlock
+
+_log = log.get("schemas")
+SPEC_LABEL = "io.dstream.spec"
+
+
+def _from_catalogue(name: str) -> dict[str, Any] | None:
+    for entry in catalogue.entries():
+        if entry.name == name:
+            return entry.config_schema or None
+    return None
+
+
+def _from_local_image(ref: str) -> dict[str, Any] | None:
+    try:
+        from dstream.runtime.docker import DockerEngine
+
+        found = DockerEngine().image(ref)
+    except DStreamError:
+        return None
+    if found is None:
+        return None
+    label = ((found.get("Config") or {}).get("Labels") or {}).get(SPEC_LABEL)
+    return dict(json.loads(label)) if label else {}
+
+
+def _from_registry(ref: str) -> dict[str, Any] | None:
+    from dstream.distribution.reference import parse
+    from dstream.distribution.registry import RegistryClient
+
+    parsed = parse(ref)
+    client = RegistryClient()
+    manifest = client.manifest(parsed)
+    if manifest.media_type.endswith(("index.v1+json", "list.v2+json")):
+        chosen = next(
+            (m for m in manifest.body.get("manifests", []) if (m.get("platform") or {}).get("architecture") == "amd64"),
+            (manifest.body.get("manifests") or [None])[0],
+        )
+        if chosen is None:
+            return None
+        manifest = client.manifest(parsed, chosen["digest"])
+    if manifest.kind == "artifact":
+        for layer in manifest.layers():
+            if (layer.get("annotations") or {}).get("org.opencontainers.image.title") == "provider.json":
+                info = json.loads(client.blob(parsed, str(layer["digest"])))
+                return dict(info.get("config_schema") or {}) or None
+        return None
+    config_digest = (manifest.body.get("config") or {}).get("digest")
+    if not config_digest:
+        return None
+    config = json.loads(client.blob(parsed, str(config_digest)))
+    label = ((config.get("config") or {}).get("Labels") or {}).get(SPEC_LABEL)
+    return dict(json.loads(label)) if label else {}
+
+
+def find_schema(ref_or_name: str) -> tuple[dict[str, Any] | None, str]:
+    """The config schema of a provider reference, catalogue name or path; and where it came from."""
+    name = Path(ref_or_name).name
+    if "/" not in ref_or_name or Path(ref_or_name).exists():
+        schema = _from_catalogue(name)
+        return (schema, "the provider catalogue") if schema else (None, "")
+    schema = _from_local_image(ref_or_name)
+    if schema is not None:
+        return (schema or None), f"the {SPEC_LABEL} label of the local image"
+    try:
+        schema = _from_registry(ref_or_name)
+    except DistributionError as exc:
+        _log.debug("no schema from the registry for %s: %s", ref_or_name, exc)
+        return None, ""
+    return (schema or None), "the registry"
+
+
+def block_schema(block: ProviderBlock) -> tuple[dict[str, Any] | None, str]:
+    return find_schema(block.provider_ref or block.provider_path or "")
+
+
+def check_document(document: Document) -> tuple[list[str], list[str]]:
+    """Every config that breaks its provider's schema as ``FILE:LINE: message``; and notes
+    on providers whose schema could not be found (not errors)."""
+    from jsonschema import Draft202012Validator
+
+    problems: list[str] = []
+    notes: list[str] = []
+    name = str(document.path)
+    for task in document.tasks.values():
+        for role, block in (("input", task.input), ("output", task.output)):
+            schema, source = block_schema(block)
+            if schema is None:
+                notes.append(f"{task.name} {role}: no config schema known for {block.source}; config not checked")
+                continue
+            validator = Draft202012Validator(schema)
+            for error in sorted(validator.iter_errors(block.config), key=lambda e: list(e.absolute_path)):
+                path = [str(p) for p in error.absolute_path]
+                key = path[0] if path else ""
+                if error.validator == "additionalProperties" and not path:
+                    extra = sorted(set(block.config) - set(schema.get("properties", {})))
+                    key = extra[0] if extra else ""
+                line = (
+                    document.lines.get(f"{task.name}/{role}/config/{key}")
+                    or document.lines.get(f"{task.name}/{role}/config")
+                    or document.lines.get(f"{task.name}/{role}")
+                    or document.lines.get(task.name, 0)
+                )
+                where = ".".join(["config", *path]) if path else "config"
+                problems.append(f"{name}:{line}: {task.name} {role} {where}: {error.message} (schema from {source})")
+    return sorted(problems, key=lambda p: int(p.split(":")[1]) if p.split(":")[1].isdigit() else 0), notes

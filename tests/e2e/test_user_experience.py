@@ -1,0 +1,269 @@
+"""The tool around the pipeline: status, metrics, background runs, schemas, scaffolding,
+the conformance suite."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from typing import TYPE_CHECKING
+
+import pytest
+
+from tests.conftest import run_cli
+from tests.faults import finish, wait_until
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+SLOW = """
+task "slow" {{
+  input {{
+    provider_path = "counter-input-provider"
+    config {{
+      interval = {interval}
+      max_count = {count}
+      include_timestamp = false
+      checkpoint_every = 5
+    }}
+  }}
+  output {{
+    provider_path = "console-output-provider"
+    config {{ outputFormat = "simple" }}
+  }}
+}}
+"""
+
+
+def test_status_lines_when_not_on_a_terminal(task_file: Callable[..., Path]) -> None:
+    path = task_file(SLOW.format(interval=20, count=120))
+    result = run_cli("run", "slow", "-f", str(path), env={"DSTREAM_STATUS_EVERY": "0.5"})
+    assert result.returncode == 0, result.stderr
+    status = [line for line in result.stderr.splitlines() if "slow running:" in line]
+    assert status, result.stderr
+    assert "envelopes (" in status[-1]
+    assert "checkpoint" in status[-1]
+    assert "input running" in status[-1]
+
+
+def test_live_status_line_on_a_terminal(task_file: Callable[..., Path]) -> None:
+    path = task_file(SLOW.format(interval=20, count=100))
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: dstream on a pseudo-terminal
+        os.execv(sys.executable, [sys.executable, "-m", "dstream", "run", "slow", "-f", str(path)])  # noqa: S606
+    seen = b""
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 1)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        _, status = os.waitpid(pid, 0)
+    text = seen.decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 0, text[-2000:]
+    assert "slow running:" in text  # the live line
+    assert "envelopes (" in text
+    assert '{"value":100}' in text  # the console output printed above it
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _metrics(port: int) -> dict[str, float]:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    values = {}
+    for line in body.splitlines():
+        if line.startswith("dstream_") and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+def test_metrics_endpoint_counts_match_what_was_delivered(task_file: Callable[..., Path], tmp_path: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({"data": {"n": n}, "metadata": {}}) + "\n" for n in range(1, 1235)))
+    out = tmp_path / "out.jsonl"
+    path = task_file(
+        f"""
+        task "metered" {{
+          input {{
+            provider_path = "file-input-provider"
+            config {{
+              path = "{source}"
+              follow = true
+              poll_interval = 0.1
+              checkpoint_every = 100
+            }}
+          }}
+          output {{
+            provider_path = "file-output-provider"
+            config {{ path = "{out}" }}
+          }}
+        }}
+        """
+    )
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dstream", "run", "metered", "-f", str(path), "--metrics-port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_until(lambda: _scrape_ok(port), "the metrics endpoint", proc)
+        wait_until(
+            lambda: _metrics(port).get('dstream_envelopes_out_total{task="metered"}') == 1234, "1234 delivered", proc
+        )
+        values = _metrics(port)
+        assert values['dstream_envelopes_in_total{task="metered"}'] == 1234
+        assert values['dstream_in_flight_envelopes{task="metered"}'] == 0
+        assert values['dstream_checkpoints_persisted_total{task="metered"}'] >= 1
+        assert values['dstream_state{state="running",task="metered"}'] == 1
+        assert len(out.read_text().splitlines()) == 1234
+        health = urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
+        assert health.status == 200
+        proc.send_signal(signal.SIGTERM)
+        code, err = finish(proc)
+        assert code == 0, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def _scrape_ok(port: int) -> bool:
+    try:
+        _metrics(port)
+    except OSError:
+        return False
+    return True
+
+
+def test_detach_ps_logs_stop(task_file: Callable[..., Path], tmp_path: Path) -> None:
+    env = {"DSTREAM_RUNS_DIR": str(tmp_path / "runs")}
+    path = task_file(SLOW.format(interval=20, count=0))
+    started = run_cli("run", "slow", "-f", str(path), "--detach", env=env)
+    assert started.returncode == 0, started.stderr
+    assert "runs in the background" in started.stdout
+    wait_until(
+        lambda: '{"value":5}' in run_cli("logs", "slow", "--file", str(path), env=env).stdout,
+        "the detached run to print",
+    )
+    listed = json.loads(run_cli("ps", "--json", env=env).stdout)
+    (record,) = [r for r in listed["runs"] if r["task"] == "slow"]
+    assert record["detached"] is True
+    again = run_cli("run", "slow", "-f", str(path), env=env)  # a second run of the same task is refused
+    assert again.returncode == 1
+    assert "already running" in again.stderr
+    stopped = run_cli("stop", "slow", env=env)
+    assert stopped.returncode == 0, stopped.stderr
+    assert f"stopped task slow (pid {record['pid']})" in stopped.stdout
+    assert json.loads(run_cli("ps", "--json", env=env).stdout)["runs"] == []
+    log = run_cli("logs", "slow", "--file", str(path), env=env).stdout
+    assert "task slow stopped:" in log
+
+
+def test_lint_checks_configs_against_provider_schemas(task_file: Callable[..., Path]) -> None:
+    path = task_file(
+        """
+        task "t" {
+          input {
+            provider_path = "counter-input-provider"
+            config {
+              interval = "fast"
+              max_cout = 3
+            }
+          }
+          output {
+            provider_path = "file-output-provider"
+            config { fsync = true }
+          }
+        }
+        """
+    )
+    result = run_cli("lint", "-f", str(path))
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert any(line.startswith(f"{path}:6:") and "'fast' is not of type 'integer'" in line for line in lines), lines
+    assert any(line.startswith(f"{path}:7:") and "'max_cout' was unexpected" in line for line in lines), lines
+    assert any(line.startswith(f"{path}:12:") and "'path' is a required property" in line for line in lines), lines
+    assert run_cli("lint", "-f", str(path), "--no-schemas").returncode == 0
+
+
+def test_spec_prints_a_providers_schema() -> None:
+    result = run_cli("spec", "file-output-provider")
+    assert result.returncode == 0, result.stderr
+    schema = json.loads(result.stdout)
+    assert schema["required"] == ["path"]
+    assert "fsync" in schema["properties"]
+    missing = run_cli("spec", "no-such-provider")
+    assert missing.returncode == 1
+
+
+@pytest.mark.parametrize("kind", ["input", "output"])
+def test_scaffolded_provider_passes_its_tests_and_the_conformance_suite(
+    tmp_path: Path, script: Callable[[str, str], Path], kind: str
+) -> None:
+    name = f"acme-{kind}-provider"
+    created = run_cli("providers", "new", name, "--kind", kind, "--dir", str(tmp_path))
+    assert created.returncode == 0, created.stderr
+    root = tmp_path / name
+    assert {p.name for p in root.iterdir()} >= {"pyproject.toml", "Dockerfile", "provider.json", "README.md", "tests"}
+    tests = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(root / "tests")],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert tests.returncode == 0, tests.stdout + tests.stderr
+    package = name.replace("-", "_")
+    executable = script(
+        f"run-{name}", f"import sys\nsys.path.insert(0, {str(root)!r})\nfrom {package} import main\nmain()\n"
+    )
+    config = json.dumps({"count": 0, "interval": 0.01} if kind == "input" else {"path": str(tmp_path / "o.jsonl")})
+    suite = run_cli("test-provider", str(executable), "--config", config, "--timeout", "20", env={"COLUMNS": "200"})
+    assert suite.returncode == 0, suite.stdout + suite.stderr
+    assert "fail" not in suite.stdout
+    expected = ["handshake", "invalid config", "sigterm"] + (["checkpoints", "resume"] if kind == "input" else ["acks"])
+    for check in expected:
+        assert check in suite.stdout
+
+
+def test_conformance_suite_reports_a_non_conforming_provider(script: Callable[[str, str], Path]) -> None:
+    sloppy = script(
+        "sloppy-output-provider",
+        "import json, signal, sys, time\nsignal.signal(signal.SIGTERM, lambda *a: None)\nsys.stdin.readline()\n"
+        'print(json.dumps({"status": "ready", "features": ["ack"]}), flush=True)\n'
+        "for line in sys.stdin:\n    pass\ntime.sleep(60)\n",
+    )
+    suite = run_cli("test-provider", str(sloppy), "--timeout", "3", env={"COLUMNS": "200"})
+    assert suite.returncode == 1
+    rows = {
+        line.split("│")[1].strip(): line.split("│")[2].strip()
+        for line in suite.stdout.splitlines()
+        if line.count("│") >= 3
+    }
+    assert rows["handshake"] == "pass"
+    assert rows["acks"] == "fail"  # it never acknowledges
+    assert rows["invalid config"] == "fail"  # it accepts anything
+    assert rows["sigterm"] == "fail"  # it ignores SIGTERM
+    assert "checks failed" in suite.stderr
