@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable, Iterator
 
-    from dstream.sdk.types import Checkpoint, Envelope, Record, Resource
+    from dstream.sdk.types import Checkpoint, Envelope, Raw, Record, Resource
 
 
 class ProviderConfig(BaseModel):
@@ -114,7 +114,9 @@ class InputProvider(Provider[C]):
     checkpoint_every: int | None = 1000
     checkpoint_interval: float | None = 1.0
 
-    def read(self, checkpoint: Any | None) -> Iterator[Record | Checkpoint] | AsyncIterator[Record | Checkpoint]:
+    def read(
+        self, checkpoint: Any | None
+    ) -> Iterator[Record | Raw | Checkpoint] | AsyncIterator[Record | Raw | Checkpoint]:
         """Yield records (and explicit checkpoints), resuming after ``checkpoint`` when given."""
         raise NotImplementedError
 

@@ -28,9 +28,10 @@ class Record:
 
 @dataclass(slots=True)
 class Raw:
-    """An already-encoded protocol line, sent as it is (replaying a JSONL file, say).
+    """Already-encoded protocol lines, sent as they are (replaying a JSONL file, say).
 
-    The orchestrator still validates it: a malformed line meets the task's ``on_error``.
+    ``line`` may hold several ``\n``-separated lines (emitted together, as one item). The
+    orchestrator still validates each: a malformed line meets the task's ``on_error``.
     """
 
     line: bytes
