@@ -1,11 +1,123 @@
-"""Render benchmarks/results/*.json into docs/performance.md."""
+"""Render benchmarks/results/*.json into docs/performance.md (plus benchmarks/analysis.md)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+
+
+def _mark(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def _container(result: dict[str, Any], key: str, peer_name: str, goal: float) -> list[str]:
+    lines = [
+        f"| envelope | dstream env/s | dstream MB/s | {peer_name} env/s | {peer_name} MB/s | ratio | goal ≥ {goal} |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for row in result["rows"]:
+        ours, peer = row["dstream"], row[key]
+        lines.append(
+            f"| {row['size']} B × {row['envelopes']:,} | {ours['envelopes_per_s']:,} | {ours['mb_per_s']} | "
+            f"{peer['envelopes_per_s']:,} | {peer['mb_per_s']} | {row['ratio']} | {_mark(row['ratio'] >= goal)} |"
+        )
+    return lines
+
+
+def render(data: dict[str, dict[str, Any]]) -> str:
+    first = next(iter(data.values()), {})
+    machine = first.get("machine", {})
+    out = [
+        "# Performance",
+        "",
+        "Measured by `make bench` (`python -m benchmarks.run`), all benchmarks in one run on one machine;",
+        "raw results in `benchmarks/results/*.json`. The same standard-library providers",
+        "(`benchmarks/providers/blast.py` → `sink.py`) run in every setting, so the only difference",
+        "between dstream and its peer is the relay. dstream runs with checkpoints every 1000",
+        "envelopes and acknowledgements on.",
+        "",
+        f"- date: {first.get('date', '?')}{' (quick run)' if first.get('quick') else ''}",
+        f"- machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, {machine.get('memory_gb', '?')} GB, "
+        f"Linux {machine.get('kernel', '?')}, Python {machine.get('python', '?')}, Docker engine {machine.get('docker', '?')}",
+        "",
+    ]
+    if "container" in data:
+        out += ["## Container relay vs `docker run … | docker run -i …`", "", "Both with `--log-driver none`.", ""]
+        out += [*_container(data["container"], "docker_pipe", "docker pipe", 1.0), ""]
+    if "local" in data:
+        out += ["## Local relay (provider_path) vs an OS pipe `blast | sink`", ""]
+        out += [*_container(data["local"], "os_pipe", "OS pipe", 0.5), ""]
+    if "latency" in data:
+        lat = data["latency"]
+        out += [
+            "## Added latency at 1K envelopes/s",
+            "",
+            "Time from the input's write to the output's read, per envelope.",
+            "",
+            "| path | p50 ms | p99 ms |",
+            "| --- | ---: | ---: |",
+        ]
+        for key, label in (
+            ("os_pipe", "OS pipe"),
+            ("dstream_local", "dstream, local processes"),
+            ("docker_pipe", "docker pipe"),
+            ("dstream_containers", "dstream, containers"),
+        ):
+            if key in lat:
+                out.append(f"| {label} | {lat[key]['p50_ms']} | {lat[key]['p99_ms']} |")
+        for key, label in (("added_dstream_local", "local"), ("added_dstream_containers", "containers")):
+            if key in lat:
+                added = lat[key]["p99_ms"]
+                out.append(
+                    f"| **added by dstream ({label})** | {lat[key]['p50_ms']} | {added} ({_mark(added < 1)}, goal < 1 ms) |"
+                )
+        out.append("")
+    if "coldstart" in data:
+        cold = data["coldstart"]
+        out += [
+            "## Cold start",
+            "",
+            "`dstream run` start to the first envelope at the output, two containers, images cached.",
+            "",
+            f"- median {cold['median_s']} s over {len(cold['seconds'])} runs ({', '.join(map(str, cold['seconds']))}); "
+            f"goal < 1 s: {_mark(cold['median_s'] < 1)}",
+            "",
+        ]
+    if "memory" in data:
+        mem = data["memory"]
+        flat = mem["last_quarter_mb"] <= mem["first_quarter_mb"] * 1.2
+        out += [
+            "## Orchestrator memory",
+            "",
+            f"- {mem['envelopes']:,} envelopes of 100 B through containers at {mem['throughput']['envelopes_per_s']:,}/s",
+            f"- peak RSS {mem['peak_mb']} MB; mean {mem['first_quarter_mb']} MB in the first quarter of the run, "
+            f"{mem['last_quarter_mb']} MB in the last ({'flat' if flat else 'growing'}); goal flat < 80 MB: "
+            f"{_mark(flat and mem['peak_mb'] < 80)}",
+            "",
+        ]
+    if "postgres" in data:
+        pg = data["postgres"]
+        out += ["## PostgreSQL CDC end to end", ""]
+        if "skipped" in pg:
+            out.append(f"- skipped: {pg['skipped']}")
+        else:
+            out.append(
+                f"- {pg['changes']:,} row changes, commit to file: {pg['changes_per_s']:,} changes/s "
+                f"(goal ≥ 50K: {_mark(pg['changes_per_s'] >= 50_000)}); {pg.get('detail', '')}"
+            )
+        out.append("")
+    analysis = HERE / "analysis.md"
+    if analysis.exists():
+        out += [analysis.read_text().rstrip(), ""]
+    return "\n".join(out)
 
 
 def write_report(results: Path, target: Path) -> None:
     data = {p.stem: json.loads(p.read_text()) for p in sorted(results.glob("*.json"))}
-    target.write_text(json.dumps(data, indent=1))
+    order = ["container", "local", "latency", "coldstart", "memory", "postgres"]
+    ordered = {k: data[k] for k in order if k in data}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(render(ordered))

@@ -266,7 +266,7 @@ def bench_memory(quick: bool) -> dict[str, Any]:
                 rate=0,
                 input_container="",
                 output_container="",
-            )  # fmt: skip
+            )
         )
         proc = subprocess.Popen(
             [*DSTREAM, "run", "bench", "-f", str(hcl)],
