@@ -249,3 +249,27 @@ def test_version_and_help() -> None:
     assert helptext.returncode == 0
     assert "run" in helptext.stdout
     assert "lint" in helptext.stdout
+
+
+def test_json_logs_carry_the_provider_role(task_file: Callable[..., Path], tmp_path: Path) -> None:
+    path = task_file(
+        f"""
+        task "demo" {{
+          input {{
+            provider_path = "counter-input-provider"
+            config {{ max_count = 3 }}
+          }}
+          output {{
+            provider_path = "file-output-provider"
+            config {{ path = "{tmp_path / "out.jsonl"}" }}
+          }}
+        }}
+        """
+    )
+    result = run_cli("--log-format", "json", "run", "demo", "-f", str(path))
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    assert records, result.stderr
+    assert all({"time", "level", "message"} <= set(r) for r in records)
+    assert any(r.get("role") == "output" for r in records)  # a forwarded provider stderr line
+    assert any("finished: 3 envelopes" in r["message"] for r in records)
