@@ -41,7 +41,7 @@ $(VENV)/.installed: pyproject.toml $(PROVIDERS)
 	touch $@
 
 services:
-	bash scripts/dev/up.sh docker registry base azurite postgres
+	bash scripts/dev/up.sh docker registry base azurite postgres odbc
 
 images: venv services
 	$(BIN)/dstream providers push --all --orchestrator --build --registry $(REGISTRY)

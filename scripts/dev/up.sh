@@ -9,6 +9,7 @@
 #   base           image dstream-local/python:bookworm                    images/base/build-local-base.sh
 #   azurite        Azurite, 127.0.0.1:10000-10002                         scripts/dev/ensure-azurite.sh
 #   postgres       PostgreSQL 15 + wal2json, 127.0.0.1:5432               scripts/dev/ensure-postgres.sh
+#   odbc           unixODBC + FreeTDS (host packages for pyodbc)         scripts/dev/ensure-odbc.sh
 #   all            all of the above
 #
 # Steps run in the order above whatever the order of the arguments (base needs docker).
@@ -16,13 +17,13 @@ set -euo pipefail
 # shellcheck source=scripts/dev/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-ORDER=(docker registry registry-auth base azurite postgres)
+ORDER=(docker registry registry-auth base azurite postgres odbc)
 declare -A WANT=()
 (( $# == 0 )) && set -- all
 for arg in "$@"; do
     case "$arg" in
         all) for s in "${ORDER[@]}"; do WANT[$s]=1; done ;;
-        docker|registry|registry-auth|base|azurite|postgres) WANT[$arg]=1 ;;
+        docker|registry|registry-auth|base|azurite|postgres|odbc) WANT[$arg]=1 ;;
         -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
         *) die "unknown service: $arg (expected one of: ${ORDER[*]} all)" ;;
     esac
@@ -42,6 +43,7 @@ for s in "${ORDER[@]}"; do
         base) cmd=("$DSTREAM_REPO_ROOT/images/base/build-local-base.sh") ;;
         azurite) cmd=("$dev/ensure-azurite.sh") ;;
         postgres) cmd=("$dev/ensure-postgres.sh") ;;
+        odbc) cmd=("$dev/ensure-odbc.sh") ;;
     esac
     log "== $s"
     t="$(now_ms)"

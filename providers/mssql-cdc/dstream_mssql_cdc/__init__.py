@@ -1,0 +1,14 @@
+"""mssql-cdc-input-provider: SQL Server change data capture (CDC) through pyodbc.
+
+See provider.py for a run, stream.py for windows, positions and capture instances,
+changes.py for the envelopes, health.py for the capture-job and retention checks,
+infra.py for init/plan/status/destroy, db.py for the SQL (the only pyodbc user).
+"""
+
+from dstream_mssql_cdc.config import MssqlCdcConfig
+from dstream_mssql_cdc.errors import CdcError, Purged
+from dstream_mssql_cdc.provider import MssqlCdcInputProvider
+
+__all__ = ["CdcError", "MssqlCdcConfig", "MssqlCdcInputProvider", "Purged", "main"]
+
+main = MssqlCdcInputProvider.main

@@ -1,0 +1,3 @@
+from dstream_mssql_cdc import main
+
+main()

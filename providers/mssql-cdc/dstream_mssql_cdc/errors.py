@@ -1,0 +1,109 @@
+"""Errors the user can act on, and how ODBC errors become them (pure: db.py passes in the
+SQLSTATE and the driver's message of a ``pyodbc.Error``).
+
+::
+
+    CdcError            a problem with the source; the message says what to do
+     ├── ConnectionLost the server went away, a timeout, a deadlock: retried with backoff
+     └── Purged         changes the stream needs are gone (CDC retention, a dropped capture instance)
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from dstream_mssql_cdc.config import Target
+
+# Native error numbers after which a new connection (or a retry) may succeed: network
+# errors, Azure SQL's transient errors, deadlock victim, FreeTDS's lost-connection errors.
+_TRANSIENT_NATIVE = frozenset(
+    {-2, -1, 2, 53, 233, 258, 1205, 10053, 10054, 10060, 10061, 10928, 10929, 40197, 40501, 40613, 49918}
+    | {49919, 49920, 20002, 20003, 20004, 20006, 20009, 20047}
+)
+_TRANSIENT_STATES = ("HYT00", "HYT01", "40001")
+_PREFIX = re.compile(r"^(?:\s*\[[^\]]*\])+\s*")
+_SUFFIX = re.compile(r"\s*\((-?\d+)\)\s*(?:\(SQL\w+\))?\s*$")
+
+
+class CdcError(Exception):
+    """A problem with the source database or its set-up; the message says how to fix it."""
+
+
+class ConnectionLost(CdcError):
+    """The connection failed or was cut, or the query may succeed when retried."""
+
+
+class Purged(CdcError):
+    """Changes between the stream's position and what CDC still holds are gone."""
+
+
+def clean_message(text: str) -> tuple[int | None, str]:
+    """pyodbc's ``[state] [Driver][SQL Server]message (native) (SQLCall)`` records → (native, text).
+
+    pyodbc joins several diagnostic records with ``; [state] ``; each keeps its text.
+    """
+    native: int | None = None
+    records: list[str] = []
+    for record in re.split(r";\s*(?=\[[0-9A-Z]{5}\])", text):
+        body = _PREFIX.sub("", record.strip())
+        match = _SUFFIX.search(body)
+        if match:
+            number = int(match.group(1))
+            if native is None and number != 0:
+                native = number
+            body = body[: match.start()]
+        body = body.strip()
+        if body and body not in records:
+            records.append(body)
+    return native, "; ".join(records) or text.strip()
+
+
+def translate(state: str, text: str, target: Target, drivers: Iterable[str] = (), connecting: bool = False) -> CdcError:
+    """An ODBC error (SQLSTATE and the driver's text) as an error whose message says what to do."""
+    native, message = clean_message(text)
+    where = str(target)
+    lowered = message.lower()
+    if state == "IM002" or "can't open lib" in lowered or ("file not found" in lowered and "lib" in lowered):
+        installed = ", ".join(drivers) or "none"
+        return CdcError(
+            f"the ODBC driver named in the connection string is not installed (installed drivers: {installed}); "
+            f"the provider image ships FreeTDS: DRIVER={{FreeTDS}} ({message})"
+        )
+    if native == 18456:
+        return CdcError(f"login failed on {where} for the user in the connection string: {message}")
+    if native == 4060:
+        return CdcError(f"cannot open the database on {where} (does it exist, may the login use it?): {message}")
+    if state.startswith("08") or state in _TRANSIENT_STATES or (native is not None and native in _TRANSIENT_NATIVE):
+        if state in ("HYT00", "HYT01"):
+            return ConnectionLost(
+                f"a query to SQL Server at {where} timed out (query_timeout; a smaller batch_size shortens "
+                f"queries): {message}"
+            )
+        if connecting:
+            hint = ""
+            if native in (20009, 53, 10061, 2):
+                hint = " (is the server up, and are SERVER and PORT right? FreeTDS takes the port as PORT=1433)"
+            return ConnectionLost(f"cannot connect to SQL Server at {where}: {message}{hint}")
+        return ConnectionLost(f"lost the connection to SQL Server at {where}: {message}")
+    if native == 313 and "fn_cdc_get_all_changes" in lowered:
+        return Purged(
+            f"SQL Server rejected the LSN range of a CDC query on {where}: it is outside the capture instance's "
+            f"validity interval (changes purged by CDC retention, or the capture instance was disabled): {message}"
+        )
+    if native == 208 and "cdc." in lowered:
+        return CdcError(
+            f"CDC is not enabled on {where} ({message}): set enable_cdc = true and run "
+            f"`dstream init {target.task_hint}`, or EXEC sys.sp_cdc_enable_db"
+        )
+    if native in (229, 230, 262, 297, 300, 916, 15247, 22902, 22904):
+        return CdcError(
+            f"permission denied on {where}: {message} (reading changes needs SELECT on the captured columns and "
+            f"membership of the capture instance's gating role, if any; init and destroy need db_owner, and "
+            f"enabling CDC on the database needs sysadmin)"
+        )
+    code = f"{state}/{native}" if native is not None else state
+    return CdcError(f"SQL Server error at {where} ({code}): {message}")
