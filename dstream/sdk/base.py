@@ -44,6 +44,7 @@ class Context:
 
     def __init__(self, name: str) -> None:
         self.task: str | None = None  # the dstream task running this provider, when told
+        self.command = "run"  # the verb: run, init, plan, status or destroy
         self.stopping = threading.Event()
         self.log = logging.getLogger(name)
         self._committed: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -75,7 +76,7 @@ class Context:
         return self.stopping.is_set()
 
     def deliver_commits(self) -> None:
-        if self._on_committed is None:
+        if self._on_committed is None or self._committed.empty():
             return
         while True:
             try:

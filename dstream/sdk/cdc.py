@@ -153,16 +153,16 @@ class TransactionAssembler(Generic[T]):
     :meth:`change` with the decoded change, and :meth:`commit` at its end. Each call may
     return the *previous* change with its position: positions are JSON-ready dicts.
     Between transactions, :meth:`reached` records that everything committed below a
-    position was read (a heartbeat), and :meth:`checkpoint` returns a position no emitted
-    change carries yet, for an explicit checkpoint.
+    position was read (a heartbeat), and :meth:`checkpoint` returns the position when no
+    explicit checkpoint carried it yet.
 
     ``done`` is where the stream is: what was handed out. It starts at the resume
-    position, and it is what a reconnect re-reads the source up to.
+    position (for a position inside a snapshot taken at ``lsn``: ``lsn``, where the
+    stream after that snapshot starts), and it is what a reconnect re-reads the source up to.
     """
 
     def __init__(self, start: Position | None, format_lsn: Callable[[int], str]) -> None:
         self._format = format_lsn
-        start = start if start is not None and start.snapshot is None else None
         self._done = (start.lsn, start.index or 0) if start is not None else (0, 0)
         self._reported: tuple[int, int] = self._done
         self._commit = 0
@@ -212,8 +212,7 @@ class TransactionAssembler(Generic[T]):
         """End the transaction; return its last change with the position past the transaction."""
         self._in_txn = False
         previous, self._pending = self._pending, None
-        if (self._end, 0) > self._done:
-            self._done = (self._end, 0)
+        self._done = max(self._done, (self._end, 0))
         if previous is None:
             return None  # nothing captured in it: a heartbeat, see checkpoint()
         return previous, {"lsn": self._end_text}
@@ -332,7 +331,9 @@ class CdcConfig(ProviderConfig):
 
     @field_validator("tables")
     @classmethod
-    def _unique_tables(cls, tables: list[str]) -> list[str]:
+    def _unique_tables(cls, tables: list[str] | None) -> list[str] | None:
+        if tables is None:  # a provider may make tables optional (e.g. "every captured table")
+            return None
         cleaned = [t.strip() for t in tables]
         if any(not t for t in cleaned):
             raise ValueError("table names must not be empty")

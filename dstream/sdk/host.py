@@ -104,6 +104,7 @@ class Host:
         self.ctx._stdout = self._send
         self.install_signals = install_signals
         self._idle = False
+        self._signalled = False
         self._dirty = False
         self._lock = threading.Lock()
 
@@ -119,7 +120,12 @@ class Host:
             self.out.flush()
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        self.ctx.stopping.set()
+        # Several SIGTERMs can arrive at once (the parent-death signal fires once per
+        # thread of a dying orchestrator). A handler that ran while another was inside
+        # Event.set() would deadlock on the event's lock: only the first one sets it.
+        if not self._signalled:
+            self._signalled = True
+            self.ctx.stopping.set()
         if self._idle:
             raise _StopNow
 
@@ -154,6 +160,7 @@ class Host:
             return 2
         command = str(envelope.get("command") or "run")
         self.ctx.task = envelope.get("task")
+        self.ctx.command = command
         verbs = supported_verbs(self.cls)
         if command not in verbs:
             self.ctx.log.info("verb %r is not supported by %s (supports: %s)", command, self.cls.name, verbs)

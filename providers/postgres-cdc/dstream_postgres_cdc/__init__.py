@@ -1,0 +1,13 @@
+"""postgres-cdc-input-provider: PostgreSQL change data capture through logical decoding (wal2json).
+
+See provider.py for positions, heartbeats, polling and the initial snapshot, source.py for
+the slots, decode.py for the envelopes, infra.py for init/plan/status/destroy.
+"""
+
+from dstream_postgres_cdc.config import PostgresCdcConfig
+from dstream_postgres_cdc.errors import CdcError
+from dstream_postgres_cdc.provider import PostgresCdcInputProvider
+
+__all__ = ["CdcError", "PostgresCdcConfig", "PostgresCdcInputProvider", "main"]
+
+main = PostgresCdcInputProvider.main

@@ -1,0 +1,3 @@
+from dstream_postgres_cdc import main
+
+main()

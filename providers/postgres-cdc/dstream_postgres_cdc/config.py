@@ -1,0 +1,73 @@
+"""The provider's config (shared CDC settings plus PostgreSQL's) and the names derived from it."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from pydantic import Field, SecretStr, field_validator
+
+from dstream.sdk.cdc import CdcConfig
+
+SLOT_NAME = r"^[a-z0-9_]{1,56}$"
+READER_SUFFIX = "_reader"  # the temporary slot a run reads through (see source.py)
+
+
+class PostgresCdcConfig(CdcConfig):
+    dsn: SecretStr = Field(
+        description=(
+            "libpq connection string or URI (a secret), e.g. postgresql://user:password@host:5432/db; "
+            "the role needs LOGIN and REPLICATION (and SELECT on the tables for snapshots)"
+        )
+    )
+    slot_name: str | None = Field(
+        default=None,
+        pattern=SLOT_NAME,
+        description="logical replication slot (lowercase letters, digits, _; at most 56); default dstream_<task>",
+    )
+    replica_identity_full: bool = Field(
+        default=False,
+        description="init sets REPLICA IDENTITY FULL on the tables: updates and deletes carry the whole old row",
+    )
+    timezone: str = Field(default="UTC", description="session TimeZone: how timestamptz values are rendered")
+    numeric_as_string: bool = Field(
+        default=False, description="render integer, float and numeric values as strings (exact decimals)"
+    )
+
+    @field_validator("dsn")
+    @classmethod
+    def _parsable(cls, dsn: SecretStr) -> SecretStr:
+        try:
+            conninfo_to_dict(dsn.get_secret_value())
+        except psycopg.ProgrammingError:  # its text quotes the DSN, password included: not repeated
+            raise ValueError("not a valid libpq connection string or URI") from None
+        return dsn
+
+
+def default_slot_name(task: str | None) -> str:
+    if not task:
+        raise ValueError("set slot_name: no task name was given to derive it from")
+    cleaned = re.sub(r"[^a-z0-9_]+", "_", task.lower()).strip("_") or "task"
+    return f"dstream_{cleaned}"[:56]
+
+
+@dataclass(frozen=True)
+class Target:
+    """What error messages say about the source (never the password)."""
+
+    server: str  # host:port/database
+    user: str
+    slot: str
+    task_hint: str
+    plugin: str = "wal2json"
+
+    @classmethod
+    def from_config(cls, config: PostgresCdcConfig, slot: str, task: str | None, plugin: str) -> Target:
+        params = conninfo_to_dict(config.dsn.get_secret_value())
+        host = str(params.get("host") or params.get("hostaddr") or "localhost")
+        port = str(params.get("port") or "5432")
+        user = str(params.get("user") or "")
+        database = str(params.get("dbname") or user or "postgres")
+        return cls(f"{host}:{port}/{database}", user or "(default)", slot, task or "TASK", plugin)

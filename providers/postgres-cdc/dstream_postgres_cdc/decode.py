@@ -1,0 +1,171 @@
+"""wal2json (format version 2) rows → dstream records, and snapshot text → the same values.
+
+wal2json prints one JSON object per row: ``B`` (begin: ``lsn`` is the commit LSN,
+``nextlsn`` the end of the commit record), ``I``/``U``/``D``/``T`` (changes), ``C`` (commit),
+``M`` (logical messages, ignored). Values follow wal2json's rules, which the snapshot
+mirrors from each column's text: integer, float and numeric types are JSON numbers (NaN and
+±Infinity become null), bool is true/false, bytea is hex without ``\\x``, everything else
+(timestamps, json, arrays, domains, ...) is its text. With ``numeric_as_string`` numbers
+keep their exact text (parsed here, as wal2json 2.5 has no such option): a numeric with
+more digits than a double holds is otherwise rounded.
+
+Envelopes: ``data`` is the row after the change (for a delete: the row as it was, as far
+as the replica identity tells: its key, or every column with REPLICA IDENTITY FULL);
+``metadata`` has ``TableName`` (schema.table), ``OperationType``, ``LSN`` (the commit LSN),
+``Seq`` (the change's number in its transaction, from 1), ``TxId``, ``CommitTime`` (ISO
+8601), and ``Before`` (the old row or its key) for updates and deletes. An update that
+left a TOASTed column unchanged carries no value for it from wal2json; with REPLICA
+IDENTITY FULL the value is filled in from the old row.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from dstream.sdk import Record
+from dstream.sdk.cdc import DELETE, INSERT, TRUNCATE, UPDATE
+from dstream_postgres_cdc.lsn import parse_lsn
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from dstream.sdk.cdc import TransactionAssembler
+    from dstream_postgres_cdc.source import Table
+
+ACTION_AT = len('{"action":"')
+_OPERATIONS = {"I": INSERT, "U": UPDATE, "D": DELETE, "T": TRUNCATE}
+# int8, int2, int4, oid, float4, float8, numeric: printed unquoted by wal2json.
+NUMBER_OIDS = frozenset({20, 21, 23, 26, 700, 701, 1700})
+BOOL_OID = 16
+BYTEA_OID = 17
+
+
+def loads(text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        # A numeric too large for a double (1e400): keep its text rather than fail.
+        return json.loads(text, parse_float=_float_or_text)
+
+
+def loads_exact(text: str) -> Any:
+    """Like :func:`loads`, with every number kept as its text."""
+    return json.loads(text, parse_float=str, parse_int=str)
+
+
+def _float_or_text(text: str) -> float | str:
+    value = float(text)
+    return value if math.isfinite(value) else text
+
+
+def commit_time(text: str | None) -> str | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text).isoformat()
+    except ValueError:
+        return text
+
+
+class Decoder:
+    """Feeds wal2json rows through a :class:`TransactionAssembler` and builds records."""
+
+    def __init__(self, tables: list[Table], numeric_as_string: bool = False) -> None:
+        self.names = {(t.schema, t.name): t.qualified for t in tables}
+        self._loads = loads_exact if numeric_as_string else loads
+        self._txn: tuple[str, Any, str | None] = ("", None, None)  # commit LSN text, xid, commit time
+
+    def feed(self, rows: list[tuple[str]], asm: TransactionAssembler[Record], out: list[Record]) -> int:
+        """Decode ``rows`` into ``out`` (records with their positions); return how many."""
+        emitted = 0
+        for (text,) in rows:
+            kind = text[ACTION_AT]
+            if kind in "IUDT":
+                seq = asm.next_change()
+                if not seq:
+                    continue  # emitted before this restart or reconnect: not even decoded
+                ready = asm.change(self._record(kind, self._loads(text), seq))
+            elif kind == "B":
+                row = loads(text)
+                commit, end = row["lsn"], row["nextlsn"]
+                asm.begin(parse_lsn(commit), parse_lsn(end), commit, end)
+                self._txn = (commit, row.get("xid"), commit_time(row.get("timestamp")))
+                continue
+            elif kind == "C":
+                ready = asm.commit()
+            else:
+                continue  # "M": a logical decoding message, not a row change
+            if ready is not None:
+                record, position = ready
+                record.position = position
+                out.append(record)
+                emitted += 1
+        return emitted
+
+    def _record(self, kind: str, row: dict[str, Any], seq: int) -> Record:
+        commit, xid, when = self._txn
+        schema, name = row["schema"], row["table"]
+        table = self.names.get((schema, name)) or f"{schema}.{name}"
+        meta: dict[str, Any] = {
+            "TableName": table,
+            "OperationType": _OPERATIONS[kind],
+            "LSN": commit,
+            "Seq": seq,
+            "TxId": xid,
+            "CommitTime": when,
+        }
+        if kind == "I":
+            return Record({c["name"]: c["value"] for c in row["columns"]}, meta)
+        if kind == "U":
+            data = {c["name"]: c["value"] for c in row["columns"]}
+            identity = row.get("identity")
+            if identity is not None:
+                before = {c["name"]: c["value"] for c in identity}
+                if len(before) > len(data):  # unchanged TOAST values: the old row has them
+                    for column, value in before.items():
+                        data.setdefault(column, value)
+                meta["Before"] = before
+            return Record(data, meta)
+        if kind == "D":
+            before = {c["name"]: c["value"] for c in row.get("identity") or ()}
+            meta["Before"] = before
+            return Record(before, meta)
+        return Record({}, meta)  # "T": the table was truncated
+
+
+def converters(table: Table, numeric_as_string: bool) -> list[Callable[[str], Any] | None]:
+    """Per column, how a snapshot's text becomes the value wal2json would print (None: as is)."""
+    out: list[Callable[[str], Any] | None] = []
+    for column in table.columns:
+        if column.type_oid in NUMBER_OIDS:
+            out.append(_number_text if numeric_as_string else _number)
+        elif column.type_oid == BOOL_OID:
+            out.append(_bool)
+        elif column.type_oid == BYTEA_OID:
+            out.append(_bytea)
+        else:
+            out.append(None)
+    return out
+
+
+def _number(text: str) -> Any:
+    if text in ("NaN", "Infinity", "-Infinity"):
+        return None
+    return loads(text)
+
+
+def _number_text(text: str) -> str | None:
+    return None if text in ("NaN", "Infinity", "-Infinity") else text
+
+
+def _bool(text: str) -> bool:
+    return text == "t"
+
+
+def _bytea(text: str) -> str:
+    return text[2:]  # "\x54617069727573"

@@ -1,0 +1,323 @@
+"""Everything that talks to PostgreSQL (the only psycopg user besides errors.py).
+
+Sessions are autocommit and render values the same way, so that wal2json's text (produced
+by the output functions of the session that calls ``pg_logical_slot_get_changes``) and a
+snapshot's ``::text`` agree: TimeZone from the config, DateStyle ISO, IntervalStyle postgres,
+extra_float_digits 1, bytea_output hex.
+
+Slots: the task's slot (``slot_name``, created by ``dstream init``) is advanced only to
+positions the orchestrator reported as committed. A run reads through a *temporary copy*
+of it (``<slot>_reader``, ``pg_copy_logical_replication_slot``) with
+``pg_logical_slot_get_changes``, which consumes what it returns: each poll decodes only new
+WAL, instead of re-decoding everything since the last commit as peeking the task's slot
+would. The copy lives as long as the run's session (PostgreSQL drops it when the session
+ends, also after kill -9), and a reconnect copies the slot again and skips what was emitted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+
+from dstream_postgres_cdc.errors import CdcError, ConnectionLost, translate
+from dstream_postgres_cdc.lsn import parse_lsn
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from dstream_postgres_cdc.config import Target
+
+FETCH_ROWS = 5000
+IDENTITY = {"d": "default", "n": "nothing", "f": "full", "i": "index"}
+_DEFAULTS = {"connect_timeout": "10", "keepalives": "1", "keepalives_idle": "10", "keepalives_interval": "5"}
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type_oid: int
+    type_name: str  # format_type(): safe to splice into SQL as a type
+
+
+@dataclass(frozen=True)
+class Table:
+    oid: int
+    schema: str
+    name: str
+    kind: str
+    identity: str  # default | nothing | full | index
+    columns: tuple[Column, ...]
+    key: tuple[str, ...]  # primary key (or replica identity index) columns; () when none
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    @property
+    def ident(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, self.name)
+
+
+@dataclass(frozen=True)
+class Slot:
+    name: str
+    plugin: str
+    database: str
+    temporary: bool
+    active_pid: int | None
+    confirmed: int | None
+    restart: int | None
+    wal_status: str | None
+
+
+class Session:
+    """One autocommit connection, with every psycopg error translated (errors.py)."""
+
+    def __init__(self, dsn: str, target: Target, application_name: str, timezone: str) -> None:
+        self.dsn = dsn
+        self.target = target
+        self.application_name = application_name
+        self.timezone = timezone
+        self._conn: psycopg.Connection[Any] | None = None
+
+    # -- connection ---------------------------------------------------------------------
+
+    def connect(self, **extra: Any) -> None:
+        self.close()
+        given = conninfo_to_dict(self.dsn)
+        params: dict[str, Any] = {k: v for k, v in _DEFAULTS.items() if k not in given}
+        try:
+            conn = psycopg.connect(self.dsn, autocommit=True, application_name=self.application_name, **params, **extra)
+        except psycopg.Error as exc:
+            raise ConnectionLost(f"cannot connect to PostgreSQL at {self.target.server}: {_line(exc)}") from exc
+        self._conn = conn
+        if extra.get("replication"):
+            return
+        self.query(
+            "SELECT set_config('TimeZone', %s, false), set_config('DateStyle', 'ISO', false),"
+            " set_config('IntervalStyle', 'postgres', false), set_config('extra_float_digits', '1', false),"
+            " set_config('bytea_output', 'hex', false)",
+            (self.timezone,),
+        )
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and not self._conn.closed
+
+    @property
+    def conn(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            raise ConnectionLost(f"not connected to PostgreSQL at {self.target.server}")
+        return self._conn
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def query(self, query: Any, params: Any = ()) -> list[tuple[Any, ...]]:
+        conn = self.conn
+        try:
+            cur = conn.execute(query, params)
+            return cur.fetchall() if cur.description else []
+        except psycopg.Error as exc:
+            raise translate(exc, self.target, conn) from exc
+
+    def value(self, query: Any, params: Any = ()) -> Any:
+        rows = self.query(query, params)
+        return rows[0][0] if rows else None
+
+    # -- server and slots -----------------------------------------------------------------
+
+    def wal_level(self) -> str:
+        return str(self.value("SELECT current_setting('wal_level')"))
+
+    def database(self) -> str:
+        return str(self.value("SELECT current_database()"))
+
+    def slot(self, name: str) -> Slot | None:
+        rows = self.query(
+            "SELECT slot_name, coalesce(plugin, ''), coalesce(database, ''), temporary, active_pid,"
+            " confirmed_flush_lsn::text, restart_lsn::text, wal_status"
+            " FROM pg_replication_slots WHERE slot_name = %s",
+            (name,),
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        return Slot(
+            name=r[0],
+            plugin=r[1],
+            database=r[2],
+            temporary=bool(r[3]),
+            active_pid=r[4],
+            confirmed=parse_lsn(r[5]) if r[5] else None,
+            restart=parse_lsn(r[6]) if r[6] else None,
+            wal_status=r[7],
+        )
+
+    def create_slot(self, name: str, plugin: str) -> int:
+        return parse_lsn(self.value("SELECT lsn::text FROM pg_create_logical_replication_slot(%s, %s)", (name, plugin)))
+
+    def drop_slot(self, name: str) -> None:
+        self.query("SELECT pg_drop_replication_slot(%s)", (name,))
+
+    def copy_slot_temporary(self, source: str, name: str) -> None:
+        self.query("SELECT pg_copy_logical_replication_slot(%s, %s, true)", (source, name))
+
+    def advance_slot(self, name: str, lsn: str) -> int:
+        return parse_lsn(
+            self.value("SELECT end_lsn::text FROM pg_replication_slot_advance(%s, %s::pg_lsn)", (name, lsn))
+        )
+
+    def flush_lsn(self) -> int:
+        return parse_lsn(self.value("SELECT pg_current_wal_flush_lsn()::text"))
+
+    def wal_lsn(self) -> int:
+        return parse_lsn(self.value("SELECT pg_current_wal_lsn()::text"))
+
+    def changes(self, slot: str, upto: str, nchanges: int, options: list[str]) -> Iterator[list[tuple[str]]]:
+        """Consume up to ``nchanges`` rows (whole transactions) committed before ``upto``, in chunks.
+
+        A server-side cursor keeps client memory bounded even for a transaction of millions
+        of rows (the server materialises the result, spilling to disk past work_mem).
+        """
+        conn = self.conn
+        try:
+            with conn.transaction(), conn.cursor(name="dstream_cdc_changes") as cur:
+                cur.execute(
+                    "SELECT data FROM pg_logical_slot_get_changes(%s, %s::pg_lsn, %s, VARIADIC %s::text[])",
+                    (slot, upto, nchanges, options),
+                )
+                while True:
+                    rows = cur.fetchmany(FETCH_ROWS)
+                    if not rows:
+                        return
+                    yield rows
+        except psycopg.Error as exc:
+            raise translate(exc, self.target, conn) from exc
+
+    # -- tables ---------------------------------------------------------------------------
+
+    def table(self, name: str) -> Table | None:
+        try:
+            rows = self.query(
+                "SELECT c.oid, n.nspname, c.relname, c.relkind, c.relreplident FROM pg_class c"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass(%s)",
+                (name,),
+            )
+        except CdcError as exc:
+            if "invalid name syntax" in str(exc) or "improper relation name" in str(exc):
+                raise CdcError(f"{name!r} is not a valid table name: {exc}") from None
+            raise
+        if not rows:
+            return None
+        oid, schema, relname, kind, ident = rows[0]
+        columns = self.query(
+            "SELECT attname, atttypid::int, format_type(atttypid, atttypmod) FROM pg_attribute"
+            " WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            (oid,),
+        )
+        key = self.query(
+            "SELECT a.attname FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)"
+            " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum"
+            " WHERE i.indexrelid = (SELECT indexrelid FROM pg_index WHERE indrelid = %s"
+            " AND (indisprimary OR indisreplident) ORDER BY indisprimary DESC LIMIT 1) ORDER BY k.ord",
+            (oid,),
+        )
+        return Table(
+            oid=int(oid),
+            schema=schema,
+            name=relname,
+            kind=str(kind),
+            identity=IDENTITY.get(str(ident), str(ident)),
+            columns=tuple(Column(n, int(t), str(f)) for n, t, f in columns),
+            key=tuple(k for (k,) in key),
+        )
+
+    def set_replica_identity_full(self, table: Table) -> None:
+        self.query(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(table.ident))
+
+
+class SnapshotSession:
+    """A transaction that sees exactly what was committed before a new slot's starting point.
+
+    ``CREATE_REPLICATION_SLOT ... TEMPORARY LOGICAL wal2json EXPORT_SNAPSHOT`` on a
+    replication connection returns the slot's consistent point and exports a snapshot; a
+    second session imports it (``SET TRANSACTION SNAPSHOT``) and keeps it after the
+    replication connection (and its temporary slot) is gone. Every transaction committed
+    below the consistent point is in the snapshot; every later one is in the stream.
+    """
+
+    def __init__(self, dsn: str, target: Target, application_name: str, timezone: str) -> None:
+        self.session = Session(dsn, target, application_name, timezone)
+        self._replication = Session(dsn, target, application_name, timezone)
+        self.target = target
+
+    def open(self, slot_name: str, plugin: str) -> int:
+        """Export a snapshot; return its consistent point (an LSN)."""
+        repl = self._replication
+        repl.connect(replication="database", cursor_factory=psycopg.ClientCursor)
+        try:
+            row = repl.query(
+                sql.SQL("CREATE_REPLICATION_SLOT {} TEMPORARY LOGICAL {} EXPORT_SNAPSHOT").format(
+                    sql.Identifier(slot_name), sql.Identifier(plugin)
+                )
+            )[0]
+            consistent_point, snapshot = parse_lsn(row[1]), str(row[2])
+            self.session.connect()
+            self.session.query("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            self.session.query(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+        finally:
+            repl.close()  # the imported snapshot outlives the exporting connection
+        return consistent_point
+
+    def rows(self, table: Table, after: tuple[str, ...] | None, limit: int) -> list[tuple[Any, ...]]:
+        """Up to ``limit`` rows after the key ``after``, in key order, every column as its output text.
+
+        The first ``len(table.key)`` values of each row are the key (as text); without a key
+        the first value is the row's ctid, which only orders rows inside this snapshot.
+        """
+        # Each value is its type's output text (what wal2json prints): format('%s', x), not
+        # x::text, which differs for bool ('true') and char(n) (padding stripped). Columns are
+        # qualified: ORDER BY "id" would otherwise sort by the output column "id" (its text).
+        columns = [_output_text(sql.Identifier("src", c.name)) for c in table.columns]
+        params: list[Any] = list(after or ())
+        order: sql.Composable
+        where: sql.Composable
+        if table.key:
+            key = [sql.Identifier("src", k) for k in table.key]
+            types = {c.name: c.type_name for c in table.columns}
+            order = sql.SQL(", ").join(key)
+            head = [_output_text(k) for k in key]
+            where = sql.SQL("")
+            if after is not None:
+                bound = sql.SQL(", ").join(sql.SQL("%s::{}").format(sql.SQL(types[k])) for k in table.key)
+                where = sql.SQL("WHERE ({}) > ({})").format(order, bound)
+        else:
+            order = sql.SQL("src.ctid")
+            head = [sql.SQL("src.ctid::text")]
+            where = sql.SQL("WHERE src.ctid > %s::tid") if after is not None else sql.SQL("")
+        query = sql.SQL("SELECT {} FROM ONLY {} AS src {} ORDER BY {} LIMIT {}").format(
+            sql.SQL(", ").join(head + columns), table.ident, where, order, sql.Literal(limit)
+        )
+        return self.session.query(query, params)
+
+    def close(self) -> None:
+        self._replication.close()
+        self.session.close()
+
+
+def _output_text(column: sql.Composable) -> sql.Composable:
+    return sql.SQL("CASE WHEN {0} IS NULL THEN NULL ELSE format('%%s', {0}) END").format(column)
+
+
+def _line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,271 @@
+"""The provider in-process (no orchestrator) against the real PostgreSQL: snapshot/stream
+consistency, value rendering, resume positions, heartbeats, slot release, reconnects."""
+
+# ruff: noqa: S608 - SQL here names the test's own generated tables; nothing comes from outside
+
+from __future__ import annotations
+
+import random
+import threading
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import psycopg
+import pytest
+from dstream_postgres_cdc import PostgresCdcInputProvider
+from dstream_postgres_cdc.lsn import parse_lsn
+
+from .helpers import LiveInput, wait_for
+
+if TYPE_CHECKING:
+    from .helpers import Db
+
+pytestmark = pytest.mark.postgres
+
+
+def config(db: Db, tables: list[str], **extra: Any) -> dict[str, Any]:
+    return {
+        "dsn": db.dsn,
+        "tables": tables,
+        "slot_name": db.name("slot"),
+        "poll_interval": 0.05,
+        "max_poll_interval": 0.2,
+        **extra,
+    }
+
+
+class EveryRecord(PostgresCdcInputProvider):
+    """Checkpoints after every record, so every position can be resumed from."""
+
+    checkpoint_every: ClassVar[int] = 1  # type: ignore[misc]
+
+
+def test_initial_snapshot_is_exactly_consistent_with_the_stream(db: Db) -> None:
+    """With writes going on, the snapshot plus the stream replay strictly: no insert of a row
+    the snapshot already had, no update or delete of a row it lacked, and each update's and
+    delete's old row (REPLICA IDENTITY FULL) equals the replayed row."""
+    table = db.create_table("t", "id int PRIMARY KEY, v int")
+    db.execute(f"ALTER TABLE {table} REPLICA IDENTITY FULL")
+    db.execute(f"INSERT INTO {table} SELECT g, 0 FROM generate_series(1, 30000) g")
+    db.create_slot(db.name("slot"))
+    stop = threading.Event()
+
+    def writer() -> None:
+        rng = random.Random(3)
+        next_id = 30001
+        with psycopg.connect(db.dsn, autocommit=True) as conn:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                conn.execute(f"INSERT INTO {table} VALUES (%s, %s)", (next_id, n))
+                next_id += 1
+                conn.execute(f"UPDATE {table} SET v = %s WHERE id = %s", (n, rng.randint(1, next_id)))
+                conn.execute(f"DELETE FROM {table} WHERE id = %s", (rng.randint(1, next_id),))
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    live = LiveInput(PostgresCdcInputProvider, config(db, [table], snapshot="initial", batch_size=3000))
+    try:
+        live.wait(lambda lv: len(lv.data) > 40_000, "the snapshot and some changes")
+    finally:
+        stop.set()
+        thread.join(30)
+    db.execute(f"INSERT INTO {table} VALUES (-1, -1)")
+    live.wait(lambda lv: any(m["data"].get("id") == -1 for m in lv.data[-50:]), "the marker")
+    assert live.stop() == 0
+
+    rows: dict[int, dict[str, Any]] = {}
+    ops = [m["metadata"]["OperationType"] for m in live.data]
+    first_change = next(i for i, op in enumerate(ops) if op != "Read")
+    assert set(ops[:first_change]) == {"Read"}
+    assert "Read" not in ops[first_change:]
+    assert first_change >= 30_000 - 2_000  # the snapshot: the initial rows, less the few deleted meanwhile
+    for message in live.data:
+        data, meta = message["data"], message["metadata"]
+        key, op = data["id"], meta["OperationType"]
+        if op in ("Read", "Insert"):
+            assert key not in rows, f"{op} of a row already present: {data}"
+            rows[key] = data
+        else:
+            assert rows.get(key) == meta["Before"], f"{op} whose old row differs from the replayed one: {message}"
+            if op == "Update":
+                rows[key] = data
+            else:
+                del rows[key]
+    assert rows == db.table_rows(table)
+
+
+TYPES = """id int PRIMARY KEY, b bool, n numeric, nan float8, f4 real, big bigint, s smallint, t text, j jsonb,
+arr int[], by bytea, ts timestamptz, tsz timestamp, d date, u uuid, iv interval, ch char(3), dom pos_int,
+g int GENERATED ALWAYS AS (id * 2) STORED, nul text"""
+VALUES = """%s, true, 123456789.123450, 'NaN', 1.5, 9223372036854775807, -7, E'he"llo\\n\\u00e9', '{"a": [1, 2]}',
+'{1,2}', '\\xdeadbeef', '2024-01-02 03:04:05.678+02', '2024-01-02 03:04:05', '2024-01-02',
+'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '1 day 02:00:00', 'ab', 5, DEFAULT, NULL"""
+
+
+@pytest.mark.parametrize("numeric_as_string", [False, True])
+def test_values_are_the_same_from_the_snapshot_and_from_the_stream(db: Db, numeric_as_string: bool) -> None:
+    domain = db.name("pos")
+    db.execute(f"CREATE DOMAIN {domain} AS int CHECK (VALUE > 0)")
+    try:
+        table = db.create_table("types", TYPES.replace("pos_int", domain))
+        db.execute(f"INSERT INTO {table} VALUES ({VALUES})", (1,))
+        db.create_slot(db.name("slot"))
+        cfg = config(db, [table], snapshot="initial", numeric_as_string=numeric_as_string)
+        live = LiveInput(PostgresCdcInputProvider, cfg)
+        live.wait(lambda lv: len(lv.data) == 1, "the snapshot row")
+        db.execute(f"INSERT INTO {table} VALUES ({VALUES})", (2,))
+        live.wait(lambda lv: len(lv.data) == 2, "the streamed row")
+        assert live.stop() == 0
+    finally:
+        db.execute(f"DROP TABLE IF EXISTS {db.name('types')}")
+        db.execute(f"DROP DOMAIN {domain}")
+    read, insert = (m["data"] for m in live.data)
+    assert [m["metadata"]["OperationType"] for m in live.data] == ["Read", "Insert"]
+    assert {read.pop("id"), insert.pop("id")} == ({1, 2} if not numeric_as_string else {"1", "2"})
+    assert read.pop("g") == (2 if not numeric_as_string else "2")
+    insert.pop("g", None)
+    assert read == insert
+    if numeric_as_string:
+        assert (read["n"], read["big"], read["s"], read["dom"]) == (
+            "123456789.123450",
+            "9223372036854775807",
+            "-7",
+            "5",
+        )
+        assert read["nan"] is None  # NaN and infinities are null either way (wal2json's rule)
+    else:
+        assert (read["n"], read["big"], read["nan"], read["s"]) == (123456789.12345, 9223372036854775807, None, -7)
+        assert read["dom"] == "5"  # a domain is not a number type to wal2json: text
+    assert read["b"] is True
+    assert read["by"] == "deadbeef"
+    assert read["t"] == 'he"llo\né'
+    assert read["ts"] == "2024-01-02 01:04:05.678+00"  # timezone = "UTC" (the default)
+    assert (read["j"], read["arr"], read["ch"], read["nul"]) == ('{"a": [1, 2]}', "{1,2}", "ab ", None)
+
+
+def test_resuming_from_every_checkpoint_neither_skips_nor_repeats(db: Db) -> None:
+    table = db.create_table("t", "id int PRIMARY KEY, v int")
+    other = db.create_table("o", "id int PRIMARY KEY, v int")
+    db.create_slot(db.name("slot"))
+    with db.conn.transaction():
+        db.execute(f"INSERT INTO {table} SELECT g, 0 FROM generate_series(1, 7) g")
+    db.execute(f"INSERT INTO {other} VALUES (1, 1)")  # no captured change: a heartbeat
+    with db.conn.transaction():
+        db.execute(f"UPDATE {table} SET v = 1 WHERE id <= 3")
+        db.execute(f"INSERT INTO {other} VALUES (2, 2)")
+        db.execute(f"DELETE FROM {table} WHERE id = 7")
+    db.execute(f"INSERT INTO {table} VALUES (8, 0)")
+    live = LiveInput(EveryRecord, config(db, [table]), auto_commit=False)
+    live.wait(lambda lv: len(lv.data) == 12, "12 changes")
+    assert live.stop() == 0
+    full = [(m["data"], m["metadata"]["OperationType"]) for m in live.data]
+    checkpoints = live.checkpoints
+    inside = [c for c in checkpoints if "index" in c]
+    assert len(inside) == 6 + 3  # after each change of the two transactions but their last
+    # Replay from each checkpoint: what follows it is exactly the rest.
+    seen = 0
+    for checkpoint in checkpoints:
+        while seen < len(live.messages) and live.messages[seen].get("checkpoint") != checkpoint:
+            seen += 1
+        emitted = sum(1 for m in live.messages[:seen] if "data" in m)
+        resumed = LiveInput(EveryRecord, config(db, [table]), checkpoint=checkpoint, auto_commit=False)
+        rest = len(full) - emitted
+        resumed.wait(lambda lv, n=rest: len(lv.data) >= n and lv.checkpoints != [], "the rest")
+        assert resumed.stop() == 0
+        assert [(m["data"], m["metadata"]["OperationType"]) for m in resumed.data] == full[emitted:], checkpoint
+
+
+def test_the_slot_moves_only_to_committed_positions(db: Db) -> None:
+    table = db.create_table("t")
+    slot = db.name("slot")
+    start = db.create_slot(slot)
+    db.execute(f"INSERT INTO {table} SELECT g, 'x' FROM generate_series(1, 5000) g")
+    db.execute(f"INSERT INTO {table} VALUES (0, 'last')")
+    live = LiveInput(PostgresCdcInputProvider, config(db, [table]), auto_commit=False)
+    live.wait(lambda lv: len(lv.data) == 5001 and len(lv.checkpoints) >= 2, "the changes and checkpoints")
+    assert db.slot(slot)["confirmed"] == start  # checkpoints alone release nothing
+    first = live.checkpoints[0]
+    live.commit(first)
+    wait_for(lambda: db.slot(slot)["confirmed"] == parse_lsn(first["lsn"]), "the slot at the committed position")
+    live.commit(live.checkpoints[-1])
+    wait_for(lambda: db.slot(slot)["confirmed"] == parse_lsn(live.checkpoints[-1]["lsn"]), "the slot to follow")
+    reader = db.slot(db.name("slot_reader"))
+    assert reader is not None
+    assert reader["temporary"]
+    assert reader["active_pid"]
+    assert live.stop() == 0
+    wait_for(lambda: db.slot(db.name("slot_reader")) is None, "the temporary reader slot to go with its session")
+
+
+def test_heartbeats_advance_the_checkpoint_and_the_slot_while_the_captured_table_is_idle(db: Db) -> None:
+    captured = db.create_table("quiet")
+    busy = db.create_table("busy")
+    slot = db.name("slot")
+    start = db.create_slot(slot)
+    live = LiveInput(PostgresCdcInputProvider, config(db, [captured]))
+    for i in range(200):
+        db.execute(f"INSERT INTO {busy} VALUES (%s, 'other table')", (i,))
+    after = db.flush_lsn()
+    live.wait(lambda lv: any(parse_lsn(c["lsn"]) >= after for c in lv.checkpoints), "a heartbeat past the writes")
+    wait_for(lambda: db.slot(slot)["confirmed"] >= after, "the slot to follow the heartbeats")
+    assert db.slot(slot)["confirmed"] > start
+    assert live.data == []
+    assert live.stop() == 0
+
+
+def test_a_restarted_server_session_is_reconnected_without_loss_or_duplicates(db: Db) -> None:
+    table = db.create_table("t", "id int PRIMARY KEY, v int")
+    db.create_slot(db.name("slot"))
+    task = db.name("task")
+    live = LiveInput(PostgresCdcInputProvider, config(db, [table]), task=task)
+    total = 0
+    for round_ in range(3):
+        db.execute(
+            f"INSERT INTO {table} SELECT g, %s FROM generate_series(%s::int, %s::int) g",
+            (round_, total + 1, total + 20000),
+        )
+        total += 20000
+        live.wait(lambda lv, n=total - 15000: len(lv.data) >= n, f"{total - 15000} changes")
+        # The server ends the provider's session (as on a restart or failover) mid-stream.
+        assert db.terminate(f"dstream:{task}") >= 1
+    live.wait(lambda lv: len(lv.data) >= total, "every change")
+    assert live.stop() == 0
+    assert [m["data"]["id"] for m in live.data] == list(range(1, total + 1))
+
+
+def test_unchanged_toast_values_come_from_the_old_row_and_truncates_are_reported(db: Db) -> None:
+    table = db.create_table("t", "id int PRIMARY KEY, small text, big text")
+    db.execute(f"ALTER TABLE {table} ALTER COLUMN big SET STORAGE EXTERNAL")
+    db.execute(f"ALTER TABLE {table} REPLICA IDENTITY FULL")
+    db.create_slot(db.name("slot"))
+    big = "x" * 10_000
+    db.execute(f"INSERT INTO {table} VALUES (1, 'a', %s)", (big,))
+    db.execute(f"UPDATE {table} SET small = 'b' WHERE id = 1")  # big is not rewritten: TOAST unchanged
+    db.execute(f"TRUNCATE {table}")
+    live = LiveInput(PostgresCdcInputProvider, config(db, [table]))
+    live.wait(lambda lv: len(lv.data) == 3, "3 changes")
+    assert live.stop() == 0
+    _insert, update, truncate = live.data
+    assert update["data"] == {"id": 1, "small": "b", "big": big}
+    assert update["metadata"]["Before"] == {"id": 1, "small": "a", "big": big}
+    assert truncate["metadata"]["OperationType"] == "Truncate"
+    assert truncate["data"] == {}
+
+
+def test_snapshot_of_a_table_without_a_key_pages_through_it_and_restarts_it_on_resume(db: Db) -> None:
+    table = db.create_table("nokey", "id int, v text")
+    db.execute(f"ALTER TABLE {table} REPLICA IDENTITY FULL")
+    db.execute(f"INSERT INTO {table} SELECT g, 'x' FROM generate_series(1, 25000) g")
+    db.create_slot(db.name("slot"))
+    cfg = config(db, [table], snapshot="initial", batch_size=10_000)  # three pages, by ctid
+    live = LiveInput(PostgresCdcInputProvider, cfg, auto_commit=False)
+    live.wait(lambda lv: len(lv.data) == 25_000, "the snapshot")
+    assert live.stop() == 0
+    assert sorted(m["data"]["id"] for m in live.data) == list(range(1, 25_001))
+    inside = [c for c in live.checkpoints if "snapshot" in c]
+    assert inside
+    assert all(c["snapshot"]["after"] is None for c in inside)  # no key to resume by
+    resumed = LiveInput(PostgresCdcInputProvider, cfg, checkpoint=inside[0], auto_commit=False)
+    resumed.wait(lambda lv: len(lv.data) == 25_000, "the table again, from its first row")
+    assert resumed.stop() == 0
+    assert sorted(m["data"]["id"] for m in resumed.data) == list(range(1, 25_001))
