@@ -24,7 +24,7 @@ task "pgbench" {{
       dsn = env("BENCH_PG_DSN")
       tables = ["public.bench_orders"]
       slot_name = "dstream_bench"
-      batch_size = 20000
+      batch_size = 100000
       poll_interval = 0.05
       max_poll_interval = 0.5
     }}
@@ -40,12 +40,24 @@ task "pgbench" {{
 """
 
 
-def _lines(path: Path) -> int:
-    try:
-        with path.open("rb") as f:
-            return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
-    except FileNotFoundError:
-        return 0
+class _LineCounter:
+    """Counts the lines of a growing file, reading only what was appended since last time."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.lines = 0
+
+    def __call__(self) -> int:
+        try:
+            with self.path.open("rb") as f:
+                f.seek(self.offset)
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    self.lines += chunk.count(b"\n")
+                    self.offset += len(chunk)
+        except FileNotFoundError:
+            pass
+        return self.lines
 
 
 def run(quick: bool) -> dict[str, Any]:
@@ -78,15 +90,16 @@ def run(quick: bool) -> dict[str, Any]:
                     "FROM generate_series(%s::bigint, %s::bigint) g",
                     (start + 1, start + per_txn),
                 )
+        count = _LineCounter(out)
         started = time.monotonic()
         proc = subprocess.Popen(
             [*dstream, "run", "pgbench", "-f", str(hcl)], env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL
         )
         deadline = started + 600
-        while _lines(out) < changes and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.1)  # polling the output file: the measurement's resolution
+        while count() < changes and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)  # polling the output file: the measurement's resolution
         elapsed = time.monotonic() - started
-        delivered = _lines(out)
+        delivered = count()
         proc.terminate()
         _, err = proc.communicate(timeout=120)
         subprocess.run([*dstream, "destroy", "pgbench", "-f", str(hcl)], env=env, check=False, capture_output=True)

@@ -7,7 +7,12 @@ python-hcl2 parses; its lark tree is turned here into :class:`Body` / :class:`Bl
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
+import pickle
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from dstream.errors import ConfigError
@@ -38,8 +43,42 @@ class Body:
         return [b for b in self.blocks if b.type == type_]
 
 
+def _cache_path(text: str) -> Path:
+    configured = os.environ.get("DSTREAM_CACHE")
+    base = (
+        Path(configured) if configured else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dstream"
+    )
+    return base / "hcl" / f"{hashlib.sha256(text.encode()).hexdigest()}.pickle"
+
+
+def _cached_tree(text: str) -> Any:
+    """The parse tree of ``text`` from the per-user cache (building the HCL parser costs
+    ~0.1 s of every command's start-up), or None."""
+    path = _cache_path(text)
+    if not path.exists():
+        return None
+    try:
+        with path.open("rb") as f:
+            return pickle.load(f)  # noqa: S301 - our own cache file, in the user's private directory
+    except Exception:  # noqa: BLE001 - a stale or broken cache entry is just a miss
+        return None
+
+
+def _store_tree(text: str, tree: Any) -> None:
+    path = _cache_path(text)
+    with contextlib.suppress(OSError, pickle.PicklingError, RecursionError):
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        with tmp.open("wb") as f:
+            pickle.dump(tree, f, protocol=pickle.HIGHEST_PROTOCOL)
+        tmp.replace(path)
+
+
 def parse(text: str, filename: str) -> Body:
     """Parse HCL text; a syntax error becomes a ConfigError naming ``filename:line``."""
+    cached = _cached_tree(text)
+    if cached is not None:
+        return _body(cached.children[0])
     import hcl2
     from lark.exceptions import LarkError, UnexpectedInput
 
@@ -51,6 +90,7 @@ def parse(text: str, filename: str) -> Body:
         raise ConfigError(f"{filename}:{line}: {message}", [f"{filename}:{line}: {message}"]) from None
     except LarkError as exc:
         raise ConfigError(f"{filename}:1: cannot parse HCL: {exc}") from None
+    _store_tree(text, tree)
     return _body(tree.children[0])
 
 
