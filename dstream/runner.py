@@ -358,20 +358,6 @@ def _first_line(text: str) -> str:
     return text.splitlines()[0] if text else text
 
 
-def _tune_malloc() -> None:
-    """Return freed relay buffers to the system: glibc's default raises its mmap threshold
-    after the first large frees, after which megabyte chunks stay in the heap and RSS
-    climbs to a high-water mark. Fixed thresholds keep it flat."""
-    if sys.platform != "linux":
-        return
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD
-        libc.mallopt(-3, 256 * 1024)  # M_MMAP_THRESHOLD
-
-
 def run_task(
     document: Document,
     task_name: str,
@@ -385,8 +371,6 @@ def run_task(
     ``metrics_port``: serve Prometheus metrics and /healthz on that port.
     """
     from dstream.status import StatusReporter
-
-    _tune_malloc()
 
     async def main() -> RunSummary:
         runner = TaskRun(document, task_name, options)

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 StderrSink = Callable[[str], None]
 STDERR_TAIL_LINES = 20
-READ_CHUNK = 1024 * 1024
+READ_CHUNK = 256 * 1024
 
 
 @dataclass(frozen=True)
