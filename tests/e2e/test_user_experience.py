@@ -162,6 +162,23 @@ def test_detach_ps_logs_stop(task_file: Callable[..., Path], tmp_path: Path) -> 
     started = run_cli("run", "slow", "-f", str(path), "--detach", env=env)
     assert started.returncode == 0, started.stderr
     assert "runs in the background" in started.stdout
+    pid = int(started.stdout.split("(pid ")[1].split(")")[0])
+    try:
+        _detached_run_checks(path, env, pid)
+    finally:
+        if _running(pid):  # a failed check must not leave the background run behind
+            os.kill(pid, signal.SIGKILL)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _detached_run_checks(path: Path, env: dict[str, str], pid: int) -> None:
     wait_until(
         lambda: '{"value":5}' in run_cli("logs", "slow", "--file", str(path), env=env).stdout,
         "the detached run to print",
@@ -169,6 +186,7 @@ def test_detach_ps_logs_stop(task_file: Callable[..., Path], tmp_path: Path) -> 
     listed = json.loads(run_cli("ps", "--json", env=env).stdout)
     (record,) = [r for r in listed["runs"] if r["task"] == "slow"]
     assert record["detached"] is True
+    assert record["pid"] == pid
     again = run_cli("run", "slow", "-f", str(path), env=env)  # a second run of the same task is refused
     assert again.returncode == 1
     assert "already running" in again.stderr
