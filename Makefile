@@ -24,6 +24,8 @@ PYTEST_ARGS ?=
 
 demo: venv services images
 	$(BIN)/dstream lint
+	@# The demo starts from the beginning every time (a task normally resumes from its checkpoint).
+	$(BIN)/dstream state reset counter-to-console --yes
 	$(BIN)/dstream run counter-to-console
 
 test: venv services images lint
