@@ -108,8 +108,8 @@ class Builder:
     def _build(self, stage: Path, tag: str, buildargs: dict[str, str], labels: dict[str, str]) -> None:
         self.echo(f"building {tag}")
         for line in self.engine.build(stage, tag, buildargs, labels):
-            if line.startswith("Step "):
-                self.echo("  " + line)
+            if line.startswith("Step ") and " : LABEL " not in line:
+                self.echo("  " + (line if len(line) <= 110 else line[:107] + "..."))
             else:
                 _log.debug("%s", line)
 
