@@ -30,8 +30,37 @@ class FileOutputProvider(OutputProvider[FileOutputConfig]):
         super().__init__(config, ctx)
         path = Path(config.path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._repair_torn_tail(path)
         self.file = path.open("ab")
         self.log.info("appending to %s", path)
+
+    def _repair_torn_tail(self, path: Path) -> None:
+        """Cut a last line left unfinished by a crash (kill -9 can stop a write midway).
+
+        It was never acknowledged (its batch had not returned), so it will be sent again;
+        appending after it would glue it to the next line.
+        """
+        if not path.exists():
+            return
+        with path.open("r+b") as f:
+            end = f.seek(0, os.SEEK_END)
+            if end == 0:
+                return
+            f.seek(end - 1)
+            if f.read(1) == b"\n":
+                return
+            position = end
+            while position > 0:
+                step = min(65536, position)
+                f.seek(position - step)
+                chunk = f.read(step)
+                newline = chunk.rfind(b"\n")
+                if newline >= 0:
+                    position = position - step + newline + 1
+                    break
+                position -= step
+            f.truncate(position)
+        self.log.warning("%s ended with an unfinished line (%d bytes) from a crash; removed it", path, end - position)
 
     def write(self, batch: list[Envelope]) -> None:
         self.file.write(b"".join(env.raw + b"\n" for env in batch))
