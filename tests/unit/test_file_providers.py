@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from dstream.sdk.testing import checkpoint, envelope, run_input, run_output
 from dstream_file.input import FileInputProvider
 from dstream_file.output import FileOutputProvider
+
+from dstream.sdk.testing import checkpoint, envelope, run_input, run_output
 
 if TYPE_CHECKING:
     from pathlib import Path
