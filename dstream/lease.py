@@ -119,12 +119,19 @@ class FileLease:
 
     @contextlib.contextmanager
     def fenced(self) -> Iterator[int]:
+        """Check ownership, then let the write carry this lease's generation.
+
+        The write itself happens outside the lock file's lock, so a replica frozen mid-write
+        cannot block the standbys; the checkpoint store refuses a write whose generation is
+        older than the last one it accepted (see SqliteStore.save), which fences a replica
+        that wakes up after losing the lease.
+        """
         with self._locked() as state:
             if state.get("owner") != self.owner or state.get("generation") != self.generation:
                 raise LeaseLost(f"checkpoint write refused: task {self.task}'s lease is held by {state.get('owner')}")
             if state.get("expires_at", 0) <= time.time():
                 raise LeaseLost(f"checkpoint write refused: the lease of task {self.task} expired")
-            yield self.generation  # the write happens under the lock
+        yield self.generation
 
 
 class LeaseGuard:

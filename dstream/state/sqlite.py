@@ -19,9 +19,21 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     checkpoint BLOB NOT NULL,
     run_id TEXT NOT NULL,
     updated_at REAL NOT NULL,
-    sequence INTEGER NOT NULL
+    sequence INTEGER NOT NULL,
+    fence INTEGER NOT NULL DEFAULT 0
 )
 """
+
+
+_UPSERT = (
+    "INSERT INTO checkpoints (task, checkpoint, run_id, updated_at, sequence, fence) VALUES (?, ?, ?, ?, 1, ?) "
+    "ON CONFLICT(task) DO UPDATE SET checkpoint = excluded.checkpoint, run_id = excluded.run_id, "
+    "updated_at = excluded.updated_at, sequence = sequence + 1, "
+)
+_RETURNING = " RETURNING task, checkpoint, run_id, updated_at, sequence"
+_SAVE = _UPSERT + "fence = checkpoints.fence" + _RETURNING
+# A leased write: refused when an older generation than the last accepted one.
+_SAVE_FENCED = _UPSERT + "fence = excluded.fence WHERE excluded.fence >= checkpoints.fence" + _RETURNING
 
 
 class SqliteStore:
@@ -35,6 +47,9 @@ class SqliteStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(checkpoints)")}
+            if "fence" not in columns:  # a store written before leases existed
+                self._db.execute("ALTER TABLE checkpoints ADD COLUMN fence INTEGER NOT NULL DEFAULT 0")
         except (sqlite3.Error, OSError) as exc:
             raise StateError(f"cannot open the checkpoint store {path}: {exc}") from None
 
@@ -49,19 +64,22 @@ class SqliteStore:
         return _row(row) if row else None
 
     def save(self, task: str, checkpoint: Any, run_id: str, fence: Any = None) -> StoredCheckpoint:
+        """Write atomically. ``fence`` (a file lease's generation) must not be older than
+        the last accepted one: a replica that lost its lease cannot overwrite its successor."""
         now = time.time()
+        fenced = isinstance(fence, int)
         try:
             # One statement, one transaction: atomic, and durable with synchronous=FULL.
             row = self._db.execute(
-                "INSERT INTO checkpoints (task, checkpoint, run_id, updated_at, sequence) "
-                "VALUES (?, ?, ?, ?, 1) "
-                "ON CONFLICT(task) DO UPDATE SET checkpoint = excluded.checkpoint, "
-                "run_id = excluded.run_id, updated_at = excluded.updated_at, sequence = sequence + 1 "
-                "RETURNING task, checkpoint, run_id, updated_at, sequence",
-                (task, protocol.encode(checkpoint).rstrip(b"\n"), run_id, now),
+                _SAVE_FENCED if fenced else _SAVE,
+                (task, protocol.encode(checkpoint).rstrip(b"\n"), run_id, now, fence if fenced else 0),
             ).fetchone()
         except sqlite3.Error as exc:
             raise StateError(f"cannot write the checkpoint of task {task!r} to {self.path}: {exc}") from None
+        if row is None:
+            from dstream.lease import LeaseLost
+
+            raise LeaseLost(f"checkpoint write refused: a newer lease holder of task {task} has written its checkpoint")
         return _row(row)
 
     def reset(self, task: str) -> bool:
@@ -79,9 +97,6 @@ class SqliteStore:
 
     def close(self) -> None:
         self._db.close()
-
-
-# The fence of a SQLite write is the file lease's lock, held around save() by the caller.
 
 
 def _row(row: tuple[Any, ...]) -> StoredCheckpoint:

@@ -51,3 +51,18 @@ def test_guard_deadline_is_local(tmp_path: Path) -> None:
     assert not guard.valid()
     with pytest.raises(LeaseLost, match="deadline"):
         guard.check()
+
+
+def test_the_store_refuses_a_checkpoint_from_an_older_lease_generation(tmp_path: Path) -> None:
+    from dstream.state.sqlite import SqliteStore
+
+    store = SqliteStore(tmp_path / "state.db")
+    store.save("t", {"v": 1}, "run-a", fence=1)
+    store.save("t", {"v": 5}, "run-b", fence=2)  # the new holder
+    with pytest.raises(LeaseLost, match="newer lease holder"):
+        store.save("t", {"v": 3}, "run-a", fence=1)  # the old one woke up
+    stored = store.load("t")
+    assert stored is not None
+    assert stored.checkpoint == {"v": 5}
+    store.save("t", {"v": 6}, "run-c")  # without a lease: not fenced
+    store.close()
