@@ -87,7 +87,18 @@ class Db:
         if not rows:
             return None
         slot, pid, confirmed, temporary = rows[0]
-        return {"name": slot, "active_pid": pid, "confirmed": parse_lsn(confirmed), "temporary": temporary}
+        # A slot still being created (or copied) is listed with a NULL confirmed_flush_lsn.
+        position = parse_lsn(confirmed) if confirmed is not None else None
+        return {"name": slot, "active_pid": pid, "confirmed": position, "temporary": temporary}
+
+    def slot_ready(self, name: str) -> bool:
+        """The slot exists, is fully created and held by a session."""
+        found = self.slot(name)
+        return found is not None and found["confirmed"] is not None and found["active_pid"] is not None
+
+    def slot_at_least(self, name: str, lsn: int) -> bool:
+        found = self.slot(name)
+        return found is not None and found["confirmed"] is not None and found["confirmed"] >= lsn
 
     def create_slot(self, name: str) -> int:
         return parse_lsn(
