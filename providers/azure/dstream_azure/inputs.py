@@ -185,7 +185,7 @@ class QueueInput(InputProvider[C], Generic[C, M]):
     def position(self, seq: int) -> dict[str, Any]:
         return {"run": self.run_id, "seq": seq}
 
-    def read(self, checkpoint: Any | None) -> Iterator[Raw | Checkpoint]:  # type: ignore[override]  # SDK omits Raw
+    def read(self, checkpoint: Any | None) -> Iterator[Raw | Checkpoint]:
         if checkpoint is not None:
             self.log.info(
                 "resuming %s: the queue itself is the position (what was not committed is back in it); "
