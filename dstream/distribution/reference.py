@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from dstream.errors import DistributionError
 
 DOCKER_HUB = "docker.io"
+# Where the registry API of a bare name (``org/img``) lives, as for ``docker pull``.  Only a
+# user's own references reach it: this repository's scripts and tests name 127.0.0.1:5000.
+DOCKER_HUB_API = "registry-1.docker.io"
 _COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
 _TAG = re.compile(r"^[\w][\w.-]{0,127}$")
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")

@@ -19,7 +19,7 @@ from typing import Any
 
 import requests
 
-from dstream.distribution.reference import DOCKER_HUB, Reference
+from dstream.distribution.reference import DOCKER_HUB, DOCKER_HUB_API, Reference
 from dstream.errors import DistributionError
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -81,8 +81,8 @@ def docker_credentials(host: str) -> tuple[str, str] | None:
     except (OSError, ValueError):
         return None
     keys = [host, f"https://{host}", f"http://{host}"]
-    if host == "registry-1.docker.io":
-        keys.append("https://index.docker.io/v1/")
+    if host == DOCKER_HUB_API:
+        keys.append("https://index.docker.io/v1/")  # where `docker login` files Docker Hub
     for key in keys:
         encoded = (auths.get(key) or {}).get("auth")
         if encoded:
@@ -97,7 +97,7 @@ class RegistryClient:
         self._tokens: dict[str, str] = {}
 
     def _base(self, ref: Reference) -> str:
-        host = "registry-1.docker.io" if ref.registry == DOCKER_HUB else ref.registry
+        host = DOCKER_HUB_API if ref.registry == DOCKER_HUB else ref.registry
         scheme = "http" if is_insecure(host) else "https"
         return f"{scheme}://{host}"
 
