@@ -138,50 +138,42 @@ def ensure_images() -> None:
 # -- benchmarks -------------------------------------------------------------------------
 
 
-def bench_container(quick: bool) -> dict[str, Any]:
+def _throughput(quick: bool, peer_pipe: str, source: str, sink: str, peer_key: str) -> list[dict[str, Any]]:
+    """dstream against ``peer_pipe`` (blast | sink, {cmd} standing for the blast command)."""
     count = 100_000 if quick else 1_000_000
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for size in (100, 500, 4096):
-            cmd = command(count, size)
-            peer_err = shell(
-                f"printf '%s\\n' '{cmd}' | docker run -i --rm --log-driver none --network none {BLAST_IMAGE} "
-                f"| docker run -i --rm --log-driver none --network none -e BENCH_MODE=peer {SINK_IMAGE}"
-            )
+            peer_err = shell(f"printf '%s\\n' '{command(count, size)}' | {peer_pipe}")
             peer = rate_of(parse_report(peer_err), count)
             text = TASK.format(
-                input=f'provider_ref = "{BLAST_IMAGE}"', output=f'provider_ref = "{SINK_IMAGE}"',
+                input=source, output=sink,
                 count=count, size=size, every=1000, rate=0, input_container="", output_container="",
             )  # fmt: skip
             err, wall = run_dstream(Path(tmp), text)
             ours = rate_of(parse_report(err), count)
             rows.append(
-                {"size": size, "envelopes": count, "dstream": ours, "docker_pipe": peer,
+                {"size": size, "envelopes": count, "dstream": ours, peer_key: peer,
                  "ratio": round(ours["envelopes_per_s"] / peer["envelopes_per_s"], 2), "dstream_wall_s": round(wall, 2)}
             )  # fmt: skip
+    return rows
+
+
+def bench_container(quick: bool) -> dict[str, Any]:
+    peer_pipe = (
+        f"docker run -i --rm --log-driver none --network none {BLAST_IMAGE} "
+        f"| docker run -i --rm --log-driver none --network none -e BENCH_MODE=peer {SINK_IMAGE}"
+    )
+    rows = _throughput(
+        quick, peer_pipe, f'provider_ref = "{BLAST_IMAGE}"', f'provider_ref = "{SINK_IMAGE}"', "docker_pipe"
+    )
     return {"goal": "container relay >= 1.0x the docker CLI pipe (checkpoints and acks on)", "rows": rows}
 
 
 def bench_local(quick: bool) -> dict[str, Any]:
-    count = 100_000 if quick else 1_000_000
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for size in (100, 500, 4096):
-            cmd = command(count, size)
-            peer_err = shell(
-                f"printf '%s\\n' '{cmd}' | python3 {PROVIDERS / 'blast.py'} | BENCH_MODE=peer python3 {PROVIDERS / 'sink.py'}"
-            )
-            peer = rate_of(parse_report(peer_err), count)
-            text = TASK.format(
-                input=f'provider_path = "{PROVIDERS / "blast.py"}"', output=f'provider_path = "{PROVIDERS / "sink.py"}"',
-                count=count, size=size, every=1000, rate=0, input_container="", output_container="",
-            )  # fmt: skip
-            err, _ = run_dstream(Path(tmp), text)
-            ours = rate_of(parse_report(err), count)
-            rows.append(
-                {"size": size, "envelopes": count, "dstream": ours, "os_pipe": peer,
-                 "ratio": round(ours["envelopes_per_s"] / peer["envelopes_per_s"], 2)}
-            )  # fmt: skip
+    blast, sink = PROVIDERS / "blast.py", PROVIDERS / "sink.py"
+    peer_pipe = f"python3 {blast} | BENCH_MODE=peer python3 {sink}"
+    rows = _throughput(quick, peer_pipe, f'provider_path = "{blast}"', f'provider_path = "{sink}"', "os_pipe")
     return {"goal": "local relay >= 0.5x a raw OS pipe", "rows": rows}
 
 
