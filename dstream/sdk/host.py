@@ -106,7 +106,6 @@ class Host:
         self._idle = False
         self._signalled = False
         self._dirty = False
-        self._lock = threading.Lock()
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -224,15 +223,15 @@ class Host:
         # Going idle: checkpoint what was emitted so far, then flush, so it can be acked.
         ctx._before_sleep.append(self._checkpoint_now)
         ctx._before_sleep.append(self._flush)
-        if self.cls.wants_commits():  # type: ignore[attr-defined]
+        if provider.wants_commits():
             ctx._on_committed = provider.on_committed
             threading.Thread(target=self._read_commits, daemon=True).start()
         items = provider.read(checkpoint)
         if inspect.isasyncgen(items):
-            asyncio.run(self._consume_async(provider, items))
+            asyncio.run(self._consume_async(items))
         else:
             assert isinstance(items, Iterator)
-            self._consume(provider, items)
+            self._consume(items)
         return 0
 
     def _read_commits(self) -> None:
@@ -252,12 +251,10 @@ class Host:
     def _checkpoint_now(self) -> None:
         """Before idling: the time-based checkpoint that a next record would have triggered."""
         state = self._state
-        idle_long_enough = state.interval is not None and time.monotonic() - state.last >= state.interval
-        if state.unsaved and state.position is not None and idle_long_enough:
-            self._send(protocol.checkpoint(state.position))
-            state.saved()
+        if state.unsaved and state.position is not None and state.interval_elapsed():
+            self._save(state)
 
-    def _consume(self, provider: InputProvider[Any], items: Iterator[Any]) -> None:
+    def _consume(self, items: Iterator[Any]) -> None:
         state = self._state
         try:
             for item in items:
@@ -272,7 +269,7 @@ class Host:
                 close()
         self._finish_input(state)
 
-    async def _consume_async(self, provider: InputProvider[Any], items: AsyncIterator[Any]) -> None:
+    async def _consume_async(self, items: AsyncIterator[Any]) -> None:
         state = self._state
         try:
             async for item in items:
@@ -290,34 +287,31 @@ class Host:
     def _emit(self, item: Any, state: _CheckpointState) -> None:
         if isinstance(item, Record):
             self._send(protocol.data(item.data, item.metadata))
-            if item.position is not None:
-                state.position = item.position
-                state.unsaved += 1
-                if state.due():
-                    self._send(protocol.checkpoint(state.position))
-                    state.saved()
         elif isinstance(item, Raw):
             line = item.line
             self._send(line if line.endswith(b"\n") else line + b"\n")
-            if item.position is not None:
-                state.position = item.position
-                state.unsaved += 1
-                if state.due():
-                    self._send(protocol.checkpoint(state.position))
-                    state.saved()
         elif isinstance(item, Checkpoint):
-            self._send(protocol.checkpoint(item.position))
             state.position = item.position
-            state.saved()
+            self._save(state)
+            return
         elif isinstance(item, dict):
             self._send(protocol.encode(item))
+            return
         else:
             raise TypeError(f"read() yielded {type(item).__name__}; yield Record, Raw, Checkpoint or dict")
+        if item.position is not None:  # a Record or Raw that carries its position
+            state.position = item.position
+            state.unsaved += 1
+            if state.due():
+                self._save(state)
+
+    def _save(self, state: _CheckpointState) -> None:
+        self._send(protocol.checkpoint(state.position))
+        state.saved()
 
     def _finish_input(self, state: _CheckpointState) -> None:
         if state.unsaved and state.position is not None:
-            self._send(protocol.checkpoint(state.position))
-            state.saved()
+            self._save(state)
         self._flush()
 
     # -- outputs -------------------------------------------------------------------------
@@ -376,8 +370,9 @@ class _CheckpointState:
         self.last = time.monotonic()
 
     def due(self) -> bool:
-        if self.every is not None and self.unsaved >= self.every:
-            return True
+        return (self.every is not None and self.unsaved >= self.every) or self.interval_elapsed()
+
+    def interval_elapsed(self) -> bool:
         return self.interval is not None and time.monotonic() - self.last >= self.interval
 
     def saved(self) -> None:
