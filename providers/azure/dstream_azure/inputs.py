@@ -21,7 +21,6 @@ not settled is back in the queue), so a resumed run ignores it.
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections import OrderedDict
@@ -141,7 +140,6 @@ class QueueInput(InputProvider[C], Generic[C, M]):
         self.run_id = uuid.uuid4().hex[:12]
         self.emitted = 0
         self._last_renew_check = 0.0
-        self._waiter = threading.Event()
 
     # -- what a service implements ----------------------------------------------------
 
@@ -195,23 +193,16 @@ class QueueInput(InputProvider[C], Generic[C, M]):
         self.log.info("receiving from %s", self.source)
         cfg = self.config
         last_message = time.monotonic()
-        uncheckpointed = False
         while not self.ctx.should_stop:
             self.renew_due()
             room = cfg.max_unsettled - len(self.unsettled)
             if room <= 0:
-                if uncheckpointed:
-                    uncheckpointed = False
-                    yield Checkpoint(self.position(self.emitted))
                 if not self.ctx.sleep(0.05):
                     break
                 last_message = time.monotonic()  # waiting for downstream is not idleness
                 continue
             messages = self.receive(min(room, self.receive_batch))
             if not messages:
-                if uncheckpointed:
-                    uncheckpointed = False
-                    yield Checkpoint(self.position(self.emitted))
                 if cfg.max_idle and time.monotonic() - last_message >= cfg.max_idle:
                     self.log.info("no message for %gs: stopping (max_idle)", cfg.max_idle)
                     break
@@ -230,9 +221,7 @@ class QueueInput(InputProvider[C], Generic[C, M]):
             for seq, lines in ready:
                 self.emitted = seq  # before the yield: a stop right after it still counts it as sent
                 yield Raw(lines, self.position(seq))
-                uncheckpointed = True
-            if uncheckpointed:
-                uncheckpointed = False
+            if ready:  # every received batch ends with its checkpoint
                 yield Checkpoint(self.position(self.emitted))
 
     def on_committed(self, position: Any) -> None:
@@ -260,7 +249,7 @@ class QueueInput(InputProvider[C], Generic[C, M]):
             while self.unsettled.any_upto(self.emitted) and time.monotonic() < deadline:
                 self.ctx.deliver_commits()
                 self.renew_due()
-                self._waiter.wait(0.02)
+                time.sleep(0.02)
             left = self.unsettled.take_all()
             if left:
                 self.log.info(

@@ -16,7 +16,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import ResourceNotFoundError
 from pydantic import Field, field_validator
 
 from dstream.sdk import InfrastructureProvider, OutputProvider
@@ -156,11 +156,8 @@ class AzureQueueOutputProvider(OutputProvider[StorageQueueOutputConfig], Infrast
             ) from None
         if self.ctx.task is None:
             raise QueueMissing(f"Storage queue {target} does not exist and the task name is unknown") from None
-        try:
-            self.service.create_queue(target, metadata=lifecycle.ownership_metadata(self.ctx.task))
+        if self.admin.create(target, self.ctx.task):
             self.log.info("created Storage queue %s (create_missing)", target)
-        except ResourceExistsError:
-            pass
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
