@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dstream.errors import DStreamError
+from dstream.state.base import DEFAULT_STATE_DIR
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -45,7 +46,8 @@ def runs_dir() -> Path:
     return Path(state) / "dstream" / "runs"
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """The process exists on this host and is not a zombie."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -67,7 +69,7 @@ def records() -> list[RunRecord]:
             record = RunRecord(**json.loads(path.read_text()))
         except (OSError, ValueError, TypeError):
             continue
-        if _alive(record.pid):
+        if pid_alive(record.pid):
             out.append(record)
         else:
             path.unlink(missing_ok=True)
@@ -84,6 +86,10 @@ def _write(record: RunRecord) -> Path:
     return path
 
 
+def _log_file(document: Document, task: str) -> Path:
+    return document.base_dir / DEFAULT_STATE_DIR / "logs" / f"{task}.log"
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -91,14 +97,14 @@ def _now() -> str:
 @contextlib.contextmanager
 def registered(document: Document, task: str) -> Iterator[RunRecord]:
     """Record this process as running ``task``; refuse a second one unless the task has a lease."""
-    file = str(document.path)
-    others = [r for r in records() if r.task == task and r.file == file and r.pid != os.getpid()]
+    file, current = str(document.path), records()
+    others = [r for r in current if r.task == task and r.file == file and r.pid != os.getpid()]
     if others and document.task(task).lease is None:
         raise DStreamError(
             f"task {task} of {file} is already running (pid {others[0].pid}); two runs would both write its "
             f"checkpoint. Stop it (dstream stop {task}), or add a lease block to run standby replicas."
         )
-    mine = [r for r in records() if r.pid == os.getpid()]
+    mine = [r for r in current if r.pid == os.getpid()]
     record = RunRecord(task, os.getpid(), file, _now(), mine[0].log if mine else None, bool(mine and mine[0].detached))
     path = _write(record)
     try:
@@ -110,7 +116,7 @@ def registered(document: Document, task: str) -> Iterator[RunRecord]:
 def start(document: Document, task: str, argv: list[str]) -> RunRecord:
     """Start ``dstream run`` again without --detach, in the background, logging to a file."""
     args = [a for a in argv if a not in ("--detach", "-d")]
-    log_path = document.base_dir / ".dstream" / "logs" / f"{task}.log"
+    log_path = _log_file(document, task)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log_file:
         log_file.write(f"\n==== {_now()} dstream {' '.join(args)}\n".encode())
@@ -138,15 +144,15 @@ def find(task: str) -> list[RunRecord]:
 
 def stop(task: str, timeout: float = 60.0) -> list[tuple[RunRecord, bool]]:
     """SIGTERM every run of ``task`` (a graceful stop) and wait; (record, stopped) pairs."""
-    results = []
-    for record in find(task):
+    found = find(task)
+    # All at once: stopping replicas one by one would hand the lease to the next in line.
+    for record in found:
         with contextlib.suppress(ProcessLookupError):
             os.kill(record.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while _alive(record.pid) and time.monotonic() < deadline:
-            time.sleep(0.1)  # waiting for the process to finish its graceful stop
-        results.append((record, not _alive(record.pid)))
-    return results
+    deadline = time.monotonic() + timeout
+    while any(pid_alive(r.pid) for r in found) and time.monotonic() < deadline:
+        time.sleep(0.1)  # waiting for the processes to finish their graceful stop
+    return [(record, not pid_alive(record.pid)) for record in found]
 
 
 def log_path(task: str, document: Document | None) -> Path:
@@ -154,7 +160,7 @@ def log_path(task: str, document: Document | None) -> Path:
         if record.task == task and record.log:
             return Path(record.log)
     if document is not None:
-        path = document.base_dir / ".dstream" / "logs" / f"{task}.log"
+        path = _log_file(document, task)
         if path.exists():
             return path
     raise DStreamError(f"no log for task {task}: only runs started with --detach write one")

@@ -28,6 +28,7 @@ import docker.errors
 from docker.types import LogConfig, Mount
 
 from dstream import log
+from dstream.background import pid_alive
 from dstream.errors import DistributionError, RuntimeFailure
 from dstream.runtime.base import READ_CHUNK, ProviderSpec, StderrSink, StderrTail
 from dstream.runtime.frames import STDERR, STDOUT, FrameDemux
@@ -216,12 +217,8 @@ def describe_containers(engine: DockerEngine) -> list[dict[str, str]]:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_alive(pid):
         return False
-    except PermissionError:
-        return True
     # A recycled pid would not be a dstream process.
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
