@@ -32,7 +32,7 @@ from dstream.runtime.base import READ_CHUNK, ProviderProcess
 if TYPE_CHECKING:
     from dstream.config.models import Task
     from dstream.deadletter import DeadLetterWriter
-    from dstream.lease import Lease, LeaseGuard
+    from dstream.lease import LeaseGuard
     from dstream.state.base import CheckpointStore
 
 _log = log.get("relay")
@@ -95,10 +95,8 @@ class Relay:
         dead_letters: DeadLetterWriter | None = None,
         redactor: Redactor | None = None,
         stdout: BinaryIO | None = None,
-        lease: Lease | None = None,
         guard: LeaseGuard | None = None,
     ) -> None:
-        self.lease = lease
         self.guard = guard
         self.task = task
         self.run_id = run_id
@@ -111,7 +109,6 @@ class Relay:
         self.redactor = redactor or Redactor()
         self.stdout = stdout
         self.stats = RelayStats()
-        self.resume_from = resume_from
         self.last_seen_checkpoint: Any = resume_from
         self._input_leftover = input_leftover
         self._output_leftover = output_leftover
@@ -119,8 +116,6 @@ class Relay:
         self._pending: deque[_Pending] = deque()
         self._acked: _Pending | None = None
         self._persisted: _Pending | None = None
-        self._acked_envelopes = 0
-        self._acked_bytes = 0
         self._window = asyncio.Event()
         self._ack_event = asyncio.Event()
         self._persist_lock = asyncio.Lock()
@@ -197,7 +192,7 @@ class Relay:
             if self._force.is_set():
                 raise _Forced
             try:
-                await self._final_persist()
+                await self._persist()
             except (StateError, LeaseLost) as exc:
                 failure = failure or self._redacted(exc)
         except _Forced:
@@ -519,8 +514,6 @@ class Relay:
             advanced = self._pending.popleft()
         if advanced is not None:
             self._acked = advanced
-            self._acked_envelopes = advanced.envelopes
-            self._acked_bytes = advanced.nbytes
             self.stats.acked += 1
             self.stats.acked_envelopes = advanced.envelopes
             self.stats.acked_bytes = advanced.nbytes
@@ -531,8 +524,8 @@ class Relay:
     def _window_full(self) -> bool:
         if len(self._pending) >= MAX_PENDING_CHECKPOINTS:
             return True
-        in_flight = self.stats.envelopes - self._acked_envelopes
-        in_bytes = self.stats.bytes - self._acked_bytes
+        in_flight = self.stats.envelopes - self.stats.acked_envelopes
+        in_bytes = self.stats.bytes - self.stats.acked_bytes
         if in_flight < self.task.max_in_flight and in_bytes < self.task.max_in_flight_bytes:
             return False
         if not self._pending or not self.output_hs.acks:
@@ -550,7 +543,7 @@ class Relay:
 
     async def _wait_window(self) -> None:
         started = time.monotonic()
-        in_flight = self.stats.envelopes - self._acked_envelopes
+        in_flight = self.stats.envelopes - self.stats.acked_envelopes
         if "paused" not in self._warned:
             self._warned.add("paused")
             _log.info(
@@ -594,16 +587,12 @@ class Relay:
     def _save(self, value: Any) -> None:
         """Write a checkpoint, fenced by the task lease when there is one (worker thread)."""
         assert self.store is not None
-        if self.lease is None:
+        if self.guard is None:
             self.store.save(self.task.name, value, self.run_id)
             return
-        if self.guard is not None:
-            self.guard.check()
-        with self.lease.fenced() as token:
+        self.guard.check()
+        with self.guard.lease.fenced() as token:
             self.store.save(self.task.name, value, self.run_id, fence=token)
-
-    async def _final_persist(self) -> None:
-        await self._persist()
 
     # -- output → orchestrator --------------------------------------------------------
 

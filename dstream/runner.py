@@ -223,9 +223,6 @@ class TaskRun:
         store = open_store(self.document)
         policy = self.task.restart
         attempts = 0
-        envelopes = 0
-        nbytes = 0
-        dead = 0
         try:
             while True:
                 attempts += 1
@@ -256,18 +253,15 @@ class TaskRun:
                         raise Interrupted("stopped while waiting to restart") from None
                     self.state = "starting"
                     continue
-                envelopes += result.stats.envelopes
-                nbytes += result.stats.bytes
-                dead += result.stats.dead_letters
                 return RunSummary(
                     task=self.task.name,
                     run_id=self.run_id,
                     attempts=attempts,
-                    envelopes=envelopes,
-                    bytes=nbytes,
+                    envelopes=result.stats.envelopes,
+                    bytes=result.stats.bytes,
                     checkpoint=result.last_checkpoint if result.persisted else resume,
                     seconds=time.monotonic() - started,
-                    dead_letters=dead,
+                    dead_letters=result.stats.dead_letters,
                     stopped=result.stopped_by_request,
                 )
         finally:
@@ -318,7 +312,6 @@ class TaskRun:
                 dead_letters=dead_letters,
                 redactor=self.redactor,
                 stdout=self.stdout,
-                lease=self._guard.lease if self._guard else None,
                 guard=self._guard,
             )
             # Everything allocated so far lives for the whole run: keep the garbage collector
