@@ -49,7 +49,6 @@ class AzureBlobStore:
         self._container = _container(connection_string, container)
         self.prefix = prefix
         self.location = f"azure blob {container}/{prefix}"
-        self._etags: dict[str, str] = {}
 
     def _blob(self, task: str) -> BlobClient:
         return self._container.get_blob_client(f"{self.prefix}{task}.json")  # type: ignore[no-any-return]
@@ -68,9 +67,7 @@ class AzureBlobStore:
         return json.loads(body), etag
 
     def load(self, task: str) -> StoredCheckpoint | None:
-        data, etag = self._read(task)
-        if etag:
-            self._etags[task] = etag
+        data, _ = self._read(task)
         if data is None:
             return None
         return StoredCheckpoint(task, data["checkpoint"], data["run_id"], data["updated_at"], data["sequence"])
@@ -94,7 +91,7 @@ class AzureBlobStore:
         elif etag:
             kwargs.update(etag=etag, match_condition=MatchConditions.IfNotModified)
         try:
-            result = self._blob(task).upload_blob(body.encode(), **kwargs)
+            self._blob(task).upload_blob(body.encode(), **kwargs)
         except HttpResponseError as exc:
             if isinstance(fence, str) and exc.status_code in (409, 412):
                 raise LeaseLost(
@@ -107,7 +104,6 @@ class AzureBlobStore:
             raise StateError(f"cannot write the checkpoint of task {task!r}: {_reason(exc)}") from None
         except AzureError as exc:
             raise StateError(f"cannot write the checkpoint of task {task!r}: {_reason(exc)}") from None
-        self._etags[task] = result.get("etag", "")
         return stored
 
     def reset(self, task: str) -> bool:
