@@ -90,21 +90,6 @@ def valid_block(block: bytes) -> int:
     return lines if count == lines else -1
 
 
-def decode_many(lines: list[bytes]) -> list[Any]:
-    """Parse many lines in one orjson call (the relay's validation fast path).
-
-    Raises DecodeError when any line is not valid JSON; the caller then looks at the
-    lines one by one to find which.
-    """
-    try:
-        values = orjson.loads(b"[" + b",".join(lines) + b"]")
-    except orjson.JSONDecodeError as exc:
-        raise DecodeError(str(exc)) from None
-    if len(values) != len(lines):  # a line held two values separated by a comma
-        raise DecodeError("a line holds more than one JSON value")
-    return values  # type: ignore[no-any-return]
-
-
 def command_envelope(command: str, config: dict[str, Any], checkpoint: Any = None, task: str | None = None) -> bytes:
     """The first stdin line. ``task`` (an addition) lets providers tag what they own."""
     envelope: dict[str, Any] = {"command": command, "config": config, "checkpoint": checkpoint}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from dstream import protocol
 
 
@@ -38,16 +36,6 @@ def test_handshake_parsing() -> None:
     # A data line is not a handshake (legacy provider); neither is garbage.
     assert protocol.parse_handshake(b'{"data":{"status":"ready"}}') is None
     assert protocol.parse_handshake(b"hello") is None
-
-
-def test_decode_many_fast_path_and_failures() -> None:
-    assert protocol.decode_many([b'{"a":1}', b'{"b":2}\r']) == [{"a": 1}, {"b": 2}]
-    with pytest.raises(protocol.DecodeError):
-        protocol.decode_many([b'{"a":1}', b'{"b":'])
-    with pytest.raises(protocol.DecodeError):
-        protocol.decode_many([b'{"a":1}, {"b":2}'])  # two values on one line
-    with pytest.raises(protocol.DecodeError):
-        protocol.decode_many([b'{"a":"\xff"}'])  # invalid UTF-8
 
 
 def test_control_lines_are_told_apart_from_data() -> None:
