@@ -34,6 +34,7 @@ from pydantic import Field, field_validator, model_validator
 from dstream.sdk.base import ProviderConfig
 
 if TYPE_CHECKING:
+    import logging
     from collections.abc import Callable
 
 __all__ = [
@@ -59,6 +60,7 @@ READ = "Read"  # a row of the initial snapshot
 TRUNCATE = "Truncate"
 
 T = TypeVar("T")
+E = TypeVar("E", bound=Exception)
 
 
 class PositionError(ValueError):
@@ -237,11 +239,7 @@ class TransactionAssembler(Generic[T]):
         if self._in_txn or self._done == self._reported:
             return None
         self._reported = self._done
-        lsn, index = self._done
-        out: dict[str, Any] = {"lsn": self._format(lsn)}
-        if index:
-            out["index"] = index
-        return out
+        return self.done.to_json(self._format)
 
 
 class PollInterval:
@@ -269,7 +267,8 @@ class Backoff:
     """Exponential reconnect delays within a total time budget.
 
     :meth:`next_delay` returns the next wait, or None once ``timeout`` seconds have passed
-    since the first failure (give up). :meth:`reset` after a success.
+    since the first failure (give up); :meth:`wait` does the usual log-and-sleep around it.
+    :meth:`reset` after a success.
     """
 
     def __init__(
@@ -302,6 +301,29 @@ class Backoff:
         delay = min(self._delay, left)
         self._delay = min(self._delay * 2, self.maximum)
         return delay
+
+    def wait(
+        self,
+        exc: E,
+        give_up: Callable[[E], Exception],
+        log: logging.Logger,
+        sleep: Callable[[float], bool],
+        message: str = "%s; reconnecting in %.1fs",
+    ) -> bool:
+        """After the failure ``exc``: log ``message`` (``exc``, delay) and sleep the next delay.
+
+        Returns ``sleep``'s answer (False: stop). Raises ``give_up(exc)`` once the budget is spent.
+        """
+        delay = self.next_delay()
+        if delay is None:
+            raise give_up(exc) from None
+        # stacklevel: the record names the provider's loop, as when it logged this itself
+        log.warning(message, exc, delay, stacklevel=2)
+        return sleep(delay)
+
+    def summary(self) -> str:
+        """How the retries went, for the give-up message."""
+        return f"gave up after {self.attempts} attempts in {self.elapsed:.0f}s (reconnect_timeout = {self.timeout:g})"
 
     def reset(self) -> None:
         self._started = None

@@ -122,21 +122,10 @@ def parse_connection_string(text: str) -> dict[str, str]:
         while i < n and text[i] in " \t":
             i += 1
         if i < n and text[i] == "{":
-            i += 1
-            chars: list[str] = []
-            while True:
-                if i >= n:
-                    raise ValueError(f"invalid connection string: the value of {key.upper()} has no closing '}}'")
-                if text[i] == "}":
-                    if i + 1 < n and text[i + 1] == "}":
-                        chars.append("}")
-                        i += 2
-                        continue
-                    i += 1
-                    break
-                chars.append(text[i])
-                i += 1
-            value = "".join(chars)
+            braced = _read_delimited(text, i + 1, "}")
+            if braced is None:
+                raise ValueError(f"invalid connection string: the value of {key.upper()} has no closing '}}'")
+            value, i = braced
             while i < n and text[i] in " \t":
                 i += 1
             if i < n and text[i] != ";":
@@ -160,21 +149,10 @@ def parse_table_name(name: str) -> tuple[str | None, str]:
         raise ValueError("table names must not be empty")
     while True:
         if i < n and name[i] == "[":
-            end = i + 1
-            chars: list[str] = []
-            while True:
-                if end >= n:
-                    raise ValueError(f"table name {name!r}: '[' has no closing ']'")
-                if name[end] == "]":
-                    if end + 1 < n and name[end + 1] == "]":
-                        chars.append("]")
-                        end += 2
-                        continue
-                    break
-                chars.append(name[end])
-                end += 1
-            part = "".join(chars)
-            i = end + 1
+            bracketed = _read_delimited(name, i + 1, "]")
+            if bracketed is None:
+                raise ValueError(f"table name {name!r}: '[' has no closing ']'")
+            part, i = bracketed
         else:
             end = name.find(".", i)
             end = n if end < 0 else end
@@ -194,6 +172,23 @@ def parse_table_name(name: str) -> tuple[str | None, str]:
             f"(the database comes from the connection string)"
         )
     return (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
+
+
+def _read_delimited(text: str, start: int, close: str) -> tuple[str, int] | None:
+    """The text from ``start`` to the first single ``close`` (a doubled one is a literal ``close``)
+    and the index just past it; None when it is never closed."""
+    chars: list[str] = []
+    i, n = start, len(text)
+    while i < n:
+        if text[i] == close:
+            if i + 1 < n and text[i + 1] == close:
+                chars.append(close)
+                i += 2
+                continue
+            return "".join(chars), i + 1
+        chars.append(text[i])
+        i += 1
+    return None
 
 
 def quote_name(name: str) -> str:

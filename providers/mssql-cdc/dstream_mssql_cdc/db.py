@@ -15,7 +15,7 @@ import json
 import math
 import queue
 from concurrent.futures import ThreadPoolExecutor, wait
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyodbc
 
@@ -27,11 +27,13 @@ from dstream_mssql_cdc.lsn import from_bytes, parse_log_lsn, to_bytes
 from dstream_mssql_cdc.stream import CaptureInstance, ServerState
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Iterator, Sequence
     from datetime import datetime
 
     from dstream_mssql_cdc.config import Target
     from dstream_mssql_cdc.stream import Window
+
+T = TypeVar("T")
 
 pyodbc.pooling = False  # a pooled connection may be a dead one after a failover
 SQL_SS_TIMESTAMPOFFSET = -155
@@ -84,20 +86,13 @@ class Session:
         assert self._conn is not None
         return self._conn.cursor()
 
-    def query(self, sql: str, *params: Any) -> ResultSet:
-        """The first result set of ``sql`` (later ones, and messages, are drained)."""
+    @contextlib.contextmanager
+    def _statement(self) -> Iterator[pyodbc.Cursor]:
+        """A cursor, closed after use; pyodbc errors become CdcErrors (a lost connection is dropped)."""
         try:
             cur = self._cursor()
             try:
-                cur.execute(sql, *params)
-                while not _has_columns(cur):
-                    if not cur.nextset():
-                        return ResultSet((), [])
-                columns = tuple(str(d[0]) for d in cur.description)
-                rows = cur.fetchall()
-                while cur.nextset():
-                    pass
-                return ResultSet(columns, rows)
+                yield cur
             finally:
                 cur.close()
         except pyodbc.Error as exc:
@@ -106,25 +101,38 @@ class Session:
                 self.close()
             raise error from None
 
+    def query(self, sql: str, *params: Any) -> ResultSet:
+        """The first result set of ``sql`` (later ones, and messages, are drained)."""
+        with self._statement() as cur:
+            cur.execute(sql, *params)
+            while not _has_columns(cur):
+                if not cur.nextset():
+                    return ResultSet((), [])
+            columns = tuple(str(d[0]) for d in cur.description)
+            rows = cur.fetchall()
+            while cur.nextset():
+                pass
+            return ResultSet(columns, rows)
+
     def execute(self, sql: str, *params: Any) -> None:
         """Run a statement or procedure to its end (its errors surface from any result set)."""
-        try:
-            cur = self._cursor()
-            try:
-                cur.execute(sql, *params)
-                while cur.nextset():
-                    pass
-            finally:
-                cur.close()
-        except pyodbc.Error as exc:
-            error = self._translate(exc)
-            if isinstance(error, ConnectionLost):
-                self.close()
-            raise error from None
+        with self._statement() as cur:
+            cur.execute(sql, *params)
+            while cur.nextset():
+                pass
 
     def value(self, sql: str, *params: Any) -> Any:
         result = self.query(sql, *params)
         return result.rows[0][0] if result.rows else None
+
+    def _optional(self, read: Callable[[], T]) -> T | None:
+        """``read()``, or None when it fails other than by a lost connection (e.g. msdb not readable)."""
+        try:
+            return read()
+        except ConnectionLost:
+            raise
+        except CdcError:
+            return None
 
     # -- the database and its capture instances -----------------------------------------
 
@@ -243,19 +251,17 @@ class Session:
 
     def retention_minutes(self) -> int | None:
         """The cleanup job's retention (``msdb.dbo.cdc_jobs``), or None when unknown or not readable."""
-        try:
-            value = self.value(
+        value = self._optional(
+            lambda: self.value(
                 "SELECT retention FROM msdb.dbo.cdc_jobs WHERE database_id = DB_ID() AND job_type = N'cleanup'"
             )
-        except ConnectionLost:
-            raise
-        except CdcError:
-            return None
+        )
         return int(value) if value is not None else None
 
     def capture_job(self) -> str | None:
         """ "running", "stopped", "absent" (no capture job), or None when msdb is not readable."""
-        try:
+
+        def read() -> str:
             jobs = self.query(
                 "SELECT j.job_id FROM msdb.dbo.cdc_jobs AS j WHERE j.database_id = DB_ID() AND j.job_type = N'capture'"
             ).rows
@@ -266,11 +272,9 @@ class Session:
                 " THEN 1 ELSE 0 END FROM msdb.dbo.sysjobactivity AS a WHERE a.job_id = ? ORDER BY a.session_id DESC",
                 jobs[0][0],
             )
-        except ConnectionLost:
-            raise
-        except CdcError:
-            return None
-        return "running" if running else "stopped"
+            return "running" if running else "stopped"
+
+        return self._optional(read)
 
     # -- lifecycle ------------------------------------------------------------------------
 

@@ -71,6 +71,16 @@ class CaptureMonitor:
                 )
         return self._report(problem, now)
 
+    def wants_log_end(self, max_lsn: int | None) -> bool:
+        """Whether :meth:`observe` would use the log's end with this ``max_lsn`` (reading it is a query)."""
+        if max_lsn is None:
+            return False
+        if not self._seen or max_lsn != self._max:
+            return self.settle <= 0  # observe restarts the settle time: since = 0, no baseline
+        now = self._clock()
+        since = now - (self._max_changed or now)
+        return since >= (self.settle if self._log_base is None else self.timeout)
+
     def _report(self, problem: str | None, now: float) -> tuple[str, str] | None:
         previous, self.problem = self.problem, problem
         if problem is None:

@@ -179,15 +179,10 @@ class MssqlCdcInputProvider(InputProvider[MssqlCdcConfig], InfrastructureProvide
                 backoff.reset()
             except ConnectionLost as exc:
                 self.db.close()
-                delay = backoff.next_delay()
-                if delay is None:
-                    raise CdcError(
-                        f"{exc}; gave up after {backoff.attempts} attempts in {backoff.elapsed:.0f}s "
-                        f"(reconnect_timeout = {cfg.reconnect_timeout:g})"
-                    ) from None
-                self.log.warning("%s; reconnecting in %.1fs", exc, delay)
                 state = None
-                if not self.ctx.sleep(delay):
+                if not backoff.wait(
+                    exc, lambda lost: CdcError(f"{lost}; {backoff.summary()}"), self.log, self.ctx.sleep
+                ):
                     return
                 continue
             state = None
@@ -211,7 +206,8 @@ class MssqlCdcInputProvider(InputProvider[MssqlCdcConfig], InfrastructureProvide
             raise
 
     def _watch(self, monitor: CaptureMonitor, state: ServerState) -> None:
-        report = monitor.observe(state.max_lsn, self.db.log_end())
+        log_end = self.db.log_end() if monitor.wants_log_end(state.max_lsn) else None  # a query: only when used
+        report = monitor.observe(state.max_lsn, log_end)
         if report is not None:
             level, message = report
             (self.log.warning if level == "warning" else self.log.info)("%s", message)
@@ -237,11 +233,14 @@ class MssqlCdcInputProvider(InputProvider[MssqlCdcConfig], InfrastructureProvide
             retention = self.db.retention_minutes()
             if retention is None:
                 return
+            lags: dict[int, float | None] = {}  # tables at the same LSN share one query
             for cursor in stream.cursors.values():
                 position = cursor.position
                 if position is None:
                     continue
-                warning = lag_warning(cursor.table, self.db.lag_seconds(position.lsn), retention)
+                if position.lsn not in lags:
+                    lags[position.lsn] = self.db.lag_seconds(position.lsn)
+                warning = lag_warning(cursor.table, lags[position.lsn], retention)
                 if warning is not None:
                     self.log.warning("%s", warning)
         except ConnectionLost:

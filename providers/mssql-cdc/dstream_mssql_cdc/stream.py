@@ -253,7 +253,7 @@ class TableCursor:
                 if self.open is not None:
                     take(asm.commit())
                 end = increment_lsn(commit)
-                asm.begin(commit, end, format_lsn(commit), format_lsn(end))
+                asm.begin(commit, end)
                 self.open = commit
             if asm.next_change() == 0:
                 continue  # emitted before this run's checkpoint

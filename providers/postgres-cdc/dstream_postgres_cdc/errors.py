@@ -39,7 +39,7 @@ def is_connection_error(exc: psycopg.Error, conn: psycopg.Connection[object] | N
 
 def translate(exc: psycopg.Error, target: Target, conn: psycopg.Connection[object] | None = None) -> CdcError:
     """A psycopg error as a :class:`CdcError` whose message names the cause and the fix."""
-    message = _first_line(exc)
+    message = first_line(exc)
     where = target.server
     if is_connection_error(exc, conn):
         return ConnectionLost(f"lost the connection to PostgreSQL at {where}: {message}")
@@ -53,10 +53,7 @@ def translate(exc: psycopg.Error, target: Target, conn: psycopg.Connection[objec
     if state == "55000" and "wal_level" in lowered:
         return CdcError(_wal_level_message(where, None))
     if state == "42704" and "replication slot" in lowered:
-        return CdcError(
-            f'replication slot "{target.slot}" does not exist on {where}: run `dstream init {target.task_hint}` '
-            f"first (it creates the slot)"
-        )
+        return slot_missing_error(target)
     if state == "42501":
         if "replication" in lowered:
             return CdcError(
@@ -86,6 +83,14 @@ def wal_level_error(where: str, level: str) -> CdcError:
     return CdcError(_wal_level_message(where, level))
 
 
-def _first_line(exc: BaseException) -> str:
+def slot_missing_error(target: Target) -> CdcError:
+    return CdcError(
+        f'replication slot "{target.slot}" does not exist on {target.server}: run `dstream init {target.task_hint}` '
+        f"first (it creates the slot)"
+    )
+
+
+def first_line(exc: BaseException) -> str:
+    """An error's first line (psycopg's text goes on with DETAIL and HINT lines), or its type."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

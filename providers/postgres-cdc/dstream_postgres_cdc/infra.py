@@ -95,17 +95,23 @@ class Infrastructure:
 
     # -- verbs ------------------------------------------------------------------------------
 
-    def init(self) -> Iterator[Resource]:
+    def _checked(self) -> tuple[list[Table], Slot | None]:
+        """init's and plan's checks, before either changes or reports anything: the tables and the slot."""
         self.check_wal_level()
         tables = self.tables()
         for table in tables:
             self.check_identity(table, self.identity_full)
         slot = self.db.slot(self.slot)
+        if slot is not None:
+            self.check_slot(slot)
+        return tables, slot
+
+    def init(self) -> Iterator[Resource]:
+        tables, slot = self._checked()
         if slot is None:
             lsn = self.db.create_slot(self.slot, self.plugin)
             yield Resource(SLOT, self.slot, "create", "present", {"plugin": self.plugin, "lsn": format_lsn(lsn)})
         else:
-            self.check_slot(slot)
             yield Resource(SLOT, self.slot, "none", "present", self._slot_details(slot))
         for table in tables:
             if self.identity_full and table.identity != "full":
@@ -115,15 +121,10 @@ class Infrastructure:
                 yield Resource(IDENTITY, table.qualified, "none", table.identity)
 
     def plan(self) -> Iterator[Resource]:
-        self.check_wal_level()
-        tables = self.tables()
-        for table in tables:
-            self.check_identity(table, self.identity_full)
-        slot = self.db.slot(self.slot)
+        tables, slot = self._checked()
         if slot is None:
             yield Resource(SLOT, self.slot, "create", "absent", {"plugin": self.plugin})
         else:
-            self.check_slot(slot)
             yield Resource(SLOT, self.slot, "none", "present", self._slot_details(slot))
         for table in tables:
             if self.identity_full and table.identity != "full":

@@ -46,7 +46,7 @@ from dstream.sdk import Checkpoint, InfrastructureProvider, InputProvider, Recor
 from dstream.sdk.cdc import READ, Backoff, PollInterval, Position, PositionError, SnapshotCursor, TransactionAssembler
 from dstream_postgres_cdc.config import READER_SUFFIX, PostgresCdcConfig, Target, default_slot_name
 from dstream_postgres_cdc.decode import Decoder, converters
-from dstream_postgres_cdc.errors import CdcError, ConnectionLost
+from dstream_postgres_cdc.errors import CdcError, ConnectionLost, slot_missing_error
 from dstream_postgres_cdc.infra import Infrastructure
 from dstream_postgres_cdc.lsn import format_lsn, parse_lsn
 from dstream_postgres_cdc.source import Session, SnapshotSession
@@ -120,10 +120,7 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
         self.infra.check_wal_level()
         slot = self.db.slot(self.slot)
         if slot is None:
-            raise CdcError(
-                f'replication slot "{self.slot}" does not exist on {self.target.server}: '
-                f"run `dstream init {self.target.task_hint}` first (it creates the slot)"
-            )
+            raise slot_missing_error(self.target)
         self.infra.check_slot(slot)
         if slot.wal_status == "lost":
             raise CdcError(
@@ -195,11 +192,7 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
                 asm.abandon()
                 self._reading = False
                 self.db.close()  # PostgreSQL drops the reader slot when the session ends
-                delay = backoff.next_delay()
-                if delay is None:
-                    raise self._gave_up(exc, backoff) from None
-                self.log.warning("%s; reconnecting in %.1fs", exc, delay)
-                if not self.ctx.sleep(delay):
+                if not backoff.wait(exc, lambda lost: self._gave_up(lost, backoff), self.log, self.ctx.sleep):
                     return
                 continue
             full = rows >= cfg.batch_size
@@ -214,9 +207,8 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
 
     def _gave_up(self, exc: ConnectionLost, backoff: Backoff) -> CdcError:
         return CdcError(
-            f"lost the connection to PostgreSQL at {self.target.server} and could not get it back: gave up after "
-            f"{backoff.attempts} attempts in {backoff.elapsed:.0f}s (reconnect_timeout = "
-            f"{self.config.reconnect_timeout:g}); last error: {exc}"
+            f"lost the connection to PostgreSQL at {self.target.server} and could not get it back: "
+            f"{backoff.summary()}; last error: {exc}"
         )
 
     def _open_reader(self) -> bool:
@@ -280,11 +272,8 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
                 result = yield from self._snapshot_pass(tables, lsn, cursor)
             except ConnectionLost as exc:
                 self._close_snapshot()
-                delay = backoff.next_delay()
-                if delay is None:
-                    raise self._gave_up(exc, backoff) from None
-                self.log.warning("%s during the snapshot; resuming it in %.1fs", exc, delay)
-                if not self.ctx.sleep(delay):
+                message = "%s during the snapshot; resuming it in %.1fs"
+                if not backoff.wait(exc, lambda lost: self._gave_up(lost, backoff), self.log, self.ctx.sleep, message):
                     return None
                 lsn, cursor = self._snap_progress
                 continue

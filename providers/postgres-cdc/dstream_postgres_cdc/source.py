@@ -24,7 +24,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from dstream_postgres_cdc.errors import CdcError, ConnectionLost, translate
+from dstream_postgres_cdc.errors import CdcError, ConnectionLost, first_line, translate
 from dstream_postgres_cdc.lsn import parse_lsn
 
 if TYPE_CHECKING:
@@ -94,7 +94,7 @@ class Session:
         try:
             conn = psycopg.connect(self.dsn, autocommit=True, application_name=self.application_name, **params, **extra)
         except psycopg.Error as exc:
-            raise ConnectionLost(f"cannot connect to PostgreSQL at {self.target.server}: {_line(exc)}") from exc
+            raise ConnectionLost(f"cannot connect to PostgreSQL at {self.target.server}: {first_line(exc)}") from exc
         self._conn = conn
         if extra.get("replication"):
             return
@@ -316,8 +316,3 @@ class SnapshotSession:
 
 def _output_text(column: sql.Composable) -> sql.Composable:
     return sql.SQL("CASE WHEN {0} IS NULL THEN NULL ELSE format('%%s', {0}) END").format(column)
-
-
-def _line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
