@@ -93,7 +93,11 @@ def message_id(
     mode: Literal["position", "content"] = "position",
 ) -> str:
     """A deterministic id (32 hex characters) for an envelope; see the module docstring."""
-    position = position_of(metadata, keys) if mode == "position" else {}
+    return _message_id(table, metadata, raw, position_of(metadata, keys) if mode == "position" else {})
+
+
+def _message_id(table: str | None, metadata: dict[str, Any], raw: bytes, position: dict[str, Any]) -> str:
+    """By position when the envelope has one, else by content."""
     if position:
         operation = {k: metadata[k] for k in OPERATION_KEYS if metadata.get(k) is not None}
         basis = protocol.canonical({"t": table, "p": position, "o": operation})
@@ -131,7 +135,7 @@ def build_message(
     position = position_of(metadata, keys)
     return ServiceBusMessage(
         raw,
-        message_id=message_id(table, metadata, raw, keys, mode),
+        message_id=_message_id(table, metadata, raw, position if mode == "position" else {}),
         content_type="application/json",
         subject=table,
         application_properties=cast("dict[str | bytes, Any]", application_properties(table, metadata, position)),
