@@ -5,7 +5,8 @@
     DStreamError                      exit code 1 unless stated
     ├── ConfigError                   HCL syntax, validation, lint problems (carry file:line)
     ├── DistributionError             provider_ref resolution, registry, lock file
-    │   └── LockMismatchError         locked digest differs from the registry's
+    │   ├── LockMismatchError         locked digest differs from the registry's
+    │   └── RegistryUnreachable       the registry could not be reached at all
     ├── RuntimeFailure                starting/attaching/stopping a provider process or container
     ├── ProtocolError                 a provider broke the wire protocol (handshake, framing)
     │   └── BadDataError              malformed/oversized/invalid-UTF-8 data line
@@ -41,6 +42,10 @@ class DistributionError(DStreamError):
 
 class LockMismatchError(DistributionError):
     """The registry's digest for a reference differs from the one in the lock file."""
+
+
+class RegistryUnreachable(DistributionError):
+    """No connection to the registry (a locked digest may still run offline)."""
 
 
 class RuntimeFailure(DStreamError):

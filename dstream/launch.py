@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 from dstream import log, protocol
 from dstream.handshake import open_provider
-from dstream.runtime.base import ProviderProcess, ProviderSpec, Runtime
+from dstream.runtime.base import LABEL_ROLE, LABEL_RUN, LABEL_TASK, ProviderProcess, ProviderSpec, Runtime
 from dstream.runtime.local import LocalRuntime
 
 if TYPE_CHECKING:
     from dstream.config.models import Document, Task
+    from dstream.distribution.lock import LockFile
     from dstream.redact import Redactor
 
 _log = log.get("launch")
@@ -37,6 +38,7 @@ class LaunchOptions:
     progress: bool = True
     leftovers_checked: bool = False
     runtimes: dict[str, Runtime] = field(default_factory=dict)  # tests inject a fake
+    lock: LockFile | None = None  # dstream.lock, loaded on first use and shared by both providers
 
 
 @dataclass
@@ -59,7 +61,7 @@ async def prepare_spec(
     document: Document, task: Task, role: str, run_id: str, options: LaunchOptions
 ) -> tuple[Runtime, ProviderSpec]:
     block = task.input if role == "input" else task.output
-    labels = {"io.dstream.task": task.name, "io.dstream.role": role, "io.dstream.run-id": run_id}
+    labels = {LABEL_TASK: task.name, LABEL_ROLE: role, LABEL_RUN: run_id}
     spec = ProviderSpec(
         role=role, task=task.name, run_id=run_id, block=block, base_dir=document.base_dir, labels=labels
     )
@@ -110,6 +112,7 @@ async def open_pair(
     redactor: Redactor,
 ) -> tuple[Opened, Opened]:
     """Start and open both providers concurrently; if either fails, stop the other."""
+    options.lock = None  # each attempt reads dstream.lock afresh; its two providers share that copy
     jobs = {
         role: asyncio.create_task(
             start_and_open(

@@ -11,6 +11,7 @@ Format (HCL, one block per reference; commit it with the task file)::
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -39,6 +40,8 @@ class LockFile:
     def __init__(self, path: Path, entries: dict[str, Locked] | None = None) -> None:
         self.path = path
         self.entries = entries or {}
+        # Both providers of a run resolve in worker threads and may each record a digest.
+        self._mutex = threading.RLock()
 
     @classmethod
     def load(cls, path: Path) -> LockFile:
@@ -69,19 +72,27 @@ class LockFile:
         return self.entries.get(ref)
 
     def set(self, ref: str, digest: str, kind: str) -> None:
-        self.entries[ref] = Locked(digest, kind, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        with self._mutex:
+            self.entries[ref] = Locked(digest, kind, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+    def update(self, ref: str, digest: str, kind: str) -> None:
+        """Set one entry and write the file, atomically with respect to other threads."""
+        with self._mutex:
+            self.set(ref, digest, kind)
+            self.save()
 
     def save(self) -> None:
-        blocks = []
-        for ref in sorted(self.entries):
-            entry = self.entries[ref]
-            blocks.append(
-                f'provider "{ref}" {{\n'
-                f'  digest    = "{entry.digest}"\n'
-                f'  kind      = "{entry.kind}"\n'
-                f'  locked_at = "{entry.locked_at}"\n'
-                "}\n"
-            )
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(_HEADER + "\n" + "\n".join(blocks))
-        tmp.replace(self.path)
+        with self._mutex:  # one writer at a time: the temporary file's name is shared
+            blocks = []
+            for ref in sorted(self.entries):
+                entry = self.entries[ref]
+                blocks.append(
+                    f'provider "{ref}" {{\n'
+                    f'  digest    = "{entry.digest}"\n'
+                    f'  kind      = "{entry.kind}"\n'
+                    f'  locked_at = "{entry.locked_at}"\n'
+                    "}\n"
+                )
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(_HEADER + "\n" + "\n".join(blocks))
+            tmp.replace(self.path)

@@ -19,8 +19,8 @@ from typing import Any
 
 import requests
 
-from dstream.distribution.reference import DOCKER_HUB, DOCKER_HUB_API, Reference
-from dstream.errors import DistributionError
+from dstream.distribution.reference import DOCKER_HUB_API, Reference
+from dstream.errors import DistributionError, RegistryUnreachable
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -97,13 +97,13 @@ class RegistryClient:
         self._tokens: dict[str, str] = {}
 
     def _base(self, ref: Reference) -> str:
-        host = DOCKER_HUB_API if ref.registry == DOCKER_HUB else ref.registry
+        host = ref.api_host
         scheme = "http" if is_insecure(host) else "https"
         return f"{scheme}://{host}"
 
-    def _get(self, ref: Reference, path: str, headers: dict[str, str], stream: bool = False) -> requests.Response:
+    def _get(self, ref: Reference, path: str, headers: dict[str, str]) -> requests.Response:
         url = self._base(ref) + path
-        host = url.split("/")[2]
+        host = ref.api_host
         scope = f"repository:{ref.repository}:pull"
         for attempt in range(2):
             request_headers = dict(headers)
@@ -111,9 +111,9 @@ class RegistryClient:
             if token:
                 request_headers["Authorization"] = token
             try:
-                response = self._session.get(url, headers=request_headers, timeout=TIMEOUT, stream=stream)
+                response = self._session.get(url, headers=request_headers, timeout=TIMEOUT)
             except requests.RequestException as exc:
-                raise DistributionError(f"cannot reach registry {ref.registry}: {_reason(exc)}") from None
+                raise RegistryUnreachable(f"cannot reach registry {ref.registry}: {_reason(exc)}") from None
             if response.status_code != 401 or attempt:
                 return response
             self._tokens[scope] = self._authenticate(response, host, scope)

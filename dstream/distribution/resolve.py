@@ -22,7 +22,7 @@ from dstream.distribution.lock import LOCK_FILE, LockFile
 from dstream.distribution.progress import PullProgress
 from dstream.distribution.reference import Reference, parse
 from dstream.distribution.registry import Manifest, RegistryClient
-from dstream.errors import DistributionError, LockMismatchError
+from dstream.errors import DistributionError, LockMismatchError, RegistryUnreachable
 from dstream.runtime.local import LocalRuntime
 
 if TYPE_CHECKING:
@@ -42,15 +42,14 @@ class Resolved:
     manifest: Manifest | None
 
 
-def resolve_digest(text: str, lock: LockFile, update_lock: bool, client: RegistryClient | None = None) -> Resolved:
+def resolve_digest(text: str, lock: LockFile, update_lock: bool) -> Resolved:
     """The digest ``text`` should run as, enforcing the lock file."""
     ref = parse(text)
-    client = client or RegistryClient()
     locked = lock.get(text)
     try:
-        manifest = client.manifest(ref)
-    except DistributionError as exc:
-        if locked is not None and "cannot reach" in str(exc):
+        manifest = RegistryClient().manifest(ref)
+    except RegistryUnreachable as exc:
+        if locked is not None:
             _log.warning("%s; using the locked digest %s for %s", exc, locked.digest, text)
             return Resolved(ref, locked.digest, locked.kind, None)
         raise
@@ -69,8 +68,7 @@ def resolve_digest(text: str, lock: LockFile, update_lock: bool, client: Registr
                 f"--update-lock (or `dstream lock`); otherwise pin the old one with name@{locked.digest}."
             )
         _log.warning("%s: updating %s from %s to %s", text, lock.path.name, locked.digest, manifest.digest)
-        lock.set(text, manifest.digest, kind)
-        lock.save()
+        lock.update(text, manifest.digest, kind)
     return Resolved(ref, manifest.digest, kind, manifest)
 
 
@@ -109,11 +107,21 @@ async def _remove_leftovers(runtime: DockerRuntime, task: str) -> None:
         await asyncio.to_thread(runtime.engine.remove, left.container_id)
 
 
+def _shared_lock(document: Document, options: LaunchOptions) -> LockFile:
+    """The lock file both providers of a run resolve against: with ``--update-lock`` each
+    may write an entry, and separate copies would overwrite each other's."""
+    path = document.base_dir / LOCK_FILE
+    # No await between the check and the assignment: the event loop cannot interleave them.
+    if options.lock is None or options.lock.path != path:
+        options.lock = LockFile.load(path)
+    return options.lock
+
+
 async def resolve_for_run(
     document: Document, spec: ProviderSpec, options: LaunchOptions
 ) -> tuple[Runtime, ProviderSpec]:
     text = spec.block.provider_ref or ""
-    lock = LockFile.load(document.base_dir / LOCK_FILE)
+    lock = _shared_lock(document, options)
     try:
         resolved = await asyncio.to_thread(resolve_digest, text, lock, options.update_lock)
     except DistributionError as exc:
@@ -141,7 +149,7 @@ async def resolve_for_run(
     return runtime, dataclasses.replace(spec, image=image)
 
 
-def lock_document(document: Document, update: bool = True) -> list[tuple[str, str, str]]:
+def lock_document(document: Document) -> list[tuple[str, str, str]]:
     """``dstream lock``: resolve every provider_ref of the file and write the lock file."""
     lock = LockFile.load(document.base_dir / LOCK_FILE)
     client = RegistryClient()
@@ -157,6 +165,5 @@ def lock_document(document: Document, update: bool = True) -> list[tuple[str, st
             lock.set(text, manifest.digest, manifest.kind)
         change = "new" if previous is None else ("unchanged" if previous.digest == manifest.digest else "updated")
         rows.append((text, manifest.digest, change))
-    if update:
-        lock.save()
+    lock.save()
     return rows
