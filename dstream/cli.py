@@ -6,7 +6,6 @@ one paragraph on stderr and turned into its exit code.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import sys
@@ -87,13 +86,13 @@ def lint(
     ] = True,
 ) -> None:
     """Check a task file; print each problem as FILE:LINE: message."""
-    from dstream.config import lint as lint_file
+    from dstream.config import check
 
-    problems = lint_file(file)
-    if not problems and schemas:
+    document, problems = check(file)
+    if schemas and document is not None:  # None exactly when there are problems
         from dstream.schemas import check_document
 
-        problems, notes = check_document(_load(file))
+        problems, notes = check_document(document)
         for note in notes:
             typer.echo(note, err=True)
     for problem in problems:
@@ -110,11 +109,11 @@ def spec(
     """Print a provider's config JSON schema (from its image label or the catalogue), without running it."""
     import json
 
-    from dstream.schemas import find_schema
+    from dstream.schemas import SPEC_LABEL, find_schema
 
     schema, source = find_schema(ref)
     if schema is None:
-        raise DStreamError(f"no config schema found for {ref} (no {'io.dstream.spec'} label, not in the catalogue)")
+        raise DStreamError(f"no config schema found for {ref} (no {SPEC_LABEL} label, not in the catalogue)")
     typer.echo(json.dumps(schema, indent=2))
     typer.echo(f"(from {source})", err=True)
 
@@ -171,6 +170,8 @@ def run(
 
 
 def _lifecycle(verb: str, task: str, file: Path | None, as_json: bool) -> None:
+    import asyncio
+
     from dstream import protocol
     from dstream.lifecycle import json_lines, render_table, run_verb
 
@@ -271,6 +272,7 @@ def state_reset(
 @app.command()
 def lock(file: FileOption = None) -> None:
     """Resolve every provider_ref to its registry digest and write dstream.lock."""
+    from dstream.distribution.lock import LOCK_FILE
     from dstream.distribution.resolve import lock_document
 
     document = _load(file)
@@ -280,7 +282,7 @@ def lock(file: FileOption = None) -> None:
     if not rows:
         typer.echo("no provider_ref in the task file: nothing to lock", err=True)
     else:
-        typer.echo(f"wrote {document.base_dir / 'dstream.lock'}", err=True)
+        typer.echo(f"wrote {document.base_dir / LOCK_FILE}", err=True)
 
 
 @app.command()

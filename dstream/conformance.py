@@ -15,19 +15,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dstream import protocol
-from dstream.config.models import Document, ProviderBlock, Task
+from dstream.config.models import Document, Task
 from dstream.errors import DStreamError, HandshakeError
 from dstream.handshake import open_provider
 from dstream.launch import LaunchOptions, new_run_id, prepare_spec
 from dstream.redact import Redactor
+from dstream.runtime.base import LABEL_RUN
 
 if TYPE_CHECKING:
-    from dstream.runtime.base import ProviderProcess
+    from dstream.runtime.base import ProviderProcess, ProviderSpec, Runtime
 
 UNKNOWN_KEY = "dstream_conformance_unknown_key"
 CHECKPOINT = {"dstream_conformance": 1}
@@ -46,7 +47,6 @@ class Suite:
         is_path = "/" not in ref or Path(ref).exists()
         container: dict[str, Any] = {"network": network} if network else {}
         block = {"provider_path" if is_path else "provider_ref": ref, "config": config, "container": container}
-        self.block = ProviderBlock.model_validate(block)
         self.task = Task.model_validate(
             {
                 "name": "conformance",
@@ -63,11 +63,22 @@ class Suite:
         self.options = LaunchOptions()
         self.redactor = Redactor()
         self.checks: list[Check] = []
+        self._prepared: tuple[Runtime, ProviderSpec] | None = None
+
+    async def _prepare(self) -> tuple[Runtime, ProviderSpec]:
+        """Resolve the provider once (registry, lock, pull); every later open reuses it
+        under a fresh run id, so each container still gets its own name and labels."""
+        run_id = new_run_id()
+        if self._prepared is None:
+            self._prepared = await prepare_spec(self.document, self.task, "conformance", run_id, self.options)
+            return self._prepared
+        runtime, spec = self._prepared
+        return runtime, replace(spec, run_id=run_id, labels={**spec.labels, LABEL_RUN: run_id})
 
     async def _open(
         self, config: dict[str, Any], command: str = "run", checkpoint: Any = None
     ) -> tuple[ProviderProcess, protocol.Handshake, bytes]:
-        runtime, spec = await prepare_spec(self.document, self.task, "conformance", new_run_id(), self.options)
+        runtime, spec = await self._prepare()
         proc = await runtime.start(spec, lambda line: None)
         try:
             handshake, rest = await open_provider(

@@ -143,7 +143,7 @@ def undeploy(task_name: str, timeout: float = 90) -> dict[str, int]:
         if time.monotonic() > deadline:
             raise RuntimeFailure(f"the containers of service {name} did not stop within {timeout:g}s")
         time.sleep(0.5)  # polling the engine for the replicas to exit
-    leftovers = _containers(engine, f"io.dstream.task={task_name}")
+    leftovers = [c["Id"] for c in engine.dstream_containers(task_name)]
     for container_id in leftovers:
         engine.remove(container_id)
     configs, secrets = swarm.remove_labelled(f"{LABEL_DEPLOY}={task_name}")

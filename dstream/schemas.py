@@ -45,12 +45,12 @@ def _from_local_image(ref: str) -> dict[str, Any] | None:
 
 def _from_registry(ref: str) -> dict[str, Any] | None:
     from dstream.distribution.reference import parse
-    from dstream.distribution.registry import RegistryClient
+    from dstream.distribution.registry import DOCKER_LIST, OCI_INDEX, RegistryClient
 
     parsed = parse(ref)
     client = RegistryClient()
     manifest = client.manifest(parsed)
-    if manifest.media_type.endswith(("index.v1+json", "list.v2+json")):
+    if manifest.media_type in (OCI_INDEX, DOCKER_LIST):
         chosen = next(
             (m for m in manifest.body.get("manifests", []) if (m.get("platform") or {}).get("architecture") == "amd64"),
             (manifest.body.get("manifests") or [None])[0],
@@ -98,12 +98,19 @@ def check_document(document: Document) -> tuple[list[str], list[str]]:
     on providers whose schema could not be found (not errors)."""
     from jsonschema import Draft202012Validator
 
+    from dstream.config.loader import by_line
+
     problems: list[str] = []
     notes: list[str] = []
     name = str(document.path)
+    # Finding a schema may inspect an image or ask the registry: once per provider.
+    found: dict[str, tuple[dict[str, Any] | None, str]] = {}
     for task in document.tasks.values():
         for role, block in (("input", task.input), ("output", task.output)):
-            schema, source = block_schema(block)
+            source_ref = block.provider_ref or block.provider_path or ""
+            if source_ref not in found:
+                found[source_ref] = block_schema(block)
+            schema, source = found[source_ref]
             if schema is None:
                 notes.append(f"{task.name} {role}: no config schema known for {block.source}; config not checked")
                 continue
@@ -122,4 +129,4 @@ def check_document(document: Document) -> tuple[list[str], list[str]]:
                 )
                 where = ".".join(["config", *path]) if path else "config"
                 problems.append(f"{name}:{line}: {task.name} {role} {where}: {error.message} (schema from {source})")
-    return sorted(problems, key=lambda p: int(p.split(":")[1]) if p.split(":")[1].isdigit() else 0), notes
+    return by_line(problems), notes

@@ -279,28 +279,37 @@ def find_file(file: str | Path | None) -> Path:
     return path
 
 
-def lint(file: str | Path | None, environ: Mapping[str, str] | None = None) -> list[str]:
-    """Every problem in a task file as ``FILE:LINE: message`` (empty when clean)."""
+def check(file: str | Path | None, environ: Mapping[str, str] | None = None) -> tuple[Document | None, list[str]]:
+    """Load a task file once: its document (None when invalid) and every problem, by line."""
+    _, document, problems = _check(file, environ)
+    return document, problems
+
+
+def _check(file: str | Path | None, environ: Mapping[str, str] | None) -> tuple[Path, Document | None, list[str]]:
     path = find_file(file)
     loader = _Loader(path, default_environ() if environ is None else environ)
-    loader.load(_read(path))
-    return _by_line(loader.problems)
+    document = loader.load(_read(path))
+    return path, document, by_line(loader.problems)
+
+
+def lint(file: str | Path | None, environ: Mapping[str, str] | None = None) -> list[str]:
+    """Every problem in a task file as ``FILE:LINE: message`` (empty when clean)."""
+    return check(file, environ)[1]
 
 
 def load(file: str | Path | None, environ: Mapping[str, str] | None = None) -> Document:
     """Load and validate a task file; raises ConfigError listing every problem."""
-    path = find_file(file)
-    loader = _Loader(path, default_environ() if environ is None else environ)
-    document = loader.load(_read(path))
+    path, document, problems = _check(file, environ)
     if document is None:
-        count = len(loader.problems)
+        count = len(problems)
         summary = f"{path}: {count} problem{'s' if count != 1 else ''} in the task file"
-        problems = _by_line(loader.problems)
         raise ConfigError(summary + "\n" + "\n".join(problems), problems)
     return document
 
 
-def _by_line(problems: list[str]) -> list[str]:
+def by_line(problems: list[str]) -> list[str]:
+    """``FILE:LINE: message`` lines sorted by line number (lines without one first)."""
+
     def key(problem: str) -> int:
         found = re.match(r"^.*?:(\d+): ", problem)
         return int(found.group(1)) if found else 0

@@ -68,14 +68,16 @@ def fetch_executable(ref: Reference, manifest: Manifest) -> Path:
     _log.info("pulling %s (%s) from %s", title, digest[:19], ref.registry)
     import oras.client
 
-    client = oras.client.OrasClient(hostname=ref.registry, insecure=is_insecure(ref.registry))
-    creds = docker_credentials(ref.registry)
+    host = ref.api_host
+    insecure = is_insecure(host)
+    client = oras.client.OrasClient(hostname=host, insecure=insecure)
+    creds = docker_credentials(host)
     if creds:
-        client.login(username=creds[0], password=creds[1], hostname=ref.registry, insecure=is_insecure(ref.registry))
+        client.login(username=creds[0], password=creds[1], hostname=host, insecure=insecure)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".part")
     try:
-        client.download_blob(f"{ref.name}@{manifest.digest}", digest, str(partial))
+        client.download_blob(f"{host}/{ref.repository}@{manifest.digest}", digest, str(partial))
     except Exception as exc:  # noqa: BLE001 - oras/requests raise many kinds; say which artifact failed
         partial.unlink(missing_ok=True)
         raise DistributionError(f"cannot download {title} of {ref}: {exc}") from None

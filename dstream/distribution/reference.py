@@ -41,6 +41,11 @@ class Reference:
         return self.name
 
     @property
+    def api_host(self) -> str:
+        """The host serving the registry API (Docker Hub's API is not at ``docker.io``)."""
+        return DOCKER_HUB_API if self.registry == DOCKER_HUB else self.registry
+
+    @property
     def reference(self) -> str:
         """The tag or digest to ask the registry for."""
         return self.digest or self.tag or "latest"

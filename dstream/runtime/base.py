@@ -17,6 +17,11 @@ if TYPE_CHECKING:
     from dstream.config.models import ProviderBlock
 
 StderrSink = Callable[[str], None]
+
+# What a run labels its providers with (containers; ``dstream ps`` and leftover checks read them).
+LABEL_TASK = "io.dstream.task"
+LABEL_ROLE = "io.dstream.role"
+LABEL_RUN = "io.dstream.run-id"
 STDERR_TAIL_LINES = 20
 READ_CHUNK = 256 * 1024
 

@@ -30,7 +30,15 @@ from docker.types import LogConfig, Mount
 from dstream import log
 from dstream.background import pid_alive
 from dstream.errors import DistributionError, RuntimeFailure
-from dstream.runtime.base import READ_CHUNK, ProviderSpec, StderrSink, StderrTail
+from dstream.runtime.base import (
+    LABEL_ROLE,
+    LABEL_RUN,
+    LABEL_TASK,
+    READ_CHUNK,
+    ProviderSpec,
+    StderrSink,
+    StderrTail,
+)
 from dstream.runtime.frames import STDERR, STDOUT, FrameDemux
 
 if TYPE_CHECKING:
@@ -38,9 +46,6 @@ if TYPE_CHECKING:
 
 _log = log.get("docker")
 
-LABEL_TASK = "io.dstream.task"
-LABEL_ROLE = "io.dstream.role"
-LABEL_RUN = "io.dstream.run-id"
 LABEL_HOST = "io.dstream.host"
 LABEL_PID = "io.dstream.pid"
 LABEL_OWNER = "io.dstream.owner-container"  # set when dstream itself runs in a container
