@@ -81,10 +81,11 @@ def entries() -> list[Entry]:
 
 
 def find(name: str) -> Entry:
-    for item in entries():
+    every = entries()
+    for item in every:
         if item.name == name:
             return item
-    known = ", ".join(e.name for e in entries())
+    known = ", ".join(e.name for e in every)
     raise ConfigError(f"no provider named {name!r} in the catalogue (known: {known})")
 
 

@@ -174,17 +174,17 @@ class Builder:
         image = orchestrator_image(registry)
         if build or self.engine.image(image) is None:
             self.build_orchestrator(registry)
-        repository, _, tag = image.rpartition(":")
-        self.echo(f"pushing {image}")
-        digest = self.engine.push(repository, tag, lambda event: None)
-        return f"{image}@{digest}" if digest else image
+        return self._push(image)
 
     def push(self, name: str, registry: str | None = None, build: bool = False) -> str:
-        entry = catalogue.find(name)
-        image = entry.image(registry)
-        repository, _, tag = image.rpartition(":")
+        image = catalogue.find(name).image(registry)
         if build or self.engine.image(image) is None:
             self.build(name, registry)
+        return self._push(image)
+
+    def _push(self, image: str) -> str:
+        """Push a built image; ``image@digest`` when the registry reports the digest."""
+        repository, _, tag = image.rpartition(":")
         self.echo(f"pushing {image}")
         digest = self.engine.push(repository, tag, lambda event: None)
         return f"{image}@{digest}" if digest else image
