@@ -212,7 +212,6 @@ class OutputReader:
     changes: list[Change] = field(default_factory=list)
     seen: set[tuple[Any, ...]] = field(default_factory=set)
     _offset: int = 0
-    _partial: bytes = b""
 
     def poll(self) -> int:
         try:
@@ -221,11 +220,11 @@ class OutputReader:
                 chunk = f.read()
         except FileNotFoundError:
             return 0
-        self._offset += len(chunk)
-        data = self._partial + chunk
-        lines = data.split(b"\n")
-        self._partial = lines.pop()
-        for line in lines:
+        # Read up to the last newline only: a torn tail left by a killed output is cut by the
+        # next file-output-provider, which then writes from that very offset.
+        complete = chunk.rfind(b"\n") + 1
+        self._offset += complete
+        for line in chunk[:complete].split(b"\n"):
             if line.strip():
                 value = json.loads(line)
                 meta = value["metadata"]
