@@ -467,6 +467,8 @@ def conformance_cmd(
         parsed = json.loads(config)
     except ValueError as exc:
         raise typer.BadParameter(f"not JSON: {exc}", param_hint="--config") from None
+    if not isinstance(parsed, dict):
+        raise typer.BadParameter('must be a JSON object, e.g. {"path": "/tmp/x"}', param_hint="--config")
     checks = run_suite(ref, parsed, kind.value if kind else None, timeout, network)
     from rich.console import Console
     from rich.table import Table

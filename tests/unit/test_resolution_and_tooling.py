@@ -1,5 +1,5 @@
-"""Regression tests for review fixes: the shared lock file, one-pass lint, registry errors,
-schema lookups, undeploy leftovers and conformance reuse of a resolved provider."""
+"""The shared lock file, one-pass lint, registry errors, schema lookups, undeploy leftovers,
+conformance reuse of a resolved provider, and the CLI's start-up and argument checks."""
 
 from __future__ import annotations
 
@@ -148,6 +148,18 @@ def test_cli_module_does_not_import_asyncio() -> None:
         check=True,
     )
     assert out.stdout.strip() == "False"
+
+
+def test_test_provider_refuses_a_config_that_is_not_an_object() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "dstream", "test-provider", "counter-input-provider", "--config", "[1]"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 2
+    assert "must be a JSON object" in out.stderr
+    assert "Traceback" not in out.stderr
 
 
 # -- 4. an unreachable registry is its own error ----------------------------------------
