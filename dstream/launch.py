@@ -116,7 +116,7 @@ async def open_pair(
     jobs = {
         role: asyncio.create_task(
             start_and_open(
-                document, task, role, run_id, command, checkpoint if role == "input" else None, options, redactor
+                document, task, role, run_id, command, checkpoint, options, redactor
             )
         )
         for role in ("input", "output")

@@ -160,6 +160,7 @@ class Host:
         command = str(envelope.get("command") or "run")
         self.ctx.task = envelope.get("task")
         self.ctx.command = command
+        self.ctx.checkpoint = envelope.get("checkpoint")
         verbs = supported_verbs(self.cls)
         if command not in verbs:
             self.ctx.log.info("verb %r is not supported by %s (supports: %s)", command, self.cls.name, verbs)
