@@ -1,59 +1,19 @@
 """The validated shape of a task file (pydantic models).
 
-Durations accept ``"500ms"``, ``"30s"``, ``"2m"``, ``"1h"`` or a number of seconds; sizes
-accept ``"8MiB"``, ``"512k"`` … or a number of bytes.
+Durations and sizes are the SDK's (:mod:`dstream.sdk.units`), so the task file and provider
+configs read them alike: ``"1m30s"``, ``"500ms"`` or seconds; ``"512m"`` (MiB, as
+``docker run -m``), ``"8MiB"`` or bytes.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
-
-
-def parse_duration(value: Any) -> float:
-    """Seconds from ``"500ms"``/``"30s"``/``"2m"``/``"1h"`` or a number of seconds."""
-    if isinstance(value, bool):
-        raise ValueError('expected a duration like "30s"')
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("a duration cannot be negative")
-        return float(value)
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if match:
-            number = float(match.group(1))
-            factor = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[match.group(2)]
-            return number * factor
-    raise ValueError(f'expected a duration like "500ms", "30s" or "2m", got {value!r}')
-
-
-def parse_size(value: Any) -> int:
-    """Bytes from ``"8MiB"``, ``"512k"``, ``"1GB"`` or a number of bytes."""
-    if isinstance(value, bool):
-        raise ValueError('expected a size like "8MiB"')
-    if isinstance(value, int):
-        if value <= 0:
-            raise ValueError("a size must be positive")
-        return value
-    if isinstance(value, str):
-        match = _SIZE.match(value)
-        if match:
-            unit = (match.group(2) or "b").lower()
-            power = "bkmgt".index(unit[0])
-            base = 1024 if unit.endswith(("i", "ib")) else 1000
-            return int(float(match.group(1)) * base**power)
-    raise ValueError(f'expected a size like "8MiB" or "512k", got {value!r}')
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-Size = Annotated[int, BeforeValidator(parse_size)]
-
+from dstream.sdk.units import ByteSize as Size
+from dstream.sdk.units import Duration
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

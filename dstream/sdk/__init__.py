@@ -31,10 +31,13 @@ from dstream.sdk.base import (
     ProviderConfig,
 )
 from dstream.sdk.types import Checkpoint, Envelope, Raw, Record, Resource
+from dstream.sdk.units import ByteSize, Duration
 
 __all__ = [
+    "ByteSize",
     "Checkpoint",
     "Context",
+    "Duration",
     "EmptyConfig",
     "Envelope",
     "InfrastructureProvider",

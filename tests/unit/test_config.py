@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from dstream.config import lint, load
-from dstream.config.models import parse_duration, parse_size
+from dstream.sdk.units import parse_duration, parse_size
 from dstream.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -239,14 +239,39 @@ def test_unknown_task_lists_known_ones(task_file: Callable[..., Path]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "seconds"), [("500ms", 0.5), ("30s", 30), ("2m", 120), ("1h", 3600), (5, 5.0), ("1.5s", 1.5)]
+    ("text", "seconds"),
+    [
+        ("500ms", 0.5),
+        ("30s", 30),
+        ("2m", 120),
+        ("1h", 3600),
+        (5, 5.0),
+        ("1.5s", 1.5),
+        ("1m30s", 90),
+        ("1h2m3.5s", 3723.5),
+        ("7d", 604800),
+        ("250us", 0.00025),
+        ("12", 12.0),
+    ],
 )
 def test_durations(text: object, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
 @pytest.mark.parametrize(
-    ("text", "size"), [("8MiB", 8 * 1024 * 1024), ("512k", 512_000), ("1KiB", 1024), (100, 100), ("2GB", 2 * 10**9)]
+    ("text", "size"),
+    [
+        ("8MiB", 8 * 1024 * 1024),
+        ("512k", 512 * 1024),
+        ("1KiB", 1024),
+        (100, 100),
+        ("2GB", 2 * 1024**3),
+        ("512m", 536870912),
+        ("512M", 536870912),
+        ("512mb", 536870912),
+        ("1.5g", 1610612736),
+        ("64", 64),
+    ],
 )
 def test_sizes(text: object, size: int) -> None:
     assert parse_size(text) == size
@@ -257,3 +282,9 @@ def test_bad_size_and_duration_are_rejected() -> None:
         parse_duration("soon")
     with pytest.raises(ValueError, match="size"):
         parse_size("lots")
+    for bad in ("1m30", "-5s", "30 s s", "5x"):
+        with pytest.raises(ValueError, match="duration"):
+            parse_duration(bad)
+    for bad in ("0", "-1m", "5ib", "1q"):
+        with pytest.raises(ValueError, match="size"):
+            parse_size(bad)
