@@ -114,11 +114,7 @@ async def open_pair(
     """Start and open both providers concurrently; if either fails, stop the other."""
     options.lock = None  # each attempt reads dstream.lock afresh; its two providers share that copy
     jobs = {
-        role: asyncio.create_task(
-            start_and_open(
-                document, task, role, run_id, command, checkpoint, options, redactor
-            )
-        )
+        role: asyncio.create_task(start_and_open(document, task, role, run_id, command, checkpoint, options, redactor))
         for role in ("input", "output")
     }
     try:

@@ -26,15 +26,15 @@ __all__ = ["DURATION_PATTERN", "SIZE_PATTERN", "ByteSize", "Duration", "parse_du
 _DURATION_UNITS = {
     "ns": 1e-9,
     "us": 1e-6,
-    "µs": 1e-6,  # noqa: RUF001 (Go accepts the micro sign)
-    "μs": 1e-6,  # noqa: RUF001 (and the Greek mu)
+    "µs": 1e-6,
+    "μs": 1e-6,
     "ms": 1e-3,
     "s": 1.0,
     "m": 60.0,
     "h": 3600.0,
     "d": 86400.0,
 }
-_TERM = r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h|d)"  # noqa: RUF001
+_TERM = r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h|d)"
 _TERM_RE = re.compile(_TERM)
 DURATION_PATTERN = rf"^\s*(\d+(\.\d+)?|({_TERM})+)\s*$"
 _DURATION_RE = re.compile(rf"^(?:{_TERM})+$")

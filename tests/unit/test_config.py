@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from dstream.config import lint, load
-from dstream.sdk.units import parse_duration, parse_size
 from dstream.errors import ConfigError
+from dstream.sdk.units import parse_duration, parse_size
 
 if TYPE_CHECKING:
     from collections.abc import Callable
