@@ -27,11 +27,16 @@ VERBS = ("run", "init", "plan", "status", "destroy")
 LIFECYCLE_VERBS = ("init", "plan", "status", "destroy")
 FEATURE_ACK = "ack"
 FEATURE_COMMIT = "commit"
+# Orchestrator features, announced in the command envelope's "features": "gauge" means
+# providers may print {"gauge": {...}} lines, which dstream exports and never forwards.
+FEATURE_GAUGE = "gauge"
+ORCHESTRATOR_FEATURES = (FEATURE_GAUGE,)
 
 # Cheap substring probes so the relay only parses lines that may be control lines.
 CHECKPOINT_TOKEN = b'"checkpoint"'
 ACK_TOKEN = b'"ack"'
 COMMITTED_TOKEN = b'"committed"'
+GAUGE_TOKEN = b'"gauge"'
 
 Command = Literal["run", "init", "plan", "status", "destroy"]
 
@@ -90,13 +95,27 @@ def valid_block(block: bytes) -> int:
     return lines if count == lines else -1
 
 
-def command_envelope(command: str, config: dict[str, Any], checkpoint: Any = None, task: str | None = None) -> bytes:
-    """The first stdin line. ``task`` (an addition) lets providers tag what they own."""
+def command_envelope(
+    command: str,
+    config: dict[str, Any],
+    checkpoint: Any = None,
+    task: str | None = None,
+    features: tuple[str, ...] = (),
+) -> bytes:
+    """The first stdin line. ``task`` (an addition) lets providers tag what they own;
+    ``features`` are what this orchestrator accepts beyond protocol 1's base."""
     envelope: dict[str, Any] = {"command": command, "config": config, "checkpoint": checkpoint}
     envelope["protocol"] = PROTOCOL_VERSION
     if task is not None:
         envelope["task"] = task
+    if features:
+        envelope["features"] = list(features)
     return encode(envelope)
+
+
+def gauge(name: str, value: float, labels: dict[str, str]) -> bytes:
+    """A provider-reported metric; the orchestrator exports it as ``dstream_provider_<name>``."""
+    return encode({"gauge": {"name": name, "value": value, "labels": labels}})
 
 
 @dataclass(frozen=True)

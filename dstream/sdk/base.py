@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
+from dstream import protocol
+
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable, Iterator
 
@@ -54,6 +56,7 @@ class Context:
         self._before_sleep: list[Any] = []
         self._on_committed: Any = None
         self._stdout: Any = None
+        self._gauges = False  # the orchestrator accepts {"gauge": …} lines
 
     def write_stdout(self, data: bytes) -> None:
         """Print user-facing bytes on stdout, in order with the protocol lines.
@@ -62,6 +65,17 @@ class Context:
         to its own stdout. Never print to ``sys.stdout`` directly from a provider.
         """
         self._stdout(data)
+
+    def gauge(self, name: str, value: float, **labels: str) -> None:
+        """Report a provider metric, e.g. ``ctx.gauge("lag_seconds", 1.5, table="dbo.Orders")``.
+
+        dstream exports it as the Prometheus gauge ``dstream_provider_<name>`` with the
+        task, the stage and these labels, and shows it in ``dstream run``'s status. Under
+        an orchestrator that does not accept gauges (upstream's) this does nothing, since
+        such a line would be relayed as data there.
+        """
+        if self._gauges:
+            self._stdout(protocol.gauge(name, float(value), {k: str(v) for k, v in labels.items()}))
 
     def sleep(self, seconds: float) -> bool:
         """Wait up to ``seconds``; False when the provider should stop instead.

@@ -161,6 +161,7 @@ class Host:
         self.ctx.task = envelope.get("task")
         self.ctx.command = command
         self.ctx.checkpoint = envelope.get("checkpoint")
+        self.ctx._gauges = protocol.FEATURE_GAUGE in (envelope.get("features") or ())
         verbs = supported_verbs(self.cls)
         if command not in verbs:
             self.ctx.log.info("verb %r is not supported by %s (supports: %s)", command, self.cls.name, verbs)

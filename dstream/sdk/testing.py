@@ -44,6 +44,11 @@ class ProviderRun:
         return [m["ack"] for m in self.messages if "ack" in m]
 
     @property
+    def gauges(self) -> list[dict[str, Any]]:
+        """What the provider reported with ``ctx.gauge`` (name, value, labels), in order."""
+        return [m["gauge"] for m in self.messages if "gauge" in m]
+
+    @property
     def resources(self) -> list[dict[str, Any]]:
         return [m["resource"] for m in self.messages if "resource" in m]
 
@@ -62,7 +67,9 @@ def run_provider(
     stdin_lines: list[bytes] | None = None,
     task: str = "test-task",
 ) -> ProviderRun:
-    stdin = io.BytesIO(protocol.command_envelope(command, config, checkpoint, task) + b"".join(stdin_lines or []))
+    # Announced as dstream's orchestrator does, so ctx.gauge() reports are collected.
+    envelope = protocol.command_envelope(command, config, checkpoint, task, protocol.ORCHESTRATOR_FEATURES)
+    stdin = io.BytesIO(envelope + b"".join(stdin_lines or []))
     stdout = io.BytesIO()
     code = Host(cls, stdin, stdout).run()
     raw = stdout.getvalue()
