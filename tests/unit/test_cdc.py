@@ -1,5 +1,6 @@
-"""The engine-agnostic CDC pieces (dstream.sdk.cdc): positions, transaction assembly,
-heartbeats, adaptive polling, reconnect backoff, the shared config."""
+"""The engine-agnostic CDC pieces (dstream.sdk.cdc): positions, snapshot planning and
+chunked resumable reads, transaction assembly, heartbeats, lag gauges, adaptive polling,
+reconnect backoff, the shared config."""
 
 from __future__ import annotations
 
@@ -11,11 +12,19 @@ from pydantic import ValidationError
 from dstream.sdk.cdc import (
     Backoff,
     CdcConfig,
+    ChunkCursor,
+    LagReporter,
     PollInterval,
     Position,
     PositionError,
-    SnapshotCursor,
+    SnapshotPlan,
     TransactionAssembler,
+    parse_tables,
+    plan_snapshots,
+    read_chunks,
+    read_metadata,
+    row_key,
+    tables_json,
 )
 
 
@@ -34,7 +43,7 @@ def parse(text: str) -> int:
 
 def test_position_json_round_trip_and_numeric_order() -> None:
     positions = [
-        Position(5, snapshot=SnapshotCursor(("a",), "b", ("7",))),
+        Position(5, snapshot=ChunkCursor(("7",), 3)),
         Position(5),
         Position(5, 3),
         Position(9),
@@ -60,13 +69,105 @@ def test_foreign_checkpoints_are_refused(bad: Any) -> None:
         Position.from_json(bad, parse)
 
 
-def test_snapshot_cursor_json() -> None:
-    cursor = SnapshotCursor(("public.a",), "public.b", ("1", "x"))
-    assert cursor.to_json() == {"done": ["public.a"], "table": "public.b", "after": ["1", "x"]}
-    assert SnapshotCursor.from_json(cursor.to_json()) == cursor
-    assert SnapshotCursor.from_json({"done": []}) == SnapshotCursor()
+def test_chunk_cursor_json() -> None:
+    cursor = ChunkCursor(("1", "x"), 20)
+    assert cursor.to_json() == {"after": ["1", "x"], "rows": 20}
+    assert ChunkCursor.from_json(cursor.to_json()) == cursor
+    assert ChunkCursor.from_json({"after": None}) == ChunkCursor()
+    for bad in ({"after": "1"}, {"after": [1]}, {"rows": -1}, {"done": []}, [], {"rows": True}):
+        with pytest.raises(PositionError):
+            ChunkCursor.from_json(bad)
+
+
+def test_tables_json_round_trip() -> None:
+    positions = {"dbo.a": Position(5, 2), "dbo.b": Position(9, snapshot=ChunkCursor(("k",), 1))}
+    assert parse_tables(tables_json(positions, fmt), parse) == positions
     with pytest.raises(PositionError):
-        SnapshotCursor.from_json({"done": "public.a"})
+        parse_tables(["dbo.a"], parse)
+    with pytest.raises(PositionError):
+        parse_tables({"dbo.a": {"lsn": "X"}}, parse)
+
+
+# -- snapshots -------------------------------------------------------------------------------
+
+
+def test_snapshot_plans_per_mode() -> None:
+    tables = ["a", "b", "c", "d"]
+    inside = Position(7, snapshot=ChunkCursor(("3",), 3))
+    stored = {"a": Position(10), "b": inside, "d": Position(2)}
+    # initial: only the table without a position (c, added to tables later) starts; b resumes.
+    assert plan_snapshots("initial", tables, stored, expired={"d"}) == SnapshotPlan(("c",), ("b",))
+    # when_needed: also d, whose position the source no longer holds.
+    assert plan_snapshots("when_needed", tables, stored, expired={"d"}) == SnapshotPlan(("c", "d"), ("b",))
+    # never: nothing starts, but a snapshot that was under way is finished.
+    assert plan_snapshots("never", tables, stored) == SnapshotPlan((), ("b",))
+    first = plan_snapshots("initial", tables, {})
+    assert first.tables == tuple(tables)
+    assert not plan_snapshots("initial", ["a"], {"a": Position(1)})
+
+
+class Table:
+    """A table of keyed rows, read by chunk the way an engine's chunk query would."""
+
+    def __init__(self, keys: list[int]) -> None:
+        self.rows = sorted(keys)
+        self.queries: list[tuple[tuple[str, ...] | None, int]] = []
+
+    def chunk(self, after: tuple[str, ...] | None, limit: int) -> list[int]:
+        self.queries.append((after, limit))
+        low = int(after[0]) if after is not None else None
+        return [k for k in self.rows if low is None or k > low][:limit]
+
+
+def key_text(row: int) -> tuple[str, ...]:
+    return (str(row),)
+
+
+def test_chunks_read_every_row_once_and_each_row_carries_the_cursor_after_it() -> None:
+    table = Table(list(range(1, 26)))
+    out = list(read_chunks(table.chunk, key_text, ChunkCursor(), 10))
+    assert [row for row, _ in out] == list(range(1, 26))
+    assert out[9][1] == ChunkCursor(("10",), 10)
+    assert out[-1][1] == ChunkCursor(("25",), 25)
+    # One query per chunk, each bounded by the previous chunk's last key.
+    assert table.queries == [(None, 10), (("10",), 10), (("20",), 10)]
+
+
+def test_a_snapshot_killed_anywhere_resumes_after_the_last_acknowledged_row() -> None:
+    """Resuming from any row's cursor (what a checkpoint holds) yields exactly the rest: no
+    row is lost (Airbyte's resumable full refresh lost rows here, airbyte#44378), none repeats."""
+    keys = [3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 377]
+    table = Table(keys)
+    full = list(read_chunks(table.chunk, key_text, ChunkCursor(), 4))
+    for i, (_, cursor) in enumerate(full):
+        rest = [row for row, _ in read_chunks(Table(keys).chunk, key_text, cursor, 4)]
+        assert rest == keys[i + 1 :], cursor
+        assert i + 1 + len(rest) == len(keys)
+    # Rows deleted or inserted meanwhile: the rest is read as it is now, after the cursor.
+    changed = Table([k for k in keys if k != 21] + [22, 1000])
+    rest = [row for row, _ in read_chunks(changed.chunk, key_text, ChunkCursor(("13",), 4), 4)]
+    assert rest == [22, 34, 55, 89, 144, 233, 377, 1000]
+
+
+def test_a_table_without_a_key_restarts_from_its_first_row() -> None:
+    table = Table(list(range(1, 8)))
+    out = list(read_chunks(table.chunk, key_text, ChunkCursor(("4",), 4), 3, resumable=False))
+    assert [row for row, _ in out] == list(range(1, 8))
+    assert all(cursor.after is None for _, cursor in out)
+    assert [cursor.rows for _, cursor in out] == list(range(1, 8))
+
+
+def test_snapshot_row_metadata_names_each_row_uniquely() -> None:
+    keyed = read_metadata("dbo.t", "L7", row_key({"id": 4, "v": "x"}, ["id"]), "p1", 4)
+    assert keyed == {"TableName": "dbo.t", "OperationType": "Read", "LSN": "L7", "Key": {"id": 4}}
+    assert row_key({"b": 2, "a": 1}, ["b", "a"]) == {"b": 2, "a": 1}
+    assert list(row_key({"b": 2, "a": 1}, ["b", "a"]) or {}) == ["b", "a"]  # key order
+    assert row_key({"a": 1}, []) is None
+    keyless = [read_metadata("dbo.t", "L7", None, "p1", n) for n in (1, 2)]
+    assert [m["Seq"] for m in keyless] == ["p1:1", "p1:2"]
+    assert "Key" not in keyless[0]
+    # A second pass of a keyless table names its rows differently: never the same id for two rows.
+    assert read_metadata("dbo.t", "L7", None, "p2", 1)["Seq"] != keyless[0]["Seq"]
 
 
 # -- transaction assembly --------------------------------------------------------------------
@@ -166,7 +267,7 @@ def test_no_checkpoint_inside_a_transaction_and_a_cut_transaction_is_read_again(
 
 def test_after_a_snapshot_taken_at_a_position_the_stream_starts_there() -> None:
     # Transactions committed below the snapshot's position are in the snapshot.
-    asm: TransactionAssembler[str] = TransactionAssembler(Position(30, snapshot=SnapshotCursor()), fmt)
+    asm: TransactionAssembler[str] = TransactionAssembler(Position(30, snapshot=ChunkCursor()), fmt)
     assert asm.begin(10, 12) is False
     asm.commit()
     assert asm.begin(30, 33) is True
@@ -201,10 +302,47 @@ def test_backoff_doubles_within_its_time_budget() -> None:
 # -- config -------------------------------------------------------------------------------------
 
 
+# -- lag ---------------------------------------------------------------------------------------
+
+
+def test_lag_gauges_are_rate_limited_per_table_and_logged_periodically(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    now = [100.0]
+    sent: list[tuple[str, float, dict[str, str]]] = []
+    lag = LagReporter(
+        lambda name, value, **labels: sent.append((name, value, labels)),
+        logging.getLogger("t"),
+        every=1.0,
+        log_every=60.0,
+        clock=lambda: now[0],
+    )
+    lag.observe("a", 2.5, 100)
+    lag.observe("a", 2.0)  # within a second: not sent again
+    lag.observe("b", None)  # unknown: no gauge
+    assert sent == [("lag_seconds", 2.5, {"table": "a"}), ("lag_lsn_bytes", 100.0, {"table": "a"})]
+    now[0] += 1.5
+    lag.observe("a", -0.1)
+    assert sent[-1] == ("lag_seconds", 0.0, {"table": "a"})  # never negative
+    with caplog.at_level(logging.INFO, "t"):
+        lag.log_due()
+        assert not caplog.records  # not yet a minute
+        now[0] += 60
+        lag.log_due()
+    assert caplog.records[0].getMessage() == "lag behind the newest captured change: a 0.0s; b unknown"
+
+
 def test_cdc_config_validation() -> None:
     config = CdcConfig(tables=[" public.a ", "b"])
     assert config.tables == ["public.a", "b"]
-    assert (config.poll_interval, config.max_poll_interval, config.snapshot) == (0.2, 5.0, "none")
+    assert (config.poll_interval, config.max_poll_interval, config.snapshot) == (0.2, 5.0, "initial")
+    durations = CdcConfig(tables=["a"], poll_interval="200ms", max_poll_interval="1m30s", reconnect_timeout="2m")
+    assert (durations.poll_interval, durations.max_poll_interval, durations.reconnect_timeout) == (0.2, 90.0, 120.0)
+    assert CdcConfig(tables=["a"], snapshot="none").snapshot == "never"  # the setting's earlier name
+    with pytest.raises(ValidationError):
+        CdcConfig(tables=["a"], poll_interval="0s")
+    with pytest.raises(ValidationError):
+        CdcConfig(tables=["a"], poll_interval="soon")
     with pytest.raises(ValidationError, match="listed twice"):
         CdcConfig(tables=["a", "a"])
     with pytest.raises(ValidationError, match="shorter than poll_interval"):

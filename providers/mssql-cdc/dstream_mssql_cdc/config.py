@@ -35,7 +35,7 @@ class MssqlCdcConfig(CdcConfig):
             "omitted: every table with a CDC capture instance (and tables enabled later)"
         ),
     )
-    snapshot: Literal["none"] = Field(
+    snapshot: Literal["none"] = Field(  # type: ignore[assignment]
         default="none",
         description=(
             'only "none": SQL Server CDC has no consistent initial snapshot here; start = "earliest" reads every '

@@ -4,18 +4,34 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Annotated
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BeforeValidator, Field, SecretStr, field_validator
 
-from dstream.sdk.cdc import CdcConfig
+from dstream.sdk.cdc import CdcConfig, SnapshotMode
 
 SLOT_NAME = r"^[a-z0-9_]{1,56}$"
 READER_SUFFIX = "_reader"  # the temporary slot a run reads through (see source.py)
 
 
+def _snapshot_mode(value: object) -> object:
+    return "never" if value == "none" else value  # "none": this setting's earlier name
+
+
 class PostgresCdcConfig(CdcConfig):
+    # The default differs from CdcConfig's ("initial", Debezium's): `dstream init` creates the
+    # slot, which already marks where the task's stream starts, and changing what a task without
+    # `snapshot` emits would surprise its users. "initial" / "when_needed" add the rows.
+    snapshot: Annotated[SnapshotMode, BeforeValidator(_snapshot_mode)] = Field(
+        default="never",
+        description=(
+            "never (default): changes only, from the slot's position; initial: a table without a position in the "
+            "checkpoint (all on the first run, tables added later alone) first gets its rows (OperationType Read); "
+            "when_needed: also when the slot is past the checkpoint (instead of failing)"
+        ),
+    )
     dsn: SecretStr = Field(
         description=(
             "libpq connection string or URI (a secret), e.g. postgresql://user:password@host:5432/db; "

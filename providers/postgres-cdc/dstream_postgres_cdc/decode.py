@@ -13,7 +13,10 @@ Envelopes: ``data`` is the row after the change (for a delete: the row as it was
 as the replica identity tells: its key, or every column with REPLICA IDENTITY FULL);
 ``metadata`` has ``TableName`` (schema.table), ``OperationType``, ``LSN`` (the commit LSN),
 ``Seq`` (the change's number in its transaction, from 1), ``TxId``, ``CommitTime`` (ISO
-8601), and ``Before`` (the old row or its key) for updates and deletes. An update that
+8601), ``Key`` (the replica identity's columns: the primary key or the REPLICA IDENTITY
+USING INDEX index, in index order; for a delete from the old row, for an update the new
+key; absent for a table with neither), and ``Before`` (the old row or its key) for updates
+and deletes. An update that
 left a TOASTed column unchanged carries no value for it from wal2json; with REPLICA
 IDENTITY FULL the value is filled in from the old row.
 """
@@ -28,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from dstream.sdk import Record
-from dstream.sdk.cdc import DELETE, INSERT, TRUNCATE, UPDATE
+from dstream.sdk.cdc import DELETE, INSERT, TRUNCATE, UPDATE, row_key
 from dstream_postgres_cdc.lsn import parse_lsn
 
 if TYPE_CHECKING:
@@ -73,44 +76,72 @@ def commit_time(text: str | None) -> str | None:
 
 
 class Decoder:
-    """Feeds wal2json rows through a :class:`TransactionAssembler` and builds records."""
+    """Feeds wal2json rows through a :class:`TransactionAssembler` and builds records.
 
-    def __init__(self, tables: list[Table], numeric_as_string: bool = False) -> None:
+    ``starts`` holds, per table, where its changes start (the point of the snapshot its
+    rows came from): changes of transactions committed below it are dropped, as the
+    snapshot has them. ``tables`` is the ``"tables"`` part of every position handed out.
+    """
+
+    def __init__(
+        self,
+        tables: list[Table],
+        numeric_as_string: bool = False,
+        starts: dict[str, int] | None = None,
+        positions: dict[str, Any] | None = None,
+    ) -> None:
         self.names = {(t.schema, t.name): t.qualified for t in tables}
+        self.keys = {t.qualified: t.key for t in tables}
+        self.starts = {name: lsn for name, lsn in (starts or {}).items() if lsn > 0}
+        self.positions = positions if positions is not None else {}
         self._loads = loads_exact if numeric_as_string else loads
         self._txn: tuple[str, Any, str | None] = ("", None, None)  # commit LSN text, xid, commit time
+        self._commit = 0
+        self.last_commit_time: str | None = None  # of the last transaction handed out (for lag)
+
+    def position(self, stream: dict[str, Any]) -> dict[str, Any]:
+        return {**stream, "tables": self.positions}
 
     def feed(self, rows: list[tuple[str]], asm: TransactionAssembler[Record], out: list[Record]) -> int:
         """Decode ``rows`` into ``out`` (records with their positions); return how many."""
         emitted = 0
+        starts = self.starts
         for (text,) in rows:
             kind = text[ACTION_AT]
             if kind in "IUDT":
                 seq = asm.next_change()
                 if not seq:
                     continue  # emitted before this restart or reconnect: not even decoded
-                ready = asm.change(self._record(kind, self._loads(text), seq))
+                row = self._loads(text)
+                if starts and self._commit < starts.get(self._table(row), 0):
+                    continue  # in the rows of the table's snapshot, taken after this commit
+                ready = asm.change(self._record(kind, row, seq))
             elif kind == "B":
                 row = loads(text)
                 commit, end = row["lsn"], row["nextlsn"]
-                asm.begin(parse_lsn(commit), parse_lsn(end), commit, end)
+                self._commit = parse_lsn(commit)
+                asm.begin(self._commit, parse_lsn(end), commit, end)
                 self._txn = (commit, row.get("xid"), commit_time(row.get("timestamp")))
                 continue
             elif kind == "C":
                 ready = asm.commit()
+                self.last_commit_time = self._txn[2]
             else:
                 continue  # "M": a logical decoding message, not a row change
             if ready is not None:
                 record, position = ready
-                record.position = position
+                record.position = {**position, "tables": self.positions}
                 out.append(record)
                 emitted += 1
         return emitted
 
+    def _table(self, row: dict[str, Any]) -> str:
+        schema, name = row["schema"], row["table"]
+        return self.names.get((schema, name)) or f"{schema}.{name}"
+
     def _record(self, kind: str, row: dict[str, Any], seq: int) -> Record:
         commit, xid, when = self._txn
-        schema, name = row["schema"], row["table"]
-        table = self.names.get((schema, name)) or f"{schema}.{name}"
+        table = self._table(row)
         meta: dict[str, Any] = {
             "TableName": table,
             "OperationType": _OPERATIONS[kind],
@@ -119,23 +150,36 @@ class Decoder:
             "TxId": xid,
             "CommitTime": when,
         }
+        key = self.keys.get(table, ())
         if kind == "I":
-            return Record({c["name"]: c["value"] for c in row["columns"]}, meta)
+            data = {c["name"]: c["value"] for c in row["columns"]}
+            _set_key(meta, data, key)
+            return Record(data, meta)
         if kind == "U":
             data = {c["name"]: c["value"] for c in row["columns"]}
             identity = row.get("identity")
+            before: dict[str, Any] = {}
             if identity is not None:
                 before = {c["name"]: c["value"] for c in identity}
                 if len(before) > len(data):  # unchanged TOAST values: the old row has them
                     for column, value in before.items():
                         data.setdefault(column, value)
+            _set_key(meta, {**before, **data}, key)  # the new key (a key column is never left out)
+            if identity is not None:
                 meta["Before"] = before
             return Record(data, meta)
         if kind == "D":
             before = {c["name"]: c["value"] for c in row.get("identity") or ()}
+            _set_key(meta, before, key)
             meta["Before"] = before
             return Record(before, meta)
         return Record({}, meta)  # "T": the table was truncated
+
+
+def _set_key(meta: dict[str, Any], values: dict[str, Any], key: tuple[str, ...]) -> None:
+    found = row_key(values, key)
+    if found is not None:
+        meta["Key"] = found
 
 
 def converters(table: Table, numeric_as_string: bool) -> list[Callable[[str], Any] | None]:

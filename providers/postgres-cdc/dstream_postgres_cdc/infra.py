@@ -5,7 +5,8 @@
   tables that do not have it.
 - plan: the same checks and rows, with the actions init would take, changing nothing.
 - status: the slot (present/absent, whether a run is reading it, its lag in bytes:
-  ``pg_current_wal_lsn() - confirmed_flush_lsn``, and the WAL it retains) and each table.
+  ``pg_current_wal_lsn() - confirmed_flush_lsn``, and the WAL it retains) and each table
+  (replica identity, key, lag in bytes behind the current LSN, snapshot progress).
 - destroy: drops the slot (refusing while a run reads it). Tables are left as they are.
 """
 
@@ -20,6 +21,7 @@ from dstream_postgres_cdc.lsn import format_lsn
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from dstream_postgres_cdc.checkpoint import Stored
     from dstream_postgres_cdc.source import Session, Slot, Table
 
 SLOT = "replication_slot"
@@ -132,20 +134,32 @@ class Infrastructure:
             else:
                 yield Resource(IDENTITY, table.qualified, "none", table.identity)
 
-    def status(self) -> Iterator[Resource]:
+    def status(self, stored: Stored | None = None) -> Iterator[Resource]:
+        """The slot and each table; with the task's checkpoint (``stored``), each table's lag in
+        WAL bytes behind the server's current LSN and how far a snapshot under way got."""
         slot = self.db.slot(self.slot)
         if slot is None:
             level = self.db.wal_level()
-            details = {} if level == "logical" else {"wal_level": level}
-            yield Resource(SLOT, self.slot, "none", "absent", details)
+            missing = {} if level == "logical" else {"wal_level": level}
+            yield Resource(SLOT, self.slot, "none", "absent", missing)
         else:
             yield Resource(SLOT, self.slot, "none", "present", self._slot_details(slot))
+        position = stored.stream.lsn if stored is not None and stored.stream is not None else None
+        if position is None and slot is not None:
+            position = slot.confirmed  # what the orchestrator last committed
+        current = self.db.wal_lsn() if position is not None else None
         for name in self.table_names:
             table = self.db.table(name)
             if table is None:
                 yield Resource("table", name, "none", "absent")
-            else:
-                yield Resource(IDENTITY, table.qualified, "none", table.identity)
+                continue
+            details: dict[str, Any] = {"key": list(table.key)} if table.key else {"key": None}
+            if current is not None and position is not None:
+                details["lag_bytes"] = max(0, current - position)
+            mine = stored.tables.get(table.qualified) if stored is not None else None
+            if mine is not None and mine.snapshot is not None:
+                details["snapshot_rows"] = mine.snapshot.rows  # emitted so far of a snapshot under way
+            yield Resource(IDENTITY, table.qualified, "none", table.identity, details)
 
     def destroy(self) -> Iterator[Resource]:
         slot = self.db.slot(self.slot)

@@ -6,7 +6,7 @@ source.py), and decodes them (decode.py). Polls follow each other at once while 
 comes back full, every ``poll_interval`` while changes arrive, and back off (doubling) to
 ``max_poll_interval`` while idle.
 
-Positions (``dstream.sdk.cdc.Position``), as checkpoints:
+Positions (``dstream.sdk.cdc.Position``; checkpoint.py has the whole checkpoint):
 
 - ``{"lsn": L}``: every transaction whose commit LSN is below L was emitted. After a
   transaction, L is the end of its commit record (wal2json's ``nextlsn``); after a poll
@@ -16,8 +16,7 @@ Positions (``dstream.sdk.cdc.Position``), as checkpoints:
 - ``{"lsn": C, "index": k}``: inside the transaction that commits at C, after its k-th
   change. Resuming skips its first k changes. The slot is advanced to C, which keeps that
   transaction.
-- ``{"lsn": P, "snapshot": {"done": [...], "table": T, "after": [key]}}``: inside the
-  initial snapshot whose rows are the state as of P.
+- ``"tables"``: each table's own start (and, inside its snapshot, how far it got).
 
 The task's slot moves only in :meth:`on_committed` (what the orchestrator persisted after
 the output acknowledged it) and at start to the checkpoint the run resumes from, so WAL is
@@ -25,36 +24,43 @@ kept until the output has the data. Heartbeats (transactions of other tables, or
 flush LSN when idle) advance the checkpoint, and so the slot, while the captured tables
 are quiet.
 
-Initial snapshot (``snapshot = "initial"``, first run): a temporary slot exports a snapshot
-at its consistent point P; every row of each table is emitted (``OperationType = "Read"``,
-in key order, in pages of ``batch_size``), then the stream starts at P: no change is lost
-or doubled between the two. After a crash inside the snapshot the exported snapshot is
-gone: the run exports a new one at P2 >= P, emits the remaining rows (tables not done, and
-keys after the last emitted one) as of P2, then streams from P. Changes between P and P2
-then come as changes after rows that already include them: replaying the stream by key
-(upsert on Read/Insert/Update, delete on Delete) still ends in the table's state, and
-nothing is missing. A table without a primary key or replica identity index restarts from
-its first row after such a crash (duplicates, nothing missing).
+Snapshots (``snapshot = "initial"`` or ``"when_needed"``; snapshot.py): on a first run every
+table's rows come first (``OperationType = "Read"``), as of the point where the stream then
+starts; a table added to ``tables`` later is snapshotted alone, at its own point, before
+the stream resumes. ``when_needed`` also starts over with a snapshot when the slot is past
+the checkpoint (the changes in between are gone) instead of failing.
 """
 
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from dstream.sdk import Checkpoint, InfrastructureProvider, InputProvider, Record
-from dstream.sdk.cdc import READ, Backoff, PollInterval, Position, PositionError, SnapshotCursor, TransactionAssembler
+from dstream.sdk.cdc import (
+    Backoff,
+    LagReporter,
+    PollInterval,
+    Position,
+    PositionError,
+    TransactionAssembler,
+    plan_snapshots,
+)
+from dstream_postgres_cdc.checkpoint import Stored, parse_checkpoint, positions_json
 from dstream_postgres_cdc.config import READER_SUFFIX, PostgresCdcConfig, Target, default_slot_name
-from dstream_postgres_cdc.decode import Decoder, converters
+from dstream_postgres_cdc.decode import Decoder
 from dstream_postgres_cdc.errors import CdcError, ConnectionLost, slot_missing_error
 from dstream_postgres_cdc.infra import Infrastructure
 from dstream_postgres_cdc.lsn import format_lsn, parse_lsn
+from dstream_postgres_cdc.snapshot import snapshot_pass
 from dstream_postgres_cdc.source import Session, SnapshotSession
 
 if TYPE_CHECKING:
     from collections.abc import Generator, Iterable, Iterator
 
     from dstream.sdk import Context, Resource
+    from dstream.sdk.cdc import SnapshotPlan
     from dstream_postgres_cdc.source import Table
 
 Output = Record | Checkpoint
@@ -80,12 +86,12 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
         self.infra = Infrastructure(
             self.db, self.slot, self.reader, config.tables, self.plugin, config.replica_identity_full
         )
+        self.lag = LagReporter(ctx.gauge, self.log)
         self._release_to: int | None = None  # highest committed position not yet applied to the slot
         self._slot_at = 0  # the slot's confirmed position as last seen or set
         self._snapshot: SnapshotSession | None = None
         self._options: list[str] = []
         self._reading = False
-        self._snap_progress: tuple[int | None, SnapshotCursor] = (None, SnapshotCursor())
 
     # -- lifecycle verbs --------------------------------------------------------------------
 
@@ -96,7 +102,13 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
         return self.infra.plan()
 
     def status(self) -> Iterable[Resource]:
-        return self.infra.status()
+        stored = None
+        if self.ctx.checkpoint is not None:
+            try:
+                stored = parse_checkpoint(self.ctx.checkpoint, self.config.tables)
+            except PositionError as exc:
+                self.log.warning("the task's checkpoint is not this provider's: %s", exc)
+        return self.infra.status(stored)
 
     def destroy(self) -> Iterable[Resource]:
         return self.infra.destroy()
@@ -105,17 +117,26 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
 
     def read(self, checkpoint: Any | None) -> Iterator[Record | Checkpoint]:
         try:
-            start = Position.from_json(checkpoint, parse_lsn) if checkpoint is not None else None
+            stored = parse_checkpoint(checkpoint, self.config.tables)
         except PositionError as exc:
             raise CdcError(f"{exc}: was the task's state written by another provider?") from None
-        tables = self._prepare(start)
-        if (start is None and self.config.snapshot == "initial") or (start is not None and start.snapshot is not None):
-            start = yield from self._snapshot_all(tables, start)
-            if start is None:
+        tables, stored = self._prepare(stored)
+        names = [t.qualified for t in tables]
+        gone = sorted(set(stored.tables) - set(names))
+        if gone:
+            self.log.info("no longer capturing %s: they leave the checkpoint", ", ".join(gone))
+        positions = {name: stored.tables[name] for name in names if name in stored.tables}
+        plan = plan_snapshots(self.config.snapshot, names, positions)
+        stream = stored.stream
+        if plan:
+            stream = yield from self._snapshot_all(tables, plan, positions, stream)
+            if stream is None:
                 return  # stopped inside the snapshot
-        yield from self._stream(tables, start)
+        for name in names:
+            positions.setdefault(name, Position(0))  # snapshot = "never": every change of the stream
+        yield from self._stream(tables, stream, positions)
 
-    def _prepare(self, start: Position | None) -> list[Table]:
+    def _prepare(self, stored: Stored) -> tuple[list[Table], Stored]:
         """Check the source before emitting anything; move the slot to the resume position."""
         self.infra.check_wal_level()
         slot = self.db.slot(self.slot)
@@ -130,18 +151,28 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
         tables = self.infra.tables()
         self._check_identity(tables)
         self._slot_at = slot.confirmed or 0
-        if start is not None:
-            if self._slot_at > start.lsn:
+        start = stored.stream
+        if start is not None and self._slot_at > start.lsn:
+            if self.config.snapshot != "when_needed":
                 raise CdcError(
                     f'replication slot "{self.slot}" is at {format_lsn(self._slot_at)}, past the checkpoint '
                     f"{format_lsn(start.lsn)} this run resumes from: the changes between them are gone (was the "
                     f"slot recreated, or used by another task?). `dstream state reset {self.target.task_hint}` "
-                    f"starts from the slot's position instead"
+                    'starts from the slot\'s position instead; snapshot = "when_needed" snapshots the tables again'
                 )
+            self.log.warning(
+                'replication slot "%s" is at %s, past the checkpoint %s: the changes between them are gone; '
+                'snapshotting every table again (snapshot = "when_needed")',
+                self.slot,
+                format_lsn(self._slot_at),
+                format_lsn(start.lsn),
+            )
+            stored = Stored()
+        elif start is not None:
             self._release(start.lsn)  # persisted by the orchestrator: safe to release
             self._apply_release()
         self._options = self._decoding_options(tables)
-        return tables
+        return tables, stored
 
     def _check_identity(self, tables: list[Table]) -> None:
         for table in tables:
@@ -161,10 +192,13 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
 
     # -- streaming --------------------------------------------------------------------------
 
-    def _stream(self, tables: list[Table], start: Position | None) -> Iterator[Record | Checkpoint]:
+    def _stream(
+        self, tables: list[Table], start: Position | None, positions: dict[str, Position]
+    ) -> Iterator[Record | Checkpoint]:
         cfg = self.config
         asm: TransactionAssembler[Record] = TransactionAssembler(start, format_lsn)
-        decoder = Decoder(tables, cfg.numeric_as_string)
+        starts = {name: position.lsn for name, position in positions.items()}
+        decoder = Decoder(tables, cfg.numeric_as_string, starts, positions_json(positions))
         polls = PollInterval(cfg.poll_interval, cfg.max_poll_interval)
         backoff = Backoff(cfg.reconnect_timeout)
         self.log.info(
@@ -200,10 +234,29 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
                 asm.reached(upto)  # every transaction committed below the flush LSN was read
             position = asm.checkpoint()
             if position is not None:
-                yield Checkpoint(position)
+                yield Checkpoint(decoder.position(position))
+            self._report_lag(tables, asm, decoder, upto, full)
             wait = polls.after_poll(changes, full)
             if wait and not self.ctx.sleep(wait):
                 return
+
+    def _report_lag(
+        self, tables: list[Table], asm: TransactionAssembler[Record], decoder: Decoder, upto: int, full: bool
+    ) -> None:
+        """Every table shares the slot: its lag is the stream's (WAL bytes and seconds behind the flush LSN)."""
+        behind = max(0, upto - asm.done.lsn) if full else 0
+        seconds: float | None = 0.0
+        if full:
+            seconds = None
+            if decoder.last_commit_time:
+                try:
+                    committed = datetime.fromisoformat(decoder.last_commit_time)
+                    seconds = (datetime.now(UTC) - committed).total_seconds()
+                except ValueError:
+                    seconds = None
+        for table in tables:
+            self.lag.observe(table.qualified, seconds, behind)
+        self.lag.log_due()
 
     def _gave_up(self, exc: ConnectionLost, backoff: Backoff) -> CdcError:
         return CdcError(
@@ -259,77 +312,45 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
             return
         self._slot_at = self.db.advance_slot(self.slot, format_lsn(target))
 
-    # -- initial snapshot -------------------------------------------------------------------
+    # -- snapshots --------------------------------------------------------------------------
 
-    def _snapshot_all(self, tables: list[Table], start: Position | None) -> Generator[Output, None, Position | None]:
-        """Emit every row of every table; return the position the stream starts from."""
-        cursor = start.snapshot if start is not None and start.snapshot is not None else SnapshotCursor()
-        lsn = start.lsn if start is not None else None
+    def _snapshot_all(
+        self, tables: list[Table], plan: SnapshotPlan, positions: dict[str, Position], stream: Position | None
+    ) -> Generator[Output, None, Position | None]:
+        """Snapshot the plan's tables (retrying after a lost connection where it stopped);
+        return the position the stream starts from, or None when stopped."""
         backoff = Backoff(self.config.reconnect_timeout)
-        self._snap_progress = (lsn, cursor)
+        names = [t.qualified for t in tables]
         while True:
             try:
-                result = yield from self._snapshot_pass(tables, lsn, cursor)
+                snap = self._snapshot = SnapshotSession(
+                    self.config.dsn.get_secret_value(), self.target, self.application_name, self.config.timezone
+                )
+                point = snap.open(self.slot + "_snap", self.plugin)
+                if stream is None:
+                    stream = Position(point)  # a first run: the stream starts where the snapshot was taken
+                yield from snapshot_pass(
+                    snap,
+                    point,
+                    tables,
+                    plan,
+                    positions,
+                    stream,
+                    self.config.batch_size,
+                    self.config.numeric_as_string,
+                    self.log,
+                )
             except ConnectionLost as exc:
                 self._close_snapshot()
                 message = "%s during the snapshot; resuming it in %.1fs"
                 if not backoff.wait(exc, lambda lost: self._gave_up(lost, backoff), self.log, self.ctx.sleep, message):
                     return None
-                lsn, cursor = self._snap_progress
+                plan = plan_snapshots(self.config.snapshot, names, positions)  # what is left of it
                 continue
             finally:
                 self._close_snapshot()
-            return result
-
-    def _snapshot_pass(
-        self, tables: list[Table], lsn: int | None, cursor: SnapshotCursor
-    ) -> Generator[Output, None, Position]:
-        snap = self._snapshot = SnapshotSession(
-            self.config.dsn.get_secret_value(), self.target, self.application_name, self.config.timezone
-        )
-        point = snap.open(self.slot + "_snap", self.plugin)
-        if lsn is None:
-            lsn = point
-            self.log.info("initial snapshot of %s as of %s", ", ".join(t.qualified for t in tables), format_lsn(lsn))
-        else:
-            self.log.info(
-                "resuming the initial snapshot (taken at %s) with a new snapshot at %s, from %s",
-                format_lsn(lsn),
-                format_lsn(point),
-                cursor.table or "the next table",
-            )
-        self._snap_progress = (lsn, cursor)  # where a retry after a lost connection resumes
-        text = format_lsn(lsn)
-        done = list(cursor.done)
-        for table in [t for t in tables if t.qualified not in done]:
-            after = cursor.after if table.qualified == cursor.table and table.key else None
-            finished = tuple(done)
-            convert = converters(table, self.config.numeric_as_string)
-            names = [c.name for c in table.columns]
-            width = len(table.key) or 1
-            meta = {"TableName": table.qualified, "OperationType": READ, "LSN": text}
-            while True:
-                rows = snap.rows(table, after, self.config.batch_size)
-                for row in rows:
-                    key = row[:width]
-                    values = row[width:]
-                    data = {
-                        name: (value if conv is None or value is None else conv(value))
-                        for name, conv, value in zip(names, convert, values, strict=True)
-                    }
-                    cursor_json = {"done": finished, "table": table.qualified, "after": key if table.key else None}
-                    yield Record(data, meta, position={"lsn": text, "snapshot": cursor_json})
-                if rows:
-                    after = tuple(rows[-1][:width])
-                    progress_after = after if table.key else None
-                    self._snap_progress = (lsn, SnapshotCursor(finished, table.qualified, progress_after))
-                if len(rows) < self.config.batch_size:
-                    break
-            done.append(table.qualified)
-            self._snap_progress = (lsn, SnapshotCursor(tuple(done)))
-        yield Checkpoint({"lsn": text})
-        self.log.info("initial snapshot done; streaming changes from %s", text)
-        return Position(lsn)
+            self.log.info("snapshot done; streaming changes from %s", format_lsn(stream.lsn))
+            return stream
 
     def _close_snapshot(self) -> None:
         if self._snapshot is not None:

@@ -52,7 +52,9 @@ class Table:
     kind: str
     identity: str  # default | nothing | full | index
     columns: tuple[Column, ...]
-    key: tuple[str, ...]  # primary key (or replica identity index) columns; () when none
+    key: tuple[
+        str, ...
+    ]  # the replica identity index's columns (REPLICA IDENTITY USING INDEX), else the primary key's; ()
 
     @property
     def qualified(self) -> str:
@@ -228,7 +230,8 @@ class Session:
             "SELECT a.attname FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)"
             " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum"
             " WHERE i.indexrelid = (SELECT indexrelid FROM pg_index WHERE indrelid = %s"
-            " AND (indisprimary OR indisreplident) ORDER BY indisprimary DESC LIMIT 1) ORDER BY k.ord",
+            " AND (indisprimary OR indisreplident) ORDER BY indisreplident DESC, indisprimary DESC LIMIT 1)"
+            " ORDER BY k.ord",
             (oid,),
         )
         return Table(

@@ -78,7 +78,7 @@ def test_an_invalid_config_gets_an_error_handshake_that_never_shows_the_secret()
         ({"tables": ["dbo."]}, "has an empty part"),
         ({"start": "now"}, "config.start: Input should be 'earliest' or 'latest'"),
         ({"snapshot": "initial"}, "config.snapshot: Input should be 'none'"),
-        ({"poll_interval": 2, "max_poll_interval": 1}, "max_poll_interval (1) is shorter than poll_interval (2)"),
+        ({"poll_interval": 2, "max_poll_interval": 1}, "max_poll_interval (1s) is shorter than poll_interval (2s)"),
         ({"batch_size": 0}, "config.batch_size"),
         ({"parallelism": 0}, "config.parallelism"),
         ({"table": ["dbo.Orders"]}, "config.table: unknown setting"),

@@ -260,10 +260,13 @@ class LiveInput:
         checkpoint: Any = None,
         task: str = "cdc-test",
         auto_commit: bool = True,
+        command: str = "run",
     ) -> None:
         in_r, self._in_w = os.pipe()
         out_r, out_w = os.pipe()
-        os.write(self._in_w, protocol.command_envelope("run", config, checkpoint, task))
+        # The features this orchestrator announces (gauges), as `dstream run` sends them.
+        envelope = protocol.command_envelope(command, config, checkpoint, task, protocol.ORCHESTRATOR_FEATURES)
+        os.write(self._in_w, envelope)
         self._stdout = io.BufferedWriter(io.FileIO(out_w, "wb"), 1 << 16)
         self.host = Host(cls, io.BufferedReader(io.FileIO(in_r, "rb"), 1 << 16), self._stdout)
         self._out = io.FileIO(out_r, "rb")
@@ -309,6 +312,16 @@ class LiveInput:
     def data(self) -> list[dict[str, Any]]:
         with self._lock:
             return [m for m in self.messages if "data" in m]
+
+    @property
+    def gauges(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [m["gauge"] for m in self.messages if "gauge" in m]
+
+    @property
+    def resources(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [m["resource"] for m in self.messages if "resource" in m]
 
     @property
     def checkpoints(self) -> list[Any]:

@@ -40,6 +40,13 @@ def state(hcl: Path, task: str) -> Any:
     return json.loads(result.stdout)["checkpoint"]
 
 
+def snapshotting(checkpoint: Any) -> set[str] | None:
+    """The tables a checkpoint has inside their snapshot (None: no checkpoint yet)."""
+    if not checkpoint:
+        return None
+    return {name for name, position in checkpoint["tables"].items() if "snapshot" in position}
+
+
 def test_three_tables_multi_statement_transactions_and_a_50k_row_transaction_in_commit_order(
     db: Db, task_file: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -236,7 +243,7 @@ def test_restart_inside_a_large_transaction_neither_skips_nor_repeats(
         code, err = finish(proc)
         assert code == 0, err
         checkpoint = state(hcl, "cdc")
-        assert set(checkpoint) == {"lsn", "index"}, checkpoint  # inside the transaction
+        assert set(checkpoint) == {"lsn", "index", "tables"}, checkpoint  # inside the transaction
         assert commit_lsn in (None, checkpoint["lsn"])
         commit_lsn = checkpoint["lsn"]
         assert checkpoint["index"] == line_count(out)  # exactly what the output holds
@@ -313,13 +320,14 @@ def test_initial_snapshot_while_writes_continue_replays_to_the_table_state(
     thread.start()
     try:
         proc = start_run("cdc", slow_hcl)
-        wait_until(lambda: "snapshot" in (state(hcl, "cdc") or {}), "a checkpoint inside the snapshot", proc)
+        wait_until(lambda: bool(snapshotting(state(hcl, "cdc"))), "a checkpoint inside the snapshot", proc)
         kill(provider_pid(proc, "postgres-cdc-input-provider"))  # inside the snapshot of the first table
         assert finish(proc)[0] == 1
         checkpoint = state(hcl, "cdc")
-        assert checkpoint["snapshot"]["table"] == f"public.{single}", checkpoint
+        assert snapshotting(checkpoint) == {f"public.{single}", f"public.{composite}"}, checkpoint
+        assert checkpoint["tables"][f"public.{single}"]["snapshot"]["after"] is not None  # inside the first table
         proc = start_run("cdc", hcl)
-        wait_until(lambda: "snapshot" not in (state(hcl, "cdc") or {"snapshot": 1}), "the end of the snapshot", proc)
+        wait_until(lambda: snapshotting(state(hcl, "cdc")) == set(), "the end of the snapshot", proc)
     finally:
         stop["now"] = True
         thread.join(30)
@@ -329,7 +337,7 @@ def test_initial_snapshot_while_writes_continue_replays_to_the_table_state(
     proc.send_signal(signal.SIGTERM)
     code, err = finish(proc)
     assert code == 0, err
-    assert "resuming the initial snapshot" in err
+    assert "resuming the snapshot of" in err
 
     replayed: dict[str, dict[Any, dict[str, Any]]] = {f"public.{single}": {}, f"public.{composite}": {}}
     for change in reader.changes:
