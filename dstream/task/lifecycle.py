@@ -42,7 +42,9 @@ async def _one(
     block = task.input if role == "input" else task.output
     if role == "input" and not block.handshake:
         return ProviderOutcome(role, block.source, "skipped", reason="legacy input: lifecycle verbs go to outputs only")
-    opened = await start_and_open(document, task, role, new_run_id(), verb, None, options, redactor)
+    # status gets the task's persisted checkpoint, as run does, so a provider can report its lag.
+    checkpoint = _stored_checkpoint(document, task_name) if verb == "status" else None
+    opened = await start_and_open(document, task, role, new_run_id(), verb, checkpoint, options, redactor)
     proc = opened.proc
     try:
         if opened.handshake.legacy and role == "input":
@@ -85,6 +87,17 @@ async def _one(
         return outcome
     finally:
         await proc.cleanup()
+
+
+def _stored_checkpoint(document: Document, task_name: str) -> Any:
+    from dstream.state import open_store
+
+    try:
+        stored = open_store(document).load(task_name)
+    except DStreamError as exc:
+        _log.warning("status without the task's checkpoint: %s", exc)
+        return None
+    return stored.checkpoint if stored is not None else None
 
 
 async def run_verb(

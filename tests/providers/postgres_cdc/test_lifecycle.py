@@ -122,3 +122,8 @@ def test_status_lag_falls_as_heartbeats_release_wal(db: Db, task_file: Callable[
     proc.send_signal(signal.SIGTERM)
     assert finish(proc)[0] == 0
     assert not (tmp_path / "out.jsonl").exists() or (tmp_path / "out.jsonl").read_text() == ""
+    # status gets the task's persisted checkpoint: the table's lag is measured from it.
+    table = verb("status", hcl)[1]
+    assert table["name"] == f"public.{captured}"
+    assert 0 <= table["details"]["lag_bytes"] < before
+    assert table["details"]["key"] == ["id"]
