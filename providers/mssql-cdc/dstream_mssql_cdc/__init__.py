@@ -1,8 +1,10 @@
 """mssql-cdc-input-provider: SQL Server change data capture (CDC) through pyodbc.
 
-See provider.py for a run, stream.py for windows, positions and capture instances,
-changes.py for the envelopes, health.py for the capture-job and retention checks,
-infra.py for init/plan/status/destroy, db.py for the SQL (the only pyodbc user).
+See provider.py for a run, setup.py for the checks before it, snapshot.py for snapshots,
+stream.py and windows.py for windows, positions and capture instances, changes.py for the
+envelopes, health.py for the capture-job and retention checks, infra.py for
+init/plan/status/destroy, sql.py for the SQL text and db.py for the connection (the only
+pyodbc user).
 """
 
 from dstream_mssql_cdc.config import MssqlCdcConfig

@@ -1,28 +1,31 @@
-"""Rows of ``cdc.fn_cdc_get_all_changes_<instance>(@from, @to, N'all update old')`` → changes
-→ dstream records. Pure: fed the column names and rows pyodbc returned.
-
-The query (db.py) selects the function's columns (``__$start_lsn``, ``__$seqval``,
-``__$operation``, ``__$update_mask`` and the captured columns), ``__$command_id`` from the
-change table (the function does not return it; ``(__$start_lsn, __$seqval, __$operation)``
-identifies the row there) and the commit time (``__$dstream_commit_time``: what
-``sys.fn_cdc_map_lsn_to_time`` returns for the commit LSN), ordered by ``__$start_lsn,
-__$command_id, __$seqval, __$operation``: commit order, then statement order, then log
-order; an update's before-image (operation 3) comes right before its after-image (4).
+"""Rows of a change query (sql.py) → changes → dstream records. Pure: fed the rows pyodbc
+returned, in the query's fixed column layout (``__$start_lsn, __$seqval, __$operation,
+__$update_mask, __$command_id``, one changed flag per large-object column, the data columns).
 
 Envelopes:
 
 - ``data``: the row after the change; for a delete, the row as it was.
 - ``metadata``: ``TableName`` (schema.table), ``OperationType`` (Insert/Update/Delete),
-  ``OperationID`` (``__$operation``: 1 delete, 2 insert, 4 update), ``LSN`` (the commit
-  LSN), ``Seq`` and ``SeqVal`` (``__$seqval``, the change's LSN, ordering changes within a
-  transaction), all as 20 hex digits without ``0x`` (upstream's names and format),
-  ``CommandId`` (``__$command_id``), ``CommitTime`` (ISO 8601, the server's local time, as
-  ``sys.fn_cdc_map_lsn_to_time`` gives it), ``CaptureInstance``, and ``Before`` (the old
-  row) for updates and deletes.
+  ``OperationID`` (``__$operation``: 1 delete, 2 insert, 4 update), ``LSN`` (the commit LSN),
+  ``Seq`` and ``SeqVal`` (``__$seqval``), both as 20 hex digits without ``0x`` (upstream's
+  names and format), ``CommandID`` (``__$command_id``; null where the query function was
+  read, which does not return it), ``CommitTime`` (ISO 8601 with the server's UTC offset),
+  ``CaptureInstance``, ``Key`` (the capture instance's index columns → values, in index
+  order: from the old row for a delete, the new key for an update; absent for a table
+  captured without an index), ``Before`` (the old row) for updates and deletes, and
+  ``Unavailable`` / ``BeforeUnavailable``: the columns of ``data`` / ``Before`` that hold
+  the unavailable marker.
+- Large objects: CDC does not record text/ntext/image in deletes and before-images, nor an
+  unchanged (n)varchar(max)/varbinary(max) in before-images (Microsoft: cdc.<capture_instance>_CT,
+  "Large Object Data Types"). Such a column holds ``unavailable_value`` instead of a NULL
+  that would look real, as Debezium's ``unavailable.value.placeholder`` does: a NULL large
+  value in an update image whose ``__$update_mask`` bit is clear, and every text/ntext/image
+  of a delete or before-image. It means "unchanged: keep the value you have".
 
 Values: numbers, strings and booleans as they are; decimal/numeric/money as exact JSON
 numbers (or strings with ``numeric_as_string``); binary as base64; date/time types as ISO
-8601 (datetimeoffset with its offset); uniqueidentifier as its text.
+8601 (datetimeoffset with its offset); uniqueidentifier as its text; the types converted in
+SQL (sql.py) as that text.
 """
 
 from __future__ import annotations
@@ -39,22 +42,20 @@ import orjson
 
 from dstream.sdk import Record
 from dstream.sdk.cdc import DELETE, INSERT, UPDATE
+from dstream_mssql_cdc.catalog import ALWAYS_NULL_OLD
 from dstream_mssql_cdc.errors import CdcError
 from dstream_mssql_cdc.lsn import format_lsn, from_bytes
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Sequence
 
-START_LSN = "__$start_lsn"
-SEQVAL = "__$seqval"
-OPERATION = "__$operation"
-COMMAND_ID = "__$command_id"
-COMMIT_TIME = "__$dstream_commit_time"  # added by the query: the commit time of __$start_lsn
-REQUIRED = (START_LSN, SEQVAL, OPERATION, COMMAND_ID, COMMIT_TIME)
+    from dstream_mssql_cdc.catalog import Column
 
 OP_DELETE, OP_INSERT, OP_BEFORE, OP_AFTER = 1, 2, 3, 4
+META = 5  # leading metadata columns of every change query
+NO_COMMAND = -1  # a NULL __$command_id sorts before any real one (Debezium's COMMAND_ID_BEFORE_FIRST)
 
-RowKey = tuple[int, int, int, int]  # (start_lsn, command_id, seqval, operation): the query's order
+RowKey = tuple[int, int, int, int]  # (start_lsn, command_id, seqval, operation): the merge order
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,13 +71,14 @@ class ChangeRow:
     start_lsn: int
     seqval: int
     operation: int
-    command_id: int
-    commit_time: datetime | None
+    command_id: int | None
+    changed: tuple[bool, ...]  # per large-object column (in column order): its __$update_mask bit
     values: tuple[Any, ...]
 
     @property
     def key(self) -> RowKey:
-        return (self.start_lsn, self.command_id, self.seqval, self.operation)
+        command = NO_COMMAND if self.command_id is None else self.command_id
+        return (self.start_lsn, command, self.seqval, self.operation)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,89 +99,60 @@ class Change:
         return self.row.key
 
 
-@dataclass(frozen=True)
 class Layout:
-    """Where the CDC columns and the table's columns sit in a result set."""
+    """Where the parts of a change query's row are, for one column list."""
 
-    start_lsn: int
-    seqval: int
-    operation: int
-    command_id: int
-    commit_time: int
-    data: tuple[int, ...]
-    names: tuple[str, ...]
+    def __init__(self, columns: Sequence[Column]) -> None:
+        self.columns = tuple(columns)
+        self.names = tuple(c.name for c in columns)
+        self.lobs = tuple(i for i, c in enumerate(columns) if c.lob)
+        self.flags = len(self.lobs)
+        self.data = META + self.flags
 
-    @classmethod
-    def of(cls, columns: Sequence[str]) -> Layout:
-        index = {name: i for i, name in enumerate(columns)}
-        missing = [c for c in REQUIRED if c not in index]
-        if missing:
-            raise CdcError(
-                f"the change query returned no {', '.join(missing)} column (SQL Server 2016 SP2, 2017 or later "
-                f"is needed: change tables have __$command_id there)"
-            )
-        data = tuple(i for i, name in enumerate(columns) if not name.startswith("__$"))
-        return cls(
-            index[START_LSN],
-            index[SEQVAL],
-            index[OPERATION],
-            index[COMMAND_ID],
-            index[COMMIT_TIME],
-            data,
-            tuple(columns[i] for i in data),
+    def row(self, raw: Sequence[Any]) -> ChangeRow:
+        command = raw[4]
+        return ChangeRow(
+            from_bytes(raw[0]),
+            from_bytes(raw[1]),
+            int(raw[2]),
+            None if command is None else int(command),
+            tuple(bool(raw[META + i]) for i in range(self.flags)),
+            tuple(raw[self.data :]),
         )
 
-    def parse(self, rows: Sequence[Any]) -> list[ChangeRow]:
-        data = self.data
-        return [
-            ChangeRow(
-                from_bytes(row[self.start_lsn]),
-                from_bytes(row[self.seqval]),
-                int(row[self.operation]),
-                int(row[self.command_id] or 0),
-                row[self.commit_time],
-                tuple(row[i] for i in data),
-            )
-            for row in rows
-        ]
+    def parse(self, rows: Iterable[Sequence[Any]]) -> Iterator[ChangeRow]:
+        for raw in rows:
+            yield self.row(raw)
 
 
-def trim_split_update(rows: list[ChangeRow]) -> list[ChangeRow]:
-    """A full batch may end between an update's two images: leave its before-image for the next."""
-    if rows and rows[-1].operation == OP_BEFORE:
-        return rows[:-1]
-    return rows
-
-
-def pair_updates(rows: Sequence[ChangeRow]) -> list[Change]:
-    """Rows in query order → changes, each update's before- and after-image in one change."""
-    changes: list[Change] = []
-    i, n = 0, len(rows)
-    while i < n:
-        row = rows[i]
+def pair_updates(rows: Iterable[ChangeRow]) -> Iterator[Change]:
+    """Rows in query order → changes, each update's before- and after-image in one change
+    (the two rows follow each other, also across fetches: this is a stream)."""
+    pending: ChangeRow | None = None
+    for row in rows:
+        if pending is not None:
+            if row.operation != OP_AFTER or (row.start_lsn, row.seqval) != (pending.start_lsn, pending.seqval):
+                raise CdcError(
+                    f"an update's before-image (LSN {format_lsn(pending.start_lsn)}, seqval "
+                    f"{format_lsn(pending.seqval)}) is not followed by its after-image in the change query's result"
+                )
+            yield Change(row, pending)
+            pending = None
+            continue
         op = row.operation
         if op == OP_BEFORE:
-            after = rows[i + 1] if i + 1 < n else None
-            if (
-                after is None
-                or after.operation != OP_AFTER
-                or (after.start_lsn, after.seqval) != (row.start_lsn, row.seqval)
-            ):
-                raise CdcError(
-                    f"an update's before-image (LSN {format_lsn(row.start_lsn)}, seqval {format_lsn(row.seqval)}) "
-                    f"is not followed by its after-image in the change function's result"
-                )
-            changes.append(Change(after, row))
-            i += 2
-            continue
-        if op == OP_DELETE:
-            changes.append(Change(row, row))
+            pending = row
+        elif op == OP_DELETE:
+            yield Change(row, row)
         elif op in (OP_INSERT, OP_AFTER):
-            changes.append(Change(row))
+            yield Change(row)
         else:
             raise CdcError(f"unexpected __$operation {op} at LSN {format_lsn(row.start_lsn)} (expected 1 to 4)")
-        i += 1
-    return changes
+    if pending is not None:
+        raise CdcError(
+            f"an update's before-image (LSN {format_lsn(pending.start_lsn)}) ends the change query's result "
+            f"without its after-image"
+        )
 
 
 # -- values -------------------------------------------------------------------------------------
@@ -233,14 +206,13 @@ def datetimeoffset(raw: bytes | None) -> datetime | str | None:
     return datetime(year, month, day, hour, minute, second, fraction // 1000, tzinfo=offset)
 
 
-class RecordBuilder:
-    """Changes of one table → records."""
+class Values:
+    """Column values → JSON-ready values (shared by changes and snapshot rows)."""
 
-    def __init__(self, table: str, numeric_as_string: bool = False) -> None:
-        self.table = table
+    def __init__(self, numeric_as_string: bool = False) -> None:
         self._convert = value_converters(numeric_as_string)
 
-    def values(self, names: tuple[str, ...], values: tuple[Any, ...]) -> dict[str, Any]:
+    def row(self, names: Sequence[str], values: Sequence[Any]) -> dict[str, Any]:
         convert = self._convert
         out: dict[str, Any] = {}
         for name, value in zip(names, values, strict=True):
@@ -251,7 +223,29 @@ class RecordBuilder:
                 out[name] = conv(value) if conv is not None else str(value)
         return out
 
-    def record(self, change: Change, names: tuple[str, ...], instance: str) -> Record:
+
+class RecordBuilder:
+    """Changes of one capture instance → records."""
+
+    def __init__(
+        self,
+        table: str,
+        instance: str,
+        layout: Layout,
+        key: Sequence[str],
+        values: Values,
+        unavailable: str,
+        commit_time: Callable[[int], str | None],
+    ) -> None:
+        self.table = table
+        self.instance = instance
+        self.layout = layout
+        self.key = tuple(key)
+        self.values = values
+        self.unavailable = unavailable
+        self.commit_time = commit_time
+
+    def record(self, change: Change) -> Record:
         row = change.row
         seq = format_lsn(row.seqval)
         meta: dict[str, Any] = {
@@ -261,11 +255,39 @@ class RecordBuilder:
             "LSN": format_lsn(row.start_lsn),
             "Seq": seq,
             "SeqVal": seq,
-            "CommandId": row.command_id,
-            "CommitTime": row.commit_time.isoformat(timespec="milliseconds") if row.commit_time else None,
-            "CaptureInstance": instance,
+            "CommandID": row.command_id,
+            "CommitTime": self.commit_time(row.start_lsn),
+            "CaptureInstance": self.instance,
         }
-        data = self.values(names, row.values)
-        if change.before is not None:
-            meta["Before"] = data if change.before is row else self.values(names, change.before.values)
+        data, missing = self.image(row)
+        if missing:
+            meta["Unavailable"] = missing
+        if self.key:
+            meta["Key"] = {k: data.get(k) for k in self.key}
+        if change.before is row:
+            meta["Before"] = data
+            if missing:
+                meta["BeforeUnavailable"] = missing
+        elif change.before is not None:
+            before, old_missing = self.image(change.before)
+            meta["Before"] = before
+            if old_missing:
+                meta["BeforeUnavailable"] = old_missing
         return Record(data, meta)
+
+    def image(self, row: ChangeRow) -> tuple[dict[str, Any], list[str]]:
+        """One image's values, with the large objects CDC did not record marked (module docstring)."""
+        layout = self.layout
+        data = self.values.row(layout.names, row.values)
+        missing: list[str] = []
+        if layout.lobs and row.operation != OP_INSERT:
+            for flag, index in enumerate(layout.lobs):
+                column = layout.columns[index]
+                if row.values[index] is not None:
+                    continue
+                always = column.type in ALWAYS_NULL_OLD and row.operation in (OP_DELETE, OP_BEFORE)
+                unchanged = row.operation in (OP_BEFORE, OP_AFTER) and not row.changed[flag]
+                if always or unchanged:
+                    data[column.name] = self.unavailable
+                    missing.append(column.name)
+        return data, missing

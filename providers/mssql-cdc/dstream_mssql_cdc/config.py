@@ -1,5 +1,4 @@
-"""The provider's config (the shared CDC settings plus SQL Server's), ODBC connection strings
-and table names.
+"""The provider's config: the shared CDC settings plus SQL Server's.
 
 The connection string is a secret: it is a :class:`pydantic.SecretStr`, and neither the
 validation errors here nor any message of the provider repeat it. What messages name is
@@ -9,14 +8,19 @@ the :class:`Target` (server, port and database), never the credentials.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
+from dstream.sdk import Duration  # noqa: TC001 - pydantic reads the annotation at runtime
 from dstream.sdk.cdc import CdcConfig
+from dstream_mssql_cdc.names import parse_connection_string, parse_table_name, quote_name, table_key
+
+__all__ = ["MssqlCdcConfig", "Target", "parse_connection_string", "parse_table_name", "quote_name"]
 
 _SERVER_KEYS = ("server", "address", "addr", "data source", "host", "servername")
 _DATABASE_KEYS = ("database", "initial catalog")
+UNAVAILABLE = "__dstream_unavailable_value"
 
 
 class MssqlCdcConfig(CdcConfig):
@@ -24,7 +28,8 @@ class MssqlCdcConfig(CdcConfig):
         description=(
             "ODBC connection string (a secret), e.g. DRIVER={FreeTDS};SERVER=db;PORT=1433;DATABASE=Sales;"
             "UID=dstream;PWD=...;TDS_Version=7.4;ClientCharset=UTF-8 (the image's driver is FreeTDS; "
-            "with ODBC Driver 18: DRIVER={ODBC Driver 18 for SQL Server};SERVER=db,1433;...;Encrypt=yes)"
+            "with ODBC Driver 18: DRIVER={ODBC Driver 18 for SQL Server};SERVER=db,1433;...;Encrypt=yes;"
+            "TrustServerCertificate=yes for a self-signed server certificate)"
         )
     )
     tables: list[str] | None = Field(  # type: ignore[assignment]
@@ -32,21 +37,45 @@ class MssqlCdcConfig(CdcConfig):
         min_length=1,
         description=(
             'tables to capture, as "schema.table" (or "table" for the default schema); '
-            "omitted: every table with a CDC capture instance (and tables enabled later)"
+            "omitted: every table with a CDC capture instance the login may read (and tables enabled later)"
         ),
     )
-    snapshot: Literal["none"] = Field(  # type: ignore[assignment]
-        default="none",
+    snapshot_isolation: Literal["snapshot", "read_committed"] = Field(
+        default="snapshot",
         description=(
-            'only "none": SQL Server CDC has no consistent initial snapshot here; start = "earliest" reads every '
-            "change CDC still retains"
+            "snapshot: the snapshot reads one SNAPSHOT-isolation transaction with the CDC max LSN it is consistent "
+            "with (needs ALLOW_SNAPSHOT_ISOLATION, which init sets); read_committed: no such transaction, rows "
+            "changed while the snapshot runs come again as changes"
         ),
     )
     start: Literal["earliest", "latest"] = Field(
         default="earliest",
         description=(
-            "where a task without a checkpoint starts: earliest = every change still in the change tables, "
-            "latest = only changes captured after the first start"
+            'where a table without a checkpoint position and without a snapshot (snapshot = "never") starts: '
+            "earliest = every change still in the change tables, latest = only changes captured after the first start"
+        ),
+    )
+    columns: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description='per table, the only captured columns to emit, e.g. {"dbo.Orders" = ["id", "amount"]}',
+    )
+    exclude_columns: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description='per table, captured columns not to emit, e.g. {"dbo.Docs" = ["body"]} (never a key column)',
+    )
+    query_mode: Literal["auto", "function", "direct"] = Field(
+        default="auto",
+        description=(
+            "function: cdc.fn_cdc_get_all_changes_<instance> (a least-privileged login), ordered inside a transaction "
+            "by __$seqval; direct: the change table cdc.<instance>_CT (SELECT on it), ordered by __$command_id as "
+            "Microsoft documents; auto: direct where the login may read every change table, else function"
+        ),
+    )
+    unavailable_value: str = Field(
+        default=UNAVAILABLE,
+        description=(
+            "the value of a large-object column CDC did not record (text/ntext/image in deletes and before-images, "
+            "an unchanged (n)varchar(max)/varbinary(max)/xml in updates): unchanged, keep the value you have"
         ),
     )
     enable_cdc: bool = Field(
@@ -61,16 +90,16 @@ class MssqlCdcConfig(CdcConfig):
     numeric_as_string: bool = Field(
         default=False, description="decimal, numeric and money values as strings (default: exact JSON numbers)"
     )
-    capture_job_timeout: float = Field(
+    capture_job_timeout: Duration = Field(
         default=60.0,
         gt=0,
         description=(
-            "seconds the CDC max LSN may stay frozen while the transaction log moves before the capture job "
-            "is reported as not running"
+            "how long the CDC max LSN may stay frozen while the transaction log moves before the capture job "
+            'is reported as not running ("1m")'
         ),
     )
-    query_timeout: float = Field(default=120.0, ge=0, description="seconds a query may take (0: no limit)")
-    login_timeout: float = Field(default=15.0, gt=0, description="seconds to wait for a connection")
+    query_timeout: Duration = Field(default=120.0, ge=0, description='how long a query may take ("2m"; 0: no limit)')
+    login_timeout: Duration = Field(default=15.0, gt=0, description='how long to wait for a connection ("15s")')
 
     @field_validator("connection_string")
     @classmethod
@@ -85,115 +114,51 @@ class MssqlCdcConfig(CdcConfig):
     def _unique_tables(cls, tables: list[str] | None) -> list[str] | None:  # replaces CdcConfig's
         if tables is None:
             return None
-        seen: dict[tuple[str, str], str] = {}
+        seen: dict[tuple[str | None, str], str] = {}
         cleaned: list[str] = []
         for raw in tables:
             name = raw.strip()
-            schema, table = parse_table_name(name)
-            key = ((schema or "").lower(), table.lower())
+            key = table_key(name)
             if key in seen:
                 raise ValueError(f"table {name!r} is listed twice (as {seen[key]!r})")
             seen[key] = name
             cleaned.append(name)
         return cleaned
 
+    @field_validator("columns", "exclude_columns")
+    @classmethod
+    def _column_lists(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for table, names in value.items():
+            table_key(table)  # a valid table name
+            if not names or any(not n.strip() for n in names):
+                raise ValueError(f"{table}: the column list must name at least one column, none empty")
+            lowered = [n.strip().lower() for n in names]
+            if len(set(lowered)) != len(lowered):
+                raise ValueError(f"{table}: a column is listed twice")
+        return {table: [n.strip() for n in names] for table, names in value.items()}
 
-def parse_connection_string(text: str) -> dict[str, str]:
-    """ODBC ``KEY=value;KEY={value; with braces}`` → ``{key (lower case): value}``.
+    @model_validator(mode="after")
+    def _column_options(self) -> Self:
+        both = {table_key(t) for t in self.columns} & {table_key(t) for t in self.exclude_columns}
+        if both:
+            names = ", ".join(t for t in self.columns if table_key(t) in both)
+            raise ValueError(f"{names}: set either columns or exclude_columns for a table, not both")
+        if self.tables is not None:
+            listed = {table_key(t) for t in self.tables}
+            for table in [*self.columns, *self.exclude_columns]:
+                if table_key(table) not in listed:
+                    raise ValueError(f"{table} has a column list but is not in tables")
+        return self
 
-    Values in braces may hold ``;`` and ``=``; ``}}`` inside braces is a literal ``}``.
-    Errors say where the problem is, never what the string holds.
-    """
-    out: dict[str, str] = {}
-    i, n = 0, len(text)
-    while i < n:
-        while i < n and text[i] in "; \t\r\n":
-            i += 1
-        if i >= n:
-            break
-        eq = text.find("=", i)
-        stop = text.find(";", i)
-        if eq < 0 or (0 <= stop < eq):
-            raise ValueError(f"invalid connection string: attribute {len(out) + 1} has no '=' (expected KEY=value)")
-        key = text[i:eq].strip().lower()
-        if not key:
-            raise ValueError(f"invalid connection string: attribute {len(out) + 1} has an empty name")
-        i = eq + 1
-        while i < n and text[i] in " \t":
-            i += 1
-        if i < n and text[i] == "{":
-            braced = _read_delimited(text, i + 1, "}")
-            if braced is None:
-                raise ValueError(f"invalid connection string: the value of {key.upper()} has no closing '}}'")
-            value, i = braced
-            while i < n and text[i] in " \t":
-                i += 1
-            if i < n and text[i] != ";":
-                raise ValueError(f"invalid connection string: unexpected text after the braced value of {key.upper()}")
-        else:
-            end = text.find(";", i)
-            end = n if end < 0 else end
-            value = text[i:end].strip()
-            i = end
-        out[key] = value
-    if not out:
-        raise ValueError("the connection string is empty")
-    return out
-
-
-def parse_table_name(name: str) -> tuple[str | None, str]:
-    """``dbo.Orders`` / ``Orders`` / ``[dbo].[Order Details]`` → (schema or None, table)."""
-    parts: list[str] = []
-    i, n = 0, len(name)
-    if not name.strip():
-        raise ValueError("table names must not be empty")
-    while True:
-        if i < n and name[i] == "[":
-            bracketed = _read_delimited(name, i + 1, "]")
-            if bracketed is None:
-                raise ValueError(f"table name {name!r}: '[' has no closing ']'")
-            part, i = bracketed
-        else:
-            end = name.find(".", i)
-            end = n if end < 0 else end
-            part = name[i:end].strip()
-            i = end
-        if not part:
-            raise ValueError(f"table name {name!r} has an empty part (expected schema.table)")
-        parts.append(part)
-        if i >= n:
-            break
-        if name[i] != ".":
-            raise ValueError(f"table name {name!r}: expected '.' after ']'")
-        i += 1
-    if len(parts) > 2:
-        raise ValueError(
-            f"table name {name!r} has {len(parts)} parts: use schema.table "
-            f"(the database comes from the connection string)"
-        )
-    return (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
-
-
-def _read_delimited(text: str, start: int, close: str) -> tuple[str, int] | None:
-    """The text from ``start`` to the first single ``close`` (a doubled one is a literal ``close``)
-    and the index just past it; None when it is never closed."""
-    chars: list[str] = []
-    i, n = start, len(text)
-    while i < n:
-        if text[i] == close:
-            if i + 1 < n and text[i + 1] == close:
-                chars.append(close)
-                i += 2
-                continue
-            return "".join(chars), i + 1
-        chars.append(text[i])
-        i += 1
-    return None
-
-
-def quote_name(name: str) -> str:
-    """A SQL Server identifier in brackets (``]`` doubled): safe to splice into SQL."""
-    return "[" + name.replace("]", "]]") + "]"
+    def column_filter(self, schema: str, table: str) -> tuple[str, list[str]] | None:
+        """("only", names) / ("except", names) for a table, or None: every captured column."""
+        key = (schema.lower(), table.lower())
+        for options, kind in ((self.columns, "only"), (self.exclude_columns, "except")):
+            for name, names in options.items():
+                wanted = table_key(name)
+                if wanted == key or (wanted[0] is None and wanted[1] == key[1]):
+                    return kind, names
+        return None
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,13 @@
 """Everything that talks to SQL Server (the only pyodbc user): thin methods, one statement
-each, returning plain values or :class:`ResultSet`; the logic lives in stream.py,
-health.py and infra.py.
+each, returning plain values; the logic lives in stream.py, windows.py, snapshot.py,
+health.py and infra.py, the SQL text of change and snapshot queries in sql.py.
+
+What ``run`` uses is what a least-privileged login may run (Microsoft's CDC security
+model): ``sys.sp_cdc_help_change_data_capture``, ``sys.sp_cdc_get_captured_columns``, the
+``sys.fn_cdc_*`` functions, ``cdc.fn_cdc_get_all_changes_<instance>``, catalog views of
+the tables it may read and the permission functions. ``cdc.<instance>_CT`` only in direct
+mode, where the login was found to have SELECT on it. Health checks that need more
+(``sys.dm_db_log_stats``, ``msdb``) are skipped quietly without the right.
 
 Connections are autocommit (each query sees what is committed), have a login and a
 query timeout, and convert ``datetimeoffset`` (which pyodbc cannot read by itself). The
@@ -13,30 +20,30 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import queue
-from concurrent.futures import ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyodbc
 
-from dstream_mssql_cdc.changes import COMMAND_ID, COMMIT_TIME, ResultSet, datetimeoffset
-from dstream_mssql_cdc.config import quote_name
+from dstream_mssql_cdc.catalog import CaptureInstance, Column, Login, ServerState, SourceTable
+from dstream_mssql_cdc.changes import ResultSet, datetimeoffset
 from dstream_mssql_cdc.errors import CdcError, ConnectionLost, translate
-from dstream_mssql_cdc.infra import PROPERTY_PREFIX, DatabaseInfo, SourceTable, Tag
+from dstream_mssql_cdc.infra import PROPERTY_PREFIX, DatabaseInfo, Tag
 from dstream_mssql_cdc.lsn import from_bytes, parse_log_lsn, to_bytes
-from dstream_mssql_cdc.stream import CaptureInstance, ServerState
+from dstream_mssql_cdc.names import quote_name, split_column_list
+from dstream_mssql_cdc.sql import window_end_query
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
     from datetime import datetime
 
     from dstream_mssql_cdc.config import Target
-    from dstream_mssql_cdc.stream import Window
 
 T = TypeVar("T")
 
 pyodbc.pooling = False  # a pooled connection may be a dead one after a failover
 SQL_SS_TIMESTAMPOFFSET = -155
+FETCH = 2000  # rows per fetch of a streamed result
+OFFSET_TIME = "TODATETIMEOFFSET({0}, DATEPART(TZOFFSET, SYSDATETIMEOFFSET()))"  # Debezium's LSN_TIMESTAMP_SELECT
 
 
 class Session:
@@ -57,7 +64,7 @@ class Session:
         try:
             conn = pyodbc.connect(self._connection_string, autocommit=True, timeout=self.login_timeout)
         except pyodbc.Error as exc:
-            raise self._translate(exc, connecting=True) from None
+            raise self.translate(exc, connecting=True) from None
         conn.timeout = self.query_timeout
         conn.add_output_converter(SQL_SS_TIMESTAMPOFFSET, datetimeoffset)
         self._conn = conn
@@ -72,15 +79,18 @@ class Session:
             with contextlib.suppress(Exception):
                 conn.close()
 
-    def _translate(self, exc: pyodbc.Error, connecting: bool = False) -> CdcError:
+    def translate(self, exc: pyodbc.Error, connecting: bool = False) -> CdcError:
         state = str(exc.args[0]) if exc.args else ""
         text = str(exc.args[1]) if len(exc.args) > 1 else str(exc)
         drivers: list[str] = []
         with contextlib.suppress(Exception):
             drivers = list(pyodbc.drivers())
-        return translate(state, text, self.target, drivers, connecting)
+        error = translate(state, text, self.target, drivers, connecting)
+        if isinstance(error, ConnectionLost):
+            self.close()
+        return error
 
-    def _cursor(self) -> pyodbc.Cursor:
+    def cursor(self) -> pyodbc.Cursor:
         if self._conn is None:
             self.connect()
         assert self._conn is not None
@@ -90,22 +100,19 @@ class Session:
     def _statement(self) -> Iterator[pyodbc.Cursor]:
         """A cursor, closed after use; pyodbc errors become CdcErrors (a lost connection is dropped)."""
         try:
-            cur = self._cursor()
+            cur = self.cursor()
             try:
                 yield cur
             finally:
                 cur.close()
         except pyodbc.Error as exc:
-            error = self._translate(exc)
-            if isinstance(error, ConnectionLost):
-                self.close()
-            raise error from None
+            raise self.translate(exc) from None
 
     def query(self, sql: str, *params: Any) -> ResultSet:
         """The first result set of ``sql`` (later ones, and messages, are drained)."""
         with self._statement() as cur:
             cur.execute(sql, *params)
-            while not _has_columns(cur):
+            while cur.description is None:
                 if not cur.nextset():
                     return ResultSet((), [])
             columns = tuple(str(d[0]) for d in cur.description)
@@ -125,7 +132,11 @@ class Session:
         result = self.query(sql, *params)
         return result.rows[0][0] if result.rows else None
 
-    def _optional(self, read: Callable[[], T]) -> T | None:
+    def records(self, sql: str, *params: Any) -> list[dict[str, Any]]:
+        result = self.query(sql, *params)
+        return [dict(zip(result.columns, row, strict=True)) for row in result.rows]
+
+    def optional(self, read: Callable[[], T]) -> T | None:
         """``read()``, or None when it fails other than by a lost connection (e.g. msdb not readable)."""
         try:
             return read()
@@ -134,14 +145,18 @@ class Session:
         except CdcError:
             return None
 
-    # -- the database and its capture instances -----------------------------------------
+    # -- the database, its capture instances and permissions ----------------------------
 
     def database(self) -> DatabaseInfo:
         row = self.query(
-            "SELECT DB_NAME(), CAST(d.is_cdc_enabled AS int), CAST(SERVERPROPERTY('ProductVersion') AS nvarchar(128))"
-            " FROM sys.databases AS d WHERE d.database_id = DB_ID()"
+            "SELECT DB_NAME(), CAST(d.is_cdc_enabled AS int), CAST(SERVERPROPERTY('ProductVersion') AS nvarchar(128)),"
+            " CAST(d.snapshot_isolation_state AS int) FROM sys.databases AS d WHERE d.database_id = DB_ID()"
         ).rows[0]
-        return DatabaseInfo(str(row[0]), bool(row[1]), str(row[2] or ""))
+        return DatabaseInfo(str(row[0]), bool(row[1]), str(row[2] or ""), row[3] == 1)
+
+    def login(self) -> Login:
+        row = self.query("SELECT SUSER_SNAME(), USER_NAME()").rows[0]
+        return Login(str(row[0] or ""), str(row[1] or ""))
 
     def max_lsn(self) -> int | None:
         raw = self.value("SELECT sys.fn_cdc_get_max_lsn()")
@@ -149,27 +164,163 @@ class Session:
         return value or None
 
     def instances(self) -> tuple[CaptureInstance, ...]:
-        result = self.query(
-            "SELECT ct.capture_instance, OBJECT_SCHEMA_NAME(ct.source_object_id), OBJECT_NAME(ct.source_object_id),"
-            " ct.source_object_id, sys.fn_cdc_get_min_lsn(ct.capture_instance), ct.create_date, ct.object_id,"
-            " OBJECT_NAME(ct.object_id) FROM cdc.change_tables AS ct"
-        )
-        return tuple(
-            CaptureInstance(
-                name=str(r[0]),
-                schema=str(r[1] or ""),
-                table=str(r[2] or ""),
-                object_id=int(r[3]),
-                min_lsn=from_bytes(r[4]) if r[4] is not None else 0,
-                create_date=r[5],
-                change_table_id=int(r[6] or 0),
-                change_table=str(r[7] or ""),
+        """The capture instances this login may read (``sys.sp_cdc_help_change_data_capture``)."""
+        found = []
+        for r in self.records("EXEC sys.sp_cdc_help_change_data_capture"):
+            start = r.get("start_lsn")
+            found.append(
+                CaptureInstance(
+                    name=str(r["capture_instance"]),
+                    schema=str(r["source_schema"]),
+                    table=str(r["source_table"]),
+                    object_id=int(r["source_object_id"]),
+                    min_lsn=from_bytes(start) if start is not None else 0,
+                    create_date=r.get("create_date"),
+                    change_table_id=int(r.get("object_id") or 0),
+                    role=r.get("role_name"),
+                    key=split_column_list(r.get("index_column_list")),
+                    captured=split_column_list(r.get("captured_column_list")),
+                )
             )
-            for r in result.rows
-        )
+        return tuple(found)
 
     def state(self) -> ServerState:
-        return ServerState(self.max_lsn(), self.instances())
+        row = self.query(
+            "SELECT sys.fn_cdc_get_max_lsn(), "
+            + OFFSET_TIME.format("sys.fn_cdc_map_lsn_to_time(sys.fn_cdc_get_max_lsn())")
+        ).rows[0]
+        raw = from_bytes(row[0]) if row[0] is not None else 0
+        return ServerState(raw or None, self.instances(), row[1])
+
+    def captured_columns(self, instance: CaptureInstance) -> list[Column]:
+        """The instance's captured columns with their types; large objects with their
+        change-table ordinal (``sys.fn_cdc_get_column_ordinal``, for ``sys.fn_cdc_is_bit_set``)."""
+        columns = []
+        for r in self.records("EXEC sys.sp_cdc_get_captured_columns @capture_instance = ?", instance.name):
+            columns.append(
+                Column(
+                    name=str(r["column_name"]),
+                    type=str(r["data_type"]).lower(),
+                    max_length=r.get("character_maximum_length"),
+                    precision=r.get("numeric_precision"),
+                    scale=r.get("numeric_scale") if r.get("numeric_scale") is not None else r.get("datetime_precision"),
+                    ordinal=int(r.get("column_ordinal") or 0),
+                )
+            )
+        out = []
+        for found in columns:
+            column = found
+            if column.lob:
+                ordinal = self.value("SELECT sys.fn_cdc_get_column_ordinal(?, ?)", instance.name, column.name)
+                column = Column(
+                    column.name, column.type, column.max_length, column.precision, column.scale, int(ordinal)
+                )
+            out.append(column)
+        return out
+
+    def table(self, schema: str | None, name: str) -> SourceTable | None:
+        qualified = f"{quote_name(schema)}.{quote_name(name)}" if schema else quote_name(name)
+        rows = self.query(
+            "SELECT t.object_id, SCHEMA_NAME(t.schema_id), t.name, CAST(t.is_tracked_by_cdc AS int)"
+            " FROM sys.tables AS t WHERE t.object_id = OBJECT_ID(?)",
+            qualified,
+        ).rows
+        return SourceTable(int(rows[0][0]), str(rows[0][1]), str(rows[0][2]), bool(rows[0][3])) if rows else None
+
+    def tracked_tables(self) -> list[SourceTable]:
+        """Tables CDC captures that this login can see (capture instance visible to it or not)."""
+        rows = self.query(
+            "SELECT object_id, SCHEMA_NAME(schema_id), name FROM sys.tables WHERE is_tracked_by_cdc = 1"
+        ).rows
+        return [SourceTable(int(r[0]), str(r[1]), str(r[2]), True) for r in rows]
+
+    def denied_columns(self, table: SourceTable) -> list[str]:
+        """The table's columns this login may not SELECT."""
+        rows = self.query(
+            "SELECT c.name FROM sys.columns AS c WHERE c.object_id = ?"
+            " AND ISNULL(HAS_PERMS_BY_NAME(QUOTENAME(SCHEMA_NAME(?)) + N'.' + QUOTENAME(OBJECT_NAME(?)),"
+            " N'OBJECT', N'SELECT', c.name, N'COLUMN'), 0) = 0 ORDER BY c.column_id",
+            table.object_id,
+            table.object_id,
+            table.object_id,
+        ).rows
+        return [str(r[0]) for r in rows]
+
+    def is_role_member(self, role: str) -> bool:
+        return bool(self.value("SELECT ISNULL(IS_ROLEMEMBER(?), 0)", role))
+
+    def can_select(self, securable: str) -> bool:
+        return bool(self.value("SELECT ISNULL(HAS_PERMS_BY_NAME(?, N'OBJECT', N'SELECT'), 0)", securable))
+
+    def min_lsn(self, instance: str) -> int:
+        raw = self.value("SELECT sys.fn_cdc_get_min_lsn(?)", instance)
+        return from_bytes(raw) if raw is not None else 0
+
+    # -- changes --------------------------------------------------------------------------
+
+    def window_end(
+        self, instance: CaptureInstance, direct: bool, n: int, start: int, end: int
+    ) -> tuple[int, int | None]:
+        """How many changes (at most ``n``) follow ``start`` up to ``end``, and the last one's LSN."""
+        row = self.query(window_end_query(instance, direct), n, to_bytes(start), to_bytes(end)).rows[0]
+        return int(row[0]), from_bytes(row[1]) if row[1] is not None else None
+
+    def commit_times(self, lsns: Sequence[int]) -> dict[int, datetime | None]:
+        """``sys.fn_cdc_map_lsn_to_time`` of each commit LSN, with the server's UTC offset."""
+        out: dict[int, datetime | None] = {}
+        for i in range(0, len(lsns), 500):
+            part = lsns[i : i + 500]
+            values = ", ".join("(?)" for _ in part)
+            rows = self.query(
+                f"SELECT v.l, {OFFSET_TIME.format('sys.fn_cdc_map_lsn_to_time(v.l)')} FROM (VALUES {values}) AS v(l)",  # noqa: S608
+                *[to_bytes(lsn) for lsn in part],
+            ).rows
+            out.update((from_bytes(r[0]), r[1]) for r in rows)
+        return out
+
+    def stream(self, sql: str, *params: Any) -> Rows:
+        """Execute ``sql`` and hand its rows over as they are fetched (:class:`Rows`)."""
+        cur = self.cursor()
+        try:
+            cur.execute(sql, *params)
+            first = cur.fetchmany(FETCH)
+        except pyodbc.Error as exc:
+            with contextlib.suppress(Exception):
+                cur.close()
+            raise self.translate(exc) from None
+        except BaseException:
+            with contextlib.suppress(Exception):
+                cur.close()
+            raise
+        columns, signature = tuple(str(d[0]) for d in cur.description), _signature(cur.description)
+        if len(first) < FETCH:  # all of it: the connection is free at once
+            with contextlib.suppress(Exception):
+                cur.close()
+            cur = None
+        return Rows(self, cur, first, columns, signature)
+
+    # -- snapshots ------------------------------------------------------------------------
+
+    def begin_snapshot(self, isolation: str) -> int | None:
+        """Start the snapshot's transaction and return the CDC max LSN it is consistent with.
+
+        SNAPSHOT isolation (Debezium's snapshot.isolation.mode = snapshot): the first read,
+        ``sys.fn_cdc_get_max_lsn()``, fixes the transaction's view of the data and of
+        ``cdc.lsn_time_mapping`` at once, so every transaction at or below that LSN is in the
+        rows read later in the same transaction. read_committed: the LSN is read first, then
+        each chunk in its own statement (rows changed meanwhile come again as changes).
+        """
+        if isolation == "snapshot":
+            self.execute("SET TRANSACTION ISOLATION LEVEL SNAPSHOT")
+            self.execute("BEGIN TRANSACTION")
+        return self.max_lsn()
+
+    def end_snapshot(self) -> None:
+        with contextlib.suppress(CdcError):
+            self.execute("IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION")
+            self.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+
+    # -- health ---------------------------------------------------------------------------
 
     def log_end(self) -> int | None:
         """The end of the transaction log (``sys.dm_db_log_stats``), or None when not readable
@@ -185,62 +336,15 @@ class Session:
             return None
         return parse_log_lsn(str(text)) if text is not None else None
 
-    def table(self, schema: str | None, name: str) -> SourceTable | None:
-        qualified = f"{quote_name(schema)}.{quote_name(name)}" if schema else quote_name(name)
-        rows = self.query(
-            "SELECT o.object_id, SCHEMA_NAME(o.schema_id), o.name FROM sys.objects AS o"
-            " WHERE o.object_id = OBJECT_ID(?) AND o.type = 'U'",
-            qualified,
-        ).rows
-        return SourceTable(int(rows[0][0]), str(rows[0][1]), str(rows[0][2])) if rows else None
-
-    # -- changes --------------------------------------------------------------------------
-
-    def changes(self, window: Window) -> ResultSet:
-        """At most ``window.limit`` rows of ``fn_cdc_get_all_changes`` in the window, in order."""
-        function = "cdc." + quote_name("fn_cdc_get_all_changes_" + window.instance.name)
-        change_table = "cdc." + quote_name(window.instance.change_table_name)
-        params: list[Any] = [window.limit, to_bytes(window.start), to_bytes(window.end)]
-        where = ""
-        if window.after is not None:
-            lsn, command, seqval, operation = window.after
-            where = (
-                " WHERE c.__$start_lsn > ? OR (c.__$start_lsn = ? AND (ct.__$command_id > ?"
-                " OR (ct.__$command_id = ? AND (c.__$seqval > ? OR (c.__$seqval = ? AND c.__$operation > ?)))))"
-            )
-            params += [to_bytes(lsn), to_bytes(lsn), command, command, to_bytes(seqval), to_bytes(seqval), operation]
-        # Identifiers are bracket-quoted (quote_name); every value is a parameter.
-        sql = (
-            f"SELECT TOP (?) c.*, ct.__$command_id AS {quote_name(COMMAND_ID)},"  # noqa: S608
-            f" m.tran_end_time AS {quote_name(COMMIT_TIME)}"
-            f" FROM {function}(?, ?, N'all update old') AS c"
-            f" JOIN {change_table} AS ct ON ct.__$start_lsn = c.__$start_lsn AND ct.__$seqval = c.__$seqval"
-            " AND ct.__$operation = c.__$operation"
-            " LEFT JOIN cdc.lsn_time_mapping AS m ON m.start_lsn = c.__$start_lsn"
-            f"{where}"
-            " ORDER BY c.__$start_lsn, ct.__$command_id, c.__$seqval, c.__$operation"
+    def commit_time(self, lsn: int) -> datetime | None:
+        value: datetime | None = self.value(
+            f"SELECT {OFFSET_TIME.format('sys.fn_cdc_map_lsn_to_time(?)')}", to_bytes(lsn)
         )
-        return self.query(sql, *params)
+        return value
 
     def increment_lsn(self, lsn: int) -> int:
         """``sys.fn_cdc_increment_lsn`` itself (tests compare it with lsn.increment_lsn)."""
         return from_bytes(self.value("SELECT sys.fn_cdc_increment_lsn(?)", to_bytes(lsn)))
-
-    def commit_time(self, lsn: int) -> datetime | None:
-        """``sys.fn_cdc_map_lsn_to_time``."""
-        value: datetime | None = self.value("SELECT sys.fn_cdc_map_lsn_to_time(?)", to_bytes(lsn))
-        return value
-
-    # -- health ---------------------------------------------------------------------------
-
-    def lag_seconds(self, lsn: int) -> float | None:
-        """Seconds between the oldest commit at or after ``lsn`` and the newest capture (0: none)."""
-        value = self.value(
-            "SELECT DATEDIFF_BIG(millisecond, (SELECT TOP (1) tran_end_time FROM cdc.lsn_time_mapping"
-            " WHERE start_lsn >= ? ORDER BY start_lsn), sys.fn_cdc_map_lsn_to_time(sys.fn_cdc_get_max_lsn()))",
-            to_bytes(lsn),
-        )
-        return max(0.0, int(value) / 1000.0) if value is not None else 0.0
 
     def capture_latency(self) -> float | None:
         """Seconds since the newest capture (``sys.fn_cdc_map_lsn_to_time`` of the max LSN)."""
@@ -251,7 +355,7 @@ class Session:
 
     def retention_minutes(self) -> int | None:
         """The cleanup job's retention (``msdb.dbo.cdc_jobs``), or None when unknown or not readable."""
-        value = self._optional(
+        value = self.optional(
             lambda: self.value(
                 "SELECT retention FROM msdb.dbo.cdc_jobs WHERE database_id = DB_ID() AND job_type = N'cleanup'"
             )
@@ -274,15 +378,18 @@ class Session:
             )
             return "running" if running else "stopped"
 
-        return self._optional(read)
+        return self.optional(read)
 
-    # -- lifecycle ------------------------------------------------------------------------
+    # -- lifecycle (db_owner; sysadmin for the database) ----------------------------------
 
     def enable_database(self) -> None:
         self.execute("EXEC sys.sp_cdc_enable_db")
 
     def disable_database(self) -> None:
         self.execute("EXEC sys.sp_cdc_disable_db")
+
+    def allow_snapshot_isolation(self, database: str) -> None:
+        self.execute(f"ALTER DATABASE {quote_name(database)} SET ALLOW_SNAPSHOT_ISOLATION ON")
 
     def enable_table(self, table: SourceTable) -> None:
         self.execute(
@@ -346,49 +453,54 @@ class Session:
             )
 
 
-class Readers:
-    """Change queries of several tables at once, one connection each (``parallelism``)."""
+def _signature(description: Any) -> tuple[Any, ...]:
+    """What the driver says about a result's columns: a change tells a type altered in place."""
+    return tuple((d[0], getattr(d[1], "__name__", str(d[1])), d[3], d[4], d[5]) for d in description)
 
-    def __init__(self, main: Session, factory: Any, parallelism: int) -> None:
-        self.main = main
-        self.parallelism = parallelism
-        self._factory = factory
-        self._sessions: list[Session] = []
-        self._idle: queue.SimpleQueue[Session] = queue.SimpleQueue()
-        self._pool: ThreadPoolExecutor | None = None
 
-    def fetch(self, windows: Sequence[Window]) -> list[tuple[Window, ResultSet]]:
-        if len(windows) <= 1 or self.parallelism <= 1:
-            return [(w, self.main.changes(w)) for w in windows]
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=self.parallelism, thread_name_prefix="mssql-cdc")
-        futures = [self._pool.submit(self._one, w) for w in windows]
-        wait(futures)  # every query ends before the first failure is reported
-        for future in futures:
-            failure = future.exception()
-            if failure is not None:
-                raise failure
-        return [(w, f.result()) for w, f in zip(windows, futures, strict=True)]
+class Rows:
+    """An executed statement whose rows are fetched as the consumer asks (``FETCH`` at a
+    time), so a window of a million changes never sits in memory whole; the session is
+    released (``on_done``) when the rows are exhausted or the iteration is closed."""
 
-    def _one(self, window: Window) -> ResultSet:
+    def __init__(
+        self, session: Session, cursor: Any, first: list[Any], columns: tuple[str, ...], signature: Any
+    ) -> None:
+        self.session = session
+        self.columns = columns
+        self.signature = signature
+        self._cursor: Any = cursor
+        self._first = first
+        self.on_chunk: Callable[[Sequence[Any]], None] | None = None
+        self.on_done: Callable[[Session], None] | None = None
+
+    @property
+    def complete(self) -> bool:
+        """Every row is fetched already (the statement's connection is not held)."""
+        return self._cursor is None
+
+    def __iter__(self) -> Iterator[Any]:
+        chunk = self._first
+        self._first = []
         try:
-            session = self._idle.get_nowait()
-        except queue.Empty:
-            session = self._factory()
-            self._sessions.append(session)
-        try:
-            return session.changes(window)
+            while chunk:
+                if self.on_chunk is not None:
+                    self.on_chunk(chunk)
+                yield from chunk
+                if self._cursor is None:
+                    return
+                try:
+                    chunk = self._cursor.fetchmany(FETCH)
+                except pyodbc.Error as exc:
+                    raise self.session.translate(exc) from None
         finally:
-            self._idle.put(session)
+            self.close()
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
-        for session in self._sessions:
-            session.close()
-
-
-def _has_columns(cursor: Any) -> bool:
-    """Whether the current result is a result set (pyodbc's description is None for statements)."""
-    return cursor.description is not None
+        cursor, self._cursor = self._cursor, None
+        if cursor is None:
+            return
+        with contextlib.suppress(Exception):
+            cursor.close()
+        if self.on_done is not None:
+            self.on_done(self.session)

@@ -5,7 +5,10 @@ SQLSTATE and the driver's message of a ``pyodbc.Error``).
 
     CdcError            a problem with the source; the message says what to do
      ├── ConnectionLost the server went away, a timeout, a deadlock: retried with backoff
-     └── Purged         changes the stream needs are gone (CDC retention, a dropped capture instance)
+     ├── Purged         changes the stream needs are gone (CDC retention, a dropped capture instance)
+     ├── InstanceGone   a capture instance was dropped between planning and querying (error 208):
+     │                  the instances are read again and the run goes on
+     └── Denied         the login lacks a permission (error 229 and kin)
 """
 
 from __future__ import annotations
@@ -39,6 +42,23 @@ class ConnectionLost(CdcError):
 
 class Purged(CdcError):
     """Changes between the stream's position and what CDC still holds are gone."""
+
+
+class InstanceGone(CdcError):
+    """A capture instance's query function or change table no longer exists (error 208)."""
+
+    def __init__(self, message: str, instance: str) -> None:
+        super().__init__(message)
+        self.instance = instance
+
+
+class Denied(CdcError):
+    """The login may not do what the provider asked (the message names the right)."""
+
+
+_MISSING_OBJECT = re.compile(
+    r"invalid object name '(?:[^']*\.)?\[?cdc\]?\.\[?(fn_cdc_get_all_changes_([^'\]]+)|([^'\]]+)_CT)\]?'", re.I
+)
 
 
 def clean_message(text: str) -> tuple[int | None, str]:
@@ -95,12 +115,22 @@ def translate(state: str, text: str, target: Target, drivers: Iterable[str] = ()
             f"validity interval (changes purged by CDC retention, or the capture instance was disabled): {message}"
         )
     if native == 208 and "cdc." in lowered:
+        found = _MISSING_OBJECT.search(message)
+        if found:
+            instance = found.group(2) or found.group(3)
+            return InstanceGone(f"capture instance {instance} no longer exists on {where} ({message})", instance)
         return CdcError(
             f"CDC is not enabled on {where} ({message}): set enable_cdc = true and run "
             f"`dstream init {target.task_hint}`, or EXEC sys.sp_cdc_enable_db"
         )
-    if native in (229, 230, 262, 297, 300, 916, 15247, 22902, 22904):
+    if native == 3952:
         return CdcError(
+            f"the snapshot needs snapshot isolation, which database {target.database} does not allow ({message}): "
+            f"ALTER DATABASE [{target.database}] SET ALLOW_SNAPSHOT_ISOLATION ON (dstream init does it with "
+            f'enable_cdc = true), or snapshot_isolation = "read_committed" (rows changed meanwhile come again)'
+        )
+    if native in (229, 230, 262, 297, 300, 916, 15247, 22902, 22904, 22981):
+        return Denied(
             f"permission denied on {where}: {message} (reading changes needs SELECT on the captured columns and "
             f"membership of the capture instance's gating role, if any; init and destroy need db_owner, and "
             f"enabling CDC on the database needs sysadmin)"

@@ -22,24 +22,28 @@ destroy. The planning functions here are pure; :class:`Infrastructure` carries t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from dstream.sdk import Resource
-from dstream_mssql_cdc.config import parse_table_name
+from dstream_mssql_cdc.catalog import SourceTable
 from dstream_mssql_cdc.errors import CdcError
-from dstream_mssql_cdc.lsn import format_lsn
+from dstream_mssql_cdc.lsn import decrement_lsn, format_lsn
+from dstream_mssql_cdc.names import parse_table_name
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from dstream.sdk.cdc import Position
+    from dstream_mssql_cdc.catalog import CaptureInstance
     from dstream_mssql_cdc.db import Session
-    from dstream_mssql_cdc.stream import CaptureInstance
 
 PROPERTY_PREFIX = "dstream:cdc:"
 DATABASE_PROPERTY = PROPERTY_PREFIX + "database"
 DATABASE = "cdc_database"
 INSTANCE = "capture_instance"
 TABLE = "table"
+ISOLATION = "snapshot_isolation"
 
 
 @dataclass(frozen=True)
@@ -47,17 +51,7 @@ class DatabaseInfo:
     name: str
     cdc_enabled: bool
     version: str
-
-
-@dataclass(frozen=True)
-class SourceTable:
-    object_id: int
-    schema: str
-    name: str
-
-    @property
-    def qualified(self) -> str:
-        return f"{self.schema}.{self.name}"
+    snapshot_isolation: bool = False  # ALLOW_SNAPSHOT_ISOLATION ON
 
 
 @dataclass(frozen=True)
@@ -85,7 +79,7 @@ class Step:
     """A result row and what to do for it (None: nothing)."""
 
     resource: Resource
-    op: str | None = None  # enable_db | enable_table | disable_table | disable_db | drop_tag
+    op: str | None = None  # enable_db | allow_snapshot | enable_table | disable_table | disable_db | drop_tag
     table: SourceTable | None = None
     instance: str | None = None
     tag: Tag | None = None
@@ -131,8 +125,11 @@ def _instance_details(instance: CaptureInstance, tags: list[Tag]) -> dict[str, A
     return details
 
 
-def plan_enable(db: DatabaseInfo, tables: list[TableState], tags: list[Tag], enable: bool, task: str) -> Plan:
-    """What init does (and plan shows): enable CDC where it is off, when allowed to."""
+def plan_enable(
+    db: DatabaseInfo, tables: list[TableState], tags: list[Tag], enable: bool, task: str, snapshots: bool = False
+) -> Plan:
+    """What init does (and plan shows): enable CDC where it is off, when allowed to, and
+    snapshot isolation when the snapshot needs it (``snapshots``)."""
     plan = Plan()
     if db.cdc_enabled:
         details = {"owner": database_owner(tags)}
@@ -145,6 +142,19 @@ def plan_enable(db: DatabaseInfo, tables: list[TableState], tags: list[Tag], ena
             f"CDC is not enabled on database {db.name}: set enable_cdc = true (then `dstream init {task}` runs "
             f"sys.sp_cdc_enable_db, which needs sysadmin), or EXEC sys.sp_cdc_enable_db"
         )
+    if snapshots:
+        if db.snapshot_isolation:
+            plan.steps.append(Step(Resource(ISOLATION, db.name, "none", "on")))
+        elif enable:
+            plan.steps.append(Step(Resource(ISOLATION, db.name, "update", "off", {"to": "on"}), "allow_snapshot"))
+        else:
+            plan.steps.append(Step(Resource(ISOLATION, db.name, "none", "off")))
+            plan.problems.append(
+                f"snapshot isolation is off on database {db.name}, and the initial snapshot reads in a SNAPSHOT "
+                f"transaction: set enable_cdc = true (then `dstream init {task}` runs ALTER DATABASE [{db.name}] "
+                f"SET ALLOW_SNAPSHOT_ISOLATION ON, which needs db_owner), run that yourself, or set "
+                f'snapshot_isolation = "read_committed"'
+            )
     for table in tables:
         if table.source is None:
             plan.steps.append(Step(Resource(TABLE, table.name, "none", "absent")))
@@ -229,11 +239,14 @@ def _key(name: str) -> tuple[str | None, str]:
 
 
 class Infrastructure:
-    def __init__(self, db: Session, tables: list[str] | None, enable: bool, task: str | None) -> None:
+    def __init__(
+        self, db: Session, tables: list[str] | None, enable: bool, task: str | None, snapshots: bool = False
+    ) -> None:
         self.db = db
         self.tables = tables
         self.enable = enable
         self.task = task
+        self.snapshots = snapshots  # the initial snapshot will run in a SNAPSHOT transaction
 
     def _task(self) -> str:
         if not self.task:
@@ -263,7 +276,8 @@ class Infrastructure:
     def _plan_enable(self) -> Plan:
         db = self.db.database()
         tags = self.db.tags()
-        return plan_enable(db, self._table_states(self._instances(db)), tags, self.enable, self.task or "TASK")
+        states = self._table_states(self._instances(db))
+        return plan_enable(db, states, tags, self.enable, self.task or "TASK", self.snapshots)
 
     def plan(self) -> Iterator[Resource]:
         for step in self._plan_enable().steps:
@@ -281,6 +295,9 @@ class Infrastructure:
                 self.db.enable_database()
                 self.db.add_tag(None, DATABASE_PROPERTY, {"task": task})
                 yield Resource(DATABASE, step.resource.name, "create", "enabled", {"owner": task})
+            elif step.op == "allow_snapshot":
+                self.db.allow_snapshot_isolation(step.resource.name)
+                yield Resource(ISOLATION, step.resource.name, "update", "on", {"was": "off"})
             elif step.op == "enable_table":
                 yield self._enable_table(step)
             else:
@@ -301,21 +318,26 @@ class Infrastructure:
         self.db.add_tag(table, instance_tag(instance.name), {"task": task, "change_table_id": instance.change_table_id})
         return Resource(INSTANCE, instance.name, "create", "present", {"table": table.qualified, "owner": task})
 
-    def status(self) -> Iterator[Resource]:
+    def status(self, positions: dict[str, Position] | None = None) -> Iterator[Resource]:
+        """The database, and each capture instance with its columns; with the task's
+        checkpoint (``positions``), each table's position and lag behind the max LSN."""
         db = self.db.database()
         tags = self.db.tags()
         details: dict[str, Any] = {"owner": database_owner(tags)}
+        max_lsn = None
         if db.cdc_enabled:
             max_lsn = self.db.max_lsn()
             details["max_lsn"] = format_lsn(max_lsn) if max_lsn is not None else None
             details["capture_latency_seconds"] = self.db.capture_latency()
             details["retention_minutes"] = self.db.retention_minutes()
             details["capture_job"] = self.db.capture_job()
+            details["snapshot_isolation"] = "on" if db.snapshot_isolation else "off"
         yield Resource(DATABASE, db.name, "none", "enabled" if db.cdc_enabled else "disabled", details)
         for table in self._table_states(self._instances(db)):
             if table.source is None:
                 yield Resource(TABLE, table.name, "none", "absent")
-            elif not table.instances:
+                continue
+            if not table.instances:
                 yield Resource(
                     INSTANCE,
                     f"{table.source.schema}_{table.source.name}",
@@ -324,7 +346,33 @@ class Infrastructure:
                     {"table": table.source.qualified},
                 )
             for instance in table.instances:
-                yield Resource(INSTANCE, instance.name, "none", "present", _instance_details(instance, tags))
+                found = _instance_details(instance, tags)
+                columns = self.db.optional(partial(self.db.captured_columns, instance))
+                if columns is not None:
+                    found["columns"] = [c.describe() for c in columns]
+                found["key"] = list(instance.key)
+                yield Resource(INSTANCE, instance.name, "none", "present", found)
+            if positions is not None:
+                yield self._lag(table.source.qualified, positions.get(table.source.qualified), max_lsn)
+
+    def _lag(self, table: str, position: Position | None, max_lsn: int | None) -> Resource:
+        """A table's position in the task's checkpoint and how far it is behind the max LSN."""
+        if position is None:
+            return Resource(TABLE, table, "none", "not started")
+        details: dict[str, Any] = {"lsn": format_lsn(position.lsn), "max_lsn": format_lsn(max_lsn or 0)}
+        if position.snapshot is not None:
+            details["snapshot_rows"] = position.snapshot.rows
+            return Resource(TABLE, table, "none", "snapshot", details)
+        if max_lsn is None or position.lsn > max_lsn:
+            details["lag_seconds"] = 0.0
+            return Resource(TABLE, table, "none", "streaming", details)
+        passed = self.db.commit_time(decrement_lsn(position.lsn)) if position.lsn > 0 else None
+        newest = self.db.commit_time(max_lsn)
+        if passed is not None and newest is not None:
+            details["lag_seconds"] = max(0.0, (newest - passed).total_seconds())
+        else:
+            details["lag_seconds"] = None  # the position is not right after a commit (a start LSN)
+        return Resource(TABLE, table, "none", "streaming", details)
 
     def destroy(self) -> Iterator[Resource]:
         db = self.db.database()

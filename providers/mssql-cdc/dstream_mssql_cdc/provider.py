@@ -1,26 +1,26 @@
-"""mssql-cdc-input-provider: every insert, update and delete that SQL Server CDC captured.
+"""mssql-cdc-input-provider: the rows of SQL Server tables, then every insert, update and
+delete that CDC captured.
 
-A run, in short (stream.py has the positions and windows, changes.py the envelopes,
-health.py the capture-job and retention checks, infra.py the lifecycle verbs, db.py the
-SQL):
+A run, in short (setup.py checks the source, snapshot.py takes snapshots, stream.py and
+windows.py plan and merge the windows, changes.py builds the envelopes, health.py watches
+the capture job, infra.py has the lifecycle verbs, db.py and sql.py the SQL):
 
 1. Connect (a clear error handshake when the server cannot be reached), check that CDC is
-   on, resolve the tables (or, without ``tables``, take every table with a capture
-   instance, and later ones as they appear), and check every stored position against
-   the capture instances: a position older than ``sys.fn_cdc_get_min_lsn`` is a "purged,
-   re-snapshot needed" error before anything is emitted.
-2. Poll: take ``sys.fn_cdc_get_max_lsn()``, plan one window per table, run the windows'
-   ``fn_cdc_get_all_changes`` queries (``parallelism`` at a time), and emit the changes,
-   merged across tables in commit order, each record carrying every table's position.
-   After the poll, a checkpoint carries heartbeats (tables whose position moved to the
-   max LSN without a change). A run without a checkpoint emits the starting positions
-   first, so ``start = "latest"`` means the first start, not every restart.
-3. Polls follow each other at once while a window comes back full, every
-   ``poll_interval`` while changes arrive, and back off (doubling) to
-   ``max_poll_interval`` while idle. A lost connection is retried with backoff for
-   ``reconnect_timeout`` seconds; nothing read but not emitted is kept.
-4. Every poll watches the capture job (NULL or frozen max LSN while the log moves: a
-   warning); every minute, each table's lag is compared with the cleanup retention.
+   on, resolve the tables and what this login may read of them (a table CDC captures but
+   whose capture instance the login cannot see is an error naming the missing right and
+   the GRANT), choose the query mode, and check every stored position against the capture
+   instances: a purged position is an error before anything is emitted, or with
+   ``snapshot = "when_needed"`` the table is snapshotted again.
+2. Snapshot the tables that need it (``snapshot``: a first run, tables added later), then
+   stream them with the others.
+3. Poll: take ``sys.fn_cdc_get_max_lsn()``, plan bounded windows, run them (``parallelism``
+   at a time, rows streamed), and emit the changes merged across tables in commit order,
+   each record carrying every table's position. A capture instance dropped between planning
+   and querying (error 208) is logged and the instances are read again.
+4. Polls follow each other at once while more is waiting, every ``poll_interval`` while
+   changes arrive, and back off (doubling) to ``max_poll_interval`` while idle. A lost
+   connection is retried with backoff for ``reconnect_timeout``; nothing read but not
+   emitted is kept. Each table's lag goes out as a gauge and, every minute, to the log.
 """
 
 from __future__ import annotations
@@ -29,23 +29,30 @@ import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from dstream.sdk import Checkpoint, InfrastructureProvider, InputProvider
-from dstream.sdk.cdc import Backoff, PollInterval, PositionError
-from dstream_mssql_cdc.changes import RecordBuilder
-from dstream_mssql_cdc.config import MssqlCdcConfig, Target, parse_table_name
-from dstream_mssql_cdc.errors import CdcError, ConnectionLost, Purged
+from dstream.sdk.cdc import Backoff, LagReporter, PollInterval, Position, PositionError
+from dstream_mssql_cdc.changes import Layout, RecordBuilder, Values
+from dstream_mssql_cdc.config import MssqlCdcConfig, Target
+from dstream_mssql_cdc.errors import CdcError, ConnectionLost, InstanceGone, Purged
 from dstream_mssql_cdc.health import CaptureMonitor, lag_warning
-from dstream_mssql_cdc.lsn import format_lsn
-from dstream_mssql_cdc.stream import Stream, TableCursor, no_instance_message, parse_checkpoint
+from dstream_mssql_cdc.lsn import format_lsn, to_bytes
+from dstream_mssql_cdc.setup import ORDER_COMMAND, ORDER_SEQVAL, Setup, prepare
+from dstream_mssql_cdc.snapshot import Snapshot, run_pass
+from dstream_mssql_cdc.sql import changes_query
+from dstream_mssql_cdc.stream import Shape, Stream
+from dstream_mssql_cdc.windows import TableCursor, checkpoint_order, initial_position, parse_checkpoint, reorder
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Generator, Iterable, Iterator, Sequence
+    from datetime import datetime
 
     from dstream.sdk import Context, Record, Resource
-    from dstream.sdk.cdc import Position
-    from dstream_mssql_cdc.changes import ResultSet
-    from dstream_mssql_cdc.db import Readers, Session
+    from dstream.sdk.cdc import SnapshotPlan
+    from dstream_mssql_cdc.catalog import CaptureInstance, ServerState
+    from dstream_mssql_cdc.db import Rows, Session
     from dstream_mssql_cdc.infra import Infrastructure
-    from dstream_mssql_cdc.stream import ServerState, StartMode, Window
+    from dstream_mssql_cdc.readers import Readers
+    from dstream_mssql_cdc.stream import Poll
+    from dstream_mssql_cdc.windows import Window
 
 HEALTH_INTERVAL = 60.0  # seconds between lag checks against the cleanup retention
 
@@ -60,14 +67,22 @@ class MssqlCdcInputProvider(InputProvider[MssqlCdcConfig], InfrastructureProvide
 
     def __init__(self, config: MssqlCdcConfig, ctx: Context) -> None:
         super().__init__(config, ctx)
-        from dstream_mssql_cdc.db import Readers
         from dstream_mssql_cdc.infra import Infrastructure
+        from dstream_mssql_cdc.readers import Readers
 
         self.target = Target.from_config(config, ctx.task)
         self.db: Session = self._session()
         self.db.connect()  # a clear error handshake when the server cannot be reached
-        self.readers: Readers = Readers(self.db, self._session, config.parallelism)
-        self.infra: Infrastructure = Infrastructure(self.db, config.tables, config.enable_cdc, ctx.task)
+        self.readers: Readers = Readers(self._session, config.parallelism)
+        snapshots = config.snapshot != "never" and config.snapshot_isolation == "snapshot"
+        self.infra: Infrastructure = Infrastructure(self.db, config.tables, config.enable_cdc, ctx.task, snapshots)
+        self.values = Values(config.numeric_as_string)
+        self.lag = LagReporter(ctx.gauge, self.log, log_every=self.health_interval)
+        self.direct = False
+        self._shapes: dict[str, Shape] = {}
+        self._signatures: dict[str, Any] = {}
+        self._times: dict[int, datetime | None] = {}
+        self._snapshot: Session | None = None
 
     def _session(self) -> Session:
         """A new (unconnected) session. pyodbc, and the ODBC driver manager it loads, are
@@ -86,10 +101,46 @@ class MssqlCdcInputProvider(InputProvider[MssqlCdcConfig], InfrastructureProvide
         return self.infra.plan()
 
     def status(self) -> Iterable[Resource]:
-        return self.infra.status()
+        positions = None
+        if self.ctx.checkpoint is not None:
+            try:
+                positions = parse_checkpoint(self.ctx.checkpoint)
+            except PositionError as exc:
+                self.log.warning("the task's checkpoint is not this provider's: %s", exc)
+        return self.infra.status(positions)
 
     def destroy(self) -> Iterable[Resource]:
         return self.infra.destroy()
+
+    # -- shapes: how each capture instance is read ------------------------------------------
+
+    def shape(self, instance: CaptureInstance) -> Shape:
+        found = self._shapes.get(instance.name)
+        if found is None:
+            found = self._shapes[instance.name] = self._load_shape(instance)
+        return found
+
+    def _load_shape(self, instance: CaptureInstance) -> Shape:
+        from dstream_mssql_cdc.catalog import select_columns
+
+        captured = self.db.captured_columns(instance)
+        wanted = self.config.column_filter(instance.schema, instance.table)
+        columns = select_columns(instance.qualified, instance, captured, wanted)
+        layout = Layout(columns)
+        builder = RecordBuilder(
+            instance.qualified,
+            instance.name,
+            layout,
+            instance.key,
+            self.values,
+            self.config.unavailable_value,
+            self._commit_time,
+        )
+        return Shape(instance, columns, layout, builder)
+
+    def _commit_time(self, lsn: int) -> str | None:
+        value = self._times.get(lsn)
+        return value.isoformat(timespec="milliseconds") if value is not None else None
 
     # -- run --------------------------------------------------------------------------------
 
@@ -98,112 +149,282 @@ class MssqlCdcInputProvider(InputProvider[MssqlCdcConfig], InfrastructureProvide
             stored = parse_checkpoint(checkpoint)
         except PositionError as exc:
             raise CdcError(f"{exc}: was the task's state written by another provider?") from None
-        stream, state = self._prepare(stored)
-        yield from self._poll(stream, state, first=checkpoint is None)
+        setup = prepare(self.db, self.config, self.target, stored, self.log)
+        self.direct = setup.direct
+        order = ORDER_COMMAND if setup.direct else ORDER_SEQVAL
+        if checkpoint is not None:
+            self._reorder(setup, checkpoint_order(checkpoint), order)
+        stream = Stream(self.config.batch_size, self.shape, order)
+        for name, (object_id, position) in setup.streaming.items():
+            stream.add(TableCursor(name, object_id, position, self.target.task_hint), announced=position is not None)
+        if setup.plan:
+            done = yield from self._snapshots(setup, stream, setup.plan)
+            if not done:
+                return
+        yield from self._poll(stream, setup, first=checkpoint is None)
 
-    def _prepare(self, stored: dict[str, Position]) -> tuple[Stream, ServerState]:
-        """Check the source and every stored position before emitting anything."""
-        cfg = self.config
-        info = self.db.database()
-        if not info.cdc_enabled:
-            raise CdcError(
-                f"CDC is not enabled on database {info.name} at {self.target.server}: set enable_cdc = true and run "
-                f"`dstream init {self.target.task_hint}`, or EXEC sys.sp_cdc_enable_db"
+    def _reorder(self, setup: Setup, stored: str, order: str) -> None:
+        positions = {name: p for name, (_, p) in setup.streaming.items() if p is not None}
+        fixed, moved = reorder(positions, stored, order)
+        for name in moved:
+            oid, _ = setup.streaming[name]
+            setup.streaming[name] = (oid, fixed[name])
+            self.log.info(
+                "%s: the checkpoint sits inside a transaction whose changes were counted by __$%s, this run orders "
+                "them by __$%s: that transaction comes again from its start",
+                name,
+                stored,
+                order,
             )
-        state = self.db.state()
-        tables: list[tuple[str, int]] = []
-        if cfg.tables is None:
-            tables = sorted(((name, oid) for oid, name in state.tables().items()), key=lambda t: t[0])
-            if not tables:
-                self.log.warning(
-                    "no table of database %s has a CDC capture instance yet: waiting for tables to be enabled",
-                    info.name,
-                )
-        else:
-            missing: list[str] = []
-            for name in cfg.tables:
-                schema, table = parse_table_name(name)
-                source = self.db.table(schema, table)
-                if source is None:
-                    missing.append(name)
-                    continue
-                if not state.of_table(source.object_id):
-                    raise CdcError(no_instance_message(source.qualified, self.target.task_hint))
-                tables.append((source.qualified, source.object_id))
-            if missing:
-                raise CdcError(
-                    f"table {', '.join(repr(m) for m in missing)} does not exist in database {info.name} "
-                    f"(names are schema.table; without a schema the login's default schema applies)"
-                )
-        names = {name for name, _ in tables}
-        dropped = sorted(set(stored) - names)
-        if dropped:
-            self.log.info("no longer capturing %s: their positions leave the checkpoint", ", ".join(dropped))
-        cursors = [self._cursor(name, oid, stored.get(name), cfg.start) for name, oid in tables]
-        stream = Stream(cursors, cfg.batch_size)
-        stream.check_start(state)
-        for cursor in cursors:
-            position = cursor.position
-            where = f"LSN {format_lsn(position.lsn)}" if position is not None else f"the {cfg.start} change"
-            if position is not None and position.index:
-                where += f" (after change {position.index} of that transaction)"
-            self.log.info("streaming %s from %s", cursor.table, where)
-        return stream, state
 
-    def _cursor(self, table: str, object_id: int, start: Position | None, mode: StartMode) -> TableCursor:
-        builder = RecordBuilder(table, self.config.numeric_as_string)
-        return TableCursor(table, object_id, builder, start, mode, self.target.task_hint)
+    # -- snapshots --------------------------------------------------------------------------
 
-    def _poll(self, stream: Stream, state: ServerState | None, first: bool) -> Iterator[Record | Checkpoint]:
+    def _snapshots(self, setup: Setup, stream: Stream, plan: SnapshotPlan) -> Generator[Any, None, bool]:
+        """Snapshot the plan's tables (retrying where it stopped after a lost connection),
+        then hand each to the stream; False when stopped."""
+        from dstream.sdk.cdc import plan_snapshots
+
+        positions = {name: setup.stored[name] for name in plan.resume}
+        for name in plan.tables:
+            stream.hold(name, (positions.get(name) or Position(0)).to_json(format_lsn))
+        backoff = Backoff(self.config.reconnect_timeout)
+        while plan:
+            try:
+                state = self._established(setup, plan)
+                if state is None:
+                    return False
+                shapes = {name: self.shape(setup.instance_of(name, state)) for name in plan.tables}
+                yield from self._pass(stream, plan, shapes, positions)
+                break
+            except ConnectionLost as exc:
+                self._close_snapshot()
+                message = "%s during the snapshot; resuming it in %.1fs"
+                give_up = lambda lost: CdcError(f"{lost}; {backoff.summary()}")  # noqa: E731
+                if not backoff.wait(exc, give_up, self.log, self.ctx.sleep, message):
+                    return False
+                plan = plan_snapshots(self.config.snapshot, list(plan.tables), positions)
+        for name in plan.tables:
+            stream.add(TableCursor(name, setup.object_ids[name], positions[name], self.target.task_hint))
+        return True
+
+    def _pass(
+        self, stream: Stream, plan: SnapshotPlan, shapes: dict[str, Shape], positions: dict[str, Position]
+    ) -> Iterator[Record | Checkpoint]:
+        session = self._snapshot = self._session()
+        snapshot = Snapshot(
+            session,
+            self.config.snapshot_isolation,
+            self.config.batch_size,
+            self.values,
+            self.log,
+            lambda table, position: stream.checkpoint(**{table: position}),
+        )
+        try:
+            if snapshot.begin() is None:
+                raise CdcError("the CDC max LSN is NULL although the capture instances have started")
+            for item in run_pass(snapshot, plan, shapes, positions, self._schema_record(stream)):
+                if isinstance(item, Checkpoint):
+                    for name, position in positions.items():
+                        stream.hold(name, position.to_json(format_lsn))
+                yield item
+            snapshot.end()
+        finally:
+            self._close_snapshot()
+        self.log.info("snapshot of %s done", ", ".join(plan.tables))
+
+    def _schema_record(self, stream: Stream) -> Any:
+        def make(table: str, shape: Shape, lsn: int) -> Record:
+            return stream.schema_change(table, shape, None, lsn, "snapshot started")
+
+        return make
+
+    def _established(self, setup: Setup, plan: SnapshotPlan) -> ServerState | None:
+        """The server state once every table to snapshot has a started capture instance
+        (its start LSN bounds where its changes can begin); None when stopped meanwhile."""
+        polls = PollInterval(self.config.poll_interval, self.config.max_poll_interval)
+        while True:
+            state = self.db.state()
+            waiting = [name for name in plan.tables if setup.instance_of(name, state).min_lsn == 0]
+            if not waiting and state.max_lsn is not None:
+                return state
+            self.log.info(
+                "waiting for the CDC capture job to start capturing %s before the snapshot (is SQL Server Agent "
+                "running?)",
+                ", ".join(waiting) or "anything",
+            )
+            if not self.ctx.sleep(polls.after_poll(0, False)):
+                return None
+
+    def _close_snapshot(self) -> None:
+        if self._snapshot is not None:
+            self._snapshot.end_snapshot()
+            self._snapshot.close()
+            self._snapshot = None
+
+    # -- streaming --------------------------------------------------------------------------
+
+    def _poll(self, stream: Stream, setup: Setup, first: bool) -> Iterator[Record | Checkpoint]:
         cfg = self.config
         polls = PollInterval(cfg.poll_interval, cfg.max_poll_interval)
         backoff = Backoff(cfg.reconnect_timeout)
         monitor = CaptureMonitor(cfg.capture_job_timeout)
-        next_health = 0.0
+        next_health = time.monotonic() + self.health_interval
         while True:
+            opened: list[Rows] = []
+            changes = 0
             try:
-                if state is None:
-                    state = self.db.state()
+                state = self.db.state()
                 self._watch(monitor, state)
-                self._follow_tables(stream, state)
-                windows = stream.windows(state)
+                yield from self._follow_tables(stream, setup, state)
+                self._start_positions(stream, state)
+                poll = stream.plan(state, self._probe)
                 if first:
                     start = stream.heartbeat()  # the starting positions: a restart keeps them
                     if start is not None:
                         yield Checkpoint(start)
                         first = False
-                results = self._fetch(stream, windows)
-                if time.monotonic() >= next_health:
-                    self._check_lag(stream)
-                    next_health = time.monotonic() + self.health_interval
+                yield from poll.schema
+                opened = self.readers.open(poll.windows, self._query)
+                merged = [(w, self._changes(w, rows)) for w, rows in zip(poll.windows, opened, strict=True)]
+                yield from self._retyped(stream, poll, opened)
+                for record in stream.merge(merged):
+                    changes += 1
+                    self._passed(stream, record)
+                    yield record
+                self._check_direct(poll)
                 backoff.reset()
+            except InstanceGone as exc:
+                self._abandon(stream, opened)
+                self.log.warning(
+                    "%s: it was dropped between planning and querying (error 208); reading the capture instances "
+                    "again and going on",
+                    exc,
+                )
+                self._shapes.pop(exc.instance, None)
+                continue
             except ConnectionLost as exc:
+                self._abandon(stream, opened)
                 self.db.close()
-                state = None
                 if not backoff.wait(
                     exc, lambda lost: CdcError(f"{lost}; {backoff.summary()}"), self.log, self.ctx.sleep
                 ):
                     return
                 continue
-            state = None
-            changes = 0
-            for record in stream.feed(results):
-                changes += 1
-                yield record
-            position = stream.heartbeat()
-            if position is not None:
-                yield Checkpoint(position)
-            wait = polls.after_poll(changes, Stream.full(results))
-            if not self.ctx.sleep(wait):
+            except Purged:
+                self._abandon(stream, opened)
+                stream_check(stream, self.db.state())  # CDC cleanup ran meanwhile: say which table lost what
+                raise
+            heartbeat = stream.finish(poll)
+            if heartbeat is not None:
+                yield Checkpoint(heartbeat)
+            self._report_lag(stream, state)
+            if time.monotonic() >= next_health:
+                self._check_retention(stream, state)
+                next_health = time.monotonic() + self.health_interval
+            self._times.clear()
+            if not self.ctx.sleep(polls.after_poll(changes, poll.full)):
                 return
 
-    def _fetch(self, stream: Stream, windows: list[Window]) -> list[tuple[Window, ResultSet]]:
-        try:
-            return self.readers.fetch(windows)
-        except Purged:
-            # CDC cleanup ran between planning and querying: say precisely which table lost what.
-            stream.check_start(self.db.state())
-            raise
+    def _probe(self, instance: CaptureInstance, n: int, start: int, end: int) -> tuple[int, int | None]:
+        return self.db.window_end(instance, self.direct, n, start, end)
+
+    def _query(self, window: Window) -> tuple[str, list[Any]]:
+        shape = self.shape(window.instance)
+        return changes_query(window.instance, shape.columns, self.direct), [
+            to_bytes(window.start),
+            to_bytes(window.end),
+        ]
+
+    def _changes(self, window: Window, rows: Rows) -> Iterator[Any]:
+        layout = self.shape(window.instance).layout
+        rows.on_chunk = self._fill_times
+        return layout.parse(rows)
+
+    def _fill_times(self, chunk: Sequence[Any]) -> None:
+        """Commit times of the transactions in a fetched chunk, in one query (not one per row)."""
+        from dstream_mssql_cdc.lsn import from_bytes
+
+        new = sorted({from_bytes(row[0]) for row in chunk} - self._times.keys())
+        if new:
+            self._times.update(self.db.commit_times(new))
+
+    def _retyped(self, stream: Stream, poll: Poll, opened: Sequence[Rows]) -> Iterator[Record]:
+        """A column type altered in place shows in the query's result description: reload the
+        instance's columns and announce them before its rows."""
+        for window, rows in zip(poll.windows, opened, strict=True):
+            name = window.instance.name
+            before = self._signatures.get(name)
+            self._signatures[name] = rows.signature
+            if before is None or before == rows.signature:
+                continue
+            old = self.shape(window.instance)
+            new = self._shapes[name] = self._load_shape(window.instance)
+            if new.describe() != old.describe():
+                yield stream.retyped(window, old, new)
+
+    def _passed(self, stream: Stream, record: Record) -> None:
+        cursor = stream.cursors.get(record.metadata["TableName"])
+        lsn = record.metadata.get("LSN")
+        if cursor is not None and lsn:
+            from dstream_mssql_cdc.lsn import parse_lsn
+
+            cursor.commit_time = self._times.get(parse_lsn(lsn), cursor.commit_time)
+
+    def _abandon(self, stream: Stream, opened: Sequence[Rows]) -> None:
+        for rows in opened:
+            rows.close()
+        for cursor in stream.cursors.values():
+            if cursor.asm is not None:
+                cursor.asm.abandon()
+        self._times.clear()
+
+    def _check_direct(self, poll: Poll) -> None:
+        """Direct mode reads the change table, which the query function's range check does
+        not guard: a window that started below the instance's start LSN after the query
+        (CDC cleanup ran meanwhile) may have lost rows to it."""
+        if not self.direct:
+            return
+        for window in poll.windows:
+            low = self.db.min_lsn(window.instance.name)
+            if low > window.start:
+                raise Purged(
+                    f"{window.table}: CDC cleanup moved capture instance {window.instance.name}'s start to LSN "
+                    f"{format_lsn(low)} while LSN {format_lsn(window.start)} on was being read: changes may be gone"
+                )
+
+    def _start_positions(self, stream: Stream, state: ServerState) -> None:
+        for cursor in stream.cursors.values():
+            if cursor.asm is None:
+                position = initial_position(state, state.of_table(cursor.object_id), self.config.start)
+                if position is not None:
+                    cursor.start_at(position)
+
+    def _follow_tables(self, stream: Stream, setup: Setup, state: ServerState) -> Iterator[Record | Checkpoint]:
+        """Without ``tables``: capture tables as CDC is enabled on them (snapshotted first,
+        unless snapshot = "never"), stop as it is disabled."""
+        if self.config.tables is not None:
+            return
+        current = state.tables()
+        known = {cursor.object_id for cursor in stream.cursors.values()}
+        for object_id, name in sorted(current.items(), key=lambda item: item[1]):
+            if object_id in known:
+                continue
+            setup.object_ids[name] = object_id
+            if self.config.snapshot == "never":
+                self.log.info("capturing %s (CDC is enabled on it), from its first change", name)
+                stream.add(TableCursor(name, object_id, None, self.target.task_hint), announced=False)
+                continue
+            from dstream.sdk.cdc import SnapshotPlan
+
+            self.log.info("capturing %s (CDC is enabled on it): snapshot first", name)
+            yield from self._snapshots(setup, stream, SnapshotPlan((name,)))
+        for name, cursor in list(stream.cursors.items()):
+            if cursor.object_id not in current:
+                self.log.warning("%s has no capture instance any more (CDC disabled on it): no longer captured", name)
+                stream.remove(name)
+                self.lag.forget(name)
+
+    # -- health -----------------------------------------------------------------------------
 
     def _watch(self, monitor: CaptureMonitor, state: ServerState) -> None:
         log_end = self.db.log_end() if monitor.wants_log_end(state.max_lsn) else None  # a query: only when used
@@ -212,45 +433,53 @@ class MssqlCdcInputProvider(InputProvider[MssqlCdcConfig], InfrastructureProvide
             level, message = report
             (self.log.warning if level == "warning" else self.log.info)("%s", message)
 
-    def _follow_tables(self, stream: Stream, state: ServerState) -> None:
-        """Without ``tables``: capture tables as CDC is enabled on them, stop as it is disabled."""
-        if self.config.tables is not None:
-            return
-        current = state.tables()
-        known = {cursor.object_id for cursor in stream.cursors.values()}
-        for object_id, name in sorted(current.items(), key=lambda item: item[1]):
-            if object_id not in known:
-                self.log.info("capturing %s (CDC is enabled on it), from its first change", name)
-                stream.add(self._cursor(name, object_id, None, "earliest"))
-        for name, cursor in list(stream.cursors.items()):
-            if cursor.object_id not in current:
-                self.log.warning("%s has no capture instance any more (CDC disabled on it): no longer captured", name)
-                stream.remove(name)
+    def _table_lag(self, cursor: TableCursor, state: ServerState) -> float | None:
+        position = cursor.position
+        if position is None:
+            return None
+        if state.max_lsn is None or position.lsn > state.max_lsn:
+            return 0.0
+        if state.max_time is None or cursor.commit_time is None:
+            return None
+        return (state.max_time - cursor.commit_time).total_seconds()
 
-    def _check_lag(self, stream: Stream) -> None:
+    def _report_lag(self, stream: Stream, state: ServerState) -> None:
+        for cursor in stream.cursors.values():
+            self.lag.observe(cursor.table, self._table_lag(cursor, state))
+        self.lag.log_due()
+
+    def _check_retention(self, stream: Stream, state: ServerState) -> None:
         """Warn about tables whose unread changes get close to the cleanup retention."""
         try:
             retention = self.db.retention_minutes()
-            if retention is None:
-                return
-            lags: dict[int, float | None] = {}  # tables at the same LSN share one query
-            for cursor in stream.cursors.values():
-                position = cursor.position
-                if position is None:
-                    continue
-                if position.lsn not in lags:
-                    lags[position.lsn] = self.db.lag_seconds(position.lsn)
-                warning = lag_warning(cursor.table, lags[position.lsn], retention)
-                if warning is not None:
-                    self.log.warning("%s", warning)
         except ConnectionLost:
             raise
         except CdcError as exc:
             self.log.debug("lag check skipped: %s", exc)
+            return
+        for cursor in stream.cursors.values():
+            warning = lag_warning(cursor.table, self._table_lag(cursor, state), retention)
+            if warning is not None:
+                self.log.warning("%s", warning)
 
     def close(self) -> None:
+        self._close_snapshot()
         self.readers.close()
         self.db.close()
+
+
+def stream_check(stream: Stream, state: ServerState) -> None:
+    from dstream_mssql_cdc.setup import check_positions
+
+    positions = {name: c.position for name, c in stream.cursors.items() if c.position is not None}
+    ids = {name: c.object_id for name, c in stream.cursors.items()}
+    expired = check_positions(positions, ids, state, stream_task(stream))
+    if expired:
+        raise Purged("\n".join(expired.values()))
+
+
+def stream_task(stream: Stream) -> str:
+    return next((c.task for c in stream.cursors.values()), "TASK")
 
 
 main = MssqlCdcInputProvider.main

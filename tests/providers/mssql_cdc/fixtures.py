@@ -1,101 +1,142 @@
-"""What pyodbc hands the provider, row for row: the column names (``cursor.description``) and
-rows of the change query (db.Session.changes) for two tables, and error texts.
+"""What a SQL Server with CDC holds for the unit tests, as pyodbc hands it to the provider:
+``binary(10)`` LSNs and seqvals as bytes, ``__$operation`` and ``__$command_id`` as int
+(None where the query function was read), ``Decimal`` for decimal/money, ``bytes`` for
+varbinary, ``str`` for nvarchar, uniqueidentifier and what sql.py converts in SQL,
+``date``/``datetime`` for dates, aware datetimes for ``TODATETIMEOFFSET`` commit times.
+Their shape (columns, Python types, operations) is checked against a real SQL Server 2022
+by test_integration.py in .github/workflows/mssql.yml (test_recorded_shapes_match_the_server).
 
-The rows are in pyodbc's own types: ``binary(10)`` LSNs and seqvals as ``bytes``,
-``__$operation`` and ``__$command_id`` as ``int``, ``datetime`` for the commit time,
-``Decimal`` for decimal/money, ``bytes`` for varbinary, ``str`` for nvarchar and
-uniqueidentifier (pyodbc's default), ``date`` for date. Their shape (names, order, types)
-is checked against a real SQL Server 2022 by test_integration.py in
-.github/workflows/mssql.yml (test_recorded_shapes_match_the_server).
-
-The workload (commit order):
+The workload (commit order; ``cmd`` = ``__$command_id``):
 
 - T1 @ 0000002A000001F00003: INSERT Orders 1
-- T2 @ 0000002A000002100005: INSERT Customers 7; UPDATE Orders 1 (amount 9.99 → 12.50)
-- T3 @ 0000002A000002300004: INSERT Orders 2, 3 (one statement); DELETE Orders 1
-- T4 @ 0000002B000000100002: UPDATE Customers 7 (name) — the LSN's VLF part moved on
+- T2 @ 0000002A000002100005: INSERT Customers 7 (cmd 1); UPDATE Orders 1 amount 9.99 → 12.50 (cmd 2)
+- T3 @ 0000002A000002300004: INSERT Orders 2, 3 (one statement, cmd 1); DELETE Orders 1 (cmd 2)
+- T4 @ 0000002B000000100002: UPDATE Customers 7 name (the photo, a varbinary(max), unchanged)
+- T5 @ 0000002B000000300001: UPDATE Orders SET id = id + 1 WHERE id IN (2, 3) — a key change, which
+  CDC records as deletes and inserts; the log (``__$seqval``) has the insert of 3 before the
+  delete of 3, ``__$command_id`` has the deletes first (KB3030352's deferred update)
 """
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
+from dstream_mssql_cdc.catalog import Column
 
-def lsn(vlf: int, block: int, slot: int) -> bytes:
-    """A binary(10) LSN from its VLF:block:slot parts, as SQL Server stores it."""
-    return vlf.to_bytes(4, "big") + block.to_bytes(4, "big") + slot.to_bytes(2, "big")
+from .server import Change, Instance, Server, Table, lsn
 
-
-T1 = b"\x00\x00\x00\x2a\x00\x00\x01\xf0\x00\x03"  # 0000002A000001F00003
+OFFSET = timezone(timedelta(hours=2))
+T1 = lsn(0x2A, 0x1F0, 3)
 T2 = lsn(0x2A, 0x210, 5)
 T3 = lsn(0x2A, 0x230, 4)
 T4 = lsn(0x2B, 0x10, 2)
-TIME1 = datetime(2024, 5, 1, 10, 0, 0, 123000)
-TIME2 = datetime(2024, 5, 1, 10, 0, 1, 127000)
-TIME3 = datetime(2024, 5, 1, 10, 0, 2, 130000)
-TIME4 = datetime(2024, 5, 1, 10, 0, 3, 133000)
-
-ORDERS_COLUMNS = (
-    "__$start_lsn",
-    "__$seqval",
-    "__$operation",
-    "__$update_mask",
-    "id",
-    "customer",
-    "amount",
-    "note",
-    "__$command_id",
-    "__$dstream_commit_time",
-)
-ORDERS_ROWS: list[tuple[Any, ...]] = [
-    (T1, lsn(0x2A, 0x1E8, 2), 2, b"\x0f", 1, "alice", Decimal("9.99"), None, 1, TIME1),
-    (T2, lsn(0x2A, 0x208, 2), 3, b"\x04", 1, "alice", Decimal("9.99"), None, 2, TIME2),
-    (T2, lsn(0x2A, 0x208, 2), 4, b"\x04", 1, "alice", Decimal("12.50"), None, 2, TIME2),
-    (T3, lsn(0x2A, 0x220, 2), 2, b"\x0f", 2, "bob", Decimal("1.00"), "first", 1, TIME3),
-    (T3, lsn(0x2A, 0x220, 3), 2, b"\x0f", 3, "carol", Decimal("100000000000000.01"), None, 1, TIME3),
-    (T3, lsn(0x2A, 0x228, 2), 1, b"\x0f", 1, "alice", Decimal("12.50"), None, 2, TIME3),
-]
-
-CUSTOMERS_COLUMNS = (
-    "__$start_lsn",
-    "__$seqval",
-    "__$operation",
-    "__$update_mask",
-    "id",
-    "name",
-    "photo",
-    "joined",
-    "ref",
-    "__$command_id",
-    "__$dstream_commit_time",
-)
+T5 = lsn(0x2B, 0x30, 1)
+START = lsn(0x2A, 0x100, 1)  # both capture instances' start LSN
+TIMES = {
+    T1: datetime(2024, 5, 1, 10, 0, 0, 123000, tzinfo=OFFSET),
+    T2: datetime(2024, 5, 1, 10, 0, 1, 127000, tzinfo=OFFSET),
+    T3: datetime(2024, 5, 1, 10, 0, 2, 130000, tzinfo=OFFSET),
+    T4: datetime(2024, 5, 1, 10, 0, 3, 133000, tzinfo=OFFSET),
+    T5: datetime(2024, 5, 1, 10, 0, 4, 137000, tzinfo=OFFSET),
+}
 REF = "C5A8F1E2-3B4D-4E6F-8A9B-0C1D2E3F4A5B"
-CUSTOMERS_ROWS: list[tuple[Any, ...]] = [
-    (T2, lsn(0x2A, 0x200, 2), 2, b"\x1f", 7, "Zoë", b"\x89PNG", date(2020, 2, 29), REF, 1, TIME2),
-    (T4, lsn(0x2B, 0x8, 2), 3, b"\x02", 7, "Zoë", b"\x89PNG", date(2020, 2, 29), REF, 1, TIME4),
-    (T4, lsn(0x2B, 0x8, 2), 4, b"\x02", 7, "Zoe", b"\x89PNG", date(2020, 2, 29), REF, 1, TIME4),
-]
 
-# A second capture instance of Orders (after ALTER TABLE ... ADD channel), created at
-# V2_START: both instances hold the changes from there on; dbo_Orders holds T5 too.
-V2_START = lsn(0x2C, 0x100, 1)
-T5 = lsn(0x2C, 0x0F0, 3)  # before the new instance's start: only in dbo_Orders
-T6 = lsn(0x2C, 0x180, 4)  # after it: in both
-ORDERS_V1_LATE_ROWS: list[tuple[Any, ...]] = [
-    (T5, lsn(0x2C, 0x0E8, 2), 2, b"\x0f", 4, "dan", Decimal("5.00"), None, 1, TIME4),
-    (T6, lsn(0x2C, 0x178, 2), 2, b"\x0f", 5, "eve", Decimal("6.00"), None, 1, TIME4),
+ORDERS_COLUMNS = [
+    Column("id", "int", None, 10, 0, 1),
+    Column("customer", "nvarchar", 50, None, None, 2),
+    Column("amount", "decimal", None, 18, 2, 3),
+    Column("note", "nvarchar", -1, None, None, 4),  # nvarchar(max): a large object
 ]
-ORDERS_V2_COLUMNS = (*ORDERS_COLUMNS[:8], "channel", *ORDERS_COLUMNS[8:])
-ORDERS_V2_ROWS: list[tuple[Any, ...]] = [
-    (T6, lsn(0x2C, 0x178, 2), 2, b"\x1f", 5, "eve", Decimal("6.00"), None, "web", 1, TIME4),
+CUSTOMERS_COLUMNS = [
+    Column("id", "int", None, 10, 0, 1),
+    Column("name", "nvarchar", 50, None, None, 2),
+    Column("photo", "varbinary", -1, None, None, 3),
+    Column("joined", "date", None, None, None, 4),
+    Column("ref", "uniqueidentifier", None, None, None, 5),
+]
+ALL_ORDERS = b"\x0f"  # inserts and deletes have every bit set
+ALL_CUSTOMERS = b"\x1f"
+
+
+def order(i: int, customer: str, amount: str, note: str | None = None) -> dict[str, Any]:
+    return {"id": i, "customer": customer, "amount": Decimal(amount), "note": note}
+
+
+def customer(i: int, name: str, photo: bytes | None = b"\x89PNG") -> dict[str, Any]:
+    return {"id": i, "name": name, "photo": photo, "joined": date(2020, 2, 29), "ref": REF}
+
+
+def seq(block: int, slot: int, vlf: int = 0x2A) -> int:
+    return lsn(vlf, block, slot)
+
+
+def orders_changes() -> list[Change]:
+    return [
+        Change(T1, seq(0x1E8, 2), 2, ALL_ORDERS, 1, order(1, "alice", "9.99")),
+        Change(T2, seq(0x208, 2), 3, b"\x04", 2, order(1, "alice", "9.99")),
+        Change(T2, seq(0x208, 2), 4, b"\x04", 2, order(1, "alice", "12.50")),
+        Change(T3, seq(0x220, 2), 2, ALL_ORDERS, 1, order(2, "bob", "1.00", "first")),
+        Change(T3, seq(0x220, 3), 2, ALL_ORDERS, 1, order(3, "carol", "100000000000000.01")),
+        Change(T3, seq(0x228, 2), 1, ALL_ORDERS, 2, order(1, "alice", "12.50")),
+        # T5: deletes are command 1, inserts command 2; the log puts the insert of 3 first.
+        Change(T5, seq(0x28, 2, 0x2B), 2, ALL_ORDERS, 2, order(3, "bob", "1.00", "first")),
+        Change(T5, seq(0x28, 3, 0x2B), 1, ALL_ORDERS, 1, order(2, "bob", "1.00", "first")),
+        Change(T5, seq(0x28, 4, 0x2B), 2, ALL_ORDERS, 2, order(4, "carol", "100000000000000.01")),
+        Change(T5, seq(0x28, 5, 0x2B), 1, ALL_ORDERS, 1, order(3, "carol", "100000000000000.01")),
+    ]
+
+
+def customers_changes() -> list[Change]:
+    return [
+        Change(T2, seq(0x200, 2), 2, ALL_CUSTOMERS, 1, customer(7, "Zoë")),
+        # varbinary(max) unchanged: NULL in the before-image (bit 3 clear), there in the after-image.
+        Change(T4, seq(0x8, 2, 0x2B), 3, b"\x02", 1, customer(7, "Zoë", None)),
+        Change(T4, seq(0x8, 2, 0x2B), 4, b"\x02", 1, customer(7, "Zoe")),
+    ]
+
+
+def shop(**settings: Any) -> Server:
+    """Orders and Customers with CDC, the whole workload captured."""
+    orders = Table(
+        "dbo",
+        "Orders",
+        101,
+        key=("id",),
+        rows=[order(3, "bob", "1.00", "first"), order(4, "carol", "100000000000000.01")],
+    )
+    customers = Table("dbo", "Customers", 202, key=("id",), rows=[customer(7, "Zoe")])
+    server = Server(
+        [
+            Instance("dbo_Orders", orders, START, ORDERS_COLUMNS, orders_changes()),
+            Instance("dbo_Customers", customers, START, CUSTOMERS_COLUMNS, customers_changes()),
+        ],
+        max_lsn=T5,
+        times=dict(TIMES),
+        **settings,
+    )
+    return server
+
+
+# (table, operation, id) of the workload in commit order, as direct mode reads it.
+EXPECTED = [
+    ("dbo.Orders", "Insert", 1),
+    ("dbo.Customers", "Insert", 7),
+    ("dbo.Orders", "Update", 1),
+    ("dbo.Orders", "Insert", 2),
+    ("dbo.Orders", "Insert", 3),
+    ("dbo.Orders", "Delete", 1),
+    ("dbo.Customers", "Update", 7),
+    ("dbo.Orders", "Delete", 2),
+    ("dbo.Orders", "Delete", 3),
+    ("dbo.Orders", "Insert", 3),
+    ("dbo.Orders", "Insert", 4),
 ]
 
 # A datetimeoffset as the ODBC driver hands it (SQL_SS_TIMESTAMPOFFSET_STRUCT, 20 bytes):
 # 2024-05-01 10:00:00.1234567 +02:00 → year, month, day, hour, minute, second (int16 each),
 # fraction in nanoseconds (uint32), offset hours and minutes (int16 each), little-endian.
-# fraction 123456700 ns; SQL Server keeps 100 ns, Python microseconds: .123456.
 DATETIMEOFFSET = bytes.fromhex("e807050001000a0000000000bccc5b0702000000")
 
 # Error texts exactly as pyodbc reports them (args[0], args[1]).
@@ -129,10 +170,21 @@ ERRORS = {
         "42S02",
         "[42S02] [FreeTDS][SQL Server]Invalid object name 'cdc.change_tables'. (208) (SQLExecDirectW)",
     ),
+    "instance_gone": (
+        "42S02",
+        "[42S02] [FreeTDS][SQL Server]Invalid object name 'cdc.fn_cdc_get_all_changes_dbo_Orders'. (208) "
+        "(SQLExecDirectW)",
+    ),
     "permission": (
         "42000",
         "[42000] [FreeTDS][SQL Server]The SELECT permission was denied on the object 'fn_cdc_get_all_changes_"
         "dbo_Orders', database 'shop', schema 'cdc'. (229) (SQLExecDirectW)",
+    ),
+    "snapshot_off": (
+        "HY000",
+        "[HY000] [FreeTDS][SQL Server]Snapshot isolation transaction failed accessing database 'shop' because "
+        "snapshot isolation is not allowed in this database. Use ALTER DATABASE to allow snapshot isolation. "
+        "(3952) (SQLExecDirectW)",
     ),
     "timeout": ("HYT00", "[HYT00] [FreeTDS][SQL Server]Query timeout expired (0) (SQLExecDirectW)"),
     "deadlock": (

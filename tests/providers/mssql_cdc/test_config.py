@@ -77,7 +77,19 @@ def test_an_invalid_config_gets_an_error_handshake_that_never_shows_the_secret()
         ({"tables": ["shop.dbo.Orders"]}, "has 3 parts: use schema.table"),
         ({"tables": ["dbo."]}, "has an empty part"),
         ({"start": "now"}, "config.start: Input should be 'earliest' or 'latest'"),
-        ({"snapshot": "initial"}, "config.snapshot: Input should be 'none'"),
+        ({"snapshot": "always"}, "config.snapshot: Input should be 'initial', 'when_needed' or 'never'"),
+        ({"query_mode": "table"}, "config.query_mode: Input should be 'auto', 'function' or 'direct'"),
+        ({"columns": {"dbo.Orders": []}}, "dbo.Orders: the column list must name at least one column"),
+        ({"columns": {"dbo.Orders": ["a", "A"]}}, "dbo.Orders: a column is listed twice"),
+        (
+            {"columns": {"dbo.Orders": ["id"]}, "exclude_columns": {"DBO.orders": ["note"]}},
+            "set either columns or exclude_columns for a table, not both",
+        ),
+        (
+            {"tables": ["dbo.Customers"], "columns": {"dbo.Orders": ["id"]}},
+            "dbo.Orders has a column list but is not in tables",
+        ),
+        ({"query_timeout": "soon"}, "config.query_timeout"),
         ({"poll_interval": 2, "max_poll_interval": 1}, "max_poll_interval (1s) is shorter than poll_interval (2s)"),
         ({"batch_size": 0}, "config.batch_size"),
         ({"parallelism": 0}, "config.parallelism"),
@@ -93,6 +105,18 @@ def test_defaults_and_the_schema_marks_the_connection_string_secret() -> None:
     assert config.tables is None  # every CDC-enabled table
     assert config.start == "earliest"
     assert config.enable_cdc is False
+    assert (config.snapshot, config.snapshot_isolation, config.query_mode) == ("initial", "snapshot", "auto")
+    assert config.unavailable_value == "__dstream_unavailable_value"
+    durations = MssqlCdcConfig.model_validate(
+        {"connection_string": CONN, "poll_interval": "200ms", "query_timeout": "2m", "capture_job_timeout": "1m30s"}
+    )
+    assert (durations.poll_interval, durations.query_timeout, durations.capture_job_timeout) == (0.2, 120.0, 90.0)
+    filtered = MssqlCdcConfig.model_validate(
+        {"connection_string": CONN, "columns": {"Orders": ["id"]}, "exclude_columns": {"dbo.Docs": ["body"]}}
+    )
+    assert filtered.column_filter("dbo", "Orders") == ("only", ["id"])  # no schema: any schema
+    assert filtered.column_filter("DBO", "docs") == ("except", ["body"])
+    assert filtered.column_filter("dbo", "Other") is None
     assert SECRET not in repr(config)
     schema = MssqlCdcConfig.model_json_schema()
     assert schema["required"] == ["connection_string"]

@@ -18,7 +18,7 @@ from dstream_mssql_cdc.infra import (
     plan_destroy,
     plan_enable,
 )
-from dstream_mssql_cdc.stream import CaptureInstance
+from dstream_mssql_cdc.catalog import CaptureInstance
 
 pytestmark = pytest.mark.unit
 
@@ -132,3 +132,24 @@ def test_destroy_without_a_task_name_touches_nothing() -> None:
     tags = [tag(ORDERS, instance_tag("dbo_Orders"), "orders", 901), tag(None, DATABASE_PROPERTY, "orders")]
     plan = plan_destroy(ON, (ORDERS_CI,), tags, [], "")
     assert all(s.op is None for s in plan.steps)
+
+
+def test_init_allows_snapshot_isolation_when_the_snapshot_needs_it() -> None:
+    tables = [TableState("dbo.Orders", ORDERS, (ORDERS_CI,))]
+    plan = plan_enable(ON, tables, [], enable=True, task="orders", snapshots=True)
+    assert rows(plan)[:2] == [
+        ("cdc_database", "shop", "none", "enabled"),
+        ("snapshot_isolation", "shop", "update", "off"),
+    ]
+    assert plan.steps[1].op == "allow_snapshot"
+    on = DatabaseInfo("shop", True, "16.0", snapshot_isolation=True)
+    assert rows(plan_enable(on, tables, [], enable=True, task="orders", snapshots=True))[1][2] == "none"
+    refused = plan_enable(ON, tables, [], enable=False, task="orders", snapshots=True)
+    assert any(
+        "SET ALLOW_SNAPSHOT_ISOLATION ON" in p and 'snapshot_isolation = "read_committed"' in p
+        for p in refused.problems
+    )
+    assert [r[0] for r in rows(plan_enable(ON, tables, [], enable=True, task="orders"))] == [
+        "cdc_database",
+        "capture_instance",
+    ]

@@ -16,13 +16,20 @@ from dstream_mssql_cdc.lsn import (
     to_bytes,
 )
 
-from .fixtures import T1, lsn
+from .fixtures import T1
+from .server import lsn as lsn_int
+
+
+def lsn(vlf: int, block: int, slot: int) -> bytes:
+    """A binary(10) LSN from its VLF:block:slot parts, as SQL Server stores it."""
+    return to_bytes(lsn_int(vlf, block, slot))
+
 
 pytestmark = pytest.mark.unit
 
 
 def test_text_is_20_upper_case_hex_digits_without_0x_as_upstream_printed_it() -> None:
-    value = from_bytes(T1)
+    value = T1
     assert format_lsn(value) == "0000002A000001F00003"
     assert format_lsn(0) == "00000000000000000000"
     assert format_lsn(LSN_MAX) == "F" * 20
@@ -67,14 +74,15 @@ def test_bytes_round_trip_and_integer_order_is_byte_order() -> None:
     raw += [lsn(1, 0, 0), lsn(0, 0xFFFFFFFF, 0xFFFF), lsn(0, 0, 1), bytes(10)]
     assert [to_bytes(from_bytes(b)) for b in raw] == raw
     assert sorted(raw) == sorted(raw, key=from_bytes)  # SQL Server compares binary(10) byte by byte
-    assert from_bytes(bytearray(T1)) == from_bytes(memoryview(T1)) == from_bytes(T1)
+    raw_t1 = to_bytes(T1)
+    assert from_bytes(bytearray(raw_t1)) == from_bytes(memoryview(raw_t1)) == from_bytes(raw_t1) == T1
 
 
 def test_increment_is_fn_cdc_increment_lsn_with_carry_into_block_and_vlf() -> None:
     assert to_bytes(increment_lsn(from_bytes(lsn(0x2A, 0x1F0, 3)))) == lsn(0x2A, 0x1F0, 4)
     assert to_bytes(increment_lsn(from_bytes(lsn(0x2A, 0x1F0, 0xFFFF)))) == lsn(0x2A, 0x1F1, 0)
     assert to_bytes(increment_lsn(from_bytes(lsn(0x2A, 0xFFFFFFFF, 0xFFFF)))) == lsn(0x2B, 0, 0)
-    for value in (0, 1, 0xFFFF, 0x10000, from_bytes(T1)):
+    for value in (0, 1, 0xFFFF, 0x10000, T1):
         assert decrement_lsn(increment_lsn(value)) == value
         assert increment_lsn(value) > value
 

@@ -1,0 +1,155 @@
+"""Snapshots: every row a table holds, consistent with where its changes start.
+
+The engine-agnostic part (which tables, chunks that resume after the last acknowledged
+key, snapshot row positions that never collide, the handoff) is ``dstream.sdk.cdc``;
+this module adds SQL Server's, following Debezium's SqlServerSnapshotChangeEventSource
+with ``snapshot.isolation.mode = snapshot``: one SNAPSHOT-isolation transaction whose first
+read is ``sys.fn_cdc_get_max_lsn()`` M (db.Session.begin_snapshot). The capture job writes
+change rows and ``cdc.lsn_time_mapping`` in one transaction per scan, so M and the rows
+read later in the transaction are one consistent view: every transaction at or below M is
+in the rows, and the table's changes start just above it (``sys.fn_cdc_increment_lsn(M)``,
+or the capture instance's start if that is later). A transaction committed before the
+snapshot but not yet captured then is both in the rows and, later, in the stream: it comes
+again as a change (capture latency, a few seconds at most); nothing is missed.
+
+Keyed tables (the capture instance's index columns, the primary key or the unique index it
+was enabled with) are read in chunks of ``batch_size`` rows in key order, each chunk after
+the last key of the previous one (the key's exact text: sql.key_text), so a run that stops
+resumes after the last row the output acknowledged, with a new transaction at M2 ≥ M whose
+rows include the changes between M and M2 that the stream then delivers again. A table
+without such a key (or with a key of a type that has no exact text) is read in one
+statement and restarts from its first row.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from dstream.sdk import Checkpoint, Record
+from dstream.sdk.cdc import ChunkCursor, Position, new_pass_id, read_chunks, read_metadata
+from dstream_mssql_cdc.lsn import format_lsn, increment_lsn
+from dstream_mssql_cdc.names import quote_name
+from dstream_mssql_cdc.sql import RESUMABLE_KEY_TYPES, keyset_params, snapshot_query
+
+if TYPE_CHECKING:
+    import logging
+    from collections.abc import Callable, Iterator
+
+    from dstream.sdk.cdc import SnapshotPlan
+    from dstream_mssql_cdc.catalog import Column
+    from dstream_mssql_cdc.changes import Values
+    from dstream_mssql_cdc.db import Session
+    from dstream_mssql_cdc.stream import Shape
+
+
+class Snapshot:
+    """One pass over the tables of a plan, in one snapshot transaction."""
+
+    def __init__(
+        self,
+        session: Session,
+        isolation: str,
+        batch_size: int,
+        values: Values,
+        log: logging.Logger,
+        checkpoint: Callable[[str, dict[str, Any]], dict[str, Any]],
+    ) -> None:
+        self.session = session
+        self.isolation = isolation
+        self.batch_size = batch_size
+        self.values = values
+        self.log = log
+        self.checkpoint = checkpoint  # (table, its position JSON) → the whole checkpoint
+        self.max_lsn: int | None = None
+
+    def begin(self) -> int | None:
+        self.max_lsn = self.session.begin_snapshot(self.isolation)
+        return self.max_lsn
+
+    def end(self) -> None:
+        self.session.end_snapshot()
+
+    def start_position(self, shape: Shape) -> Position:
+        """Where a table snapshotted in this pass starts streaming (inside its snapshot for now)."""
+        assert self.max_lsn is not None
+        return Position(max(increment_lsn(self.max_lsn), shape.instance.min_lsn), snapshot=ChunkCursor())
+
+    def table(self, name: str, shape: Shape, start: Position) -> Iterator[tuple[Record, ChunkCursor]]:
+        """Every row of ``name`` after ``start``'s cursor, each with the checkpoint (and cursor) after it."""
+        keys = _key_columns(shape)
+        source = f"{quote_name(shape.instance.schema)}.{quote_name(shape.instance.table)}"
+        lsn_text = format_lsn(start.lsn)
+        pass_id = new_pass_id()
+        names = [c.name for c in shape.columns]
+        cursor = start.snapshot or ChunkCursor()
+        resumable = bool(keys) and all(k.type in RESUMABLE_KEY_TYPES for k in keys)
+        self._log(name, start, cursor, resumable)
+        for values, done in self._rows(source, shape, keys, cursor, resumable):
+            data = self.values.row(names, values)
+            key = {k: data.get(k) for k in shape.instance.key} if shape.instance.key else None
+            meta = read_metadata(name, lsn_text, key, pass_id, done.rows)
+            meta["CaptureInstance"] = shape.instance.name
+            position = Position(start.lsn, snapshot=done).to_json(format_lsn)
+            yield Record(data, meta, position=self.checkpoint(name, position)), done
+
+    def _rows(
+        self, source: str, shape: Shape, keys: list[Column], cursor: ChunkCursor, resumable: bool
+    ) -> Iterator[tuple[tuple[Any, ...], ChunkCursor]]:
+        if not resumable:
+            rows = self.session.stream(snapshot_query(source, shape.columns, [], resume=False))
+            for n, row in enumerate(rows, start=1):
+                yield tuple(row), ChunkCursor(None, n)
+            return
+        width = len(keys)
+        first = snapshot_query(source, shape.columns, keys, resume=False)
+        after = snapshot_query(source, shape.columns, keys, resume=True)
+
+        def chunk(bound: tuple[str, ...] | None, limit: int) -> list[Any]:
+            if bound is None:
+                return list(self.session.query(first, limit).rows)
+            return list(self.session.query(after, limit, *keyset_params(bound)).rows)
+
+        def key_text(row: Any) -> tuple[str, ...]:
+            return tuple(str(v) for v in row[:width])
+
+        for row, done in read_chunks(chunk, key_text, cursor, self.batch_size):
+            yield tuple(row[width:]), done
+
+    def _log(self, name: str, start: Position, cursor: ChunkCursor, resumable: bool) -> None:
+        at = format_lsn(self.max_lsn or 0)
+        if cursor.rows == 0:
+            self.log.info("snapshot of %s as of LSN %s; its changes start at %s", name, at, format_lsn(start.lsn))
+        elif resumable and cursor.after is not None:
+            self.log.info("resuming the snapshot of %s after %d rows, as of LSN %s", name, cursor.rows, at)
+        else:
+            self.log.info(
+                "restarting the snapshot of %s from its first row (no key to resume by), as of LSN %s", name, at
+            )
+
+
+def _key_columns(shape: Shape) -> list[Column]:
+    by_name = {c.name.lower(): c for c in shape.columns}
+    keys = [by_name.get(k.lower()) for k in shape.instance.key]
+    return [k for k in keys if k is not None] if all(k is not None for k in keys) else []
+
+
+def run_pass(
+    snapshot: Snapshot,
+    plan: SnapshotPlan,
+    shapes: dict[str, Shape],
+    positions: dict[str, Position],
+    schema_change: Callable[[str, Shape, int], Record],
+) -> Iterator[Record | Checkpoint]:
+    """The plan's tables, one after the other; ``positions`` follows each row (where a retry
+    resumes) and ends with each table handed to the stream at its snapshot's point."""
+    for name in plan.tables:
+        shape = shapes[name]
+        if name in plan.start:
+            positions[name] = snapshot.start_position(shape)
+            yield schema_change(name, shape, positions[name].lsn)
+        start = positions[name]
+        for record, done in snapshot.table(name, shape, start):
+            positions[name] = Position(start.lsn, snapshot=done)
+            yield record
+        positions[name] = Position(start.lsn)
+        yield Checkpoint(snapshot.checkpoint(name, positions[name].to_json(format_lsn)))

@@ -1,0 +1,426 @@
+"""A recorded SQL Server for the provider's unit tests: db.Session's methods answered from
+recorded rows, the way the server answers them. No SQL is interpreted beyond what the
+documented semantics need: a change query selects the recorded changes of the capture
+instance it names, in ``[@from, @to]``, in the ORDER BY it asks for, with the columns its
+select list names (so a query that selected ``*`` would get nothing); the query function
+refuses a range outside the instance's validity interval (error 313), the change table a
+login without SELECT on it (229), a dropped instance either (208); the help procedure shows
+an instance only to a login with SELECT on its columns and in its gating role. Each
+Session method the provider calls is logged (``calls``) so tests can check that ``run``
+uses only what a least-privileged login may (test_provider.py).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from dstream_mssql_cdc import MssqlCdcInputProvider
+from dstream_mssql_cdc.catalog import CaptureInstance, Column, Login, ServerState, SourceTable
+from dstream_mssql_cdc.changes import ResultSet
+from dstream_mssql_cdc.errors import ConnectionLost, translate
+from dstream_mssql_cdc.infra import DatabaseInfo
+from dstream_mssql_cdc.lsn import from_bytes, to_bytes
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Sequence
+
+    from dstream_mssql_cdc.config import MssqlCdcConfig
+
+    from dstream.sdk import Context
+
+OFFSET = timezone(timedelta(hours=2))
+LOGIN = Login("dstream_reader", "dstream_reader")
+
+
+def lsn(vlf: int, block: int, slot: int) -> int:
+    """An LSN from its VLF:block:slot parts, as an integer (binary(10) read big-endian)."""
+    return (vlf << 48) | (block << 16) | slot
+
+
+@dataclass
+class Change:
+    """A change-table row: commit LSN, seqval, operation, update mask, command id, values by column."""
+
+    start_lsn: int
+    seqval: int
+    operation: int
+    mask: bytes
+    command_id: int | None
+    values: dict[str, Any]
+
+
+@dataclass
+class Table:
+    schema: str
+    name: str
+    object_id: int
+    rows: list[dict[str, Any]] = field(default_factory=list)  # the table now (what a snapshot reads)
+    key: tuple[str, ...] = ()
+    denied: list[str] = field(default_factory=list)  # columns this login may not SELECT
+    tracked: bool = True
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+@dataclass
+class Instance:
+    name: str
+    table: Table
+    min_lsn: int
+    columns: list[Column]
+    changes: list[Change] = field(default_factory=list)
+    role: str | None = None
+    created: datetime = datetime(2024, 1, 1)  # noqa: DTZ001 - what sp_cdc_help_change_data_capture returns
+    readable: bool = True  # SELECT on its change table
+    dropped: bool = False
+
+    def info(self) -> CaptureInstance:
+        return CaptureInstance(
+            self.name,
+            self.table.schema,
+            self.table.name,
+            self.table.object_id,
+            self.min_lsn,
+            self.created,
+            hash(self.name) % 100000,
+            self.role,
+            self.table.key,
+            tuple(c.name for c in self.columns),
+        )
+
+
+def bit_set(ordinal: int, mask: bytes) -> bool:
+    """sys.fn_cdc_is_bit_set: the mask's last byte holds ordinals 1-8 (lowest bit first)."""
+    index = len(mask) - 1 - (ordinal - 1) // 8
+    return index >= 0 and bool(mask[index] & (1 << ((ordinal - 1) % 8)))
+
+
+@dataclass
+class Server:
+    """What the recorded server holds, and what happens at each poll (``script``)."""
+
+    instances: list[Instance]
+    max_lsn: int | None
+    times: dict[int, datetime] = field(default_factory=dict)
+    login: Login = LOGIN
+    cdc_enabled: bool = True
+    snapshot_isolation: bool = True
+    roles: set[str] = field(default_factory=set)
+    script: dict[int, Callable[[Server], None]] = field(default_factory=dict)  # poll number → what changes then
+    polls_after_last: int = 2  # polls after the last scripted one before the run is stopped
+    stop_after: int | None = None
+    fail_stream_at: set[int] = field(default_factory=set)  # polls whose change queries lose the connection
+    polls: int = 0
+    calls: list[str] = field(default_factory=list)
+    statements: list[str] = field(default_factory=list)
+    windows: list[tuple[str, int, int]] = field(default_factory=list)  # (instance, from, to) of change queries
+    connects: int = 0
+    snapshot_at: int | None = None
+    ctx: Context | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def table(self, schema: str | None, name: str) -> Table | None:
+        for instance in self.instances:
+            t = instance.table
+            if t.name.lower() == name.lower() and (schema is None or t.schema.lower() == schema.lower()):
+                return t
+        return None
+
+    def visible(self) -> list[Instance]:
+        return [
+            i for i in self.instances if not i.dropped and not i.table.denied and (not i.role or i.role in self.roles)
+        ]
+
+    def instance(self, name: str) -> Instance:
+        return next(i for i in self.instances if i.name == name)
+
+    def commit(self, instance: str, changes: Sequence[Change], when: datetime | None = None) -> None:
+        """Record changes captured by the capture job (the max LSN follows them)."""
+        target = self.instance(instance)
+        target.changes.extend(changes)
+        for change in changes:
+            self.times.setdefault(change.start_lsn, when or datetime(2024, 5, 1, 10, tzinfo=OFFSET))
+            self.max_lsn = max(self.max_lsn or 0, change.start_lsn)
+
+
+class RecordedSession:
+    """db.Session's interface, answered by a :class:`Server`."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.connected = False
+        self.isolation: str | None = None
+        self._frozen: dict[str, list[dict[str, Any]]] | None = None
+
+    def _call(self, name: str) -> None:
+        with self.server.lock:
+            self.server.calls.append(name)
+
+    # -- connection ---------------------------------------------------------------------
+
+    def connect(self) -> None:
+        self.server.connects += 1
+        self.connected = True
+
+    def close(self) -> None:
+        self.connected = False
+
+    def optional(self, read: Callable[[], Any]) -> Any:
+        return read()
+
+    # -- catalog --------------------------------------------------------------------------
+
+    def database(self) -> DatabaseInfo:
+        self._call("database")
+        return DatabaseInfo("shop", self.server.cdc_enabled, "16.0", self.server.snapshot_isolation)
+
+    def login(self) -> Login:
+        self._call("login")
+        return self.server.login
+
+    def max_lsn(self) -> int | None:
+        self._call("max_lsn")
+        return self.server.max_lsn
+
+    def instances(self) -> tuple[CaptureInstance, ...]:
+        self._call("instances")
+        return tuple(i.info() for i in self.server.visible())
+
+    def state(self) -> ServerState:
+        self._call("state")
+        server = self.server
+        server.polls += 1
+        step = server.script.get(server.polls)
+        if step is not None:
+            step(server)
+        last = max(server.script, default=0)
+        stop = server.stop_after if server.stop_after is not None else last + server.polls_after_last
+        if server.polls > stop and server.ctx is not None:
+            server.ctx.stopping.set()
+        max_time = server.times.get(server.max_lsn) if server.max_lsn is not None else None
+        return ServerState(server.max_lsn, self.instances(), max_time)
+
+    def captured_columns(self, instance: CaptureInstance) -> list[Column]:
+        self._call("captured_columns")
+        return list(self.server.instance(instance.name).columns)
+
+    def table(self, schema: str | None, name: str) -> SourceTable | None:
+        self._call("table")
+        found = self.server.table(schema, name)
+        return SourceTable(found.object_id, found.schema, found.name, found.tracked) if found else None
+
+    def tracked_tables(self) -> list[SourceTable]:
+        self._call("tracked_tables")
+        tables = {i.table.object_id: i.table for i in self.server.instances if not i.dropped}
+        return [SourceTable(t.object_id, t.schema, t.name, True) for t in tables.values() if t.tracked]
+
+    def denied_columns(self, table: SourceTable) -> list[str]:
+        self._call("denied_columns")
+        found = self.server.table(table.schema, table.name)
+        return list(found.denied) if found else []
+
+    def is_role_member(self, role: str) -> bool:
+        self._call("is_role_member")
+        return role in self.server.roles
+
+    def can_select(self, securable: str) -> bool:
+        self._call("can_select")
+        return any(i.info().change_table == securable and i.readable for i in self.server.instances)
+
+    def min_lsn(self, instance: str) -> int:
+        self._call("min_lsn")
+        return self.server.instance(instance).min_lsn
+
+    # -- changes --------------------------------------------------------------------------
+
+    def window_end(
+        self, instance: CaptureInstance, direct: bool, n: int, start: int, end: int
+    ) -> tuple[int, int | None]:
+        self._call("window_end")
+        found = self._source(instance.name, direct, start, end)
+        changes = sorted((c for c in found if c.operation != 3), key=lambda c: c.start_lsn)[:n]
+        return len(changes), (changes[-1].start_lsn if changes else None)
+
+    def commit_times(self, lsns: Sequence[int]) -> dict[int, datetime | None]:
+        self._call("commit_times")
+        return {value: self.server.times.get(value) for value in lsns}
+
+    def _source(self, name: str, direct: bool, start: int, end: int) -> list[Change]:
+        server = self.server
+        instance = server.instance(name)
+        if instance.dropped:
+            what = f"cdc.{name}_CT" if direct else f"cdc.fn_cdc_get_all_changes_{name}"
+            raise translate("42S02", f"[42S02] [FreeTDS][SQL Server]Invalid object name '{what}'. (208)", _TARGET)
+        if direct and not instance.readable:
+            raise translate(
+                "42000",
+                f"[42000] [FreeTDS][SQL Server]The SELECT permission was denied on the object '{name}_CT', "
+                "database 'shop', schema 'cdc'. (229)",
+                _TARGET,
+            )
+        if not direct and (start < instance.min_lsn or server.max_lsn is None or end > server.max_lsn):
+            raise translate(
+                "42000",
+                "[42000] [FreeTDS][SQL Server]An insufficient number of arguments were supplied for the procedure or "
+                f"function cdc.fn_cdc_get_all_changes_{name}. (313)",
+                _TARGET,
+            )
+        return [c for c in instance.changes if start <= c.start_lsn <= end and c.start_lsn >= instance.min_lsn]
+
+    def stream(self, sql: str, *params: Any) -> RecordedRows:
+        self._call("stream")
+        server = self.server
+        with server.lock:
+            server.statements.append(sql)
+            failing = server.polls in server.fail_stream_at
+            if failing:
+                server.fail_stream_at.discard(server.polls)
+        if failing:
+            raise ConnectionLost("lost the connection to SQL Server at db,1433/shop: Communication link failure")
+        snapshot = _SNAPSHOT_FROM.search(sql)
+        if snapshot is not None:
+            return RecordedRows(self._snapshot_rows(sql, snapshot, None, None))
+        name, direct = _instance_of(sql)
+        start, end = from_bytes(params[0]), from_bytes(params[1])
+        with server.lock:
+            server.windows.append((name, start, end))
+        changes = self._source(name, direct, start, end)
+        if direct:
+            changes.sort(
+                key=lambda c: (c.start_lsn, -1 if c.command_id is None else c.command_id, c.seqval, c.operation)
+            )
+        else:
+            changes.sort(key=lambda c: (c.start_lsn, c.seqval, c.operation))
+        instance = server.instance(name)
+        data, flags = _selected(sql)
+        ordinals = {c.name: c.ordinal for c in instance.columns}
+        rows = []
+        for c in changes:
+            head = [to_bytes(c.start_lsn), to_bytes(c.seqval), c.operation, c.mask, c.command_id if direct else None]
+            head += [bit_set(ordinals[f], c.mask) for f in flags]
+            rows.append(tuple(head + [c.values.get(column) for column in data]))
+        return RecordedRows(rows)
+
+    # -- snapshots ------------------------------------------------------------------------
+
+    def begin_snapshot(self, isolation: str) -> int | None:
+        self._call("begin_snapshot")
+        self.isolation = isolation
+        self.server.snapshot_at = self.server.max_lsn
+        tables = {i.table.qualified: i.table for i in self.server.instances}
+        self._frozen = {name: [dict(r) for r in t.rows] for name, t in tables.items()}  # SNAPSHOT: one view
+        return self.server.max_lsn
+
+    def end_snapshot(self) -> None:
+        self._frozen = None
+
+    def query(self, sql: str, *params: Any) -> ResultSet:
+        self._call("query")
+        with self.server.lock:
+            self.server.statements.append(sql)
+        found = _SNAPSHOT_FROM.search(sql)
+        assert found is not None, f"the recorded server answers snapshot chunks only: {sql}"
+        keys = len(re.findall(r"__\$dstream_key_\d+", sql))
+        limit = params[0]
+        bound = tuple(params[len(params) - keys :]) if "WHERE" in sql else None
+        return ResultSet((), self._snapshot_rows(sql, found, bound, limit))
+
+    def _snapshot_rows(
+        self, sql: str, found: re.Match[str], bound: tuple[Any, ...] | None, limit: int | None
+    ) -> list[Any]:
+        schema, name = found.group(1), found.group(2)
+        table = self.server.table(schema, name)
+        assert table is not None
+        rows = (self._frozen or {}).get(table.qualified, table.rows)
+        data, _ = _selected(sql)
+        keyed = "__$dstream_key_0" in sql
+        if keyed:
+            rows = sorted(rows, key=lambda r: tuple(r[k] for k in table.key))
+            if bound is not None:
+                rows = [r for r in rows if tuple(r[k] for k in table.key) > tuple(int(v) for v in bound)]
+            rows = rows[:limit]
+            return [tuple([str(r[k]) for k in table.key] + [r.get(c) for c in data]) for r in rows]
+        return [tuple(r.get(c) for c in data) for r in rows]
+
+    # -- health -----------------------------------------------------------------------------
+
+    def log_end(self) -> int | None:
+        return None
+
+    def retention_minutes(self) -> int | None:
+        return 4320
+
+    def capture_job(self) -> str | None:
+        return "running"
+
+    def capture_latency(self) -> float | None:
+        return 0.0
+
+    def commit_time(self, value: int) -> datetime | None:
+        return self.server.times.get(value)
+
+
+class RecordedRows:
+    """db.Rows' interface over recorded rows (the signature is what the driver would describe)."""
+
+    def __init__(self, rows: list[Any], signature: Any = ("recorded",)) -> None:
+        self._rows = rows
+        self.signature = signature
+        self.complete = True
+        self.on_chunk: Callable[[Sequence[Any]], None] | None = None
+        self.on_done: Callable[[Any], None] | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        if self._rows and self.on_chunk is not None:
+            self.on_chunk(self._rows)
+        yield from self._rows
+
+    def close(self) -> None:
+        return None
+
+
+_TARGET: Any = type("T", (), {"__str__": lambda self: "db,1433/shop", "task_hint": "orders", "database": "shop"})()
+_SNAPSHOT_FROM = re.compile(r"FROM \[([^\]]+)\]\.\[([^\]]+)\]")
+_FUNCTION = re.compile(r"cdc\.\[fn_cdc_get_all_changes_([^\]]+)\]")
+_TABLE = re.compile(r"cdc\.\[([^\]]+)_CT\]")
+
+
+def _instance_of(sql: str) -> tuple[str, bool]:
+    found = _FUNCTION.search(sql)
+    if found is not None:
+        return found.group(1), False
+    found = _TABLE.search(sql)
+    assert found is not None, f"not a change query: {sql}"
+    return found.group(1), True
+
+
+def _selected(sql: str) -> tuple[list[str], list[str]]:
+    """The data columns a query selects (its ``AS [name]`` aliases) and its changed flags."""
+    names = re.findall(r" AS \[([^\]]+)\]", sql)
+    flags = [n[len("__$dstream_changed_") :] for n in names if n.startswith("__$dstream_changed_")]
+    data = [n for n in names if not n.startswith("__$")]
+    return data, flags
+
+
+class RecordedProvider(MssqlCdcInputProvider):
+    """The provider with its sessions answered by a :class:`Server` (set ``server`` first)."""
+
+    server: ClassVar[Server]
+    health_interval: ClassVar[float] = 3600.0
+
+    def __init__(self, config: MssqlCdcConfig, ctx: Context) -> None:
+        self.server.ctx = ctx
+        super().__init__(config, ctx)
+
+    def _session(self) -> Any:
+        return RecordedSession(self.server)
+
+
+def provider_for(server: Server) -> type[RecordedProvider]:
+    return type("Recorded", (RecordedProvider,), {"server": server})
