@@ -223,9 +223,8 @@ class MssqlCdcInputProvider(InputProvider[MssqlCdcConfig], InfrastructureProvide
             if snapshot.begin() is None:
                 raise CdcError("the CDC max LSN is NULL although the capture instances have started")
             for item in run_pass(snapshot, plan, shapes, positions, self._schema_record(stream)):
-                if isinstance(item, Checkpoint):
-                    for name, position in positions.items():
-                        stream.hold(name, position.to_json(format_lsn))
+                for name, position in positions.items():  # the other tables' places in each checkpoint
+                    stream.hold(name, position.to_json(format_lsn))
                 yield item
             snapshot.end()
         finally:

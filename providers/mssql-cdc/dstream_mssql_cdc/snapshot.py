@@ -141,11 +141,14 @@ def run_pass(
     schema_change: Callable[[str, Shape, int], Record],
 ) -> Iterator[Record | Checkpoint]:
     """The plan's tables, one after the other; ``positions`` follows each row (where a retry
-    resumes) and ends with each table handed to the stream at its snapshot's point."""
+    resumes) and ends with each table handed to the stream at its snapshot's point.
+    ``snapshot.checkpoint`` must see ``positions`` of the tables not being read (the caller
+    holds them in the stream)."""
+    for name in plan.start:  # every table of the pass is in the checkpoint from its first row on
+        positions[name] = snapshot.start_position(shapes[name])
     for name in plan.tables:
         shape = shapes[name]
         if name in plan.start:
-            positions[name] = snapshot.start_position(shape)
             yield schema_change(name, shape, positions[name].lsn)
         start = positions[name]
         for record, done in snapshot.table(name, shape, start):

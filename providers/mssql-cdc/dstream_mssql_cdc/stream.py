@@ -195,7 +195,7 @@ class Stream:
         if old is not None:
             meta["PreviousCaptureInstance"] = old.instance.name
             meta["PreviousColumns"] = old.describe()
-        return Record({}, meta, position=self.checkpoint())
+        return Record({}, meta)  # no position of its own: it moves no table
 
     def retyped(self, window: Window, old: Shape, new: Shape) -> Record:
         """The envelope for a column type altered in place (the same capture instance)."""
@@ -211,8 +211,7 @@ class Stream:
             cursor = self.cursors[window.table]
             builder = self.shape(window.instance).builder
             items = cursor.feed(window, pair_updates(rows), builder.record)
-            rank = order[window.table]
-            streams.append(((key, rank, record, position, window.table) for key, record, position in items))
+            streams.append(_ranked(items, order[window.table], window.table))
         positions = self._positions
         for _key, _rank, record, position, table in heapq.merge(*streams, key=lambda item: (item[0], item[1])):
             positions[table] = position
@@ -228,3 +227,10 @@ class Stream:
                 self._positions[table] = position
                 changed = True
         return self.checkpoint() if changed else None
+
+
+def _ranked(
+    items: Iterable[tuple[Any, Record, Any]], rank: int, table: str
+) -> Iterator[tuple[Any, int, Record, Any, str]]:
+    for key, record, position in items:
+        yield key, rank, record, position, table

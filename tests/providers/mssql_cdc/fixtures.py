@@ -107,7 +107,7 @@ def shop(**settings: Any) -> Server:
         rows=[order(3, "bob", "1.00", "first"), order(4, "carol", "100000000000000.01")],
     )
     customers = Table("dbo", "Customers", 202, key=("id",), rows=[customer(7, "Zoe")])
-    server = Server(
+    return Server(
         [
             Instance("dbo_Orders", orders, START, ORDERS_COLUMNS, orders_changes()),
             Instance("dbo_Customers", customers, START, CUSTOMERS_COLUMNS, customers_changes()),
@@ -116,7 +116,6 @@ def shop(**settings: Any) -> Server:
         times=dict(TIMES),
         **settings,
     )
-    return server
 
 
 # (table, operation, id) of the workload in commit order, as direct mode reads it.

@@ -76,9 +76,10 @@ class Instance:
     columns: list[Column]
     changes: list[Change] = field(default_factory=list)
     role: str | None = None
-    created: datetime = datetime(2024, 1, 1)  # noqa: DTZ001 - what sp_cdc_help_change_data_capture returns
+    created: datetime = datetime(2024, 1, 1)
     readable: bool = True  # SELECT on its change table
     dropped: bool = False
+    dropped_on_query: bool = False  # dropped between the next planning and its queries
 
     def info(self) -> CaptureInstance:
         return CaptureInstance(
@@ -112,9 +113,11 @@ class Server:
     cdc_enabled: bool = True
     snapshot_isolation: bool = True
     roles: set[str] = field(default_factory=set)
-    script: dict[int, Callable[[Server], None]] = field(default_factory=dict)  # poll number → what changes then
-    polls_after_last: int = 2  # polls after the last scripted one before the run is stopped
+    # state() call number → what changes then (call 1 is the run's set-up, 2 its first poll)
+    script: dict[int, Callable[[Server], None]] = field(default_factory=dict)
+    polls_after_last: int = 2  # polls after the last scripted one (and a poll with no query) before stopping
     stop_after: int | None = None
+    busy: set[int] = field(default_factory=set)  # polls that ran change queries
     fail_stream_at: set[int] = field(default_factory=set)  # polls whose change queries lose the connection
     polls: int = 0
     calls: list[str] = field(default_factory=list)
@@ -122,6 +125,7 @@ class Server:
     windows: list[tuple[str, int, int]] = field(default_factory=list)  # (instance, from, to) of change queries
     connects: int = 0
     snapshot_at: int | None = None
+    signature: dict[str, Any] = field(default_factory=dict)  # instance → what the driver describes its result as
     ctx: Context | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -200,8 +204,11 @@ class RecordedSession:
         if step is not None:
             step(server)
         last = max(server.script, default=0)
-        stop = server.stop_after if server.stop_after is not None else last + server.polls_after_last
-        if server.polls > stop and server.ctx is not None:
+        if server.stop_after is not None:
+            done = server.polls > server.stop_after
+        else:  # caught up: past the script, and the previous poll found nothing to read
+            done = server.polls > last + server.polls_after_last and (server.polls - 1) not in server.busy
+        if (done or server.polls > 10_000) and server.ctx is not None:
             server.ctx.stopping.set()
         max_time = server.times.get(server.max_lsn) if server.max_lsn is not None else None
         return ServerState(server.max_lsn, self.instances(), max_time)
@@ -214,6 +221,9 @@ class RecordedSession:
         self._call("table")
         found = self.server.table(schema, name)
         return SourceTable(found.object_id, found.schema, found.name, found.tracked) if found else None
+
+    def tags(self) -> list[Any]:
+        return []
 
     def tracked_tables(self) -> list[SourceTable]:
         self._call("tracked_tables")
@@ -254,6 +264,8 @@ class RecordedSession:
     def _source(self, name: str, direct: bool, start: int, end: int) -> list[Change]:
         server = self.server
         instance = server.instance(name)
+        if instance.dropped_on_query:
+            instance.dropped, instance.dropped_on_query = True, False
         if instance.dropped:
             what = f"cdc.{name}_CT" if direct else f"cdc.fn_cdc_get_all_changes_{name}"
             raise translate("42S02", f"[42S02] [FreeTDS][SQL Server]Invalid object name '{what}'. (208)", _TARGET)
@@ -285,11 +297,13 @@ class RecordedSession:
             raise ConnectionLost("lost the connection to SQL Server at db,1433/shop: Communication link failure")
         snapshot = _SNAPSHOT_FROM.search(sql)
         if snapshot is not None:
+            server.busy.add(server.polls)
             return RecordedRows(self._snapshot_rows(sql, snapshot, None, None))
         name, direct = _instance_of(sql)
         start, end = from_bytes(params[0]), from_bytes(params[1])
         with server.lock:
             server.windows.append((name, start, end))
+            server.busy.add(server.polls)
         changes = self._source(name, direct, start, end)
         if direct:
             changes.sort(
@@ -305,7 +319,7 @@ class RecordedSession:
             head = [to_bytes(c.start_lsn), to_bytes(c.seqval), c.operation, c.mask, c.command_id if direct else None]
             head += [bit_set(ordinals[f], c.mask) for f in flags]
             rows.append(tuple(head + [c.values.get(column) for column in data]))
-        return RecordedRows(rows)
+        return RecordedRows(rows, server.signature.get(name, ("recorded",)))
 
     # -- snapshots ------------------------------------------------------------------------
 
@@ -324,6 +338,7 @@ class RecordedSession:
         self._call("query")
         with self.server.lock:
             self.server.statements.append(sql)
+            self.server.busy.add(self.server.polls)
         found = _SNAPSHOT_FROM.search(sql)
         assert found is not None, f"the recorded server answers snapshot chunks only: {sql}"
         keys = len(re.findall(r"__\$dstream_key_\d+", sql))
@@ -416,6 +431,8 @@ class RecordedProvider(MssqlCdcInputProvider):
 
     def __init__(self, config: MssqlCdcConfig, ctx: Context) -> None:
         self.server.ctx = ctx
+        self.server.polls = 0  # each run counts its own polls (a server may serve several runs)
+        self.server.busy.clear()
         super().__init__(config, ctx)
 
     def _session(self) -> Any:

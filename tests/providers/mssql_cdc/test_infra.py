@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 
 import pytest
+from dstream_mssql_cdc.catalog import CaptureInstance
 from dstream_mssql_cdc.infra import (
     DATABASE_PROPERTY,
     DatabaseInfo,
@@ -18,7 +19,6 @@ from dstream_mssql_cdc.infra import (
     plan_destroy,
     plan_enable,
 )
-from dstream_mssql_cdc.catalog import CaptureInstance
 
 pytestmark = pytest.mark.unit
 
