@@ -238,7 +238,7 @@ class Session:
         """The table's columns this login may not SELECT."""
         rows = self.query(
             "SELECT c.name FROM sys.columns AS c WHERE c.object_id = ?"
-            " AND ISNULL(HAS_PERMS_BY_NAME(QUOTENAME(SCHEMA_NAME(?)) + N'.' + QUOTENAME(OBJECT_NAME(?)),"
+            " AND ISNULL(HAS_PERMS_BY_NAME(QUOTENAME(OBJECT_SCHEMA_NAME(?)) + N'.' + QUOTENAME(OBJECT_NAME(?)),"
             " N'OBJECT', N'SELECT', c.name, N'COLUMN'), 0) = 0 ORDER BY c.column_id",
             table.object_id,
             table.object_id,

@@ -83,6 +83,9 @@ class MssqlCdcInputProvider(InputProvider[MssqlCdcConfig], InfrastructureProvide
         self._signatures: dict[str, Any] = {}
         self._times: dict[int, datetime | None] = {}
         self._snapshot: Session | None = None
+        self.slowest_query = 0.0  # seconds: the longest a poll's change queries took to start streaming
+        self.changes = 0
+        self._started = time.monotonic()
 
     def _session(self) -> Session:
         """A new (unconnected) session. pyodbc, and the ODBC driver manager it loads, are
@@ -283,11 +286,14 @@ class MssqlCdcInputProvider(InputProvider[MssqlCdcConfig], InfrastructureProvide
                         yield Checkpoint(start)
                         first = False
                 yield from poll.schema
+                began = time.monotonic()
                 opened = self.readers.open(poll.windows, self._query)
+                self._timed(time.monotonic() - began, poll)
                 merged = [(w, self._changes(w, rows)) for w, rows in zip(poll.windows, opened, strict=True)]
                 yield from self._retyped(stream, poll, opened)
                 for record in stream.merge(merged):
                     changes += 1
+                    self.changes += 1
                     self._passed(stream, record)
                     yield record
                 self._check_direct(poll)
@@ -300,6 +306,8 @@ class MssqlCdcInputProvider(InputProvider[MssqlCdcConfig], InfrastructureProvide
                     exc,
                 )
                 self._shapes.pop(exc.instance, None)
+                if not self.ctx.sleep(cfg.poll_interval):
+                    return
                 continue
             except ConnectionLost as exc:
                 self._abandon(stream, opened)
@@ -323,6 +331,19 @@ class MssqlCdcInputProvider(InputProvider[MssqlCdcConfig], InfrastructureProvide
             self._times.clear()
             if not self.ctx.sleep(polls.after_poll(changes, poll.full)):
                 return
+
+    def _timed(self, seconds: float, poll: Poll) -> None:
+        """How long the poll's change queries took to start streaming (what query_timeout bounds)."""
+        self.slowest_query = max(self.slowest_query, seconds)
+        limit = self.config.query_timeout
+        if limit and seconds > limit / 2:
+            self.log.warning(
+                "change queries of %s took %.1fs, more than half of query_timeout (%gs): a smaller batch_size "
+                "bounds the windows tighter",
+                ", ".join(w.table for w in poll.windows),
+                seconds,
+                limit,
+            )
 
     def _probe(self, instance: CaptureInstance, n: int, start: int, end: int) -> tuple[int, int | None]:
         return self.db.window_end(instance, self.direct, n, start, end)
@@ -402,6 +423,7 @@ class MssqlCdcInputProvider(InputProvider[MssqlCdcConfig], InfrastructureProvide
         """Without ``tables``: capture tables as CDC is enabled on them (snapshotted first,
         unless snapshot = "never"), stop as it is disabled."""
         if self.config.tables is not None:
+            self._gone(stream, state)
             return
         current = state.tables()
         known = {cursor.object_id for cursor in stream.cursors.values()}
@@ -422,6 +444,29 @@ class MssqlCdcInputProvider(InputProvider[MssqlCdcConfig], InfrastructureProvide
                 self.log.warning("%s has no capture instance any more (CDC disabled on it): no longer captured", name)
                 stream.remove(name)
                 self.lag.forget(name)
+
+    def _gone(self, stream: Stream, state: ServerState) -> None:
+        """A listed table whose capture instances all went away (disabled, or dropped between
+        planning and querying) leaves the stream, its position kept in the checkpoint, as
+        Debezium drops such a table and goes on; one this login can no longer see is an error."""
+        from dstream_mssql_cdc.catalog import access_message
+        from dstream_mssql_cdc.errors import Denied
+
+        for name, cursor in list(stream.cursors.items()):
+            if state.of_table(cursor.object_id):
+                continue
+            schema, _, table = name.partition(".")
+            source = self.db.table(schema, table)
+            if source is not None and source.tracked:
+                login = self.db.login()
+                raise Denied(access_message(login, source, self.db.denied_columns(source), self.target.task_hint))
+            self.log.warning(
+                "%s has no capture instance any more (CDC disabled on it): no longer captured; its position stays "
+                "in the checkpoint",
+                name,
+            )
+            stream.hold(name, cursor.position_json() or Position(0).to_json(format_lsn))
+            self.lag.forget(name)
 
     # -- health -----------------------------------------------------------------------------
 
@@ -462,6 +507,15 @@ class MssqlCdcInputProvider(InputProvider[MssqlCdcConfig], InfrastructureProvide
                 self.log.warning("%s", warning)
 
     def close(self) -> None:
+        if self.changes:
+            took = time.monotonic() - self._started
+            self.log.info(
+                "%d changes in %.1fs (%.0f changes/s); the slowest poll's change queries took %.2fs to start",
+                self.changes,
+                took,
+                self.changes / took if took else 0.0,
+                self.slowest_query,
+            )
         self._close_snapshot()
         self.readers.close()
         self.db.close()

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from dstream.sdk import Checkpoint, Record
 from dstream.sdk.cdc import ChunkCursor, Position, new_pass_id, read_chunks, read_metadata
+from dstream_mssql_cdc.errors import CdcError
 from dstream_mssql_cdc.lsn import format_lsn, increment_lsn
 from dstream_mssql_cdc.names import quote_name
 from dstream_mssql_cdc.sql import RESUMABLE_KEY_TYPES, keyset_params, snapshot_query
@@ -110,7 +111,15 @@ class Snapshot:
             return list(self.session.query(after, limit, *keyset_params(bound)).rows)
 
         def key_text(row: Any) -> tuple[str, ...]:
-            return tuple(str(v) for v in row[:width])
+            texts = tuple(row[:width])
+            if any(v is None for v in texts):
+                raise CdcError(
+                    f"{shape.instance.qualified}: a row has NULL in a column of its key "
+                    f"({', '.join(shape.instance.key)}: the unique index capture instance {shape.instance.name} was "
+                    f"enabled with), so the snapshot "
+                    f"cannot page by it; enable CDC with a primary key or a unique index over NOT NULL columns"
+                )
+            return tuple(str(v) for v in texts)
 
         for row, done in read_chunks(chunk, key_text, cursor, self.batch_size):
             yield tuple(row[width:]), done

@@ -45,7 +45,8 @@ class _Lines(io.RawIOBase):
 
 class LiveInput:
     def __init__(self, config: dict[str, Any], checkpoint: Any = None, task: str = "it") -> None:
-        stdin = io.BytesIO(protocol.command_envelope("run", config, checkpoint, task))
+        envelope = protocol.command_envelope("run", config, checkpoint, task, protocol.ORCHESTRATOR_FEATURES)
+        stdin = io.BytesIO(envelope)
         self._out = _Lines()
         self.host = Host(MssqlCdcInputProvider, stdin, self._out)  # type: ignore[arg-type]
         self.exit_code: int | None = None
@@ -64,6 +65,15 @@ class LiveInput:
     @property
     def data(self) -> list[dict[str, Any]]:
         return [m for m in self.messages if "data" in m]
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """Row envelopes (no SchemaChange)."""
+        return [m for m in self.data if m["metadata"]["OperationType"] != "SchemaChange"]
+
+    @property
+    def checkpoints(self) -> list[Any]:
+        return [m["checkpoint"] for m in self.messages if "checkpoint" in m and "data" not in m]
 
     def wait(self, condition: Callable[[LiveInput], bool], what: str, timeout: float = WAIT) -> None:
         def check() -> bool:

@@ -476,3 +476,35 @@ def test_an_unreachable_server_gets_a_clear_error_handshake_without_the_secret(v
     assert result.error is not None
     assert f"cannot connect to SQL Server at 127.0.0.1,{port}/shop" in result.error
     assert "hunter22" not in result.error
+
+
+def test_a_listed_tables_capture_instance_dropped_mid_run_leaves_the_stream_and_its_position_stays(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = shop()
+    tx = lsn(0x36, 0x10, 1)
+
+    def drop(s: Server) -> None:
+        s.commit("dbo_Orders", [Change(tx, lsn(0x36, 0x8, 1), 2, b"\x0f", 1, order(700, "o", "1"))])
+        s.instances[1].dropped_on_query = True
+        s.instances[1].table.tracked = False  # CDC disabled on it
+
+    server.script[3] = drop
+    with caplog.at_level(logging.WARNING, LOGGER):
+        result = run(server)
+    assert result.exit_code == 0
+    assert rows(result)[-1] == ("dbo.Orders", "Insert", 700)
+    assert "error 208" in caplog.text
+    assert "dbo.Customers has no capture instance any more (CDC disabled on it)" in caplog.text
+    assert "dbo.Customers" in result.checkpoints[-1]["tables"]
+
+
+def test_a_permission_revoked_while_running_is_the_named_error_not_a_silent_stop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = shop()
+    server.script[3] = lambda s: setattr(s.instances[1].table, "denied", ["name"])
+    result = run(server)
+    assert result.exit_code == 1
+    assert "may not read the changes of dbo.Customers" in caplog.text
+    assert "GRANT SELECT ON [dbo].[Customers] TO [dstream_reader];" in caplog.text
