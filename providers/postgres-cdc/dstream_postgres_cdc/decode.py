@@ -93,6 +93,7 @@ class Decoder:
         self.names = {(t.schema, t.name): t.qualified for t in tables}
         self.keys = {t.qualified: t.key for t in tables}
         self.starts = {name: lsn for name, lsn in (starts or {}).items() if lsn > 0}
+        self._latest_start = max(self.starts.values(), default=0)
         self.positions = positions if positions is not None else {}
         self._loads = loads_exact if numeric_as_string else loads
         self._txn: tuple[str, Any, str | None] = ("", None, None)  # commit LSN text, xid, commit time
@@ -105,21 +106,31 @@ class Decoder:
     def feed(self, rows: list[tuple[str]], asm: TransactionAssembler[Record], out: list[Record]) -> int:
         """Decode ``rows`` into ``out`` (records with their positions); return how many."""
         emitted = 0
-        starts = self.starts
         for (text,) in rows:
             kind = text[ACTION_AT]
             if kind in "IUDT":
-                seq = asm.next_change()
-                if not seq:
-                    continue  # emitted before this restart or reconnect: not even decoded
-                row = self._loads(text)
-                if starts and self._commit < starts.get(self._table(row), 0):
-                    continue  # in the rows of the table's snapshot, taken after this commit
+                if self.starts and self._commit < self._latest_start:
+                    # A table snapshotted after this commit has it in its rows: drop it before
+                    # it is counted, so the transaction's change numbers stay what they were
+                    # before the table joined (a checkpoint's index counts them).
+                    row = self._loads(text)
+                    if self._commit < self.starts.get(self._table(row), 0):
+                        continue
+                    seq = asm.next_change()
+                    if not seq:
+                        continue
+                else:
+                    seq = asm.next_change()
+                    if not seq:
+                        continue  # emitted before this restart or reconnect: not even decoded
+                    row = self._loads(text)
                 ready = asm.change(self._record(kind, row, seq))
             elif kind == "B":
                 row = loads(text)
                 commit, end = row["lsn"], row["nextlsn"]
                 self._commit = parse_lsn(commit)
+                if self.starts and self._commit >= self._latest_start:
+                    self.starts = {}  # the stream has passed every table's start
                 asm.begin(self._commit, parse_lsn(end), commit, end)
                 self._txn = (commit, row.get("xid"), commit_time(row.get("timestamp")))
                 continue

@@ -128,6 +128,11 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
         positions = {name: stored.tables[name] for name in names if name in stored.tables}
         plan = plan_snapshots(self.config.snapshot, names, positions)
         stream = stored.stream
+        if stream is not None and stream.index and gone:
+            # The transaction the checkpoint sits inside was counted with those tables' changes:
+            # read it again from its start (duplicates, never a skipped change).
+            self.log.info("the checkpoint sits inside a transaction counted with %s: it comes again", ", ".join(gone))
+            stream = Position(stream.lsn)
         if plan:
             stream = yield from self._snapshot_all(tables, plan, positions, stream)
             if stream is None:

@@ -38,7 +38,7 @@ class Slow(FileOutputProvider):
     batch_size = 250
 
     def write(self, batch):
-        time.sleep(0.1)  # a slow sink: the run is still inside the snapshot when it is killed
+        time.sleep(0.25)  # a slow sink (1000 rows/s): the run is still inside the snapshot when it is killed
         super().write(batch)
 
 Slow.main()
