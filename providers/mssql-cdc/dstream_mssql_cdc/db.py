@@ -227,6 +227,14 @@ class Session:
         ).rows
         return SourceTable(int(rows[0][0]), str(rows[0][1]), str(rows[0][2]), bool(rows[0][3])) if rows else None
 
+    def column_names(self, schema: str, table: str) -> set[str]:
+        """The columns the table has now (a captured column may have been dropped since)."""
+        rows = self.query(
+            "SELECT c.name FROM sys.columns AS c WHERE c.object_id = OBJECT_ID(?)",
+            f"{quote_name(schema)}.{quote_name(table)}",
+        ).rows
+        return {str(r[0]) for r in rows}
+
     def tracked_tables(self) -> list[SourceTable]:
         """Tables CDC captures that this login can see (capture instance visible to it or not)."""
         rows = self.query(

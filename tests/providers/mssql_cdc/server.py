@@ -61,6 +61,7 @@ class Table:
     rows: list[dict[str, Any]] = field(default_factory=list)  # the table now (what a snapshot reads)
     key: tuple[str, ...] = ()
     denied: list[str] = field(default_factory=list)  # columns this login may not SELECT
+    dropped_columns: list[str] = field(default_factory=list)  # captured, then dropped from the table
     tracked: bool = True
 
     @property
@@ -224,6 +225,13 @@ class RecordedSession:
 
     def tags(self) -> list[Any]:
         return []
+
+    def column_names(self, schema: str, table: str) -> set[str]:
+        self._call("column_names")
+        found = self.server.table(schema, table)
+        assert found is not None
+        names = {c.name for i in self.server.instances if i.table is found for c in i.columns}
+        return names - set(found.dropped_columns)
 
     def tracked_tables(self) -> list[SourceTable]:
         self._call("tracked_tables")

@@ -231,3 +231,17 @@ def test_a_connection_lost_inside_the_snapshot_resumes_it_where_it_stopped() -> 
     }
     result = run_provider(LosesOnce, settings, task="orders")
     assert [r[2] for r in rows(result)] == list(range(1, 11))  # once each: the retry went on after key 3
+
+
+def test_a_captured_column_dropped_from_the_table_is_left_out_of_the_snapshot(caplog: pytest.LogCaptureFixture) -> None:
+    server = shop()
+    server.instances[0].table.dropped_columns = ["note"]
+    with caplog.at_level(logging.WARNING, LOGGER):
+        result = run(server, tables=["dbo.Orders"])
+    reads = [m["data"] for m in result.data if m["metadata"]["OperationType"] == "Read"]
+    assert reads == [
+        {"id": 3, "customer": "bob", "amount": 1.0},
+        {"id": 4, "customer": "carol", "amount": 100000000000000.02},
+    ]
+    assert "captured column(s) note no longer exist in the table" in caplog.text
+    assert all("[note]" not in s for s in server.statements if "FROM [dbo].[Orders]" in s)
