@@ -5,6 +5,9 @@ Checks (each pass, fail or skip, with a detail):
 - invalid config  an unknown config key → ``{"status":"error","message":…}`` naming it
 - sigterm         SIGTERM after the handshake → exits (0 or 143) within the grace period
 - acks            (outputs) data + a checkpoint → ``{"ack": <the same checkpoint>}``
+- transform       (transforms) each envelope followed by a checkpoint: the checkpoint comes back
+                  byte for byte, after what the transform emitted for that envelope (0, 1 or n
+                  envelopes, or a well-formed ``dead_letter`` line), and nothing after the last one
 - checkpoints     (inputs) data lines are envelopes and a ``{"checkpoint": …}`` follows
 - resume          (inputs) restarting from that checkpoint handshakes and streams again
 - lifecycle       ``plan``/``status`` (when offered) print well-formed resource lines
@@ -26,6 +29,7 @@ from dstream.redact import Redactor
 from dstream.relay.handshake import open_provider
 from dstream.runtime.base import LABEL_RUN
 from dstream.task.launch import LaunchOptions, new_run_id, prepare_spec
+from dstream.tooling.probes import TransformProbe
 
 if TYPE_CHECKING:
     from dstream.runtime.base import ProviderProcess, ProviderSpec, Runtime
@@ -70,7 +74,9 @@ class Suite:
         under a fresh run id, so each container still gets its own name and labels."""
         run_id = new_run_id()
         if self._prepared is None:
-            self._prepared = await prepare_spec(self.document, self.task, "conformance", run_id, self.options)
+            self._prepared = await prepare_spec(
+                self.document, self.task, "conformance", run_id, self.options, self.task.input
+            )
             return self._prepared
         runtime, spec = self._prepared
         return runtime, replace(spec, run_id=run_id, labels={**spec.labels, LABEL_RUN: run_id})
@@ -99,7 +105,7 @@ class Suite:
         except DStreamError as exc:
             self.record("handshake", False, _first(str(exc)))
             return self.checks
-        kind = self.kind or ("output" if handshake.acks else "input")
+        kind = self.kind or _kind(handshake)
         self.record(
             "handshake",
             handshake.status == "ready",
@@ -108,6 +114,8 @@ class Suite:
         try:
             if kind == "output":
                 await self._acks(proc, rest)
+            elif kind == "transform":
+                await TransformProbe(proc, rest, self.timeout, self.record).run()
             else:
                 checkpoint = await self._checkpoints(proc, rest)
                 await self._resume(checkpoint)
@@ -261,6 +269,12 @@ async def _read_all(proc: ProviderProcess) -> bytes:
     while chunk := await proc.read():
         out += chunk
     return out
+
+
+def _kind(handshake: protocol.Handshake) -> str:
+    if protocol.FEATURE_TRANSFORM in handshake.features:
+        return "transform"
+    return "output" if handshake.acks else "input"
 
 
 def _first(text: str) -> str:
