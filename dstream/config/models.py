@@ -24,7 +24,8 @@ class ContainerSettings(_Strict):
     """Per-provider container overrides. Unset fields keep the hardened defaults."""
 
     network: str | None = None
-    memory: Size | None = None
+    memory: Size | None = None  # "512m" is 512 MiB, as `docker run -m`
+    init: bool | None = None  # default true: an init process (docker --init) as PID 1
     cpus: float | None = Field(default=None, gt=0)
     pids_limit: int | None = Field(default=None, gt=0)
     read_only: bool | None = None

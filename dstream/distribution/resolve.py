@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from dstream.config.models import Document
     from dstream.distribution.options import LaunchOptions
     from dstream.runtime.base import ProviderSpec, Runtime
-    from dstream.runtime.docker import DockerRuntime
+    from dstream.runtime.container import DockerRuntime
 
 _log = log.get("resolve")
 
@@ -75,7 +75,7 @@ def resolve_digest(text: str, lock: LockFile, update_lock: bool) -> Resolved:
 def _docker_runtime(options: LaunchOptions) -> DockerRuntime:
     runtime = options.runtimes.get("docker")
     if runtime is None:
-        from dstream.runtime.docker import DockerRuntime
+        from dstream.runtime.container import DockerRuntime
 
         runtime = DockerRuntime()
         options.runtimes["docker"] = runtime
@@ -95,7 +95,7 @@ async def _ensure_image(runtime: DockerRuntime, resolved: Resolved, pull: str) -
 
 
 async def _remove_leftovers(runtime: DockerRuntime, task: str) -> None:
-    from dstream.runtime.docker import find_leftovers
+    from dstream.runtime.leftovers import find_leftovers
 
     for left in await asyncio.to_thread(find_leftovers, runtime.engine, task):
         _log.warning(

@@ -19,18 +19,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from dstream import log, protocol
-from dstream.errors import BadDataError, DStreamError, Interrupted, LeaseLost, ProtocolError, ProviderError, StateError
+from dstream import log
+from dstream.errors import BadDataError, DStreamError, Interrupted, LeaseLost, StateError
 from dstream.redact import Redactor
 from dstream.relay.acks import AckReader
-from dstream.relay.exits import STOPPED_CODES, describe_exit
-from dstream.relay.handshake import stderr_excerpt
 from dstream.relay.hop import Hop, SinkGone
 from dstream.relay.ledger import CheckpointLedger, OrderViolation
 from dstream.runtime.base import READ_CHUNK
+from dstream.task import failures
+from dstream.task.flow import AttemptStats, PipelineEvents
+from dstream.task.persister import Persister
 
 if TYPE_CHECKING:
     from dstream.config.models import Task
@@ -41,24 +42,6 @@ if TYPE_CHECKING:
     from dstream.task.launch import Opened
 
 _log = log.get("relay")
-
-
-@dataclass
-class AttemptStats:
-    """Counts of one attempt, read by the status line and the metrics (nothing on the hot path)."""
-
-    started: float = field(default_factory=time.monotonic)
-    envelopes: int = 0  # read from the input
-    bytes: int = 0
-    delivered: int = 0  # input envelopes covered by an acknowledged checkpoint
-    delivered_bytes: int = 0
-    checkpoints: int = 0
-    persisted: int = 0
-    dead_letters: int = 0
-    last_persist: float | None = None
-    paused: float = 0.0  # seconds the input spent waiting for the output (window full)
-    waiting: bool = False  # paused right now
-    stage_envelopes: dict[str, int] = field(default_factory=dict)  # data lines out of each stage
 
 
 @dataclass
@@ -99,14 +82,33 @@ class Attempt:
         self.guard = guard
         self.redactor = redactor or Redactor()
         self.stats = AttemptStats()
-        self.gauges: dict[tuple[str, str, tuple[tuple[str, str], ...]], float] = {}
         self.ledger = CheckpointLedger(len(stages) - 1, task.max_in_flight, task.max_in_flight_bytes, self.output_acks)
+        self.persister = Persister(
+            ledger=self.ledger,
+            store=store,
+            guard=guard,
+            task=task.name,
+            run_id=run_id,
+            commit_interval=task.commit_interval,
+            source=self.input,
+            commits=self.input_commits,
+        )
+        self.events = PipelineEvents(
+            ledger=self.ledger,
+            persister=self.persister,
+            stats=self.stats,
+            guard=guard,
+            last_hop=len(stages) - 2,
+            output_acks=self.output_acks,
+            max_in_flight=task.max_in_flight,
+        )
+        self.gauges = self.events.gauges
         self.hops = [
             Hop(
                 index,
                 self.procs[index],
                 self.procs[index + 1],
-                events=self,
+                events=self.events,
                 leftover=stages[index].leftover,
                 max_line_bytes=task.max_line_bytes,
                 stop_timeout=task.stop_timeout,
@@ -121,18 +123,14 @@ class Attempt:
             self.output,
             leftover=stages[-1].leftover,
             max_line_bytes=task.max_line_bytes,
-            on_ack=self._on_ack,
-            on_gauge=lambda value: self._gauge(self.output.role, value),
+            on_ack=self.events.on_ack,
+            on_gauge=lambda value: self.events.record_gauge(self.output.role, value),
             stdout=stdout,
         )
-        self._window = asyncio.Event()
-        self._ack_event = asyncio.Event()
-        self._persist_lock = asyncio.Lock()
         self._force = asyncio.Event()
         self._stop_requested = False
         self._stopper: asyncio.Task[None] | None = None
         self._abort: DStreamError | None = None
-        self._warned: set[str] = set()
 
     # -- control from outside (signals, the lease) ---------------------------------------
 
@@ -161,6 +159,7 @@ class Attempt:
         stats.checkpoints = self.ledger.recorded
         stats.dead_letters = sum(h.stats.dead_letters for h in self.hops)
         stats.stage_envelopes = {h.role: h.stats.envelopes for h in self.hops}
+        stats.persisted, stats.last_persist = self.persister.count, self.persister.last
         return stats
 
     # -- the attempt -----------------------------------------------------------------
@@ -168,7 +167,7 @@ class Attempt:
     async def run(self) -> AttemptResult:
         hop_tasks = {asyncio.create_task(hop.run(), name=f"hop-{hop.index}"): hop for hop in self.hops}
         ack_task = asyncio.create_task(self.acks.run(), name="acks")
-        persister = asyncio.create_task(self._persister(), name="persister")
+        persister = asyncio.create_task(self.persister.run(self.abort), name="persister")
         out_exit = asyncio.create_task(self.output.wait(), name="output-exit")
         forced = asyncio.create_task(self._force.wait(), name="forced")
         failure: DStreamError | None = None
@@ -177,7 +176,7 @@ class Attempt:
             if self._force.is_set():
                 raise _Forced
             try:
-                await self._persist()
+                await self.persister.persist()
             except StateError as exc:  # LeaseLost included
                 failure = failure or self._redacted(exc)
         except _Forced:
@@ -192,7 +191,7 @@ class Attempt:
                 self._stopper.cancel()
             self.acks.flush()
         if failure is None:
-            failure = self._exit_status_failure()
+            failure = failures.after_exit(self.procs, self.hops, self.ledger, self._stop_requested, self.redactor)
         persisted = self.ledger.persisted
         return AttemptResult(
             stats=self.snapshot_stats(),
@@ -219,7 +218,7 @@ class Attempt:
             if forced in done:
                 raise _Forced
             if not done:  # the drain deadline passed with data still in the pipeline
-                failure = failure or self._drain_timeout()
+                failure = failure or failures.drain_timeout(self.output, self.task.drain_timeout, self.redactor)
                 await self._cut(len(self.procs) - 2, remaining, hop_tasks)
                 break
             for finished in sorted(done & remaining, key=lambda t: hop_tasks[t].index):
@@ -232,7 +231,9 @@ class Attempt:
                     upstream = [t for t in remaining if hop_tasks[t].index == hop.index - 1]
                     if upstream:
                         # A transform closed its stdout while its input was still coming.
-                        failure = failure or await self._died(hop.source)
+                        failure = failure or await failures.died(
+                            hop.source, self.hops[0].stats.envelopes, self.redactor
+                        )
                         drain_deadline = drain_deadline or time.monotonic() + self.task.drain_timeout
                         await self._cut(hop.index - 1, remaining, hop_tasks)
                     continue
@@ -244,7 +245,7 @@ class Attempt:
                 elif isinstance(exc, SinkGone):
                     found = await self._died(self.procs[hop.index + 1])
                 elif isinstance(exc, OrderViolation):
-                    found = self._order_failure(exc)
+                    found = failures.out_of_order(self.procs[exc.hop], exc)
                 else:
                     raise exc
                 failure = failure or found
@@ -263,7 +264,7 @@ class Attempt:
             if forced in done:
                 raise _Forced
             if out_exit not in done:
-                failure = failure or self._drain_timeout()
+                failure = failure or failures.drain_timeout(self.output, self.task.drain_timeout, self.redactor)
                 await self._stop(self.output)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(ack_task), 10)
@@ -285,66 +286,7 @@ class Attempt:
     # -- failures --------------------------------------------------------------------
 
     async def _died(self, proc: ProviderProcess) -> DStreamError:
-        try:
-            code: int | None = await asyncio.wait_for(asyncio.shield(asyncio.ensure_future(proc.wait())), 10)
-        except TimeoutError:
-            code = None
-        how = "stopped reading its input" if code is None else describe_exit(code)
-        return ProviderError(
-            f"{proc.description} {how} while data was still on its way to it "
-            f"({self.hops[0].stats.envelopes} envelopes read from the input; nothing unacknowledged "
-            f"was checkpointed)." + stderr_excerpt(proc, self.redactor)
-        )
-
-    def _order_failure(self, exc: OrderViolation) -> DStreamError:
-        proc = self.procs[exc.hop]
-        if exc.expected is None:
-            what = f"forwarded a checkpoint it was never sent, or forwarded one twice: {_short(exc.got)}"
-        else:
-            what = f"forwarded checkpoint {_short(exc.got)} while {_short(exc.expected)} was due"
-        return ProtocolError(
-            f"{proc.description} {what}. A transform must forward every checkpoint line unchanged and in "
-            f"order, after what it emitted for the lines before it; the checkpoint stays before this point."
-        )
-
-    def _drain_timeout(self) -> DStreamError:
-        return ProviderError(
-            f"{self.output.description} did not finish within drain_timeout ({self.task.drain_timeout:g}s) "
-            f"after its input ended; stopping it." + stderr_excerpt(self.output, self.redactor)
-        )
-
-    def _exit_status_failure(self) -> DStreamError | None:
-        out_code = self.output.returncode
-        if out_code not in (0, None):
-            return ProviderError(
-                f"{self.output.description} {describe_exit(out_code)}." + stderr_excerpt(self.output, self.redactor)
-            )
-        for hop in reversed(self.hops[1:]):  # transforms, nearest the output first
-            code = hop.source.returncode
-            if code not in (0, None) and not (self._stop_requested and code in STOPPED_CODES):
-                return ProviderError(
-                    f"{hop.source.description} {describe_exit(code)}." + stderr_excerpt(hop.source, self.redactor)
-                )
-        in_code = self.input.returncode
-        if in_code not in (0, None) and not (self._stop_requested and in_code in STOPPED_CODES):
-            return ProviderError(
-                f"{self.input.description} {describe_exit(in_code)}." + stderr_excerpt(self.input, self.redactor)
-            )
-        for hop in self.hops[1:]:
-            lost = self.ledger.unforwarded(hop.index)
-            if lost:
-                return ProtocolError(
-                    f"{hop.source.description} ended without forwarding {len(lost)} checkpoint(s) "
-                    f"(first: {_short(lost[0])}). A transform must forward every checkpoint line unchanged; "
-                    f"the checkpoint stays before them."
-                )
-        if self.output_acks and self.ledger.pending:
-            _log.warning(
-                "the output exited without acknowledging %d checkpoint(s); data after the last "
-                "acknowledged one will be sent again on the next run",
-                self.ledger.pending,
-            )
-        return None
+        return await failures.died(proc, self.hops[0].stats.envelopes, self.redactor)
 
     def _redacted(self, exc: BaseException) -> DStreamError:
         assert isinstance(exc, DStreamError)
@@ -375,136 +317,10 @@ class Attempt:
             with contextlib.suppress(asyncio.CancelledError, OSError):
                 await discard
 
-    # -- HopEvents ---------------------------------------------------------------------
-
-    async def gate(self, hop: Hop) -> None:
-        """The input's hop waits while the in-flight window is full."""
-        if hop.index != 0:
-            return
-        first = hop.stats
-        state = self.ledger.window(first.envelopes, first.bytes)
-        if state == "open":
-            return
-        if state == "unenforceable":
-            if "window" not in self._warned:
-                self._warned.add("window")
-                _log.warning(
-                    "%d envelopes are in flight with no checkpoint to acknowledge; the in-flight "
-                    "window cannot be enforced (the input emits checkpoints too rarely, or the "
-                    "output does not ack). Backpressure still applies.",
-                    first.envelopes - self.ledger.acked_envelopes,
-                )
-            return
-        started = time.monotonic()
-        if "paused" not in self._warned:
-            self._warned.add("paused")
-            _log.info(
-                "the output is behind: pausing the input (%d envelopes in flight, max_in_flight %d)",
-                first.envelopes - self.ledger.acked_envelopes,
-                self.task.max_in_flight,
-            )
-        self.stats.waiting = True
-        while self.ledger.window(first.envelopes, first.bytes) == "full":
-            self._window.clear()
-            await self._window.wait()
-        self.stats.waiting = False
-        self.stats.paused += time.monotonic() - started
-
-    def before_write(self, hop: Hop, checkpoints: list[tuple[Any, int, int]]) -> None:
-        if self.guard is not None:
-            self.guard.check()  # never relay once the lease may be someone else's
-        if hop.index == 0:
-            for value, envelopes, nbytes in checkpoints:
-                self.ledger.emitted(value, envelopes, nbytes)
-        else:
-            for value, _, _ in checkpoints:
-                self.ledger.passed(hop.index, value)
-
-    def after_write(self, hop: Hop, checkpoints: list[tuple[Any, int, int]]) -> None:
-        if self.output_acks or hop.index != len(self.hops) - 1:
-            return
-        # A legacy output never acks: count data handed over as delivered (weaker).
-        if "legacy-ack" not in self._warned:
-            self._warned.add("legacy-ack")
-            _log.warning(
-                "the output does not acknowledge checkpoints; checkpoints are saved once data is "
-                "handed to it (at-most-once for what it had not written when it stops)"
-            )
-        for value, _, _ in checkpoints:
-            self._on_ack(value)
-
-    def gauge(self, hop: Hop, value: Any) -> None:
-        self._gauge(hop.role, value)
-
-    def _gauge(self, role: str, value: Any) -> None:
-        if not isinstance(value, dict) or not isinstance(value.get("name"), str):
-            return
-        try:
-            number = float(value.get("value"))  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            return
-        raw_labels = value.get("labels")
-        labels = tuple(sorted((str(k), str(v)) for k, v in raw_labels.items())) if isinstance(raw_labels, dict) else ()
-        self.gauges[(role, value["name"], labels)] = number
-
-    # -- acks and persisting -----------------------------------------------------------
-
-    def _on_ack(self, value: Any) -> None:
-        before = self.ledger.acks
-        if not self.ledger.ack(value):
-            if "unknown-ack" not in self._warned:
-                self._warned.add("unknown-ack")
-                _log.warning("the output acknowledged a checkpoint it was never sent: %s", _short(value))
-            return
-        if self.ledger.acks != before:
-            self._ack_event.set()
-            self._window.set()
-
-    async def _persister(self) -> None:
-        while True:
-            await self._ack_event.wait()
-            self._ack_event.clear()
-            try:
-                await self._persist()
-            except StateError as exc:  # LeaseLost included
-                self.abort(exc)
-                return
-            await asyncio.sleep(self.task.commit_interval)  # rate limit, not synchronisation
-
-    async def _persist(self) -> None:
-        async with self._persist_lock:
-            target = self.ledger.to_persist()
-            if target is None:
-                return
-            if self.store is not None:
-                await asyncio.to_thread(self._save, target.value)
-            self.ledger.mark_persisted(target)
-            self.stats.persisted += 1
-            self.stats.last_persist = time.monotonic()
-            if self.input_commits and self.input.returncode is None:
-                # If the input is gone, it resumes from the store next run.
-                with contextlib.suppress(BrokenPipeError, ConnectionError, OSError):
-                    await self.input.write(protocol.committed(target.value))
-
-    def _save(self, value: Any) -> None:
-        """Write a checkpoint, fenced by the task lease when there is one (worker thread)."""
-        assert self.store is not None
-        if self.guard is None:
-            self.store.save(self.task.name, value, self.run_id)
-            return
-        self.guard.check()
-        with self.guard.lease.fenced() as token:
-            self.store.save(self.task.name, value, self.run_id, fence=token)
-
 
 async def _discard(proc: ProviderProcess) -> None:
     while await proc.read(READ_CHUNK):
         pass
-
-
-def _short(value: Any, limit: int = 120) -> str:
-    text = str(value)
-    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _interrupted() -> DStreamError:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -21,7 +20,8 @@ from dstream.errors import BadDataError, DStreamError, Interrupted, LeaseLost, P
 from dstream.redact import Redactor
 from dstream.relay.deadletter import DeadLetterWriter, default_path
 from dstream.state import Lease, LeaseGuard, open_lease, open_store
-from dstream.task.attempt import Attempt, AttemptResult, AttemptStats
+from dstream.task.attempt import Attempt, AttemptResult
+from dstream.task.flow import AttemptStats
 from dstream.task.launch import LaunchOptions, new_run_id, open_stages
 from dstream.task.snapshot import Snapshot
 
@@ -328,54 +328,3 @@ def _short(value: Any, limit: int = 120) -> str:
 
 def _first_line(text: str) -> str:
     return text.splitlines()[0] if text else text
-
-
-def run_task(
-    document: Document,
-    task_name: str,
-    options: LaunchOptions | None = None,
-    progress: bool | None = None,
-    metrics_port: int | None = None,
-) -> RunSummary:
-    """Run a task in a fresh event loop, with SIGINT/SIGTERM wired to a graceful stop.
-
-    ``progress``: a live status line (None: when stderr is a terminal; log lines otherwise).
-    ``metrics_port``: serve Prometheus metrics and /healthz on that port.
-    """
-    from dstream.task.status import StatusReporter
-
-    async def main() -> RunSummary:
-        runner = TaskRun(document, task_name, options)
-        reporter = StatusReporter(runner, live=progress if progress is not None else None)
-        runner.stdout = reporter.stdout_sink()
-        server = None
-        if metrics_port is not None:
-            from dstream.task.metrics import MetricsServer
-
-            try:
-                server = MetricsServer(runner, metrics_port)
-            except OSError as exc:
-                raise RuntimeFailure(f"cannot serve metrics on port {metrics_port}: {exc.strerror}") from None
-            server.start()
-            _log.info("metrics on http://0.0.0.0:%d/metrics (health: /healthz)", server.port)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, runner.request_stop)
-        status = asyncio.create_task(reporter.report())
-        try:
-            summary = await runner.run()
-            runner.state = "finished"
-            return summary
-        except BaseException:
-            runner.state = "failed"
-            raise
-        finally:
-            status.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await status
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
-            if server is not None:
-                server.stop()
-
-    return asyncio.run(main())

@@ -258,6 +258,9 @@ def test_undeploy_removes_leftovers_of_the_task(monkeypatch: pytest.MonkeyPatch)
         def service(self, name: str) -> None:
             return None
 
+        def containers(self, label: str) -> list[str]:
+            return []  # the service's replicas are gone
+
         def remove_labelled(self, label: str) -> tuple[int, int]:
             return 0, 0
 
