@@ -105,6 +105,7 @@ class TaskRun:
             stage_envelopes={r: done.stage_envelopes.get(r, 0) + n for r, n in live.stage_envelopes.items()}
             or dict(done.stage_envelopes),
             gauges=dict(attempt.gauges) if attempt is not None else dict(self._gauges),
+            store_stalled=None if live.store_stalled_since is None else time.monotonic() - live.store_stalled_since,
         )
 
     def _fold(self, stats: AttemptStats) -> None:

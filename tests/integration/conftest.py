@@ -58,10 +58,10 @@ def _in_registry(ref: str) -> bool:
 
 @pytest.fixture(scope="session")
 def provider_images(engine: DockerEngine, registry: str) -> dict[str, str]:
-    """The catalogue's counter and console images, in the local registry."""
+    """The catalogue's counter, console and file images, in the local registry."""
     builder = Builder(engine)
     images = {}
-    for name in ("counter-input-provider", "console-output-provider"):
+    for name in ("counter-input-provider", "console-output-provider", "file-output-provider"):
         ref = f"{registry}/dstream/{name}:0.1.0"
         if not _in_registry(ref):
             builder.push(name, registry)
