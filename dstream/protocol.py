@@ -4,12 +4,14 @@ This is the only module that calls orjson. Message kinds:
 
 - command envelope (orchestrator → provider, first stdin line):
   ``{"command": "run"|"init"|"plan"|"status"|"destroy", "config": {...}, "checkpoint": ..., "protocol": 1,
-  "task": "NAME"}``
+  "task": "NAME", "features": ["gauge"]}`` (to every stage; ``checkpoint`` is where the input resumes)
 - handshake (provider → orchestrator, first stdout line):
   ``{"status": "ready", "verbs": [...], "features": [...]}`` or ``{"status": "error", "message": ...}``
 - data: ``{"data": {...}, "metadata": {...}}`` (extra top-level fields are relayed untouched)
-- ``{"checkpoint": {...}}`` input → output, ``{"ack": {...}}`` output → orchestrator,
-  ``{"committed": {...}}`` orchestrator → input (inputs with the ``commit`` feature)
+- ``{"checkpoint": {...}}`` input → (every transform, unchanged) → output, ``{"ack": {...}}``
+  output → orchestrator, ``{"committed": {...}}`` orchestrator → input (``commit`` feature)
+- ``{"dead_letter": {"reason": ..., "envelope": {...}}}`` transform → orchestrator (a rejected record)
+- ``{"gauge": {"name": ..., "value": ..., "labels": {...}}}`` any stage → orchestrator
 - lifecycle results: ``{"resource": {...}}`` lines, or upstream's single
   ``{"status": "Success"|"Failed", "resources": [...], ...}`` reply
 """

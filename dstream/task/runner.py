@@ -1,7 +1,7 @@
 """``dstream run``: one task, from checkpoint to checkpoint, with the restart policy.
 
-An attempt starts both providers, relays until the input ends (or a stop is requested),
-and persists the last acknowledged checkpoint. A failed attempt is retried from that
+An attempt (:mod:`dstream.task.attempt`) starts every stage of the pipeline, relays until
+the input ends (or a stop is requested), and persists the last acknowledged checkpoint. A failed attempt is retried from that
 checkpoint when the task has a ``restart`` block.
 """
 
