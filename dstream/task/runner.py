@@ -1,8 +1,8 @@
 """``dstream run``: one task, from checkpoint to checkpoint, with the restart policy.
 
 An attempt (:mod:`dstream.task.attempt`) starts every stage of the pipeline, relays until
-the input ends (or a stop is requested), and persists the last acknowledged checkpoint. A failed attempt is retried from that
-checkpoint when the task has a ``restart`` block.
+the input ends (or a stop is requested), and persists the last acknowledged checkpoint. A
+failed attempt is retried from that checkpoint when the task has a ``restart`` block.
 """
 
 from __future__ import annotations
