@@ -39,6 +39,7 @@ CHECKPOINT_TOKEN = b'"checkpoint"'
 ACK_TOKEN = b'"ack"'
 COMMITTED_TOKEN = b'"committed"'
 GAUGE_TOKEN = b'"gauge"'
+DATA_PREFIX = b'{"data":'  # how nearly every data line starts (the SDK's and upstream's encoders)
 DEAD_LETTER_TOKEN = b'"dead_letter"'
 FEATURE_TRANSFORM = "transform"
 
@@ -81,15 +82,17 @@ except ImportError:  # pragma: no cover - an optional speed-up
     _PARSER = None
 
 
-def valid_block(block: bytes) -> int:
+def valid_block(block: bytes, lines: int | None = None) -> int:
     """How many lines ``block`` holds when each is exactly one JSON object, else -1.
 
     The relay's hot path: one C-level parse and no Python objects. -1 means "look at the
-    lines one by one" (blank lines, non-objects, malformed JSON, invalid UTF-8).
+    lines one by one" (blank lines, non-objects, malformed JSON, invalid UTF-8). A caller
+    that has already split the block and seen every line start with ``{`` passes ``lines``.
     """
-    if not block.startswith(b"{"):
-        return -1
-    lines = block.count(b"\n{") + 1  # lines that start an object
+    if lines is None:
+        if not block.startswith(b"{"):
+            return -1
+        lines = block.count(b"\n{") + 1  # lines that start an object
     joined = b"[" + block[:-1].replace(b"\n", b",") + b"]"
     try:
         # As many values as object-starting lines: no other line, no line with two values.
