@@ -69,15 +69,19 @@ def provider_images(engine: DockerEngine, registry: str) -> dict[str, str]:
     return images
 
 
-@pytest.fixture(scope="session")
-def scripted_image(engine: DockerEngine, registry: str, provider_images: dict[str, str]) -> str:
-    """A test provider image whose behaviour its config picks (see images/scripted)."""
-    ref = f"{registry}/dstream-test/scripted-provider:1"
-    for _ in engine.build(HERE / "images" / "scripted", ref, {"PROVIDER_BASE": base_tag()}, {}):
+def build_test_image(engine: DockerEngine, folder: str, ref: str) -> str:
+    """Build images/<folder> on the provider base and push it to the local registry."""
+    for _ in engine.build(HERE / "images" / folder, ref, {"PROVIDER_BASE": base_tag()}, {}):
         pass
     repository, _, tag = ref.rpartition(":")
     engine.push(repository, tag, lambda event: None)
     return ref
+
+
+@pytest.fixture(scope="session")
+def scripted_image(engine: DockerEngine, registry: str, provider_images: dict[str, str]) -> str:
+    """A test provider image whose behaviour its config picks (see images/scripted)."""
+    return build_test_image(engine, "scripted", f"{registry}/dstream-test/scripted-provider:1")
 
 
 @pytest.fixture

@@ -13,9 +13,8 @@ from typing import TYPE_CHECKING
 import psutil
 import pytest
 
-from dstream.tooling.images import base_tag
 from tests.conftest import run_cli
-from tests.integration.conftest import HERE, task_containers
+from tests.integration.conftest import build_test_image, task_containers
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -272,12 +271,7 @@ def test_large_stream_keeps_orchestrator_memory_flat(
 @pytest.fixture(scope="session")
 def bash_image(engine: DockerEngine, registry: str, provider_images: dict[str, str]) -> str:
     """A provider that is a bash loop with no SIGTERM trap (see images/pid1-bash)."""
-    ref = f"{registry}/dstream-test/pid1-bash-provider:1"
-    for _ in engine.build(HERE / "images" / "pid1-bash", ref, {"PROVIDER_BASE": base_tag()}, {}):
-        pass
-    repository, _, tag = ref.rpartition(":")
-    engine.push(repository, tag, lambda event: None)
-    return ref
+    return build_test_image(engine, "pid1-bash", f"{registry}/dstream-test/pid1-bash-provider:1")
 
 
 @pytest.mark.parametrize("init", [True, False])
