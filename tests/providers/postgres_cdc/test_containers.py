@@ -125,8 +125,8 @@ def test_kill_9_in_containers_then_resume_loses_nothing(
     proc.send_signal(signal.SIGTERM)
     code, err = finish(proc)
     assert code == 0, err
-    if target == "orchestrator":
-        assert "left behind by run" in err
+    # After kill -9 of dstream its containers are removed by its reaper or, failing that, by the next
+    # run ("left behind by run ..."); either way none is left (asserted last).
     assert workload.count >= TOTAL
     assert workload.expected <= reader.seen
     orders = [c.order for c in reader.first_occurrences()]
