@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from dstream import log
-from dstream.cli.app import FileOption, JsonOption, PullPolicy, app, human_size, load_document
+from dstream.cli.app import FileOption, JsonOption, PullPolicy, app, load_document
 from dstream.errors import DStreamError
 
 
@@ -34,6 +34,7 @@ def run(
     from dstream.task import background
     from dstream.task.foreground import run_task
     from dstream.task.launch import LaunchOptions
+    from dstream.task.status import human_size
 
     document = load_document(file)
     document.task(task)
@@ -46,7 +47,7 @@ def run(
         summary = run_task(
             document,
             task,
-            LaunchOptions(pull=pull.value, update_lock=update_lock),
+            LaunchOptions(pull=pull.value, update_lock=update_lock, progress=progress),
             progress=progress,
             metrics_port=metrics_port,
         )

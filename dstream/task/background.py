@@ -1,9 +1,9 @@
 """Runs on this machine: a record per running ``dstream run`` (for ps, logs, stop), and
 ``--detach`` to start one in the background with its output in a log file.
 
-Records live in ``$DSTREAM_RUNS_DIR`` (default ``~/.local/state/dstream/runs``), one JSON
-file per process, removed when the run ends; a record whose process is gone is stale and
-ignored (and cleaned up).
+Records live in ``$DSTREAM_RUNS_DIR`` (default ``$XDG_STATE_HOME/dstream/runs``, that is
+``~/.local/state/dstream/runs``), one JSON file per process, removed when the run ends;
+a record whose process is gone is stale and ignored (and cleaned up).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dstream.errors import DStreamError
+from dstream.paths import state_dir
 from dstream.runtime import pids
 from dstream.state.base import DEFAULT_STATE_DIR
 
@@ -47,8 +48,7 @@ def runs_dir() -> Path:
     configured = os.environ.get("DSTREAM_RUNS_DIR")
     if configured:
         return Path(configured)
-    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(state) / "dstream" / "runs"
+    return state_dir() / "runs"
 
 
 def records() -> list[RunRecord]:
