@@ -47,7 +47,9 @@ def deploy_cmd(
     document = load_document(file)
     chosen = image or orchestrator_image()
     if print_ is not None:
-        typer.echo(deploy.kubernetes_manifests(document, task, replicas, chosen), nl=False)
+        from dstream.tooling import kubernetes
+
+        typer.echo(kubernetes.render(document, task, replicas, chosen), nl=False)
         return
     result = deploy.deploy(document, task, replicas, chosen, network=network or None, state_dir=state_dir)
     typer.echo(
