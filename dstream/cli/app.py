@@ -1,5 +1,6 @@
 """The Typer application, its sub-command groups and the options commands share."""
 
+import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -24,7 +25,7 @@ app.add_typer(providers_app, name="providers")
 FileOption = Annotated[
     Path | None, typer.Option("--file", "-f", help="Task file (default: ./dstream.hcl).", show_default=False)
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print raw JSON lines instead of a table.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document (keys: see the README).")]
 
 
 class LogFormat(str, Enum):
@@ -67,3 +68,11 @@ def load_document(file: Path | None) -> Any:
     from dstream.config import load
 
     return load(file)
+
+
+def print_json(document: object) -> None:
+    """``--json``: one JSON document on stdout, one line, whatever the command."""
+    from dstream import protocol
+
+    sys.stdout.buffer.write(protocol.encode(document))
+    sys.stdout.flush()

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from dstream import log
-from dstream.cli.app import FileOption, JsonOption, PullPolicy, app, load_document
+from dstream.cli.app import FileOption, JsonOption, PullPolicy, app, load_document, print_json
 from dstream.errors import DStreamError
 
 
@@ -67,7 +67,6 @@ def run(
 @app.command()
 def ps(as_json: JsonOption = False) -> None:
     """Running tasks on this machine, and the provider containers of dstream runs."""
-    from dstream import protocol
     from dstream.task import background
 
     runs = [vars(r) for r in background.records()]
@@ -80,7 +79,7 @@ def ps(as_json: JsonOption = False) -> None:
     except DStreamError as exc:
         log.get().debug("no container listing: %s", exc)
     if as_json:
-        sys.stdout.buffer.write(protocol.encode({"runs": runs, "containers": containers}))
+        print_json({"runs": runs, "containers": containers})
         return
     from rich.console import Console
     from rich.table import Table

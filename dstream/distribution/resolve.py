@@ -154,7 +154,7 @@ def lock_document(document: Document) -> list[tuple[str, str, str]]:
     lock = LockFile.load(document.base_dir / LOCK_FILE)
     client = RegistryClient()
     rows = []
-    refs = sorted({b.provider_ref for t in document.tasks.values() for b in (t.input, t.output) if b.provider_ref})
+    refs = sorted({b.provider_ref for t in document.tasks.values() for _, b, _ in t.stages if b.provider_ref})
     for text in refs:
         ref = parse(text)
         manifest = client.manifest(ref)

@@ -110,7 +110,8 @@ def deploy(
     return Deployed(name, image, replicas, host_state, secret_names)
 
 
-def deployments() -> list[dict[str, str]]:
+def deployments() -> list[dict[str, str | int]]:
+    """Deployed tasks: ``task``, ``service``, ``image``, ``running``/``desired`` replicas, ``created``."""
     swarm = Swarm(DockerEngine())
     swarm.ensure_active()
     rows = []
@@ -123,7 +124,8 @@ def deployments() -> list[dict[str, str]]:
                 "task": attrs["Spec"]["Labels"].get(LABEL_DEPLOY, "?"),
                 "service": service.name,
                 "image": attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"].split("@")[0],
-                "replicas": f"{running}/{desired}",
+                "running": running,
+                "desired": int(desired),
                 "created": attrs.get("CreatedAt", "")[:19],
             }
         )
