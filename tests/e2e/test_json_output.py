@@ -1,6 +1,6 @@
 """``--json`` on every command that prints data: one JSON document on stdout, with the keys
 the README documents for that command. (``lock`` and ``deploy --list`` need a registry and
-Swarm: tests/integration/test_json_output.py.)"""
+Swarm: tests/integration/test_json_registry_swarm.py.)"""
 
 from __future__ import annotations
 
