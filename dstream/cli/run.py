@@ -106,12 +106,22 @@ def ps(as_json: JsonOption = False) -> None:
 @app.command()
 def logs(
     task: str,
-    file: Annotated[Path | None, typer.Option("--file", help="Task file (default: ./dstream.hcl).")] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", envvar="DSTREAM_FILE", help="Task file (default: ./dstream.hcl).")
+    ] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the run ends.")] = False,
+    tail: Annotated[
+        str, typer.Option("--tail", "-n", help="Number of lines to show from the end of the log, or all.")
+    ] = "all",
+    timestamps: Annotated[
+        bool, typer.Option("--timestamps", "-t", help="Show the time each line was written (RFC 3339, UTC).")
+    ] = False,
 ) -> None:
-    """Print the log of a task started with --detach."""
+    """Print the log of a task started with --detach (as docker logs)."""
     from dstream.task import background
 
+    if tail != "all" and not (tail.isdigit()):
+        raise typer.BadParameter("a number of lines, or all", param_hint="--tail")
     document = None
     with contextlib.suppress(DStreamError):
         document = load_document(file)
@@ -121,10 +131,7 @@ def logs(
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
 
-    if follow:
-        background.follow(path, task, out)
-    else:
-        out(path.read_bytes())
+    background.show(path, out, None if tail == "all" else int(tail), timestamps, follow)
 
 
 @app.command()
