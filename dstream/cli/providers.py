@@ -61,7 +61,7 @@ def _names(names: list[str] | None, all_: bool) -> list[str]:
 @providers_app.command("new")
 def providers_new(
     name: Annotated[str, typer.Argument(help="e.g. acme-input-provider")],
-    kind: Annotated[Kind, typer.Option("--kind", help="input or output")],
+    kind: Annotated[Kind, typer.Option("--kind", help="input, transform or output")],
     directory: Annotated[Path, typer.Option("--dir", help="Where to create the project.")] = Path(),
 ) -> None:
     """Scaffold a provider project (package, tests, Dockerfile, catalogue entry) that works as generated."""

@@ -108,7 +108,7 @@ async def _remove_leftovers(runtime: DockerRuntime, task: str) -> None:
 
 
 def _shared_lock(document: Document, options: LaunchOptions) -> LockFile:
-    """The lock file both providers of a run resolve against: with ``--update-lock`` each
+    """The lock file every stage of a run resolves against: with ``--update-lock`` each
     may write an entry, and separate copies would overwrite each other's."""
     path = document.base_dir / LOCK_FILE
     # No await between the check and the assignment: the event loop cannot interleave them.
@@ -154,7 +154,7 @@ def lock_document(document: Document) -> list[tuple[str, str, str]]:
     lock = LockFile.load(document.base_dir / LOCK_FILE)
     client = RegistryClient()
     rows = []
-    refs = sorted({b.provider_ref for t in document.tasks.values() for _, b, _ in t.stages if b.provider_ref})
+    refs = sorted({s.block.provider_ref for t in document.tasks.values() for s in t.stages if s.block.provider_ref})
     for text in refs:
         ref = parse(text)
         manifest = client.manifest(ref)

@@ -170,37 +170,40 @@ class Hop:
 
     def _process(self, data: bytes) -> tuple[bytes, list[tuple[Any, int, int]], int]:
         """What to forward, its checkpoints (each with the envelopes and bytes of this hop's
-        stream up to it) and its envelope count. Only control lines are parsed on the fast
-        path; the rest is validated in bulk (see :func:`protocol.valid_block`)."""
-        count = protocol.valid_block(data)
-        kept_back = protocol.GAUGE_TOKEN in data or (self.from_transform and protocol.DEAD_LETTER_TOKEN in data)
-        if count < 0 or kept_back:
-            lines = data.split(b"\n")
-            lines.pop()  # the block ends with a newline
-            first = self._line
-            self._line += len(lines)
+        stream up to it) and its envelope count.
+
+        One split, one pass of ``startswith`` to find the lines that are not plain data
+        (checkpoints and the rare gauge or rejection), and one C-level parse of the whole
+        block (:func:`protocol.valid_block`): a block costs the same whatever kinds of
+        control lines it may hold. Anything unusual goes to :meth:`_process_slowly`.
+        """
+        lines = data.split(b"\n")
+        lines.pop()  # the block ends with a newline
+        first = self._line
+        self._line += len(lines)
+        prefix = protocol.DATA_PREFIX
+        other = [i for i, line in enumerate(lines) if not line.startswith(prefix)]
+        if any(not lines[i].startswith(b"{") for i in other) or protocol.valid_block(data, len(lines)) < 0:
             return self._process_slowly(lines, first)
-        self._line += count
         checkpoints: list[tuple[Any, int, int]] = []
-        if protocol.CHECKPOINT_TOKEN in data:
-            token = protocol.CHECKPOINT_TOKEN
-            at = data.find(token)
-            line_index = 0
-            counted_to = 0
-            while at >= 0:
-                start = data.rfind(b"\n", 0, at) + 1
-                end = data.index(b"\n", at)
-                is_cp, position = protocol.control_value(protocol.decode(data[start:end]), "checkpoint")
-                if is_cp:
-                    line_index += data.count(b"\n", counted_to, start)
-                    counted_to = start
-                    checkpoints.append(
-                        (position, self.stats.envelopes + line_index - len(checkpoints), self.stats.bytes + end + 1)
-                    )
-                at = data.find(token, end)
-            if checkpoints:
-                self.last_checkpoint = checkpoints[-1][0]
-        return data, checkpoints, count - len(checkpoints)
+        sizes = list(map(len, lines)) if other else []
+        offset = 0  # bytes of the block before line i
+        counted = 0
+        for i in other:
+            offset += sum(sizes[counted:i]) + i - counted
+            counted = i
+            value = protocol.decode(lines[i])
+            if protocol.control_value(value, "gauge")[0] or (
+                self.from_transform and protocol.control_value(value, "dead_letter")[0]
+            ):
+                return self._process_slowly(lines, first)  # lines kept back: rebuild the block
+            is_cp, position = protocol.control_value(value, "checkpoint")
+            if is_cp:
+                end = offset + len(lines[i]) + 1
+                envelopes = self.stats.envelopes + i - len(checkpoints)
+                checkpoints.append((position, envelopes, self.stats.bytes + end))
+                self.last_checkpoint = position
+        return data, checkpoints, len(lines) - len(checkpoints)
 
     def _process_slowly(self, lines: list[bytes], first_line: int) -> tuple[bytes, list[tuple[Any, int, int]], int]:
         keep: list[bytes] = []

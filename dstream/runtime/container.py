@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dstream.errors import RuntimeFailure
-from dstream.runtime import pids
+from dstream.runtime import pids, reaper
 from dstream.runtime.base import READ_CHUNK, ProviderSpec, StderrSink, StderrTail
 from dstream.runtime.docker import DockerEngine
 from dstream.runtime.frames import STDERR, STDOUT, FrameDemux
@@ -231,6 +231,7 @@ class DockerRuntime:
 
     async def start(self, spec: ProviderSpec, on_stderr: StderrSink) -> DockerProcess:
         assert spec.image, "the image is resolved before a container starts"
+        reaper.ensure_started()  # removes this process's containers if it is killed
         container_id = await asyncio.to_thread(self._create, spec)
         short = spec.image.split("/")[-1].split("@")[0]
         description = f"{spec.role} provider {short} (container {container_id[:12]})"

@@ -1,8 +1,8 @@
 """``dstream run``: one task, from checkpoint to checkpoint, with the restart policy.
 
-An attempt starts both providers, relays until the input ends (or a stop is requested),
-and persists the last acknowledged checkpoint. A failed attempt is retried from that
-checkpoint when the task has a ``restart`` block.
+An attempt (:mod:`dstream.task.attempt`) starts every stage of the pipeline, relays until
+the input ends (or a stop is requested), and persists the last acknowledged checkpoint. A
+failed attempt is retried from that checkpoint when the task has a ``restart`` block.
 """
 
 from __future__ import annotations
@@ -105,6 +105,7 @@ class TaskRun:
             stage_envelopes={r: done.stage_envelopes.get(r, 0) + n for r, n in live.stage_envelopes.items()}
             or dict(done.stage_envelopes),
             gauges=dict(attempt.gauges) if attempt is not None else dict(self._gauges),
+            store_stalled=None if live.store_stalled_since is None else time.monotonic() - live.store_stalled_since,
         )
 
     def _fold(self, stats: AttemptStats) -> None:

@@ -31,6 +31,8 @@ class Snapshot:
     lease: str
     # Data lines out of each stage but the output (role → count): what a transform made of its input.
     stage_envelopes: dict[str, int] = field(default_factory=dict)
+    # Seconds a checkpoint write has been waiting on the store (None: it answers).
+    store_stalled: float | None = None
     # Provider-reported gauges: (role, name, sorted labels) → value.
     gauges: dict[tuple[str, str, tuple[tuple[str, str], ...]], float] = field(default_factory=dict)
 
