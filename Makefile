@@ -43,7 +43,7 @@ $(VENV)/.installed: pyproject.toml $(PROVIDERS)
 	touch $@
 
 services:
-	bash scripts/dev/up.sh docker registry base azurite postgres odbc
+	bash scripts/dev/up.sh docker registry-auth base azurite postgres odbc
 
 images: venv services
 	$(BIN)/dstream providers push --all --orchestrator --build --registry $(REGISTRY)

@@ -32,7 +32,7 @@ def _load_secret_files() -> None:
 def main() -> None:
     _load_secret_files()
     try:
-        app()  # standalone: Typer reports usage errors itself and exits
+        app(prog_name="dstream")  # standalone: Typer reports usage errors itself and exits
     except DStreamError as exc:
         if isinstance(exc, ConfigError) and len(exc.problems) > 1:
             for problem in exc.problems:

@@ -1,5 +1,6 @@
 """The Typer application, its sub-command groups and the options commands share."""
 
+import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,7 +13,7 @@ app = typer.Typer(
     name="dstream",
     help="Pipe JSON-line envelopes between provider containers, with checkpoints.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, PowerShell)
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -22,9 +23,10 @@ providers_app = typer.Typer(help="List, build and push provider images.", no_arg
 app.add_typer(providers_app, name="providers")
 
 FileOption = Annotated[
-    Path | None, typer.Option("--file", "-f", help="Task file (default: ./dstream.hcl).", show_default=False)
+    Path | None,
+    typer.Option("--file", "-f", envvar="DSTREAM_FILE", help="Task file (default: ./dstream.hcl).", show_default=False),
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print raw JSON lines instead of a table.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document (keys: see the README).")]
 
 
 class LogFormat(str, Enum):
@@ -52,8 +54,12 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")] = "info",
-    log_format: Annotated[LogFormat, typer.Option("--log-format", help="Log lines as text or JSON.")] = LogFormat.text,
+    log_level: Annotated[
+        str, typer.Option("--log-level", envvar="DSTREAM_LOG_LEVEL", help="debug, info, warning or error.")
+    ] = "info",
+    log_format: Annotated[
+        LogFormat, typer.Option("--log-format", envvar="DSTREAM_LOG_FORMAT", help="Log lines as text or JSON.")
+    ] = LogFormat.text,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
@@ -69,10 +75,9 @@ def load_document(file: Path | None) -> Any:
     return load(file)
 
 
-def human_size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
+def print_json(document: object) -> None:
+    """``--json``: one JSON document on stdout, one line, whatever the command."""
+    from dstream import protocol
+
+    sys.stdout.buffer.write(protocol.encode(document))
+    sys.stdout.flush()

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from dstream.cli.app import FileOption, app, load_document
+from dstream.cli.app import FileOption, JsonOption, app, load_document, print_json
 
 
 class PrintFormat(str, Enum):
@@ -27,6 +27,7 @@ def deploy_cmd(
     ] = None,
     list_: Annotated[bool, typer.Option("--list", help="List deployed tasks.")] = False,
     print_: Annotated[PrintFormat | None, typer.Option("--print", help="Print manifests instead of deploying.")] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Run a task as a Docker Swarm service of dstream orchestrators (or print Kubernetes manifests)."""
     from dstream.tooling import deploy
@@ -34,12 +35,16 @@ def deploy_cmd(
 
     if list_:
         rows = deploy.deployments()
+        if as_json:
+            print_json({"deployments": rows})
+            return
         from rich.console import Console
         from rich.table import Table
 
         table = Table("task", "service", "image", "replicas", "created")
         for row in rows:
-            table.add_row(row["task"], row["service"], row["image"], row["replicas"], row["created"])
+            shown = f"{row['running']}/{row['desired']}"
+            table.add_row(str(row["task"]), str(row["service"]), str(row["image"]), shown, str(row["created"]))
         Console().print(table)
         return
     if task is None:
@@ -47,7 +52,9 @@ def deploy_cmd(
     document = load_document(file)
     chosen = image or orchestrator_image()
     if print_ is not None:
-        typer.echo(deploy.kubernetes_manifests(document, task, replicas, chosen), nl=False)
+        from dstream.tooling import kubernetes
+
+        typer.echo(kubernetes.render(document, task, replicas, chosen), nl=False)
         return
     result = deploy.deploy(document, task, replicas, chosen, network=network or None, state_dir=state_dir)
     typer.echo(

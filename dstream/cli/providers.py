@@ -1,12 +1,11 @@
 """``providers list|new|build|push``, ``spec`` and ``test-provider``: for provider authors."""
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from dstream.cli.app import JsonOption, Kind, app, providers_app
+from dstream.cli.app import JsonOption, Kind, app, print_json, providers_app
 from dstream.errors import DStreamError
 
 
@@ -34,12 +33,11 @@ RegistryOption = Annotated[
 @providers_app.command("list")
 def providers_list(as_json: JsonOption = False) -> None:
     """The provider catalogue: names, images and verbs."""
-    from dstream import protocol
     from dstream.tooling import catalogue
 
     entries = catalogue.entries()
     if as_json:
-        sys.stdout.buffer.write(protocol.encode([e.to_json() for e in entries]))
+        print_json({"providers": [e.to_json() for e in entries]})
         return
     from rich.console import Console
     from rich.table import Table
@@ -138,7 +136,7 @@ def conformance_cmd(
     failed = [c.name for c in checks if c.result == "fail"]
     if as_json:
         rows = [{"name": c.name, "result": c.result, "detail": c.detail} for c in checks]
-        typer.echo(json.dumps({"provider": ref, "passed": not failed, "checks": rows}))
+        print_json({"provider": ref, "passed": not failed, "checks": rows})
         raise typer.Exit(1 if failed else 0)
     from rich.console import Console
     from rich.table import Table

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from dstream import log
-from dstream.cli.app import FileOption, JsonOption, PullPolicy, app, human_size, load_document
+from dstream.cli.app import FileOption, JsonOption, PullPolicy, app, load_document, print_json
 from dstream.errors import DStreamError
 
 
@@ -34,6 +34,7 @@ def run(
     from dstream.task import background
     from dstream.task.foreground import run_task
     from dstream.task.launch import LaunchOptions
+    from dstream.task.status import human_size
 
     document = load_document(file)
     document.task(task)
@@ -46,7 +47,7 @@ def run(
         summary = run_task(
             document,
             task,
-            LaunchOptions(pull=pull.value, update_lock=update_lock),
+            LaunchOptions(pull=pull.value, update_lock=update_lock, progress=progress),
             progress=progress,
             metrics_port=metrics_port,
         )
@@ -66,7 +67,6 @@ def run(
 @app.command()
 def ps(as_json: JsonOption = False) -> None:
     """Running tasks on this machine, and the provider containers of dstream runs."""
-    from dstream import protocol
     from dstream.task import background
 
     runs = [vars(r) for r in background.records()]
@@ -79,7 +79,7 @@ def ps(as_json: JsonOption = False) -> None:
     except DStreamError as exc:
         log.get().debug("no container listing: %s", exc)
     if as_json:
-        sys.stdout.buffer.write(protocol.encode({"runs": runs, "containers": containers}))
+        print_json({"runs": runs, "containers": containers})
         return
     from rich.console import Console
     from rich.table import Table
@@ -106,12 +106,22 @@ def ps(as_json: JsonOption = False) -> None:
 @app.command()
 def logs(
     task: str,
-    file: Annotated[Path | None, typer.Option("--file", help="Task file (default: ./dstream.hcl).")] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", envvar="DSTREAM_FILE", help="Task file (default: ./dstream.hcl).")
+    ] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the run ends.")] = False,
+    tail: Annotated[
+        str, typer.Option("--tail", "-n", help="Number of lines to show from the end of the log, or all.")
+    ] = "all",
+    timestamps: Annotated[
+        bool, typer.Option("--timestamps", "-t", help="Show the time each line was written (RFC 3339, UTC).")
+    ] = False,
 ) -> None:
-    """Print the log of a task started with --detach."""
+    """Print the log of a task started with --detach (as docker logs)."""
     from dstream.task import background
 
+    if tail != "all" and not (tail.isdigit()):
+        raise typer.BadParameter("a number of lines, or all", param_hint="--tail")
     document = None
     with contextlib.suppress(DStreamError):
         document = load_document(file)
@@ -121,10 +131,7 @@ def logs(
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
 
-    if follow:
-        background.follow(path, task, out)
-    else:
-        out(path.read_bytes())
+    background.show(path, out, None if tail == "all" else int(tail), timestamps, follow)
 
 
 @app.command()

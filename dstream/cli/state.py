@@ -5,13 +5,13 @@ from typing import Annotated
 
 import typer
 
-from dstream.cli.app import FileOption, load_document, state_app
+from dstream.cli.app import FileOption, JsonOption, load_document, print_json, state_app
 from dstream.errors import DStreamError
 
 
 @state_app.command("show")
-def state_show(task: str, file: FileOption = None) -> None:
-    """Print the task's stored checkpoint (what the next run resumes from)."""
+def state_show(task: str, file: FileOption = None, as_json: JsonOption = False) -> None:
+    """Print the task's stored checkpoint (what the next run resumes from), as JSON."""
     import json
     import time
 
@@ -24,20 +24,20 @@ def state_show(task: str, file: FileOption = None) -> None:
         stored = store.load(task)
     finally:
         store.close()
-    if stored is None:
-        typer.echo(json.dumps({"task": task, "checkpoint": None, "store": store.location}))
-        typer.echo(f"task {task} has no checkpoint yet: the next run starts from the beginning", err=True)
-        return
-    updated = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stored.updated_at))
-    out = {
+    out: dict[str, object] = {
         "task": task,
-        "checkpoint": stored.checkpoint,
-        "run_id": stored.run_id,
-        "updated_at": updated,
-        "writes": stored.sequence,
+        "checkpoint": None if stored is None else stored.checkpoint,
+        "run_id": None if stored is None else stored.run_id,
+        "updated_at": None if stored is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stored.updated_at)),
+        "writes": 0 if stored is None else stored.sequence,
         "store": store.location,
     }
-    typer.echo(json.dumps(out, indent=2))
+    if as_json:
+        print_json(out)
+    else:
+        typer.echo(json.dumps(out, indent=2))
+    if stored is None:
+        typer.echo(f"task {task} has no checkpoint yet: the next run starts from the beginning", err=True)
 
 
 @state_app.command("reset")

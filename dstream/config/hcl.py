@@ -12,10 +12,12 @@ import hashlib
 import os
 import pickle
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dstream.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 @dataclass
@@ -44,11 +46,9 @@ class Body:
 
 
 def _cache_path(text: str) -> Path:
-    configured = os.environ.get("DSTREAM_CACHE")
-    base = (
-        Path(configured) if configured else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dstream"
-    )
-    return base / "hcl" / f"{hashlib.sha256(text.encode()).hexdigest()}.pickle"
+    from dstream.paths import cache_dir
+
+    return cache_dir() / "hcl" / f"{hashlib.sha256(text.encode()).hexdigest()}.pickle"
 
 
 def _cached_tree(text: str) -> Any:

@@ -3,7 +3,7 @@
 Layout (as upstream publishes it): artifactType ``application/vnd.dstream.provider``,
 layers titled ``plugin.<os>_<arch>`` (``.exe`` on Windows) plus ``provider.json``. The
 executable for this machine is cached by manifest digest under
-``$DSTREAM_CACHE`` (default ``~/.cache/dstream``)/``artifacts/<digest>/`` and verified
+``$DSTREAM_CACHE`` (default ``$XDG_CACHE_HOME/dstream``, ``~/.cache/dstream``)/``artifacts/<digest>/`` and verified
 against its layer digest before every run, so a moved tag can never run stale code.
 """
 
@@ -12,22 +12,19 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dstream import log
-from dstream.distribution.registry import Manifest, docker_credentials, is_insecure
+from dstream.distribution.registry import Manifest, RegistryClient, docker_credentials, is_insecure
 from dstream.errors import DistributionError
+from dstream.paths import cache_dir
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from dstream.distribution.reference import Reference
 
 _log = log.get("artifacts")
-
-
-def cache_dir() -> Path:
-    configured = os.environ.get("DSTREAM_CACHE")
-    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "dstream"
 
 
 def this_platform() -> tuple[str, str]:
@@ -58,6 +55,38 @@ def _sha256(path: Path) -> str:
     return "sha256:" + digest.hexdigest()
 
 
+def _oras_client(ref: Reference) -> Any:
+    """An oras-py client that authenticates the way the registry asks.
+
+    oras' auth API (``client.auth``), not ``client.login``: login takes no ``insecure``
+    argument (a TypeError in 0.2.25-0.2.43) and writes the credentials back to the docker
+    config. Basic-auth registries (htpasswd) get oras' ``basic`` backend, whose header is
+    sent as is; token registries its ``token`` backend, with the user and password for the
+    token request, or the bearer token our registry client already obtained (identity tokens).
+    """
+    import oras.client
+
+    host = ref.api_host
+    registry = RegistryClient()
+    scheme = registry.auth_scheme(ref)
+    client = oras.client.OrasClient(
+        hostname=host, insecure=is_insecure(host), auth_backend="basic" if scheme == "basic" else "token"
+    )
+    if not scheme:
+        return client
+    creds = docker_credentials(host)
+    if creds is not None and creds.username:
+        client.auth.set_basic_auth(creds.username, creds.password)
+    elif creds is not None and scheme == "bearer":
+        registry.manifest(ref)  # exchanges the identity token for a bearer token
+        token = registry.bearer_token(ref)
+        if token:
+            client.auth.set_token_auth(token)
+    elif scheme == "basic":
+        raise DistributionError(f"registry {ref.registry} needs a login: run `docker login {ref.registry}`")
+    return client
+
+
 def fetch_executable(ref: Reference, manifest: Manifest) -> Path:
     """The local path of this platform's executable, downloading it when not cached."""
     title, layer = _layer_for_platform(manifest)
@@ -66,18 +95,11 @@ def fetch_executable(ref: Reference, manifest: Manifest) -> Path:
     if target.exists() and _sha256(target) == digest:
         return target
     _log.info("pulling %s (%s) from %s", title, digest[:19], ref.registry)
-    import oras.client
-
-    host = ref.api_host
-    insecure = is_insecure(host)
-    client = oras.client.OrasClient(hostname=host, insecure=insecure)
-    creds = docker_credentials(host)
-    if creds:
-        client.login(username=creds[0], password=creds[1], hostname=host, insecure=insecure)
+    client = _oras_client(ref)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".part")
     try:
-        client.download_blob(f"{host}/{ref.repository}@{manifest.digest}", digest, str(partial))
+        client.download_blob(f"{ref.api_host}/{ref.repository}@{manifest.digest}", digest, str(partial))
     except Exception as exc:  # noqa: BLE001 - oras/requests raise many kinds; say which artifact failed
         partial.unlink(missing_ok=True)
         raise DistributionError(f"cannot download {title} of {ref}: {exc}") from None

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 class LaunchOptions:
     pull: str = "missing"  # missing | always | never
     update_lock: bool = False
-    progress: bool = True
+    progress: bool | None = None  # live pull bars (--progress/--no-progress); None: when stderr is a terminal
     leftovers_checked: bool = False
     runtimes: dict[str, Runtime] = field(default_factory=dict)  # tests inject a fake
     lock: LockFile | None = None  # dstream.lock, loaded on first use and shared by every stage

@@ -1,10 +1,16 @@
-"""Progress for image pulls: live bars on a terminal, a few log lines otherwise."""
+"""Progress for image pulls: live bars on stderr when it is a terminal, a few log lines otherwise.
+
+The bars are drawn on the stderr console the status line shares (``log.stderr_console``),
+never on stdout, which carries the output provider's data (``dstream run t > out.jsonl``).
+``live=False`` (``--no-progress``) keeps only the log lines.
+"""
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import Any
+
+from rich.filesize import decimal
 
 from dstream import log
 
@@ -12,9 +18,9 @@ _log = log.get("pull")
 
 
 class PullProgress:
-    def __init__(self, image: str) -> None:
+    def __init__(self, image: str, live: bool | None = None) -> None:
         self.image = image
-        self._live = sys.stderr.isatty()
+        self._live = log.stderr_console().is_terminal if live is None else live
         self._layers: dict[str, tuple[int, int]] = {}
         self._progress: Any = None
         self._tasks: dict[str, Any] = {}
@@ -24,7 +30,15 @@ class PullProgress:
         if self._live:
             from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
-            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), transient=True)
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                console=log.stderr_console(),
+                transient=True,
+                redirect_stdout=False,  # stdout is data: never route it through the display
+                redirect_stderr=False,
+            )
             self._progress.start()
         _log.info("pulling %s", self.image)
         return self
@@ -50,4 +64,4 @@ class PullProgress:
             self._last_log = time.monotonic()
             done = sum(c for c, _ in self._layers.values())
             whole = sum(t for _, t in self._layers.values()) or 1
-            _log.info("pulling %s: %d%% of %d MB", self.image, 100 * done // whole, whole // 1_000_000)
+            _log.info("pulling %s: %d%% of %s", self.image, 100 * done // whole, decimal(whole))

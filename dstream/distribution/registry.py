@@ -2,7 +2,8 @@
 
 Loopback registries (and those in ``$DSTREAM_INSECURE_REGISTRIES``) are spoken to over
 plain HTTP, as the Docker engine does; others over HTTPS. Bearer-token and basic auth
-use the credentials ``docker login`` stored in ``~/.docker/config.json``.
+use the credentials ``docker login`` stored: in ``$DOCKER_CONFIG/config.json``
+(``~/.docker``) or in the credential helpers it names.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import json
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import requests
@@ -74,27 +74,37 @@ def is_insecure(host: str) -> bool:
         return False
 
 
-def docker_credentials(host: str) -> tuple[str, str] | None:
-    config = Path(os.environ.get("DOCKER_CONFIG", Path.home() / ".docker")) / "config.json"
-    try:
-        auths = json.loads(config.read_text()).get("auths", {})
-    except (OSError, ValueError):
+@dataclass(frozen=True)
+class Credentials:
+    """A registry login: a user and password, or an identity (refresh) token."""
+
+    username: str = ""
+    password: str = ""
+    identity_token: str = ""
+
+    def __repr__(self) -> str:  # never print the secret parts
+        return f"Credentials(username={self.username!r})"
+
+
+def docker_credentials(host: str) -> Credentials | None:
+    """What ``docker login`` stored for ``host``: the docker config's ``auths`` or, as the
+    docker CLI does, its credential helpers (``credsStore``, ``credHelpers``), through
+    docker-py (:func:`dstream.runtime.docker.registry_credentials`)."""
+    from dstream.runtime.docker import registry_credentials
+
+    found = registry_credentials(None if host == DOCKER_HUB_API else host)
+    if found is None:
         return None
-    keys = [host, f"https://{host}", f"http://{host}"]
-    if host == DOCKER_HUB_API:
-        keys.append("https://index.docker.io/v1/")  # where `docker login` files Docker Hub
-    for key in keys:
-        encoded = (auths.get(key) or {}).get("auth")
-        if encoded:
-            user, _, password = base64.b64decode(encoded).decode().partition(":")
-            return user, password
-    return None
+    if "identity_token" in found:
+        return Credentials(identity_token=found["identity_token"])
+    return Credentials(found["username"], found["password"])
 
 
 class RegistryClient:
     def __init__(self) -> None:
         self._session = requests.Session()
         self._tokens: dict[str, str] = {}
+        self._bearer: dict[str, str] = {}
 
     def _base(self, ref: Reference) -> str:
         host = ref.api_host
@@ -123,22 +133,45 @@ class RegistryClient:
         challenge = response.headers.get("WWW-Authenticate", "")
         creds = docker_credentials(host)
         if challenge.lower().startswith("basic"):
-            if creds is None:
+            if creds is None or not creds.username:
                 raise DistributionError(f"registry {host} needs a login: run `docker login {host}`")
-            return "Basic " + base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
+            return "Basic " + base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode()
         params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
         realm = params.pop("realm", None)
         if not realm:
             raise DistributionError(f"registry {host} refused access and sent no usable auth challenge")
         params.setdefault("scope", scope)
         try:
-            reply = self._session.get(realm, params=params, auth=creds, timeout=TIMEOUT)
+            if creds is not None and creds.identity_token:
+                # The OAuth2 refresh-token grant of the distribution token spec (docs/spec/auth/oauth.md).
+                form = {"grant_type": "refresh_token", "refresh_token": creds.identity_token, "client_id": "dstream"}
+                reply = self._session.post(realm, data={**params, **form}, timeout=TIMEOUT)
+            else:
+                auth = (creds.username, creds.password) if creds is not None else None
+                reply = self._session.get(realm, params=params, auth=auth, timeout=TIMEOUT)
         except requests.RequestException as exc:
             raise DistributionError(f"cannot get a token from {realm}: {_reason(exc)}") from None
         if reply.status_code != 200:
             raise DistributionError(f"registry {host} refused a token ({reply.status_code}); try `docker login {host}`")
         data = reply.json()
-        return "Bearer " + str(data.get("token") or data.get("access_token"))
+        token = str(data.get("token") or data.get("access_token"))
+        self._bearer[host] = token
+        return "Bearer " + token
+
+    def bearer_token(self, ref: Reference) -> str | None:
+        """The bearer token this client got for ``ref``'s registry, if it needed one."""
+        return self._bearer.get(ref.api_host)
+
+    def auth_scheme(self, ref: Reference) -> str:
+        """How the registry asks clients to authenticate: ``"basic"``, ``"bearer"`` or ``""``
+        (no auth), from the challenge of its ``/v2/`` endpoint."""
+        try:
+            response = self._session.get(self._base(ref) + "/v2/", timeout=TIMEOUT)
+        except requests.RequestException as exc:
+            raise RegistryUnreachable(f"cannot reach registry {ref.registry}: {_reason(exc)}") from None
+        if response.status_code != 401:
+            return ""
+        return response.headers.get("WWW-Authenticate", "").split(" ", 1)[0].lower()
 
     def manifest(self, ref: Reference, reference: str | None = None) -> Manifest:
         """The manifest for ``ref`` (its tag or digest, or ``reference``) and its digest."""

@@ -82,15 +82,15 @@ def _docker_runtime(options: LaunchOptions) -> DockerRuntime:
     return runtime  # type: ignore[return-value]
 
 
-async def _ensure_image(runtime: DockerRuntime, resolved: Resolved, pull: str) -> str:
+async def _ensure_image(runtime: DockerRuntime, resolved: Resolved, pull: str, progress: bool | None) -> str:
     pinned = resolved.ref.pinned(resolved.digest)
     engine = runtime.engine
     present = await asyncio.to_thread(engine.image, pinned) is not None
     if pull == "never" and not present:
         raise DistributionError(f"{pinned} is not in the local engine and --pull never forbids pulling it")
     if pull == "always" or not present:
-        with PullProgress(pinned) as progress:
-            await asyncio.to_thread(engine.pull, resolved.ref.docker_name, resolved.digest, progress.event)
+        with PullProgress(pinned, live=progress) as bars:
+            await asyncio.to_thread(engine.pull, resolved.ref.docker_name, resolved.digest, bars.event)
     return pinned
 
 
@@ -145,7 +145,7 @@ async def resolve_for_run(
     if not options.leftovers_checked:
         options.leftovers_checked = True
         await _remove_leftovers(runtime, spec.task)
-    image = await _ensure_image(runtime, resolved, options.pull)
+    image = await _ensure_image(runtime, resolved, options.pull, options.progress)
     return runtime, dataclasses.replace(spec, image=image)
 
 

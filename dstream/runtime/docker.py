@@ -11,12 +11,14 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import docker
 import docker.errors
 from docker.types import ConfigReference, LogConfig, Mount, RestartPolicy, SecretReference, ServiceMode
 
+from dstream import log
 from dstream.errors import DistributionError, RuntimeFailure
 from dstream.runtime.base import LABEL_TASK
 
@@ -24,9 +26,10 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from pathlib import Path
 
+_log = log.get("docker")
 
-def _engine_error(exc: Exception) -> RuntimeFailure:
-    where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+
+def _engine_error(exc: Exception, where: str) -> RuntimeFailure:
     return RuntimeFailure(
         f"cannot reach the Docker engine at {where}: {exc}. Is dockerd running? "
         f"(`make services` starts one on a development machine)"
@@ -35,6 +38,54 @@ def _engine_error(exc: Exception) -> RuntimeFailure:
 
 def _explain(exc: docker.errors.APIError) -> str:
     return str(exc.explanation or exc)
+
+
+def registry_credentials(registry: str | None) -> dict[str, str] | None:
+    """What ``docker login`` stored for ``registry`` (None: Docker Hub), as the docker CLI
+    finds it: ``credHelpers``/``credsStore`` credential helpers first, then ``auths`` in
+    ``$DOCKER_CONFIG/config.json``. ``{"username", "password"}`` or ``{"identity_token"}``;
+    None when there is nothing (or the helper cannot be run: then anonymous access is tried)."""
+    import docker.auth
+
+    with warnings.catch_warnings():  # docker-py warns when a configured helper is not on PATH
+        warnings.simplefilter("ignore")
+        try:
+            found = docker.auth.load_config().resolve_authconfig(registry)
+        except docker.errors.DockerException as exc:
+            _log.warning("cannot get the docker credentials for %s: %s", registry or "Docker Hub", exc)
+            return None
+    if not found:
+        return None
+    token = found.get("IdentityToken") or found.get("identitytoken")
+    if token:
+        return {"identity_token": str(token)}
+    username = found.get("Username") or found.get("username")
+    password = found.get("Password") or found.get("password")
+    if not username or password is None:
+        return None
+    return {"username": str(username), "password": str(password)}
+
+
+def _client_settings() -> tuple[dict[str, Any], str]:
+    """How to reach the engine, as the docker CLI decides: ``DOCKER_HOST`` (with
+    ``DOCKER_TLS_VERIFY``/``DOCKER_CERT_PATH``) when set, else the current ``docker context``
+    (``DOCKER_CONTEXT``, or ``currentContext`` in the docker config), else the local socket.
+    Returns DockerClient arguments (empty: from the environment) and where that is, for errors."""
+    if os.environ.get("DOCKER_HOST"):
+        return {}, os.environ["DOCKER_HOST"]
+    from docker.context import ContextAPI
+    from docker.context.config import get_current_context_name
+
+    name = os.environ.get("DOCKER_CONTEXT") or get_current_context_name()
+    if not name or name == "default":
+        return {}, "unix:///var/run/docker.sock"
+    try:
+        context = ContextAPI.get_context(name)
+    except docker.errors.DockerException as exc:
+        raise RuntimeFailure(f"cannot read docker context {name}: {exc}") from None
+    if context is None or not context.Host:
+        raise RuntimeFailure(f"docker context {name} does not exist or names no Docker endpoint (docker context ls)")
+    return {"base_url": context.Host, "tls": context.TLSConfig or False}, f"{context.Host} (docker context {name})"
 
 
 class DockerEngine:
@@ -46,12 +97,16 @@ class DockerEngine:
     @property
     def client(self) -> docker.DockerClient:
         if self._client is None:
+            settings, where = _client_settings()
             try:
-                self._client = docker.from_env(timeout=300)
+                if settings:
+                    self._client = docker.DockerClient(timeout=300, **settings)
+                else:
+                    self._client = docker.from_env(timeout=300)
                 self._client.ping()
             except docker.errors.DockerException as exc:
                 self._client = None
-                raise _engine_error(exc) from None
+                raise _engine_error(exc, where) from None
         return self._client
 
     # -- images ------------------------------------------------------------------------

@@ -1,14 +1,15 @@
 """Runs on this machine: a record per running ``dstream run`` (for ps, logs, stop), and
 ``--detach`` to start one in the background with its output in a log file.
 
-Records live in ``$DSTREAM_RUNS_DIR`` (default ``~/.local/state/dstream/runs``), one JSON
-file per process, removed when the run ends; a record whose process is gone is stale and
-ignored (and cleaned up).
+Records live in ``$DSTREAM_RUNS_DIR`` (default ``$XDG_STATE_HOME/dstream/runs``, that is
+``~/.local/state/dstream/runs``), one JSON file per process, removed when the run ends;
+a record whose process is gone is stale and ignored (and cleaned up).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -20,11 +21,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dstream.errors import DStreamError
+from dstream.paths import state_dir
 from dstream.runtime import pids
 from dstream.state.base import DEFAULT_STATE_DIR
+from dstream.task import logwriter
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
+    from typing import BinaryIO
 
     from dstream.config.models import Document
 
@@ -47,8 +51,7 @@ def runs_dir() -> Path:
     configured = os.environ.get("DSTREAM_RUNS_DIR")
     if configured:
         return Path(configured)
-    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(state) / "dstream" / "runs"
+    return state_dir() / "runs"
 
 
 def records() -> list[RunRecord]:
@@ -112,21 +115,37 @@ def registered(document: Document, task: str) -> Iterator[RunRecord]:
 
 
 def start(document: Document, task: str, argv: list[str]) -> RunRecord:
-    """Start ``dstream run`` again without --detach, in the background, logging to a file."""
+    """Start ``dstream run`` again without --detach, in the background: its output goes
+    through a log writer (:mod:`dstream.task.logwriter`) that stamps each line into the log."""
     args = [a for a in argv if a not in ("--detach", "-d")]
     log_path = _log_file(document, task)
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "DSTREAM_DETACHED": "1"}
     with log_path.open("ab") as log_file:
-        log_file.write(f"\n==== {_now()} dstream {' '.join(args)}\n".encode())
+        # Taken here, before the run starts, and inherited by the writer: `logs -f` follows
+        # while it is held, from the first moment on (flock belongs to the open file).
+        fcntl.flock(log_file, fcntl.LOCK_EX)
+        log_file.write(logwriter.stamp() + f"==== dstream {' '.join(args)}\n".encode())
         log_file.flush()
+        writer = subprocess.Popen(
+            [sys.executable, "-m", "dstream.task.logwriter"],
+            stdin=subprocess.PIPE,
+            stdout=log_file,
+            stderr=subprocess.DEVNULL,
+            cwd=Path.cwd(),
+            start_new_session=True,
+            env=env,
+        )
+    assert writer.stdin is not None
+    with writer.stdin:
         proc = subprocess.Popen(
             [sys.executable, "-m", "dstream", "--log-format", "text", *args],
             stdin=subprocess.DEVNULL,
-            stdout=log_file,
+            stdout=writer.stdin,
             stderr=subprocess.STDOUT,
             cwd=Path.cwd(),
             start_new_session=True,  # survives this shell; Ctrl-C here does not reach it
-            env={**os.environ, "DSTREAM_DETACHED": "1"},
+            env=env,
         )
     record = RunRecord(
         task, proc.pid, str(document.path), _now(), str(log_path), detached=True, pid_started=pids.started_at(proc.pid)
@@ -166,15 +185,60 @@ def log_path(task: str, document: Document | None) -> Path:
     raise DStreamError(f"no log for task {task}: only runs started with --detach write one")
 
 
-def follow(path: Path, task: str, out: Callable[[bytes], None]) -> None:
-    """Print the log, then what is appended to it until no run of the task is left."""
+def _writing(log: BinaryIO) -> bool:
+    """Whether a log writer still holds the log (a detached run may print more)."""
+    try:
+        fcntl.flock(log, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    fcntl.flock(log, fcntl.LOCK_UN)
+    return False
+
+
+def _tail_offset(f: BinaryIO, lines: int) -> int:
+    """Where the last ``lines`` lines of the file start, reading backwards in blocks."""
+    end = f.seek(0, os.SEEK_END)
+    position, found, block = end, 0, 65536
+    while position > 0:
+        size = min(block, position)
+        position -= size
+        f.seek(position)
+        data = f.read(size)
+        if position + size == end and data.endswith(b"\n"):
+            data = data[:-1]  # the newline that ends the last line
+        index = len(data)
+        while True:
+            index = data.rfind(b"\n", 0, index)
+            if index < 0:
+                break
+            found += 1
+            if found == lines:
+                return position + index + 1
+    return 0
+
+
+def show(path: Path, out: Callable[[bytes], None], tail: int | None, timestamps: bool, follow: bool) -> None:
+    """``dstream logs``: the last ``tail`` lines (all when None), with their times or without,
+    then (``follow``) what is appended until the run's log writer is done."""
+
+    def shown(line: bytes) -> bytes:
+        return line if timestamps else logwriter.strip(line)
+
     with path.open("rb") as f:
+        if tail is not None:
+            f.seek(_tail_offset(f, tail) if tail > 0 else f.seek(0, os.SEEK_END))
+        pending = b""
         while True:
             chunk = f.read(65536)
-            if chunk:
-                out(chunk)
-                continue
-            if not any(r.task == task for r in records()):
-                out(f.read())
-                return
-            time.sleep(0.2)  # tail -f's polling period
+            if not chunk:
+                if follow and _writing(f):
+                    time.sleep(0.2)  # tail -f's polling period
+                    continue
+                chunk = f.read()  # what arrived before the writer let go
+                if not chunk:
+                    break
+            *lines, pending = (pending + chunk).split(b"\n")
+            if lines:
+                out(b"".join(shown(line) + b"\n" for line in lines))
+        if pending:
+            out(shown(pending))

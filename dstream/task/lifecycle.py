@@ -22,7 +22,6 @@ from dstream.task.launch import LaunchOptions, new_run_id, start_and_open
 if TYPE_CHECKING:
     from dstream.config.models import Document
 
-_log = log.get("lifecycle")
 LIFECYCLE_TIMEOUT = 30 * 60.0
 
 
@@ -33,6 +32,7 @@ class ProviderOutcome:
     status: str  # "ok" | "skipped" | "failed"
     reply: protocol.LifecycleReply = field(default_factory=protocol.LifecycleReply)
     reason: str = ""
+    verbs: str = ""  # what a skipped provider supports instead
 
 
 async def _one(
@@ -57,7 +57,7 @@ async def _one(
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(proc.wait(), task.stop_timeout)
             verbs = ", ".join(opened.handshake.verbs or ()) or "none"
-            return ProviderOutcome(role, block.source, "skipped", reason=f"does not support {verb} (supports: {verbs})")
+            return ProviderOutcome(role, block.source, "skipped", reason=f"does not support {verb}", verbs=verbs)
         await proc.close_stdin()
         reply = protocol.LifecycleReply()
         buffer = opened.leftover
@@ -97,7 +97,7 @@ def _stored_checkpoint(document: Document, task_name: str) -> Any:
     try:
         stored = open_store(document).load(task_name)
     except DStreamError as exc:
-        _log.warning("status without the task's checkpoint: %s", exc)
+        log.get("lifecycle").warning("status without the task's checkpoint: %s", exc)
         return None
     return stored.checkpoint if stored is not None else None
 
@@ -117,28 +117,53 @@ async def run_verb(
     return outcomes
 
 
-def render_table(outcomes: list[ProviderOutcome], verb: str, task: str) -> Any:
-    from rich.table import Table
+CHANGES = ("create", "update", "delete")
+_SIGNS = {"create": ("+", "green"), "delete": ("-", "red"), "update": ("~", "yellow")}
 
-    table = Table(title=f"dstream {verb} {task}", title_justify="left")
-    for column in ("provider", "type", "name", "action", "state", "details"):
-        table.add_column(column)
+
+def changes(outcomes: list[ProviderOutcome]) -> dict[str, int]:
+    """How many resources each action touches (plan: would touch), as Terraform counts them."""
+    counted = dict.fromkeys(CHANGES, 0)
     for outcome in outcomes:
-        label = f"{outcome.role}"
-        if outcome.status != "ok" or not outcome.reply.resources:
-            note = outcome.reason or "no resources"
-            style = "red" if outcome.status == "failed" else "dim"
-            table.add_row(label, "", "", "", outcome.status, f"[{style}]{_escape(note)}[/{style}]")
-            continue
         for res in outcome.reply.resources:
-            details = ", ".join(f"{k}={v}" for k, v in res.details.items())
-            table.add_row(label, res.type, res.name, _action(res.action), res.state, _escape(details))
-    return table
+            if res.action in counted:
+                counted[res.action] += 1
+    return counted
 
 
-def _action(action: str) -> str:
-    colour = {"create": "green", "delete": "red", "update": "yellow"}.get(action)
-    return f"[{colour}]{action}[/{colour}]" if colour else action
+def render(outcomes: list[ProviderOutcome], verb: str, task: str) -> list[str]:
+    """The result as lines of rich markup, a list rather than a table (as Terraform prints
+    plans): a long resource name is never cut to fit the terminal. Providers that were not
+    sent the verb are named once, below the list."""
+    lines = [f"[bold]dstream {verb} {_escape(task)}[/bold]"]
+    skipped: dict[str, list[str]] = {}
+    for outcome in outcomes:
+        who = f"{outcome.role} {_escape(outcome.source)}"
+        if outcome.status == "skipped":
+            skipped.setdefault(outcome.reason, []).append(who)
+            continue
+        lines += ["", f"[bold]{who}[/bold]"]
+        for res in outcome.reply.resources:
+            sign, colour = _SIGNS.get(res.action, (" ", ""))
+            action = f"[{colour}]{sign} {res.action}[/{colour}]" if colour else f"{sign} {res.action}"
+            state = f" ({_escape(res.state)})" if res.state else ""
+            lines.append(f"  {action} {_escape(res.type)} {_escape(res.name)}{state}")
+            if res.details:
+                lines.append("      " + _escape(", ".join(f"{k}={v}" for k, v in res.details.items())))
+        if outcome.status == "failed":
+            lines.append(f"  [red]failed: {_escape(outcome.reason)}[/red]")
+        elif not outcome.reply.resources:
+            lines.append("  [dim]no resources[/dim]")
+    if skipped:
+        lines.append("")
+        lines += [f"[dim]{_escape(reason)}, not sent to: {', '.join(who)}[/dim]" for reason, who in skipped.items()]
+    counted = changes(outcomes)
+    if verb == "plan":
+        lines += ["", "Plan: {create} to create, {update} to update, {delete} to delete.".format(**counted)]
+    elif verb != "status":
+        done = "{create} created, {update} updated, {delete} deleted.".format(**counted)
+        lines += ["", f"{verb.capitalize()}: {done}"]
+    return lines
 
 
 def _escape(text: str) -> str:
@@ -147,13 +172,35 @@ def _escape(text: str) -> str:
     return escape(text)
 
 
-def json_lines(outcomes: list[ProviderOutcome]) -> list[dict[str, Any]]:
-    lines: list[dict[str, Any]] = []
+def to_json(outcomes: list[ProviderOutcome], verb: str, task: str) -> dict[str, Any]:
+    """``--json``: one document (the keys are documented in the README's command table)."""
+    providers, resources = [], []
     for outcome in outcomes:
-        for raw in outcome.reply.raw:
-            lines.append({"role": outcome.role, **raw})
-        if outcome.status == "failed":
-            lines.append({"role": outcome.role, "status": "failed", "message": outcome.reason})
-        elif outcome.status == "skipped":
-            _log.info("%s provider skipped: %s", outcome.role, outcome.reason)
-    return lines
+        providers.append(
+            {
+                "role": outcome.role,
+                "provider": outcome.source,
+                "status": outcome.status,
+                "reason": outcome.reason,
+                "reply": outcome.reply.raw,
+            }
+        )
+        for res in outcome.reply.resources:
+            resources.append(
+                {
+                    "role": outcome.role,
+                    "type": res.type,
+                    "name": res.name,
+                    "action": res.action,
+                    "state": res.state,
+                    "details": res.details,
+                }
+            )
+    return {
+        "task": task,
+        "verb": verb,
+        "ok": all(o.status != "failed" for o in outcomes),
+        "changes": changes(outcomes),
+        "providers": providers,
+        "resources": resources,
+    }

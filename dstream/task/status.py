@@ -24,12 +24,12 @@ def _log_every() -> float:
         return 30.0
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
+def human_size(n: float) -> str:
+    """Bytes as rich (and docker, and most tools) print them: decimal units, "1.5 MB".
+    The one function for sizes shown to a user: the live line and the summary agree."""
+    from rich.filesize import decimal
+
+    return decimal(int(n))
 
 
 def _age(seconds: float | None) -> str:
@@ -42,8 +42,8 @@ def _age(seconds: float | None) -> str:
 
 def describe(snap: Snapshot, rate: float, byte_rate: float) -> str:
     parts = [
-        f"{snap.envelopes:,} envelopes ({_size(snap.bytes)})",
-        f"{rate:,.0f}/s ({_size(byte_rate)}/s)",
+        f"{snap.envelopes:,} envelopes ({human_size(snap.bytes)})",
+        f"{rate:,.0f}/s ({human_size(byte_rate)}/s)",
         f"delivered {snap.delivered:,}",
         f"checkpoint {_age(snap.last_checkpoint_age)}",
     ]
@@ -84,10 +84,9 @@ class StatusReporter:
         last_time = time.monotonic()
         last_log = last_time
         if self.live:
-            from rich.console import Console
             from rich.live import Live
 
-            self._console = Console(stderr=True)
+            self._console = log.stderr_console()
             self._live = Live(console=self._console, transient=True, refresh_per_second=4)
             self._live.start()
         try:

@@ -7,7 +7,7 @@ environment at start), and the Docker socket is mounted into the orchestrator on
 providers never get it. With ``--replicas 2`` or more, the task's ``lease`` block makes
 one replica active and the others standbys; Swarm restarts a replica that dies.
 
-``--print kubernetes`` writes equivalent manifests instead (documented, not tested here).
+``--print kubernetes`` prints equivalent manifests instead (:mod:`dstream.tooling.kubernetes`).
 """
 
 from __future__ import annotations
@@ -26,13 +26,12 @@ from dstream.errors import ConfigError, DStreamError, RuntimeFailure
 from dstream.runtime.docker import DockerEngine
 from dstream.runtime.leftovers import LABEL_DEPLOY
 from dstream.runtime.swarm import Swarm
+from dstream.tooling.kubernetes import CONFIG_TARGET, STATE_TARGET
 
 if TYPE_CHECKING:
     from dstream.config.models import Document
 
 _log = log.get("deploy")
-CONFIG_TARGET = "/etc/dstream/dstream.hcl"
-STATE_TARGET = "/var/lib/dstream/state"
 DEFAULT_STATE_ROOT = Path("/var/lib/dstream/deploy")
 
 
@@ -111,7 +110,8 @@ def deploy(
     return Deployed(name, image, replicas, host_state, secret_names)
 
 
-def deployments() -> list[dict[str, str]]:
+def deployments() -> list[dict[str, str | int]]:
+    """Deployed tasks: ``task``, ``service``, ``image``, ``running``/``desired`` replicas, ``created``."""
     swarm = Swarm(DockerEngine())
     swarm.ensure_active()
     rows = []
@@ -124,7 +124,8 @@ def deployments() -> list[dict[str, str]]:
                 "task": attrs["Spec"]["Labels"].get(LABEL_DEPLOY, "?"),
                 "service": service.name,
                 "image": attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"].split("@")[0],
-                "replicas": f"{running}/{desired}",
+                "running": running,
+                "desired": int(desired),
                 "created": attrs.get("CreatedAt", "")[:19],
             }
         )
@@ -152,70 +153,3 @@ def undeploy(task_name: str, timeout: float = 90) -> dict[str, int]:
     if service is None and not (leftovers or configs or secrets):
         raise DStreamError(f"task {task_name} is not deployed")
     return {"services": int(service is not None), "containers": len(leftovers), "configs": configs, "secrets": secrets}
-
-
-def kubernetes_manifests(document: Document, task_name: str, replicas: int, image: str) -> str:
-    """Equivalent Kubernetes manifests: a ConfigMap, a Secret to fill in, a Deployment.
-
-    Providers run on the node's Docker engine through its socket (a Docker-based node, or
-    a Docker-in-Docker sidecar); the secret values are not printed: fill them in.
-    """
-    task = document.task(task_name)
-    name = service_name(task_name)
-    text = document.path.read_text()
-    indented = "\n".join("    " + line for line in text.splitlines())
-    secret_lines = "\n".join(f'  {var}: "<set me>"' for var in sorted(document.env_names)) or "  {}"
-    lease_note = "" if task.lease or replicas == 1 else "  # WARNING: replicas > 1 need a lease block in the task\n"
-    return f"""# dstream task {task_name}: kubectl apply -f this file (fill in the Secret first)
-apiVersion: v1
-kind: ConfigMap
-metadata:
-  name: {name}
-  labels: {{app.kubernetes.io/name: dstream, io.dstream.deploy: "{task_name}"}}
-data:
-  dstream.hcl: |
-{indented}
----
-apiVersion: v1
-kind: Secret
-metadata:
-  name: {name}
-  labels: {{app.kubernetes.io/name: dstream, io.dstream.deploy: "{task_name}"}}
-type: Opaque
-stringData:
-{secret_lines}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: {name}
-  labels: {{app.kubernetes.io/name: dstream, io.dstream.deploy: "{task_name}"}}
-spec:
-{lease_note}  replicas: {replicas}
-  selector:
-    matchLabels: {{io.dstream.deploy: "{task_name}"}}
-  template:
-    metadata:
-      labels: {{app.kubernetes.io/name: dstream, io.dstream.deploy: "{task_name}"}}
-    spec:
-      terminationGracePeriodSeconds: 30
-      containers:
-        - name: dstream
-          image: {image}
-          args: ["run", "{task_name}", "-f", "{CONFIG_TARGET}"]
-          env:
-            - {{name: DSTREAM_SECRETS_DIR, value: /run/secrets}}
-            - {{name: DSTREAM_STATE_DIR, value: {STATE_TARGET}}}
-          volumeMounts:
-            - {{name: task, mountPath: /etc/dstream, readOnly: true}}
-            - {{name: secrets, mountPath: /run/secrets, readOnly: true}}
-            - {{name: docker, mountPath: /var/run/docker.sock}}
-            - {{name: state, mountPath: {STATE_TARGET}}}
-      volumes:
-        - {{name: task, configMap: {{name: {name}}}}}
-        - {{name: secrets, secret: {{secretName: {name}}}}}
-        - {{name: docker, hostPath: {{path: /var/run/docker.sock, type: Socket}}}}
-        # Shared state: use state {{ backend = "azure_blob" }} and lease {{ backend = "azure_blob" }}
-        # when replicas can land on different nodes; this emptyDir is per pod.
-        - {{name: state, emptyDir: {{}}}}
-"""

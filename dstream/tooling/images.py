@@ -196,11 +196,14 @@ def orchestrator_image(registry: str | None = None) -> str:
 
 
 def _requirements(pyproject: Path) -> list[str]:
-    """A provider's dependencies, without dstream itself (the base image has it)."""
+    """A provider's dependencies, without dstream itself (the base image has it). Parsed with
+    ``packaging.requirements``: ``dstream`` in any spelling (``DStream[sdk] >= 0.1``, markers)."""
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+
     project = tomllib.loads(pyproject.read_text()).get("project", {})
     deps = [str(d) for d in project.get("dependencies", [])]
-    return [
-        d
-        for d in deps
-        if not d.replace(" ", "").lower().startswith(("dstream>", "dstream=", "dstream[")) and d != "dstream"
-    ]
+    try:
+        return [d for d in deps if canonicalize_name(Requirement(d).name) != "dstream"]
+    except InvalidRequirement as exc:
+        raise RuntimeFailure(f"{pyproject}: a dependency is not a valid requirement: {exc}") from None

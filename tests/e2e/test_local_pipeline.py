@@ -211,12 +211,14 @@ def test_lifecycle_verb_prints_a_table_and_json(
     assert "does not support init" in table.stdout  # the counter input has no lifecycle
     raw = run_cli("plan", "t", "-f", str(path), "--json")
     assert raw.returncode == 0, raw.stderr
-    lines = [json.loads(line) for line in raw.stdout.splitlines()]
-    assert lines == [
-        {"role": "output", "resource": {"type": "queue", "name": "orders", "action": "create", "state": "absent"}},
-        {"role": "output", "resource": {"type": "queue", "name": "customers", "action": "create", "state": "absent"}},
+    planned = json.loads(raw.stdout)
+    assert planned["changes"] == {"create": 2, "update": 0, "delete": 0}
+    assert planned["resources"] == [
+        {"role": "output", "type": "queue", "name": "orders", "action": "create", "state": "absent", "details": {}},
+        {"role": "output", "type": "queue", "name": "customers", "action": "create", "state": "absent", "details": {}},
     ]
-    skipped = run_cli("destroy", "t", "-f", str(path))
+    assert [(p["role"], p["status"]) for p in planned["providers"]] == [("input", "skipped"), ("output", "ok")]
+    skipped = run_cli("destroy", "t", "-f", str(path), "--yes")
     assert skipped.returncode == 0
     assert "does not support destroy" in skipped.stdout
 

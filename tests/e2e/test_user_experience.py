@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import select
 import signal
 import socket
@@ -314,3 +315,32 @@ def test_conformance_suite_fails_a_transform_that_drops_checkpoints(script: Call
     assert not report["passed"]
     assert checks["transform"]["result"] == "fail"
     assert "checkpoint 1 was not forwarded within 3s" in checks["transform"]["detail"]
+
+
+STAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{9}Z ")
+
+
+def test_logs_tail_and_timestamps_as_docker_logs(task_file: Callable[..., Path], tmp_path: Path) -> None:
+    env = {"DSTREAM_RUNS_DIR": str(tmp_path / "runs")}
+    path = task_file(SLOW.format(interval=0, count=40))
+    started = run_cli("run", "slow", "-f", str(path), "--detach", env=env)
+    assert started.returncode == 0, started.stderr
+    # -f returns once the run (and its log writer) is done: the whole log, no polling here.
+    followed = run_cli("logs", "slow", "--file", str(path), "-f", env=env)
+    assert followed.returncode == 0, followed.stderr
+    lines = followed.stdout.splitlines()
+    values = [line for line in lines if line.startswith('{"value"')]
+    assert values == [json.dumps({"value": n}, separators=(",", ":")) for n in range(1, 41)]
+    assert not any(STAMP.match(line) for line in lines)  # stored times are shown only with -t
+    finished = [line for line in lines if "task slow finished:" in line]
+    assert finished, lines
+    assert re.match(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} INFO ", finished[0])  # detached log lines carry the date
+
+    last = run_cli("logs", "slow", "--file", str(path), "--tail", "3", env=env).stdout.splitlines()
+    assert last == lines[-3:]
+    stamped = run_cli("logs", "slow", "--file", str(path), "-n", "5", "-t", env=env).stdout.splitlines()
+    assert len(stamped) == 5
+    assert all(STAMP.match(line) for line in stamped), stamped
+    assert [STAMP.sub("", line) for line in stamped] == lines[-5:]
+    assert run_cli("logs", "slow", "--file", str(path), "--tail", "0", env=env).stdout == ""
+    assert run_cli("logs", "slow", "--file", str(path), "--tail", "x", env=env).returncode == 2

@@ -14,9 +14,17 @@ ARTIFACT_TYPE = "application/vnd.dstream.provider"
 EMPTY_CONFIG = "application/vnd.oci.empty.v1+json"
 
 
-def push_artifact(registry: str, repository: str, tag: str, executables: dict[str, bytes], description: str) -> str:
-    """Push ``plugin.<os>_<arch>`` files plus provider.json; returns the manifest digest."""
-    client = oras.client.OrasClient(hostname=registry, insecure=True)
+def push_artifact(
+    registry: str,
+    repository: str,
+    tag: str,
+    executables: dict[str, bytes],
+    description: str,
+    client: oras.client.OrasClient | None = None,
+) -> str:
+    """Push ``plugin.<os>_<arch>`` files plus provider.json; returns the manifest digest.
+    ``client``: an oras client already set up to log in (default: anonymous, plain HTTP)."""
+    client = client or oras.client.OrasClient(hostname=registry, insecure=True)
     target = oras.container.Container(f"{registry}/{repository}:{tag}")
     manifest = oras.oci.NewManifest()
     manifest["artifactType"] = ARTIFACT_TYPE

@@ -157,7 +157,7 @@ def test_unknown_image_and_unreachable_registry_are_clear(
 def test_providers_list_json_names_images_and_verbs() -> None:
     result = run_cli("providers", "list", "--json", env={"DSTREAM_REGISTRY": "127.0.0.1:5000"})
     assert result.returncode == 0, result.stderr
-    entries = {e["name"]: e for e in json.loads(result.stdout)}
+    entries = {e["name"]: e for e in json.loads(result.stdout)["providers"]}
     assert entries["counter-input-provider"]["image"] == "127.0.0.1:5000/dstream/counter-input-provider:0.1.0"
     assert entries["console-output-provider"]["verbs"] == ["run"]
     assert entries["file-output-provider"]["config_schema"]["properties"]["path"]["type"] == "string"

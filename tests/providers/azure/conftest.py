@@ -79,10 +79,9 @@ def azure(azurite_connection_string: str, monkeypatch: pytest.MonkeyPatch) -> It
 
 def lifecycle(verb: str, task: str, hcl: Path) -> list[dict[str, Any]]:
     """``dstream VERB TASK --json``: the output provider's resource rows."""
-    result = run_cli(verb, task, "-f", str(hcl), "--json")
+    result = run_cli(verb, task, "-f", str(hcl), "--json", *(["--yes"] if verb == "destroy" else []))
     assert result.returncode == 0, result.stderr
-    rows = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
-    return [row["resource"] for row in rows if row.get("role") == "output" and "resource" in row]
+    return [row for row in json.loads(result.stdout)["resources"] if row["role"] == "output"]
 
 
 def by_name(rows: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:

@@ -572,10 +572,9 @@ task "{name}" {{
 
 
 def lifecycle(verb: str, task: str, hcl: Path) -> list[dict[str, Any]]:
-    result = run_cli(verb, task, "-f", str(hcl), "--json", timeout=300)
+    result = run_cli(verb, task, "-f", str(hcl), "--json", *(["--yes"] if verb == "destroy" else []), timeout=300)
     assert result.returncode == 0, result.stderr
-    found = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
-    return [row["resource"] for row in found if row.get("role") == "input" and "resource" in row]
+    return [row for row in json.loads(result.stdout)["resources"] if row["role"] == "input"]
 
 
 def envelopes(path: Path) -> list[dict[str, Any]]:

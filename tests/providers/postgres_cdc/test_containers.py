@@ -99,9 +99,9 @@ def test_kill_9_in_containers_then_resume_loses_nothing(
     hcl, out, _, workload = write_task(db, task_file, tmp_path, task_name, cdc_images)
     init = run_cli("init", task_name, "-f", str(hcl), "--json")  # the lifecycle verb, in a container
     assert init.returncode == 0, init.stderr
-    created = [json.loads(line) for line in init.stdout.splitlines()]
-    assert created[0]["resource"]["type"] == "replication_slot"
-    assert created[0]["resource"]["action"] == "create"
+    created = json.loads(init.stdout)["resources"]
+    assert created[0]["type"] == "replication_slot"
+    assert created[0]["action"] == "create"
     workload.start(TOTAL)
     rng = random.Random()
     for _ in range(2):
@@ -160,6 +160,6 @@ def test_sigterm_in_containers_then_resume_has_no_duplicates(
     assert code == 0, err
     assert reader.duplicates() == 0
     assert len(reader.changes) == workload.count
-    destroyed = run_cli("destroy", task_name, "-f", str(hcl))
+    destroyed = run_cli("destroy", task_name, "-f", str(hcl), "--yes")
     assert destroyed.returncode == 0, destroyed.stderr
     assert db.slot(db.name("slot")) is None

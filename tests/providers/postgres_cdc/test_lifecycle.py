@@ -26,9 +26,9 @@ pytestmark = pytest.mark.postgres
 
 
 def verb(name: str, hcl: Path) -> list[dict[str, Any]]:
-    result = run_cli(name, "cdc", "-f", str(hcl), "--json")
+    result = run_cli(name, "cdc", "-f", str(hcl), "--json", *(["--yes"] if name == "destroy" else []))
     assert result.returncode == 0, result.stderr
-    return [line["resource"] for line in map(json.loads, result.stdout.splitlines()) if line["role"] == "input"]
+    return [row for row in json.loads(result.stdout)["resources"] if row["role"] == "input"]
 
 
 def rows(resources: list[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
@@ -90,7 +90,7 @@ def test_plan_init_status_destroy(db: Db, task_file: Callable[..., Path], tmp_pa
     running = verb("status", hcl)[0]["details"]
     assert running["active"] is True
     assert running["reader_pid"] == db.slot(f"{slot}_reader")["active_pid"]
-    refused = run_cli("destroy", "cdc", "-f", str(hcl))
+    refused = run_cli("destroy", "cdc", "-f", str(hcl), "--yes")
     assert refused.returncode == 1
     assert "is being read by a running task" in refused.stderr
     assert db.slot(slot) is not None
