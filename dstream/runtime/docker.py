@@ -248,8 +248,14 @@ class DockerEngine:
             self.client.api.kill(container, name)
 
     def remove(self, container_id: str) -> None:
-        with contextlib.suppress(docker.errors.NotFound):
+        """Remove a container, whatever its state; one already gone, or going, is fine."""
+        try:
             self.client.api.remove_container(container_id, force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:  # "removal ... is already in progress" (a reaper, a next run)
+                raise RuntimeFailure(f"cannot remove container {container_id[:12]}: {_explain(exc)}") from None
 
     def running(self, container: str) -> bool:
         try:

@@ -111,9 +111,11 @@ def test_broken_containers_give_a_clear_error_and_leave_nothing_behind(
     assert task_containers(engine, task_name) == []
 
 
-def test_kill_9_of_dstream_leaves_containers_that_the_next_run_removes(
+def test_leftovers_of_a_dstream_killed_with_its_reaper_are_removed_by_the_next_run(
     task_file: Callable[..., Path], provider_images: dict[str, str], engine: DockerEngine, task_name: str
 ) -> None:
+    """The fallback behind the reaper (tests/integration/test_reaper.py): when both are gone
+    (a crashed host, say), the next run of the task removes what they left."""
     text = COUNTER_CONSOLE.replace("interval = 0", "interval = 20")
     sources = {
         "input_source": f'provider_ref = "{provider_images["counter-input-provider"]}"',
@@ -129,13 +131,15 @@ def test_kill_9_of_dstream_leaves_containers_that_the_next_run_removes(
         assert proc.stdout is not None
         assert proc.stdout.readline()  # envelopes are flowing through both containers
         assert len(task_containers(engine, task_name)) == 2
+        [reaper] = [p for p in psutil.Process(proc.pid).children() if "dstream.runtime.reaper" in p.cmdline()]
+        reaper.kill()
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
     finally:
         if proc.poll() is None:
             proc.kill()
     leftovers = task_containers(engine, task_name)
-    assert len(leftovers) == 2  # nothing cleaned them up: dstream was killed
+    assert len(leftovers) == 2  # nothing cleaned them up: dstream and its reaper were killed
 
     path.write_text(text.format(name=task_name, count=5, **sources))
     result = run_cli("run", task_name, "-f", str(path))

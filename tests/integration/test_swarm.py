@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import pytest
+import yaml
 
 from tests.conftest import run_cli
 from tests.faults import line_count, read_output, wait_until
@@ -136,4 +137,6 @@ def test_deploy_refuses_replicas_without_a_lease_and_prints_kubernetes(
     manifests = run_cli("deploy", task_name, "-f", str(hcl), "--print", "kubernetes")
     assert manifests.returncode == 0, manifests.stderr
     assert "kind: Deployment" in manifests.stdout
-    assert f'args: ["run", "{task_name}", "-f", "/etc/dstream/dstream.hcl"]' in manifests.stdout
+    deployment = next(d for d in yaml.safe_load_all(manifests.stdout) if d and d["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"] == ["run", task_name, "-f", "/etc/dstream/dstream.hcl"]
