@@ -36,17 +36,16 @@ from dstream_mssql_cdc.errors import CdcError, ConnectionLost, InstanceGone, Pur
 from dstream_mssql_cdc.health import CaptureMonitor, lag_warning
 from dstream_mssql_cdc.lsn import format_lsn, to_bytes
 from dstream_mssql_cdc.setup import ORDER_COMMAND, ORDER_SEQVAL, Setup, prepare
-from dstream_mssql_cdc.snapshot import Snapshot, run_pass
+from dstream_mssql_cdc.snapshot import SnapshotRuns
 from dstream_mssql_cdc.sql import changes_query
 from dstream_mssql_cdc.stream import Shape, Stream
 from dstream_mssql_cdc.windows import TableCursor, checkpoint_order, initial_position, parse_checkpoint, reorder
 
 if TYPE_CHECKING:
-    from collections.abc import Generator, Iterable, Iterator, Sequence
+    from collections.abc import Iterable, Iterator, Sequence
     from datetime import datetime
 
     from dstream.sdk import Context, Record, Resource
-    from dstream.sdk.cdc import SnapshotPlan
     from dstream_mssql_cdc.catalog import CaptureInstance, ServerState
     from dstream_mssql_cdc.db import Rows, Session
     from dstream_mssql_cdc.infra import Infrastructure
@@ -57,7 +56,7 @@ if TYPE_CHECKING:
 HEALTH_INTERVAL = 60.0  # seconds between lag checks against the cleanup retention
 
 
-class MssqlCdcInputProvider(InputProvider[MssqlCdcConfig], InfrastructureProvider):
+class MssqlCdcInputProvider(SnapshotRuns, InputProvider[MssqlCdcConfig], InfrastructureProvider):
     name = "mssql-cdc-input-provider"
     version = "0.1.0"
     Config = MssqlCdcConfig
@@ -179,89 +178,6 @@ class MssqlCdcInputProvider(InputProvider[MssqlCdcConfig], InfrastructureProvide
                 stored,
                 order,
             )
-
-    # -- snapshots --------------------------------------------------------------------------
-
-    def _snapshots(self, setup: Setup, stream: Stream, plan: SnapshotPlan) -> Generator[Any, None, bool]:
-        """Snapshot the plan's tables (retrying where it stopped after a lost connection),
-        then hand each to the stream; False when stopped."""
-        from dstream.sdk.cdc import plan_snapshots
-
-        positions = {name: setup.stored[name] for name in plan.resume}
-        for name in plan.tables:
-            stream.hold(name, (positions.get(name) or Position(0)).to_json(format_lsn))
-        backoff = Backoff(self.config.reconnect_timeout)
-        while plan:
-            try:
-                state = self._established(setup, plan)
-                if state is None:
-                    return False
-                shapes = {name: self.shape(setup.instance_of(name, state)) for name in plan.tables}
-                yield from self._pass(stream, plan, shapes, positions)
-                break
-            except ConnectionLost as exc:
-                self._close_snapshot()
-                message = "%s during the snapshot; resuming it in %.1fs"
-                give_up = lambda lost: CdcError(f"{lost}; {backoff.summary()}")  # noqa: E731
-                if not backoff.wait(exc, give_up, self.log, self.ctx.sleep, message):
-                    return False
-                plan = plan_snapshots(self.config.snapshot, list(plan.tables), positions)
-        for name in plan.tables:
-            stream.add(TableCursor(name, setup.object_ids[name], positions[name], self.target.task_hint))
-        return True
-
-    def _pass(
-        self, stream: Stream, plan: SnapshotPlan, shapes: dict[str, Shape], positions: dict[str, Position]
-    ) -> Iterator[Record | Checkpoint]:
-        session = self._snapshot = self._session()
-        snapshot = Snapshot(
-            session,
-            self.config.snapshot_isolation,
-            self.config.batch_size,
-            self.values,
-            self.log,
-            lambda table, position: stream.checkpoint(**{table: position}),
-        )
-        try:
-            if snapshot.begin() is None:
-                raise CdcError("the CDC max LSN is NULL although the capture instances have started")
-            for item in run_pass(snapshot, plan, shapes, positions, self._schema_record(stream)):
-                for name, position in positions.items():  # the other tables' places in each checkpoint
-                    stream.hold(name, position.to_json(format_lsn))
-                yield item
-            snapshot.end()
-        finally:
-            self._close_snapshot()
-        self.log.info("snapshot of %s done", ", ".join(plan.tables))
-
-    def _schema_record(self, stream: Stream) -> Any:
-        def make(table: str, shape: Shape, lsn: int) -> Record:
-            return stream.schema_change(table, shape, None, lsn, "snapshot started")
-
-        return make
-
-    def _established(self, setup: Setup, plan: SnapshotPlan) -> ServerState | None:
-        """The server state once every table to snapshot has a started capture instance
-        (its start LSN bounds where its changes can begin); None when stopped meanwhile."""
-        polls = PollInterval(self.config.poll_interval, self.config.max_poll_interval)
-        while True:
-            state = self.db.state()
-            waiting = [name for name in plan.tables if setup.instance_of(name, state).min_lsn == 0]
-            if not waiting and state.max_lsn is not None:
-                return state
-            self.log.info(
-                "waiting for the CDC capture job to start capturing %s before the snapshot (is SQL Server Agent "
-                "running?)",
-                ", ".join(waiting) or "anything",
-            )
-            if not self.ctx.sleep(polls.after_poll(0, False)):
-                return None
-
-    def _close_snapshot(self) -> None:
-        if self._snapshot is not None:
-            self._snapshot.end_snapshot()
-            self._snapshot.close()
-            self._snapshot = None
 
     # -- streaming --------------------------------------------------------------------------
 

@@ -27,21 +27,33 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from dstream.sdk import Checkpoint, Record
-from dstream.sdk.cdc import ChunkCursor, Position, new_pass_id, read_chunks, read_metadata
-from dstream_mssql_cdc.errors import CdcError
+from dstream.sdk.cdc import (
+    Backoff,
+    ChunkCursor,
+    PollInterval,
+    Position,
+    new_pass_id,
+    plan_snapshots,
+    read_chunks,
+    read_metadata,
+)
+from dstream_mssql_cdc.errors import CdcError, ConnectionLost
 from dstream_mssql_cdc.lsn import format_lsn, increment_lsn
 from dstream_mssql_cdc.names import quote_name
 from dstream_mssql_cdc.sql import RESUMABLE_KEY_TYPES, keyset_params, snapshot_query
 
 if TYPE_CHECKING:
     import logging
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Generator, Iterator
 
+    from dstream.sdk import Context
     from dstream.sdk.cdc import SnapshotPlan
-    from dstream_mssql_cdc.catalog import Column
+    from dstream_mssql_cdc.catalog import CaptureInstance, Column, ServerState
     from dstream_mssql_cdc.changes import Values
+    from dstream_mssql_cdc.config import MssqlCdcConfig, Target
     from dstream_mssql_cdc.db import Session
-    from dstream_mssql_cdc.stream import Shape
+    from dstream_mssql_cdc.setup import Setup
+    from dstream_mssql_cdc.stream import Shape, Stream
 
 
 class Snapshot:
@@ -171,3 +183,104 @@ def run_pass(
             yield record
         positions[name] = Position(start.lsn)
         yield Checkpoint(snapshot.checkpoint(name, positions[name].to_json(format_lsn)))
+
+
+class SnapshotRuns:
+    """The provider's snapshot runs (mixed into MssqlCdcInputProvider): wait for the capture
+    instances, run a pass, retry it where it stopped after a lost connection, hand the
+    tables to the stream."""
+
+    config: MssqlCdcConfig
+    db: Session
+    values: Values
+    log: logging.Logger
+    ctx: Context
+    target: Target
+    _snapshot: Session | None
+
+    def shape(self, instance: CaptureInstance) -> Shape:
+        raise NotImplementedError
+
+    def _session(self) -> Session:
+        raise NotImplementedError
+
+    def _snapshots(self, setup: Setup, stream: Stream, plan: SnapshotPlan) -> Generator[Any, None, bool]:
+        """Snapshot the plan's tables (retrying where it stopped after a lost connection),
+        then hand each to the stream; False when stopped."""
+        from dstream_mssql_cdc.windows import TableCursor
+
+        positions = {name: setup.stored[name] for name in plan.resume}
+        for name in plan.tables:
+            stream.hold(name, (positions.get(name) or Position(0)).to_json(format_lsn))
+        backoff = Backoff(self.config.reconnect_timeout)
+        while plan:
+            try:
+                state = self._established(setup, plan)
+                if state is None:
+                    return False
+                shapes = {name: self.shape(setup.instance_of(name, state)) for name in plan.tables}
+                yield from self._pass(stream, plan, shapes, positions)
+                break
+            except ConnectionLost as exc:
+                self._close_snapshot()
+                message = "%s during the snapshot; resuming it in %.1fs"
+                give_up = lambda lost: CdcError(f"{lost}; {backoff.summary()}")  # noqa: E731
+                if not backoff.wait(exc, give_up, self.log, self.ctx.sleep, message):
+                    return False
+                plan = plan_snapshots(self.config.snapshot, list(plan.tables), positions)
+        for name in plan.tables:
+            stream.add(TableCursor(name, setup.object_ids[name], positions[name], self.target.task_hint))
+        return True
+
+    def _pass(
+        self, stream: Stream, plan: SnapshotPlan, shapes: dict[str, Shape], positions: dict[str, Position]
+    ) -> Iterator[Record | Checkpoint]:
+        session = self._snapshot = self._session()
+        snapshot = Snapshot(
+            session,
+            self.config.snapshot_isolation,
+            self.config.batch_size,
+            self.values,
+            self.log,
+            lambda table, position: stream.checkpoint(**{table: position}),
+        )
+        try:
+            if snapshot.begin() is None:
+                raise CdcError("the CDC max LSN is NULL although the capture instances have started")
+            for item in run_pass(snapshot, plan, shapes, positions, self._schema_record(stream)):
+                for name, position in positions.items():  # the other tables' places in each checkpoint
+                    stream.hold(name, position.to_json(format_lsn))
+                yield item
+            snapshot.end()
+        finally:
+            self._close_snapshot()
+        self.log.info("snapshot of %s done", ", ".join(plan.tables))
+
+    def _schema_record(self, stream: Stream) -> Any:
+        def make(table: str, shape: Shape, lsn: int) -> Record:
+            return stream.schema_change(table, shape, None, lsn, "snapshot started")
+
+        return make
+
+    def _established(self, setup: Setup, plan: SnapshotPlan) -> ServerState | None:
+        """The server state once every table to snapshot has a started capture instance
+        (its start LSN bounds where its changes can begin); None when stopped meanwhile."""
+        polls = PollInterval(self.config.poll_interval, self.config.max_poll_interval)
+        while True:
+            state = self.db.state()
+            waiting = [name for name in plan.tables if setup.instance_of(name, state).min_lsn == 0]
+            if not waiting and state.max_lsn is not None:
+                return state
+            self.log.info(
+                "waiting for the CDC capture job to start capturing %s before the snapshot (is SQL Server Agent "
+                "running?)",
+                ", ".join(waiting) or "anything",
+            )
+            if not self.ctx.sleep(polls.after_poll(0, False)):
+                return None
+
+    def _close_snapshot(self) -> None:
+        if self._snapshot is not None:
+            self._snapshot.end_snapshot()
+            self._snapshot.close()
+            self._snapshot = None
