@@ -2,9 +2,13 @@
 
 Messages are received in peek-lock mode and **completed only when dstream commits** a
 checkpoint covering them (they are durable downstream); locks are renewed while held.
-On a graceful stop, what is still held after ``commit_wait`` is abandoned so it is
-redelivered at once; if the input dies, the locks expire and the broker redelivers
-(counting deliveries: past the queue's max delivery count it dead-letters them). A
+On a graceful stop, what is still held after ``commit_wait`` (locks renewed meanwhile) is
+*released* (the AMQP outcome that returns a message without counting a delivery), so it
+is redelivered at once and restarts do not push it towards the dead-letter queue;
+abandoning, or letting the lock expire, would count a delivery each time. Only if the
+release is not possible is it abandoned. If the input dies, the locks expire and the
+broker redelivers, counting deliveries (past the entity's max delivery count it
+dead-letters them). A
 message whose body is not JSON is dead-lettered with the reason. Bodies that are
 envelopes (written by asb-output-provider) are replayed unchanged; other JSON becomes
 the ``data`` of an envelope whose metadata holds the application properties.
@@ -18,9 +22,12 @@ from typing import TYPE_CHECKING, Any
 from azure.core.exceptions import ResourceNotFoundError
 from pydantic import Field, SecretStr, model_validator
 
-from dstream.sdk import InfrastructureProvider, Resource
+from dstream.sdk import (
+    Duration,
+    InfrastructureProvider,
+    Resource,
+)
 from dstream_azure.inputs import Held, QueueInput, QueueInputConfig, to_envelope_lines
-from dstream_azure.routing import Duration  # noqa: TC001 (pydantic reads it at run time)
 from dstream_azure.servicebus import (
     MessageAlreadySettled,
     MessageLockLostError,
@@ -29,11 +36,12 @@ from dstream_azure.servicebus import (
     ServiceBusError,
     ServiceBusReceivedMessage,
     ServiceBusReceiveMode,
-    admin_client,
     body_bytes,
     decoded_properties,
     lock_remaining,
+    release_message,
 )
+from dstream_azure.servicebus_admin import admin_client
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -124,11 +132,17 @@ class AsbInputProvider(QueueInput[AsbInputConfig, ServiceBusReceivedMessage], In
             self.log.warning("%d message(s) lost their lock before completion; they will be delivered again", lost)
 
     def release(self, held: list[Held[ServiceBusReceivedMessage]]) -> None:
+        abandoned = 0
         for item in held:
+            if release_message(self.receiver, item.message):
+                continue
+            abandoned += 1
             try:
                 self.receiver.abandon_message(item.message)
             except SETTLE_ERRORS as exc:
                 self.log.debug("abandon failed (%s); the lock expires instead", type(exc).__name__)
+        if abandoned:
+            self.log.warning("%d message(s) could not be released and were abandoned (a delivery counted)", abandoned)
 
     def renew(self, held: list[Held[ServiceBusReceivedMessage]]) -> None:
         for item in held:
