@@ -20,7 +20,13 @@
 #     NODE_EXTRA_CA_CERTS, REQUESTS_CA_BUNDLE, SSL_CERT_FILE and CURL_CA_BUNDLE (at run time only,
 #     nothing is baked into an image); on GitHub HTTPS just works;
 #   - this machine is cgroup v1, GitHub's ubuntu-24.04 runners cgroup v2: ci-engine.sh's cgroup v2
-#     step runs there only.
+#     step runs there only;
+#   - where this machine's own capability bounding set lacks a capability (these development
+#     machines lack CAP_SYS_RESOURCE), `docker run --privileged` cannot start at all ("unable to
+#     apply caps"). The container then gets what --privileged would give, less that capability:
+#     every other capability, no seccomp or AppArmor profile, every device, and, as a first step,
+#     /sys and the cgroup v1 hierarchies mounted read-write (the mounts --privileged makes, done
+#     the way the original hack/dind did: a tmpfs on /sys/fs/cgroup, each hierarchy mounted on it).
 # Everything the job starts (its engine, registry, Azurite, PostgreSQL, provider containers) lives
 # in the job container's own namespaces, so it never touches this machine's shared services.
 # The container, network, volume and clone are removed at the end.
@@ -53,11 +59,36 @@ git -C "$work/dstream/dstream" checkout --quiet "$commit"
 docker network create "$id" >/dev/null
 docker volume create "$id-docker" >/dev/null
 
+# --privileged, or its closest equivalent where this machine cannot grant every capability.
+bounding="$(awk '/^CapBnd:/ {print $2}' /proc/self/status)"
+prep=""
+if (( (16#$bounding >> 24) & 1 )); then
+    privilege=(--privileged)
+else
+    log "this machine's capability bounding set ($bounding) lacks CAP_SYS_RESOURCE: --privileged cannot start; granting the rest"
+    privilege=(--cap-add ALL --cap-drop SYS_RESOURCE --security-opt seccomp=unconfined
+        --security-opt apparmor=unconfined --device-cgroup-rule "a *:* rwm")
+    # shellcheck disable=SC2016
+    prep='
+echo "::step:: (here only) the read-write /sys and cgroup mounts --privileged would have made"
+mount -o remount,rw /sys
+if [ ! -f /sys/fs/cgroup/cgroup.controllers ]; then
+    for d in /sys/fs/cgroup/*; do umount "$d"; done
+    umount /sys/fs/cgroup
+    mount -t tmpfs -o uid=0,gid=0,mode=0755 cgroup /sys/fs/cgroup
+    for h in $(cut -d: -f2 /proc/1/cgroup); do
+        d="${h#name=}"; mkdir -p "/sys/fs/cgroup/$d"; mount -n -t cgroup -o "$h" cgroup "/sys/fs/cgroup/$d"
+    done
+fi
+'
+fi
+
 # ci.yml "full", step by step (the checkout step is the clone above); expanded in the container.
 # shellcheck disable=SC2016
 steps='
 set -euo pipefail
 mkdir -p "$HOME"
+'"$prep"'
 echo "::step:: tools the checkout and set-up need"
 apt-get update -q && apt-get install -y -q --no-install-recommends git make python3 python3-venv python3-dev gcc ca-certificates curl
 echo "::step:: the job'"'"'s own Docker engine"
@@ -68,7 +99,7 @@ bash .ci/run
 log "running ci.yml's full job in $image (network $id, this machine's socket at /var/run/docker.sock)"
 started="$(now_ms)"
 rc=0
-docker run --name "$id" --privileged --network "$id" \
+docker run --name "$id" "${privilege[@]}" --network "$id" \
     -v /var/run/docker.sock:/var/run/docker.sock \
     -v "$work:/__w" -v "$id-docker:/var/lib/docker" \
     -v "$ca:/host-ca/ca-certificates.crt:ro" \
