@@ -7,7 +7,10 @@ message batches, or alone when larger than a batch (servicebus.py); the batch is
 once every send has completed. Every message id identifies one envelope
 (message_ids.py) and the entities ``dstream init`` creates have duplicate detection on,
 so the broker drops the copies a replay after a crash sends again and never a different
-envelope. Entity settings are checked against the broker's limits first (limits.py).
+envelope. With ``session`` each message gets a session id (sessions.py), so consumers get
+each table's or row's changes in order; a batch may mix sessions, since the broker keeps
+the order of a batch. Entity settings are checked against the broker's limits first
+(limits.py).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from dstream_azure.pulumi_engine import Infrastructure
 from dstream_azure.routing import Router, RoutingConfig
 from dstream_azure.servicebus import MessagingEntityNotFoundError, ServiceBusClient, TargetSender, build_message
 from dstream_azure.servicebus_admin import EntitySettings, QueueAdmin, TopicAdmin, admin_client, broker_limits
+from dstream_azure.sessions import SessionIds, SessionMode
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -63,6 +67,14 @@ class AsbOutputConfig(RoutingConfig):
     max_batch_bytes: ByteSize | None = Field(
         default=None, description="cap on an SDK message batch, e.g. 256k (default: the link's)"
     )
+    session: SessionMode | list[str] = Field(
+        default="none",
+        description='message sessions, for ordered consumers: "none", "table", "key" (table and row key), '
+        "or a list of metadata/data keys; init then creates session-enabled entities",
+    )
+    session_fallback: Literal["error", "table"] = Field(
+        default="error", description='an envelope without its session key: fail ("error") or use its table\'s session'
+    )
     infrastructure: Infrastructure = Field(
         default_factory=Infrastructure,
         description='how init/plan/status/destroy manage entities: engine = "sdk" (default) or "pulumi"',
@@ -74,6 +86,8 @@ class AsbOutputConfig(RoutingConfig):
             raise ValueError("set queue or topic, not both")
         if self.subscriptions and not self.topic:
             raise ValueError("subscriptions are created on a topic: set topic, or drop subscriptions")
+        if isinstance(self.session, list) and not (self.session and all(k.strip() for k in self.session)):
+            raise ValueError('session as a list names the keys its id is made of, e.g. ["data.customer_id"]')
         self.entity_settings()  # the broker's limits, checked before anything is created
         return self
 
@@ -91,7 +105,9 @@ class AsbOutputConfig(RoutingConfig):
         broker = broker_limits(conn)
         window = self.duplicate_detection_window or limits.default_window(broker)
         limits.check(broker, window, self.lock_duration, self.max_delivery_count, subscriptions=bool(self.topic))
-        return EntitySettings(window, self.max_delivery_count, self.lock_duration, list(self.subscriptions))
+        return EntitySettings(
+            window, self.max_delivery_count, self.lock_duration, list(self.subscriptions), self.session != "none"
+        )
 
 
 class AsbOutputProvider(OutputProvider[AsbOutputConfig], InfrastructureProvider):
@@ -106,6 +122,7 @@ class AsbOutputProvider(OutputProvider[AsbOutputConfig], InfrastructureProvider)
         self.settings = config.entity_settings()
         # ctx.checkpoint is the checkpoint this attempt resumes from: the anchor of stream ids.
         self.ids = MessageIds(ctx.task, ctx.checkpoint, config.message_id_keys, config.message_id == "position")
+        self.sessions = SessionIds(config.session, config.session_fallback)
         self._client: ServiceBusClient | None = None
         self._senders: dict[str, TargetSender] = {}
 
@@ -135,8 +152,9 @@ class AsbOutputProvider(OutputProvider[AsbOutputConfig], InfrastructureProvider)
             metadata = env.metadata
             target, table = self.router.route(metadata)
             message_id = self.ids.next(table, metadata, env.raw)
+            session = self.sessions.of(table, metadata, env.data) if self.sessions.enabled else None
             out.setdefault(target, []).append(
-                build_message(env.raw, table, metadata, message_id, None, cfg.message_id_keys)
+                build_message(env.raw, table, metadata, message_id, session, cfg.message_id_keys)
             )
         return out
 

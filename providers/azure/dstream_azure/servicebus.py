@@ -9,9 +9,9 @@ Standard, 1 MB on Premium). A message that does not fit in an empty batch is sen
 own: on Premium an entity may take single messages of up to 100 MB; if the broker refuses
 it, the error states the limit the link announced. A batch may hold messages of several
 sessions: on a non-partitioned entity the broker enqueues a batch in order, so each
-session keeps its order. A partitioned entity with duplicate detection refuses batches of
-distinct message ids ("Batching brokered messages with distinct SessionId, PartitionKey,
-or MessageId is not supported ..."); that target then falls back to single sends.
+session keeps its order. A partitioned entity refuses batches of distinct message ids
+when it has duplicate detection, and batches of several sessions when it has sessions;
+that target then falls back to single sends, still in order.
 """
 
 from __future__ import annotations
@@ -160,7 +160,13 @@ def send_batched(sender: Sender, messages: Sequence[ServiceBusMessage], max_byte
 
 
 def batching_refused(exc: ServiceBusError) -> bool:
-    return BATCHING_REFUSED in str(exc).lower()
+    """The broker refuses this batch as a batch (not for its content): send its messages singly."""
+    text = str(exc).lower()
+    # Partitioned + duplicate detection: "Batching brokered messages with distinct SessionId,
+    # PartitionKey, or MessageId is not supported ..." (azure-sdk-for-python#21955). Partitioned
+    # + sessions: every message of one send must have the same SessionId (azure-sdk-for-net,
+    # Service Bus TROUBLESHOOTING.md, "Cannot send batch with multiple partition keys").
+    return BATCHING_REFUSED in text or ("batch" in text and "sessionid" in text and "same" in text)
 
 
 class TargetSender:
