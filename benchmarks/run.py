@@ -117,8 +117,8 @@ def shell(cmd: str, env: dict[str, str] | None = None) -> str:
 
 
 def ensure_images() -> None:
-    from dstream.images import base_tag
     from dstream.runtime.docker import DockerEngine
+    from dstream.tooling.images import base_tag
 
     engine = DockerEngine()
     for name, image in (("blast", BLAST_IMAGE), ("sink", SINK_IMAGE)):

@@ -1,6 +1,6 @@
 """dstream: Unix pipes for data, with containers as the programs.
 
-The orchestrator lives in the submodules (``dstream.cli``, ``dstream.pipeline`` …);
+The orchestrator lives in the submodules (``dstream.cli``, ``dstream.relay`` …);
 provider authors import :mod:`dstream.sdk`. This module stays import-light so that
 provider processes start fast.
 """

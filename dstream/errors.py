@@ -13,6 +13,7 @@
     ├── ProviderError                 a provider reported failure or exited non-zero
     │   └── HandshakeError            a provider failed before or during its handshake
     ├── StateError                    checkpoint store problems
+    │   └── LeaseLost                 this replica no longer holds the task lease
     └── Interrupted                   the user stopped the run before it could finish cleanly
 
 Foreign exceptions (docker, oras, hcl2, pydantic, sqlite) are translated where those
@@ -76,6 +77,10 @@ class HandshakeError(ProviderError):
 
 class StateError(DStreamError):
     """The checkpoint store could not be read or written."""
+
+
+class LeaseLost(StateError):
+    """This replica no longer holds the task lease: stop now, write nothing."""
 
 
 class Interrupted(DStreamError):

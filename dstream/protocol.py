@@ -37,6 +37,8 @@ CHECKPOINT_TOKEN = b'"checkpoint"'
 ACK_TOKEN = b'"ack"'
 COMMITTED_TOKEN = b'"committed"'
 GAUGE_TOKEN = b'"gauge"'
+DEAD_LETTER_TOKEN = b'"dead_letter"'
+FEATURE_TRANSFORM = "transform"
 
 Command = Literal["run", "init", "plan", "status", "destroy"]
 
@@ -182,6 +184,11 @@ def checkpoint(position: Any) -> bytes:
 
 def ack(position: Any) -> bytes:
     return encode({"ack": position})
+
+
+def dead_letter(reason: str, envelope: Any) -> bytes:
+    """A transform's verdict on one envelope: set it aside (the task's on_error decides)."""
+    return encode({"dead_letter": {"reason": reason, "envelope": envelope}})
 
 
 def committed(position: Any) -> bytes:

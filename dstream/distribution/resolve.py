@@ -27,7 +27,7 @@ from dstream.runtime.local import LocalRuntime
 
 if TYPE_CHECKING:
     from dstream.config.models import Document
-    from dstream.launch import LaunchOptions
+    from dstream.distribution.options import LaunchOptions
     from dstream.runtime.base import ProviderSpec, Runtime
     from dstream.runtime.docker import DockerRuntime
 

@@ -28,7 +28,6 @@ import docker.errors
 from docker.types import LogConfig, Mount
 
 from dstream import log
-from dstream.background import pid_alive
 from dstream.errors import DistributionError, RuntimeFailure
 from dstream.runtime.base import (
     LABEL_ROLE,
@@ -40,6 +39,7 @@ from dstream.runtime.base import (
     StderrTail,
 )
 from dstream.runtime.frames import STDERR, STDOUT, FrameDemux
+from dstream.task.background import pid_alive
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

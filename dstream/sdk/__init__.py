@@ -29,8 +29,9 @@ from dstream.sdk.base import (
     OutputProvider,
     Provider,
     ProviderConfig,
+    TransformProvider,
 )
-from dstream.sdk.types import Checkpoint, Envelope, Raw, Record, Resource
+from dstream.sdk.types import Checkpoint, Envelope, Raw, Record, Reject, Resource
 from dstream.sdk.units import ByteSize, Duration
 
 __all__ = [
@@ -47,5 +48,7 @@ __all__ = [
     "ProviderConfig",
     "Raw",
     "Record",
+    "Reject",
     "Resource",
+    "TransformProvider",
 ]

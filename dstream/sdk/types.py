@@ -8,7 +8,7 @@ from typing import Any
 from dstream import protocol
 from dstream.protocol import Resource
 
-__all__ = ["Checkpoint", "Envelope", "Raw", "Record", "Resource"]
+__all__ = ["Checkpoint", "Envelope", "Raw", "Record", "Reject", "Resource"]
 
 
 @dataclass(slots=True)
@@ -71,3 +71,11 @@ class Envelope:
 
     def __repr__(self) -> str:
         return f"Envelope({self.raw[:80]!r})"
+
+
+class Reject(Exception):
+    """Raised by ``TransformProvider.transform`` to set a record aside with a reason.
+
+    The SDK turns it into a ``{"dead_letter": …}`` line; the task's ``on_error`` decides
+    what happens next (the dead-letter file, or stopping the run).
+    """

@@ -19,8 +19,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobClient, BlobLeaseClient, BlobServiceClient
 
-from dstream.errors import StateError
-from dstream.lease import LeaseLost
+from dstream.errors import LeaseLost, StateError
 from dstream.state.base import StoredCheckpoint
 
 if TYPE_CHECKING:

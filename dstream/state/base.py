@@ -51,15 +51,3 @@ def default_state_path(document: Document) -> Path:
     if override:
         return Path(override) / "state.db"
     return document.base_dir / DEFAULT_STATE_DIR / "state.db"
-
-
-def open_store(document: Document) -> CheckpointStore:
-    settings = document.state
-    if settings.backend == "azure_blob":
-        from dstream.state.azure_blob import AzureBlobStore
-
-        assert settings.connection_string is not None
-        return AzureBlobStore(settings.connection_string, settings.container, settings.prefix)
-    from dstream.state.sqlite import SqliteStore
-
-    return SqliteStore(default_state_path(document))

@@ -77,7 +77,7 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise StateError(f"cannot write the checkpoint of task {task!r} to {self.path}: {exc}") from None
         if row is None:
-            from dstream.lease import LeaseLost
+            from dstream.errors import LeaseLost
 
             raise LeaseLost(f"checkpoint write refused: a newer lease holder of task {task} has written its checkpoint")
         return _row(row)

@@ -16,8 +16,8 @@ import pytest
 import requests
 
 from dstream.errors import DStreamError
-from dstream.images import Builder, base_tag
 from dstream.runtime.docker import DockerEngine
+from dstream.tooling.images import Builder, base_tag
 from tests.conftest import service_unavailable
 
 if TYPE_CHECKING:

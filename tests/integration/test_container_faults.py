@@ -23,7 +23,7 @@ TOTAL = 200_000
 
 @pytest.fixture(scope="session")
 def file_image(engine: DockerEngine, registry: str, provider_images: dict[str, str]) -> str:
-    from dstream.images import Builder
+    from dstream.tooling.images import Builder
 
     ref = f"{registry}/dstream/file-output-provider:0.1.0"
     if engine.image(ref) is None:

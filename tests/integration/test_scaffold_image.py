@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from dstream.images import base_tag
+from dstream.tooling.images import base_tag
 from tests.conftest import run_cli
 
 if TYPE_CHECKING:

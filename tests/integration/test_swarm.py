@@ -26,7 +26,7 @@ def swarm(engine: DockerEngine) -> None:
 
 @pytest.fixture(scope="session")
 def orchestrator_image(engine: DockerEngine, registry: str, provider_images: dict[str, str]) -> str:
-    from dstream.images import Builder, orchestrator_image
+    from dstream.tooling.images import Builder, orchestrator_image
 
     ref = orchestrator_image(registry)
     if engine.image(ref) is None:
@@ -48,7 +48,7 @@ def test_deploy_two_replicas_kill_the_active_one_lose_nothing_undeploy_cleanly(
     orchestrator_image: str,
     task_name: str,
 ) -> None:
-    from dstream.images import Builder
+    from dstream.tooling.images import Builder
 
     file_image = f"{registry}/dstream/file-output-provider:0.1.0"
     if engine.image(file_image) is None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dstream.framing import Block, LineFramer, Oversize
+from dstream.relay.framing import Block, LineFramer, Oversize
 
 
 def feed_all(framer: LineFramer, chunks: list[bytes]) -> tuple[bytes, list[Oversize]]:

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from dstream.lease import FileLease, LeaseGuard, LeaseLost
+from dstream.errors import LeaseLost
+from dstream.state.lease import FileLease, LeaseGuard
 
 if TYPE_CHECKING:
     from pathlib import Path

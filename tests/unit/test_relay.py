@@ -17,10 +17,10 @@ import pytest
 
 from dstream.config.models import Document, Task
 from dstream.errors import BadDataError, HandshakeError, ProviderError
-from dstream.launch import LaunchOptions
-from dstream.runner import RunSummary, TaskRun
 from dstream.runtime.fake import FakeIO, FakeRuntime
 from dstream.state.sqlite import SqliteStore
+from dstream.task.launch import LaunchOptions
+from dstream.task.runner import RunSummary, TaskRun
 
 if TYPE_CHECKING:
     from pathlib import Path

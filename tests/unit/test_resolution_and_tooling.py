@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from dstream import conformance, deploy, schemas
 from dstream.config import check, lint, load
 from dstream.config.loader import by_line
 from dstream.distribution import resolve
@@ -20,9 +19,10 @@ from dstream.distribution.lock import LOCK_FILE, LockFile
 from dstream.distribution.reference import DOCKER_HUB_API, parse
 from dstream.distribution.registry import OCI_MANIFEST, Manifest, RegistryClient
 from dstream.errors import DistributionError, RegistryUnreachable
-from dstream.launch import LaunchOptions
 from dstream.runtime.base import ProviderSpec
 from dstream.runtime.local import LocalRuntime
+from dstream.task.launch import LaunchOptions
+from dstream.tooling import conformance, deploy, schemas
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -59,7 +59,7 @@ def _in_registry(ref: str) -> bool:
 @pytest.fixture(scope="session")
 def azure_images(engine: DockerEngine) -> dict[str, str]:
     """The images in the local registry, built and pushed when missing."""
-    from dstream.images import Builder
+    from dstream.tooling.images import Builder
 
     try:
         requests.get(f"http://{REGISTRY}/v2/", timeout=5).raise_for_status()

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from dstream.images import Builder
+from dstream.tooling.images import Builder
 from tests.conftest import run_cli
 from tests.faults import finish, line_count, start_run, wait_until
 from tests.integration.conftest import REGISTRY, _in_registry, engine, registry, task_containers  # noqa: F401

@@ -16,13 +16,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from dstream.runner import TaskRun
+    from dstream.task.snapshot import Source
 
 HEALTHY_STATES = ("starting", "standby", "running", "stopping", "restarting")
 
 
 class _RunCollector:
-    def __init__(self, run: TaskRun) -> None:
+    def __init__(self, run: Source) -> None:
         self.run = run
 
     def collect(self) -> Iterator[Any]:
@@ -68,7 +68,7 @@ class _RunCollector:
 
 
 class MetricsServer:
-    def __init__(self, run: TaskRun, port: int, host: str = "0.0.0.0") -> None:  # noqa: S104 - scraped from outside
+    def __init__(self, run: Source, port: int, host: str = "0.0.0.0") -> None:  # noqa: S104 - scraped from outside
         self.registry = CollectorRegistry()
         self.registry.register(_RunCollector(run))
         registry = self.registry

@@ -11,34 +11,25 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dstream import log, protocol
-from dstream.handshake import open_provider
+from dstream.distribution.options import LaunchOptions
+from dstream.relay.handshake import open_provider
 from dstream.runtime.base import LABEL_ROLE, LABEL_RUN, LABEL_TASK, ProviderProcess, ProviderSpec, Runtime
 from dstream.runtime.local import LocalRuntime
 
 if TYPE_CHECKING:
     from dstream.config.models import Document, Task
-    from dstream.distribution.lock import LockFile
     from dstream.redact import Redactor
 
 _log = log.get("launch")
+__all__ = ["LaunchOptions", "Opened", "new_run_id", "open_pair", "prepare_spec", "start_and_open"]
 
 
 def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
-
-
-@dataclass
-class LaunchOptions:
-    pull: str = "missing"  # missing | always | never
-    update_lock: bool = False
-    progress: bool = True
-    leftovers_checked: bool = False
-    runtimes: dict[str, Runtime] = field(default_factory=dict)  # tests inject a fake
-    lock: LockFile | None = None  # dstream.lock, loaded on first use and shared by both providers
 
 
 @dataclass

@@ -20,19 +20,13 @@ import json
 import os
 import socket
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from dstream.errors import DStreamError
+from dstream.errors import LeaseLost
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-
-    from dstream.config.models import Document, Task
-
-
-class LeaseLost(DStreamError):
-    """This replica no longer holds the task lease: stop now, write nothing."""
+    from pathlib import Path
 
 
 class Lease(Protocol):
@@ -171,31 +165,3 @@ class LeaseGuard:
                 raise LeaseLost(self.lost) from None
             return
         self.deadline = sent_at + self.lease.duration
-
-
-def open_lease(document: Document, task: Task, run_id: str) -> Lease | None:
-    settings = task.lease
-    if settings is None:
-        return None
-    owner = new_owner(run_id)
-    if settings.backend == "file":
-        from dstream.state.base import default_state_path
-
-        if settings.path:
-            base = Path(settings.path).expanduser()
-            folder = base if base.is_absolute() else document.base_dir / base
-        else:
-            folder = default_state_path(document).parent / "leases"
-        return FileLease(folder / f"{task.name}.json", task.name, owner, settings.duration)
-    from dstream.state.azure_blob import AzureBlobLease
-
-    connection = settings.connection_string or document.state.connection_string
-    container = settings.container or (document.state.container if document.state.backend == "azure_blob" else None)
-    if not connection:
-        raise DStreamError(
-            f'task {task.name}: lease backend "azure_blob" needs connection_string (in the lease or the state block)'
-        )
-    prefix = document.state.prefix if document.state.backend == "azure_blob" else "leases/"
-    return AzureBlobLease(
-        connection, container or "dstream-state", f"{prefix}{task.name}.json", task.name, owner, settings.duration
-    )

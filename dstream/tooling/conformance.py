@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 from dstream import protocol
 from dstream.config.models import Document, Task
 from dstream.errors import DStreamError, HandshakeError
-from dstream.handshake import open_provider
-from dstream.launch import LaunchOptions, new_run_id, prepare_spec
 from dstream.redact import Redactor
+from dstream.relay.handshake import open_provider
 from dstream.runtime.base import LABEL_RUN
+from dstream.task.launch import LaunchOptions, new_run_id, prepare_spec
 
 if TYPE_CHECKING:
     from dstream.runtime.base import ProviderProcess, ProviderSpec, Runtime

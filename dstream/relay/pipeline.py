@@ -22,18 +22,17 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from dstream import log, protocol
-from dstream.errors import BadDataError, DStreamError, ProtocolError, ProviderError, StateError
-from dstream.framing import Block, LineFramer, Oversize
-from dstream.handshake import stderr_excerpt
-from dstream.lease import LeaseLost
+from dstream.errors import BadDataError, DStreamError, LeaseLost, ProtocolError, ProviderError, StateError
 from dstream.redact import Redactor
+from dstream.relay.framing import Block, LineFramer, Oversize
+from dstream.relay.handshake import stderr_excerpt
 from dstream.runtime.base import READ_CHUNK, ProviderProcess
 
 if TYPE_CHECKING:
     from dstream.config.models import Task
-    from dstream.deadletter import DeadLetterWriter
-    from dstream.lease import LeaseGuard
+    from dstream.relay.deadletter import DeadLetterWriter
     from dstream.state.base import CheckpointStore
+    from dstream.state.lease import LeaseGuard
 
 _log = log.get("relay")
 MAX_PENDING_CHECKPOINTS = 100_000

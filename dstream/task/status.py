@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from dstream import log
 
 if TYPE_CHECKING:
-    from dstream.runner import Snapshot, TaskRun
+    from dstream.task.snapshot import Snapshot, Source
 
 _log = log.get("status")
 
@@ -64,7 +64,7 @@ def describe(snap: Snapshot, rate: float, byte_rate: float) -> str:
 class StatusReporter:
     """Samples the run twice a second; draws a line on a terminal or logs every 30 s."""
 
-    def __init__(self, run: TaskRun, live: bool | None = None) -> None:
+    def __init__(self, run: Source, live: bool | None = None) -> None:
         self.run = run
         self.live = sys.stderr.isatty() if live is None else live
         self._console: Any = None

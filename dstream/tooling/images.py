@@ -18,9 +18,10 @@ import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dstream import __version__, catalogue, log
+from dstream import __version__, log
 from dstream.errors import RuntimeFailure
 from dstream.runtime.docker import DockerEngine
+from dstream.tooling import catalogue
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -33,7 +34,7 @@ SDK_REQUIREMENTS = ["pydantic>=2.6,<3", "orjson>=3.9"]
 
 
 def checkout_root() -> Path:
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     if not (root / "images").is_dir() or not (root / "providers").is_dir():
         raise RuntimeFailure("`dstream providers build` works from a dstream source checkout (images/ and providers/)")
     return root

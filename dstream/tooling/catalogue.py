@@ -1,9 +1,10 @@
 """The provider catalogue: name → image, verbs, config schema.
 
 ``registry/catalogue.json`` holds the settings (default registry); each provider has its
-own versioned data file, ``registry/providers/<name>.json``. ``python -m dstream.catalogue --update`` refreshes each
-entry's ``verbs`` and ``config_schema`` from the provider classes, and a unit test
-checks that the file matches them, so it cannot drift.
+own versioned data file, ``registry/providers/<name>.json``.
+``python -m dstream.tooling.catalogue --update`` refreshes each entry's ``verbs`` and
+``config_schema`` from the provider classes, and a unit test checks that the file matches
+them, so it cannot drift.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from typing import Any
 
 from dstream.errors import ConfigError
 
-_PACKAGED = Path(__file__).with_name("catalogue_data") / "catalogue.json"
-_CHECKOUT = Path(__file__).resolve().parent.parent / "registry" / "catalogue.json"
+_PACKAGED = Path(__file__).resolve().parents[1] / "catalogue_data" / "catalogue.json"
+_CHECKOUT = Path(__file__).resolve().parents[2] / "registry" / "catalogue.json"
 
 
 @dataclass(frozen=True)
@@ -110,8 +111,8 @@ def update() -> list[Path]:
     return paths
 
 
-if __name__ == "__main__":  # python -m dstream.catalogue --update
+if __name__ == "__main__":  # python -m dstream.tooling.catalogue --update
     if sys.argv[1:] != ["--update"]:
-        sys.exit("usage: python -m dstream.catalogue --update")
+        sys.exit("usage: python -m dstream.tooling.catalogue --update")
     for updated in update():
         sys.stdout.write(f"updated {updated}\n")

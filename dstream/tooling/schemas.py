@@ -13,8 +13,9 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dstream import catalogue, log
+from dstream import log
 from dstream.errors import DistributionError, DStreamError
+from dstream.tooling import catalogue
 
 if TYPE_CHECKING:
     from dstream.config.models import Document, ProviderBlock

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from dstream import log, protocol
 from dstream.errors import DStreamError, ProviderError
-from dstream.handshake import stderr_excerpt
-from dstream.launch import LaunchOptions, new_run_id, start_and_open
 from dstream.redact import Redactor
+from dstream.relay.handshake import stderr_excerpt
+from dstream.task.launch import LaunchOptions, new_run_id, start_and_open
 
 if TYPE_CHECKING:
     from dstream.config.models import Document

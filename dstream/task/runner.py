@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from dstream import log
-from dstream.deadletter import DeadLetterWriter, default_path
-from dstream.errors import BadDataError, DStreamError, Interrupted, ProviderError, RuntimeFailure
-from dstream.launch import LaunchOptions, new_run_id, open_pair
-from dstream.lease import Lease, LeaseGuard, LeaseLost, open_lease
-from dstream.pipeline import Relay, RelayResult, RelayStats
+from dstream.errors import BadDataError, DStreamError, Interrupted, LeaseLost, ProviderError, RuntimeFailure
 from dstream.redact import Redactor
-from dstream.state import open_store
+from dstream.relay.deadletter import DeadLetterWriter, default_path
+from dstream.relay.pipeline import Relay, RelayResult, RelayStats
+from dstream.state import Lease, LeaseGuard, open_lease, open_store
+from dstream.task.launch import LaunchOptions, new_run_id, open_pair
+from dstream.task.snapshot import Snapshot
 
 if TYPE_CHECKING:
     from dstream.config.models import Document, Task
@@ -31,27 +31,6 @@ if TYPE_CHECKING:
 
 _log = log.get("run")
 _RETRYABLE = (ProviderError, RuntimeFailure)
-
-
-@dataclass
-class Snapshot:
-    """What a run is doing right now (for the status line and the metrics endpoint)."""
-
-    task: str
-    run_id: str
-    state: str  # starting | standby | running | stopping | restarting | finished | failed
-    envelopes: int
-    bytes: int
-    delivered: int
-    delivered_bytes: int
-    checkpoints_persisted: int
-    dead_letters: int
-    restarts: int
-    in_flight: int
-    waiting_for_output: bool
-    last_checkpoint_age: float | None
-    providers: dict[str, str]
-    lease: str
 
 
 @dataclass
@@ -363,7 +342,7 @@ def run_task(
     ``progress``: a live status line (None: when stderr is a terminal; log lines otherwise).
     ``metrics_port``: serve Prometheus metrics and /healthz on that port.
     """
-    from dstream.status import StatusReporter
+    from dstream.task.status import StatusReporter
 
     async def main() -> RunSummary:
         runner = TaskRun(document, task_name, options)
@@ -371,7 +350,7 @@ def run_task(
         runner.stdout = reporter.stdout_sink()
         server = None
         if metrics_port is not None:
-            from dstream.metrics import MetricsServer
+            from dstream.task.metrics import MetricsServer
 
             try:
                 server = MetricsServer(runner, metrics_port)

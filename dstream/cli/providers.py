@@ -1,0 +1,145 @@
+"""``providers list|new|build|push``, ``spec`` and ``test-provider``: for provider authors."""
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dstream.cli.app import JsonOption, Kind, app, providers_app
+from dstream.errors import DStreamError
+
+
+@app.command()
+def spec(
+    ref: Annotated[str, typer.Argument(help="A provider image/artifact reference, catalogue name or path.")],
+) -> None:
+    """Print a provider's config JSON schema (from its image label or the catalogue), without running it."""
+    import json
+
+    from dstream.tooling.schemas import SPEC_LABEL, find_schema
+
+    schema, source = find_schema(ref)
+    if schema is None:
+        raise DStreamError(f"no config schema found for {ref} (no {SPEC_LABEL} label, not in the catalogue)")
+    typer.echo(json.dumps(schema, indent=2))
+    typer.echo(f"(from {source})", err=True)
+
+
+RegistryOption = Annotated[
+    str | None, typer.Option("--registry", help="Registry host[:port] (default: $DSTREAM_REGISTRY or the catalogue's).")
+]
+
+
+@providers_app.command("list")
+def providers_list(as_json: JsonOption = False) -> None:
+    """The provider catalogue: names, images and verbs."""
+    from dstream import protocol
+    from dstream.tooling import catalogue
+
+    entries = catalogue.entries()
+    if as_json:
+        sys.stdout.buffer.write(protocol.encode([e.to_json() for e in entries]))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("name", "kind", "image", "verbs")
+    for e in entries:
+        table.add_row(e.name, e.kind, e.image(), ",".join(e.verbs))
+    Console().print(table)
+
+
+def _names(names: list[str] | None, all_: bool) -> list[str]:
+    from dstream.tooling import catalogue
+
+    if all_:
+        return [e.name for e in catalogue.entries()]
+    if not names:
+        raise typer.BadParameter("name a provider, or pass --all")
+    return names
+
+
+@providers_app.command("new")
+def providers_new(
+    name: Annotated[str, typer.Argument(help="e.g. acme-input-provider")],
+    kind: Annotated[Kind, typer.Option("--kind", help="input or output")],
+    directory: Annotated[Path, typer.Option("--dir", help="Where to create the project.")] = Path(),
+) -> None:
+    """Scaffold a provider project (package, tests, Dockerfile, catalogue entry) that works as generated."""
+    from dstream.tooling.scaffold import scaffold
+
+    root = scaffold(name, kind.value, directory)
+    typer.echo(f"created {root}")
+    typer.echo(f"  cd {root} && pip install -e . && python -m pytest tests && dstream test-provider {name}", err=True)
+
+
+@providers_app.command("build")
+def providers_build(
+    names: Annotated[list[str] | None, typer.Argument(help="Provider names from the catalogue.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every provider in the catalogue.")] = False,
+    registry: RegistryOption = None,
+) -> None:
+    """docker build a provider image from images/NAME/Dockerfile (base image: $DSTREAM_BASE_IMAGE)."""
+    from dstream.tooling.images import Builder
+
+    builder = Builder(echo=lambda line: typer.echo(line, err=True))
+    builder.rebuild_base = True
+    for name in _names(names, all_):
+        typer.echo(builder.build(name, registry))
+
+
+@providers_app.command("push")
+def providers_push(
+    names: Annotated[list[str] | None, typer.Argument(help="Provider names from the catalogue.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every provider in the catalogue.")] = False,
+    registry: RegistryOption = None,
+    build: Annotated[
+        bool, typer.Option("--build", help="Build (base included) before pushing, even if present.")
+    ] = False,
+    orchestrator: Annotated[bool, typer.Option("--orchestrator", help="Also the dstream image (for deploy).")] = False,
+) -> None:
+    """docker push a provider image (building it first if needed); prints the pinned reference."""
+    from dstream.tooling.images import Builder
+
+    builder = Builder(echo=lambda line: typer.echo(line, err=True))
+    builder.rebuild_base = build
+    for name in _names(names, all_) if names or all_ or not orchestrator else []:
+        typer.echo(builder.push(name, registry, build=build))
+    if orchestrator:
+        typer.echo(builder.push_orchestrator(registry, build=build))
+
+
+@app.command("test-provider")
+def conformance_cmd(
+    ref: Annotated[
+        str, typer.Argument(help="A provider image/artifact reference, or an executable (path or PATH name).")
+    ],
+    config: Annotated[str, typer.Option("--config", help="The provider config, as JSON.")] = "{}",
+    kind: Annotated[Kind | None, typer.Option("--kind", help="input or output (default: from its features).")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for each answer.")] = 30.0,
+    network: Annotated[str | None, typer.Option("--network", help="Container network (e.g. host).")] = None,
+) -> None:
+    """Run the conformance suite against a provider and print a pass/fail table."""
+    import json
+
+    from dstream.tooling.conformance import run_suite
+
+    try:
+        parsed = json.loads(config)
+    except ValueError as exc:
+        raise typer.BadParameter(f"not JSON: {exc}", param_hint="--config") from None
+    if not isinstance(parsed, dict):
+        raise typer.BadParameter('must be a JSON object, e.g. {"path": "/tmp/x"}', param_hint="--config")
+    checks = run_suite(ref, parsed, kind.value if kind else None, timeout, network)
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("check", "result", "detail", title=f"dstream test-provider {ref}", title_justify="left")
+    colours = {"pass": "green", "fail": "red", "skip": "yellow"}
+    for check in checks:
+        table.add_row(check.name, f"[{colours[check.result]}]{check.result}[/]", check.detail)
+    Console().print(table)
+    failed = [c.name for c in checks if c.result == "fail"]
+    if failed:
+        raise DStreamError(f"{len(failed)} of {len(checks)} checks failed: {', '.join(failed)}")

@@ -1,0 +1,144 @@
+"""``run``, ``logs``, ``stop``, ``ps``: running tasks."""
+
+import contextlib
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dstream import log
+from dstream.cli.app import FileOption, JsonOption, PullPolicy, app, human_size, load_document
+from dstream.errors import DStreamError
+
+
+@app.command()
+def run(
+    task: Annotated[str, typer.Argument(help="The task to run.")],
+    file: FileOption = None,
+    pull: Annotated[PullPolicy, typer.Option(help="When to pull provider images.")] = PullPolicy.missing,
+    update_lock: Annotated[
+        bool, typer.Option("--update-lock", help="Accept registry digests that differ from dstream.lock.")
+    ] = False,
+    progress: Annotated[
+        bool | None, typer.Option("--progress/--no-progress", help="Live status line (default: on a terminal).")
+    ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option("--metrics-port", help="Serve Prometheus metrics and /healthz on this port.")
+    ] = None,
+    detach: Annotated[
+        bool, typer.Option("--detach", "-d", help="Run in the background (then: dstream ps, logs, stop).")
+    ] = False,
+) -> None:
+    """Run a task until its input ends or you stop it (Ctrl-C stops gracefully)."""
+    from dstream.task import background
+    from dstream.task.launch import LaunchOptions
+    from dstream.task.runner import run_task
+
+    document = load_document(file)
+    document.task(task)
+    if detach:
+        record = background.start(document, task, sys.argv[1:])
+        typer.echo(f"task {task} runs in the background (pid {record.pid}); log: {record.log}")
+        typer.echo(f"  dstream logs {task} -f  |  dstream stop {task}  |  dstream ps", err=True)
+        return
+    with background.registered(document, task):
+        summary = run_task(
+            document,
+            task,
+            LaunchOptions(pull=pull.value, update_lock=update_lock),
+            progress=progress,
+            metrics_port=metrics_port,
+        )
+    how = "stopped" if summary.stopped else "finished"
+    log.get().info(
+        "task %s %s: %d envelopes (%s) in %.1fs%s%s",
+        summary.task,
+        how,
+        summary.envelopes,
+        human_size(summary.bytes),
+        summary.seconds,
+        f", {summary.dead_letters} dead-lettered" if summary.dead_letters else "",
+        f", {summary.attempts} attempts" if summary.attempts > 1 else "",
+    )
+
+
+@app.command()
+def ps(as_json: JsonOption = False) -> None:
+    """Running tasks on this machine, and the provider containers of dstream runs."""
+    from dstream import protocol
+    from dstream.task import background
+
+    runs = [vars(r) for r in background.records()]
+    containers: list[dict[str, str]] = []
+    try:
+        from dstream.runtime.docker import DockerEngine, describe_containers
+
+        containers = describe_containers(DockerEngine())
+    except DStreamError as exc:
+        log.get().debug("no container listing: %s", exc)
+    if as_json:
+        sys.stdout.buffer.write(protocol.encode({"runs": runs, "containers": containers}))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if runs:
+        table = Table("task", "pid", "started", "file", "log", title="runs", title_justify="left")
+        for run_ in runs:
+            table.add_row(run_["task"], str(run_["pid"]), run_["started"], run_["file"], run_["log"] or "")
+        console.print(table)
+    if containers:
+        table = Table(
+            "task", "run", "role", "container", "image", "status", "dstream", title="containers", title_justify="left"
+        )
+        for row in containers:
+            table.add_row(
+                row["task"], row["run_id"], row["role"], row["name"], row["image"], row["status"], row["owner"]
+            )
+        console.print(table)
+    if not runs and not containers:
+        typer.echo("no dstream runs or containers", err=True)
+
+
+@app.command()
+def logs(
+    task: str,
+    file: Annotated[Path | None, typer.Option("--file", help="Task file (default: ./dstream.hcl).")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the run ends.")] = False,
+) -> None:
+    """Print the log of a task started with --detach."""
+    from dstream.task import background
+
+    document = None
+    with contextlib.suppress(DStreamError):
+        document = load_document(file)
+    path = background.log_path(task, document)
+
+    def out(data: bytes) -> None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+
+    if follow:
+        background.follow(path, task, out)
+    else:
+        out(path.read_bytes())
+
+
+@app.command()
+def stop(
+    task: str,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for a graceful stop.")] = 60.0,
+) -> None:
+    """Stop a running task gracefully (SIGTERM: drain, checkpoint, exit)."""
+    from dstream.task import background
+
+    failed = []
+    for record, stopped in background.stop(task, timeout):
+        if stopped:
+            typer.echo(f"stopped task {task} (pid {record.pid})")
+        else:
+            failed.append(record.pid)
+    if failed:
+        raise DStreamError(f"task {task} (pid {', '.join(map(str, failed))}) did not stop within {timeout:g}s")

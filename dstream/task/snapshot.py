@@ -1,0 +1,39 @@
+"""What a run is doing right now: the one type the status line and the metrics read.
+
+They import only this module, never the runner: anything with a ``snapshot()`` and a
+``state`` (a :class:`Source`) can be displayed and scraped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass
+class Snapshot:
+    """What a run is doing right now (for the status line and the metrics endpoint)."""
+
+    task: str
+    run_id: str
+    state: str  # starting | standby | running | stopping | restarting | finished | failed
+    envelopes: int
+    bytes: int
+    delivered: int
+    delivered_bytes: int
+    checkpoints_persisted: int
+    dead_letters: int
+    restarts: int
+    in_flight: int
+    waiting_for_output: bool
+    last_checkpoint_age: float | None
+    providers: dict[str, str]
+    lease: str
+
+
+class Source(Protocol):
+    """A run the status line and the metrics endpoint can read."""
+
+    state: str
+
+    def snapshot(self) -> Snapshot: ...
