@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["AZURE", "EMULATOR", "BrokerLimits", "LimitError", "check_sku", "default_window", "human"]
+__all__ = ["AZURE", "EMULATOR", "BrokerLimits", "LimitError", "check", "check_sku", "default_window", "human"]
 
 
 class LimitError(ValueError):
@@ -49,8 +49,8 @@ AZURE = BrokerLimits(
     name="Azure Service Bus (Standard and Premium)",
     source="Microsoft's Service Bus entity reference",
     duplicate_window=(20, 7 * 86400),
-    queue_lock=(5, 300),
-    subscription_lock=(5, 300),
+    queue_lock=(0, 300),  # the reference states the maximum only
+    subscription_lock=(0, 300),
     max_delivery_count=(1, 2_147_483_647),
     default_duplicate_window=600,
 )
@@ -74,9 +74,10 @@ def _check(setting: str, entity_setting: str, value: float, bounds: tuple[float,
     if low <= value <= high:
         return
     fix = f"at most {human(high)}" if value > high else f"at least {human(low)}"
+    accepted = f"{human(low)} to {human(high)}" if low else f"up to {human(high)}"
     raise LimitError(
         f"{setting} = {human(value)} is outside what {limits.name} accepts for {entity_setting} "
-        f"({human(low)} to {human(high)}, {limits.source}): set it to {fix}"
+        f"({accepted}, {limits.source}): set it to {fix}"
     )
 
 

@@ -418,3 +418,9 @@ def test_asb_input_renews_locks_that_are_about_to_expire() -> None:
     assert receiver.renewed == ["a"]
     reader.close()
     provider.close()
+
+
+def test_azure_lock_durations_are_checked_against_the_documented_maximum_only() -> None:
+    assert config(connection_string=AZURE_SB, lock_duration="1s").entity_settings().lock_duration == 1
+    with pytest.raises(ValidationError, match=r"a queue's LockDuration \(up to 5m, Microsoft's"):
+        config(connection_string=AZURE_SB, lock_duration="6m")
