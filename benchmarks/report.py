@@ -47,6 +47,24 @@ def render(data: dict[str, dict[str, Any]]) -> str:
     if "container" in data:
         out += ["## Container relay vs `docker run … | docker run -i …`", "", "Both with `--log-driver none`.", ""]
         out += [*_container(data["container"], "docker_pipe", "docker pipe", 1.0), ""]
+    if "pipeline" in data:
+        pipe = data["pipeline"]
+        out += [
+            "## Three stages through containers vs three `docker run`s in a pipe",
+            "",
+            "blast → passthrough transform → sink; the docker pipe runs the same three images with",
+            "`--log-driver none`. dstream relays every line twice (input → transform → output) and",
+            "checks checkpoint order at the transform.",
+            "",
+        ]
+        out += [*_container(pipe, "docker_pipe", "docker pipe", 1.0), ""]
+        jq = pipe.get("jq")
+        if jq:
+            out += [
+                f"- the jq transform in the same pipeline (`{jq['program']}`, {jq['size']} B × {jq['envelopes']:,}): "
+                f"{jq['envelopes_per_s']:,} envelopes/s ({jq['mb_per_s']} MB/s)",
+                "",
+            ]
     if "local" in data:
         out += ["## Local relay (provider_path) vs an OS pipe `blast | sink`", ""]
         out += [*_container(data["local"], "os_pipe", "OS pipe", 0.5), ""]
@@ -117,7 +135,7 @@ def render(data: dict[str, dict[str, Any]]) -> str:
 
 def write_report(results: Path, target: Path) -> None:
     data = {p.stem: json.loads(p.read_text()) for p in sorted(results.glob("*.json"))}
-    order = ["container", "local", "latency", "coldstart", "memory", "postgres"]
+    order = ["container", "pipeline", "local", "latency", "coldstart", "memory", "postgres"]
     ordered = {k: data[k] for k in order if k in data}
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(render(ordered))

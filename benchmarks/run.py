@@ -7,6 +7,8 @@ The same standard-library providers (benchmarks/providers: blast → sink) run i
 setting, so the only difference between dstream and its peer is the relay:
 
 - container: dstream (provider_ref, checkpoints and acks on) vs `docker run … | docker run -i …`
+- pipeline:  three stages (blast → passthrough transform → sink) vs three `docker run`s in a
+             pipe, and the jq transform's own rate
 - local:     dstream (provider_path) vs an OS pipe `blast | sink`
 - latency:   1K envelopes/s stamped at write, read times at the sink; minus a direct pipe
 - coldstart: `dstream run` start to the first envelope at the output, images cached
@@ -37,6 +39,8 @@ PROVIDERS = ROOT / "benchmarks" / "providers"
 REGISTRY = os.environ.get("DSTREAM_REGISTRY", "127.0.0.1:5000")
 BLAST_IMAGE = f"{REGISTRY}/dstream-bench/blast:1"
 SINK_IMAGE = f"{REGISTRY}/dstream-bench/sink:1"
+PASSTHROUGH_IMAGE = f"{REGISTRY}/dstream-bench/passthrough:1"
+JQ_IMAGE = f"{REGISTRY}/dstream/jq-transform-provider:0.1.0"
 DSTREAM = [sys.executable, "-m", "dstream"]
 
 TASK = """
@@ -121,7 +125,7 @@ def ensure_images() -> None:
     from dstream.tooling.images import base_tag
 
     engine = DockerEngine()
-    for name, image in (("blast", BLAST_IMAGE), ("sink", SINK_IMAGE)):
+    for name, image in (("blast", BLAST_IMAGE), ("sink", SINK_IMAGE), ("passthrough", PASSTHROUGH_IMAGE)):
         context = Path(tempfile.mkdtemp())
         shutil.copy(PROVIDERS / f"{name}.py", context / f"{name}.py")
         (context / "Dockerfile").write_text(
@@ -168,6 +172,17 @@ def bench_container(quick: bool) -> dict[str, Any]:
         quick, peer_pipe, f'provider_ref = "{BLAST_IMAGE}"', f'provider_ref = "{SINK_IMAGE}"', "docker_pipe"
     )
     return {"goal": "container relay >= 1.0x the docker CLI pipe (checkpoints and acks on)", "rows": rows}
+
+
+def bench_pipeline(quick: bool) -> dict[str, Any]:
+    from benchmarks.pipeline import bench_pipeline as three_stages
+
+    images = {"blast": BLAST_IMAGE, "sink": SINK_IMAGE, "passthrough": PASSTHROUGH_IMAGE, "jq": JQ_IMAGE}
+
+    def measure(stderr: str, count: int) -> dict[str, float]:
+        return rate_of(parse_report(stderr), count)
+
+    return three_stages(quick, images, command, shell, run_dstream, measure)
 
 
 def bench_local(quick: bool) -> dict[str, Any]:
@@ -300,6 +315,7 @@ def bench_postgres(quick: bool) -> dict[str, Any]:
 
 BENCHMARKS = {
     "container": bench_container,
+    "pipeline": bench_pipeline,
     "local": bench_local,
     "latency": bench_latency,
     "coldstart": bench_coldstart,
@@ -335,7 +351,7 @@ def main() -> None:
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     names = args.only or list(BENCHMARKS)
-    if any(n in names for n in ("container", "latency", "coldstart", "memory")):
+    if any(n in names for n in ("container", "pipeline", "latency", "coldstart", "memory")):
         print("building the benchmark images", file=sys.stderr)
         ensure_images()
     info = {"machine": machine(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "quick": args.quick}

@@ -4,12 +4,14 @@ This is the only module that calls orjson. Message kinds:
 
 - command envelope (orchestrator → provider, first stdin line):
   ``{"command": "run"|"init"|"plan"|"status"|"destroy", "config": {...}, "checkpoint": ..., "protocol": 1,
-  "task": "NAME"}``
+  "task": "NAME", "features": ["gauge"]}`` (to every stage; ``checkpoint`` is where the input resumes)
 - handshake (provider → orchestrator, first stdout line):
   ``{"status": "ready", "verbs": [...], "features": [...]}`` or ``{"status": "error", "message": ...}``
 - data: ``{"data": {...}, "metadata": {...}}`` (extra top-level fields are relayed untouched)
-- ``{"checkpoint": {...}}`` input → output, ``{"ack": {...}}`` output → orchestrator,
-  ``{"committed": {...}}`` orchestrator → input (inputs with the ``commit`` feature)
+- ``{"checkpoint": {...}}`` input → (every transform, unchanged) → output, ``{"ack": {...}}``
+  output → orchestrator, ``{"committed": {...}}`` orchestrator → input (``commit`` feature)
+- ``{"dead_letter": {"reason": ..., "envelope": {...}}}`` transform → orchestrator (a rejected record)
+- ``{"gauge": {"name": ..., "value": ..., "labels": {...}}}`` any stage → orchestrator
 - lifecycle results: ``{"resource": {...}}`` lines, or upstream's single
   ``{"status": "Success"|"Failed", "resources": [...], ...}`` reply
 """
@@ -37,6 +39,7 @@ CHECKPOINT_TOKEN = b'"checkpoint"'
 ACK_TOKEN = b'"ack"'
 COMMITTED_TOKEN = b'"committed"'
 GAUGE_TOKEN = b'"gauge"'
+DATA_PREFIX = b'{"data":'  # how nearly every data line starts (the SDK's and upstream's encoders)
 DEAD_LETTER_TOKEN = b'"dead_letter"'
 FEATURE_TRANSFORM = "transform"
 
@@ -79,15 +82,17 @@ except ImportError:  # pragma: no cover - an optional speed-up
     _PARSER = None
 
 
-def valid_block(block: bytes) -> int:
+def valid_block(block: bytes, lines: int | None = None) -> int:
     """How many lines ``block`` holds when each is exactly one JSON object, else -1.
 
     The relay's hot path: one C-level parse and no Python objects. -1 means "look at the
-    lines one by one" (blank lines, non-objects, malformed JSON, invalid UTF-8).
+    lines one by one" (blank lines, non-objects, malformed JSON, invalid UTF-8). A caller
+    that has already split the block and seen every line start with ``{`` passes ``lines``.
     """
-    if not block.startswith(b"{"):
-        return -1
-    lines = block.count(b"\n{") + 1  # lines that start an object
+    if lines is None:
+        if not block.startswith(b"{"):
+            return -1
+        lines = block.count(b"\n{") + 1  # lines that start an object
     joined = b"[" + block[:-1].replace(b"\n", b",") + b"]"
     try:
         # As many values as object-starting lines: no other line, no line with two values.

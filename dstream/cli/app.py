@@ -40,6 +40,7 @@ class PullPolicy(str, Enum):
 
 class Kind(str, Enum):
     input = "input"
+    transform = "transform"
     output = "output"
 
 

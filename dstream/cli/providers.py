@@ -63,7 +63,7 @@ def _names(names: list[str] | None, all_: bool) -> list[str]:
 @providers_app.command("new")
 def providers_new(
     name: Annotated[str, typer.Argument(help="e.g. acme-input-provider")],
-    kind: Annotated[Kind, typer.Option("--kind", help="input or output")],
+    kind: Annotated[Kind, typer.Option("--kind", help="input, transform or output")],
     directory: Annotated[Path, typer.Option("--dir", help="Where to create the project.")] = Path(),
 ) -> None:
     """Scaffold a provider project (package, tests, Dockerfile, catalogue entry) that works as generated."""
@@ -116,9 +116,12 @@ def conformance_cmd(
         str, typer.Argument(help="A provider image/artifact reference, or an executable (path or PATH name).")
     ],
     config: Annotated[str, typer.Option("--config", help="The provider config, as JSON.")] = "{}",
-    kind: Annotated[Kind | None, typer.Option("--kind", help="input or output (default: from its features).")] = None,
+    kind: Annotated[
+        Kind | None, typer.Option("--kind", help="input, transform or output (default: from its handshake).")
+    ] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for each answer.")] = 30.0,
     network: Annotated[str | None, typer.Option("--network", help="Container network (e.g. host).")] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Run the conformance suite against a provider and print a pass/fail table."""
     import json
@@ -132,6 +135,11 @@ def conformance_cmd(
     if not isinstance(parsed, dict):
         raise typer.BadParameter('must be a JSON object, e.g. {"path": "/tmp/x"}', param_hint="--config")
     checks = run_suite(ref, parsed, kind.value if kind else None, timeout, network)
+    failed = [c.name for c in checks if c.result == "fail"]
+    if as_json:
+        rows = [{"name": c.name, "result": c.result, "detail": c.detail} for c in checks]
+        typer.echo(json.dumps({"provider": ref, "passed": not failed, "checks": rows}))
+        raise typer.Exit(1 if failed else 0)
     from rich.console import Console
     from rich.table import Table
 
@@ -140,6 +148,5 @@ def conformance_cmd(
     for check in checks:
         table.add_row(check.name, f"[{colours[check.result]}]{check.result}[/]", check.detail)
     Console().print(table)
-    failed = [c.name for c in checks if c.result == "fail"]
     if failed:
         raise DStreamError(f"{len(failed)} of {len(checks)} checks failed: {', '.join(failed)}")

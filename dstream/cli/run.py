@@ -32,8 +32,8 @@ def run(
 ) -> None:
     """Run a task until its input ends or you stop it (Ctrl-C stops gracefully)."""
     from dstream.task import background
+    from dstream.task.foreground import run_task
     from dstream.task.launch import LaunchOptions
-    from dstream.task.runner import run_task
 
     document = load_document(file)
     document.task(task)
@@ -72,7 +72,8 @@ def ps(as_json: JsonOption = False) -> None:
     runs = [vars(r) for r in background.records()]
     containers: list[dict[str, str]] = []
     try:
-        from dstream.runtime.docker import DockerEngine, describe_containers
+        from dstream.runtime.docker import DockerEngine
+        from dstream.runtime.leftovers import describe_containers
 
         containers = describe_containers(DockerEngine())
     except DStreamError as exc:

@@ -10,12 +10,14 @@ so logs and error messages can redact it.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import TYPE_CHECKING, Any
 
+from dstream.config.functions import FUNCTIONS, EvalError, as_bool, as_number, stringify
 from dstream.config.hcl import Attribute, node_name
+
+__all__ = ["EvalError", "Evaluator", "default_environ"]
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -26,12 +28,6 @@ _GO_ENV = re.compile(
     r"""(?:\|\s*default\s+"(?P<pipe_default>[^"]*)"\s*)?$"""
 )
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\"}
-
-
-class EvalError(Exception):
-    def __init__(self, line: int, message: str) -> None:
-        self.line = line
-        super().__init__(message)
 
 
 def _is_tree(node: Any) -> bool:
@@ -60,18 +56,7 @@ class Evaluator:
         self._resolving: list[str] = []
         self.secrets: set[str] = set()
         self.env_names: set[str] = set()
-        self._functions: dict[str, Callable[[int, list[Any]], Any]] = {
-            "env": self._fn_env,
-            "lower": lambda line, a: _one_str(line, "lower", a).lower(),
-            "upper": lambda line, a: _one_str(line, "upper", a).upper(),
-            "jsonencode": lambda line, a: json.dumps(_one(line, "jsonencode", a)),
-            "concat": _fn_concat,
-            "merge": _fn_merge,
-            "tostring": lambda line, a: _stringify(line, _one(line, "tostring", a)),
-            "tonumber": _fn_tonumber,
-            "format": _fn_format,
-            "join": _fn_join,
-        }
+        self._functions: dict[str, Callable[[int, list[Any]], Any]] = {"env": self._fn_env, **FUNCTIONS}
 
     # -- locals ---------------------------------------------------------------------
 
@@ -133,12 +118,12 @@ class Evaluator:
             op = str(node.children[0])
             value = self.eval(_children(node)[0])
             if op == "-":
-                return -_number(line, value)
-            return not _bool(line, value)
+                return -as_number(line, value)
+            return not as_bool(line, value)
         raise EvalError(line, f"unsupported expression ({kind.replace('_', ' ')})")
 
     def _truth(self, node: Any) -> bool:
-        return _bool(_line(node), self.eval(node))
+        return as_bool(_line(node), self.eval(node))
 
     def _string(self, node: Any) -> Any:
         parts = [c for c in node.children if _is_tree(c)]
@@ -154,7 +139,7 @@ class Evaluator:
             if _is_tree(piece):
                 if piece.data != "interpolation":
                     raise EvalError(line, "template directives (%{ ... }) are not supported")
-                out.append(_stringify(line, self.eval(_children(piece)[0])))
+                out.append(stringify(line, self.eval(_children(piece)[0])))
             else:
                 text = str(piece)
                 if piece.type in {"ESCAPED_INTERPOLATION", "ESCAPED_DIRECTIVE"}:
@@ -261,7 +246,7 @@ class Evaluator:
             return bool(left == right)
         if op == "!=":
             return bool(left != right)
-        a, b = _number(line, left), _number(line, right)
+        a, b = as_number(line, left), as_number(line, right)
         ops: dict[str, Callable[[Any, Any], Any]] = {
             "+": lambda x, y: x + y,
             "-": lambda x, y: x - y,
@@ -337,85 +322,6 @@ def _heredoc(raw: str, trim: bool) -> str:
         cut = min(indents, default=0)
         body = [x[cut:] for x in body]
     return "\n".join(body) + ("\n" if body else "")
-
-
-def _stringify(line: int, value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float | str):
-        return str(value)
-    if value is None:
-        return ""
-    raise EvalError(line, f'cannot insert a {type(value).__name__} into a string; use "${{...}}" alone')
-
-
-def _number(line: int, value: Any) -> Any:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise EvalError(line, f"expected a number, got {value!r}")
-    return value
-
-
-def _bool(line: int, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise EvalError(line, f"expected true or false, got {value!r}")
-    return value
-
-
-def _one(line: int, name: str, args: list[Any]) -> Any:
-    if len(args) != 1:
-        raise EvalError(line, f"{name}() takes exactly one argument")
-    return args[0]
-
-
-def _one_str(line: int, name: str, args: list[Any]) -> str:
-    value = _one(line, name, args)
-    if not isinstance(value, str):
-        raise EvalError(line, f"{name}() takes a string")
-    return value
-
-
-def _fn_concat(line: int, args: list[Any]) -> list[Any]:
-    if not all(isinstance(a, list) for a in args):
-        raise EvalError(line, "concat() takes lists")
-    return [x for a in args for x in a]
-
-
-def _fn_merge(line: int, args: list[Any]) -> dict[str, Any]:
-    if not all(isinstance(a, dict) for a in args):
-        raise EvalError(line, "merge() takes maps")
-    out: dict[str, Any] = {}
-    for a in args:
-        out.update(a)
-    return out
-
-
-def _fn_tonumber(line: int, args: list[Any]) -> Any:
-    value = _one(line, "tonumber", args)
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return value
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise EvalError(line, f"tonumber(): {value!r} is not a number") from None
-
-
-def _fn_format(line: int, args: list[Any]) -> str:
-    if not args or not isinstance(args[0], str):
-        raise EvalError(line, "format() takes a format string first")
-    spec = re.sub(r"%v", "%s", args[0])
-    try:
-        return spec % tuple(args[1:])
-    except (TypeError, ValueError) as exc:
-        raise EvalError(line, f"format(): {exc}") from None
-
-
-def _fn_join(line: int, args: list[Any]) -> str:
-    if len(args) != 2 or not isinstance(args[0], str) or not isinstance(args[1], list):
-        raise EvalError(line, 'join() takes a separator and a list: join(",", local.tables)')
-    return args[0].join(_stringify(line, x) for x in args[1])
 
 
 def default_environ() -> Mapping[str, str]:

@@ -87,8 +87,8 @@ class _Loader:
             task = self._task(block, evaluator)
             if task is not None:
                 tasks[name] = task
-                secrets.update(_secret_values(task.input.config))
-                secrets.update(_secret_values(task.output.config))
+                for stage in task.stages:
+                    secrets.update(_secret_values(stage.block.config))
                 if task.lease is not None:
                     secrets.update(_secret_values({"connection_string": task.lease.connection_string}))
 
@@ -168,6 +168,20 @@ class _Loader:
         seen: dict[str, int] = {}
         for inner in body.blocks:
             key = (*path, inner.type)
+            if kind == "task" and inner.type == "transform":  # repeated: a list, in file order
+                if inner.labels:
+                    self.problem(inner.line, "block 'transform' takes no labels")
+                    continue
+                stages = out.setdefault("transform", [])
+                if not isinstance(stages, list):
+                    self.problem(
+                        inner.line, f"'transform' is given both as an attribute (line {lines[key]}) and as a block"
+                    )
+                    continue
+                key = (*key, len(stages))
+                lines[key] = inner.line
+                stages.append(self._body_dict(inner.body, key, lines, evaluator, "provider"))
+                continue
             inner_kind = "provider" if kind == "task" and inner.type in ("input", "output") else inner.type
             if kind == "config" or inner.type == "config":
                 inner_kind = "config"
@@ -234,6 +248,7 @@ def _nest_labels(labels: list[str], value: dict[str, Any]) -> dict[str, Any]:
 
 def _describe(error: Any) -> str:
     loc = ".".join(str(p) for p in error["loc"] if p not in ("function-after",))
+    loc = re.sub(r"\.(\d+)(?=\.|$)", r"[\1]", loc)  # transform.1.config → transform[1].config
     kind = error["type"]
     if kind == "extra_forbidden":
         return f"unknown attribute or block '{loc}'"

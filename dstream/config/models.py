@@ -8,7 +8,7 @@ configs read them alike: ``"1m30s"``, ``"500ms"`` or seconds; ``"512m"`` (MiB, a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -24,7 +24,8 @@ class ContainerSettings(_Strict):
     """Per-provider container overrides. Unset fields keep the hardened defaults."""
 
     network: str | None = None
-    memory: Size | None = None
+    memory: Size | None = None  # "512m" is 512 MiB, as `docker run -m`
+    init: bool | None = None  # default true: an init process (docker --init) as PID 1
     cpus: float | None = Field(default=None, gt=0)
     pids_limit: int | None = Field(default=None, gt=0)
     read_only: bool | None = None
@@ -103,11 +104,23 @@ class LeaseSettings(_Strict):
         return self
 
 
+class Stage(NamedTuple):
+    """One provider of a task's pipeline, in data order."""
+
+    role: str  # "input", "transform-1" … "transform-N", "output"
+    block: ProviderBlock
+    path: str  # where its settings sit in the file ("transform/0"), for lines and messages
+
+
 class Task(_Strict):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
     name: str
     type: Literal["providers"] = "providers"
     description: str | None = None
     input: ProviderBlock
+    # Zero or more `transform { }` blocks, run in file order between input and output.
+    transforms: list[ProviderBlock] = Field(default_factory=list, alias="transform")
     output: ProviderBlock
     on_error: Literal["fail", "dead_letter"] = "fail"
     dead_letter: DeadLetterSettings = Field(default_factory=DeadLetterSettings)
@@ -120,6 +133,18 @@ class Task(_Strict):
     stop_timeout: Duration = 10.0
     drain_timeout: Duration = 60.0
     commit_interval: Duration = 0.2
+
+    @property
+    def stages(self) -> list[Stage]:
+        """Input, transforms, output: the pipeline in the order data flows."""
+        middle = [Stage(f"transform-{i}", block, f"transform/{i - 1}") for i, block in enumerate(self.transforms, 1)]
+        return [Stage("input", self.input, "input"), *middle, Stage("output", self.output, "output")]
+
+    def stage(self, role: str) -> Stage:
+        for stage in self.stages:
+            if stage.role == role:
+                return stage
+        raise KeyError(role)
 
 
 class Document(BaseModel):

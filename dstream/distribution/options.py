@@ -17,4 +17,4 @@ class LaunchOptions:
     progress: bool = True
     leftovers_checked: bool = False
     runtimes: dict[str, Runtime] = field(default_factory=dict)  # tests inject a fake
-    lock: LockFile | None = None  # dstream.lock, loaded on first use and shared by both providers
+    lock: LockFile | None = None  # dstream.lock, loaded on first use and shared by every stage

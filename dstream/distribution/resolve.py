@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from dstream.config.models import Document
     from dstream.distribution.options import LaunchOptions
     from dstream.runtime.base import ProviderSpec, Runtime
-    from dstream.runtime.docker import DockerRuntime
+    from dstream.runtime.container import DockerRuntime
 
 _log = log.get("resolve")
 
@@ -75,7 +75,7 @@ def resolve_digest(text: str, lock: LockFile, update_lock: bool) -> Resolved:
 def _docker_runtime(options: LaunchOptions) -> DockerRuntime:
     runtime = options.runtimes.get("docker")
     if runtime is None:
-        from dstream.runtime.docker import DockerRuntime
+        from dstream.runtime.container import DockerRuntime
 
         runtime = DockerRuntime()
         options.runtimes["docker"] = runtime
@@ -95,7 +95,7 @@ async def _ensure_image(runtime: DockerRuntime, resolved: Resolved, pull: str) -
 
 
 async def _remove_leftovers(runtime: DockerRuntime, task: str) -> None:
-    from dstream.runtime.docker import find_leftovers
+    from dstream.runtime.leftovers import find_leftovers
 
     for left in await asyncio.to_thread(find_leftovers, runtime.engine, task):
         _log.warning(
@@ -108,7 +108,7 @@ async def _remove_leftovers(runtime: DockerRuntime, task: str) -> None:
 
 
 def _shared_lock(document: Document, options: LaunchOptions) -> LockFile:
-    """The lock file both providers of a run resolve against: with ``--update-lock`` each
+    """The lock file every stage of a run resolves against: with ``--update-lock`` each
     may write an entry, and separate copies would overwrite each other's."""
     path = document.base_dir / LOCK_FILE
     # No await between the check and the assignment: the event loop cannot interleave them.
@@ -154,7 +154,7 @@ def lock_document(document: Document) -> list[tuple[str, str, str]]:
     lock = LockFile.load(document.base_dir / LOCK_FILE)
     client = RegistryClient()
     rows = []
-    refs = sorted({b.provider_ref for t in document.tasks.values() for b in (t.input, t.output) if b.provider_ref})
+    refs = sorted({s.block.provider_ref for t in document.tasks.values() for s in t.stages if s.block.provider_ref})
     for text in refs:
         ref = parse(text)
         manifest = client.manifest(ref)

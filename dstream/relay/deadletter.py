@@ -1,10 +1,15 @@
 """Dead letters: lines the relay could not forward, kept byte for byte in a JSONL file.
 
-Each record: ``time``, ``task``, ``run_id``, ``reason``, ``line`` (1-based line number in
-the input's stdout during that run), ``after_checkpoint`` (the last checkpoint relayed
-before it, or the one the run resumed from), ``size``, ``raw_base64`` (the exact bytes)
-and, when they are valid UTF-8, ``raw``. Oversized lines are streamed into the record
-instead of being held in memory.
+Each record: ``time``, ``task``, ``run_id``, ``stage`` (``input``, ``transform-N``: whose
+stdout the line came from), ``reason``, ``line`` (1-based line number in that stage's
+stdout during that run), ``after_checkpoint`` (the last checkpoint relayed before it, or the
+one the run resumed from), ``size``, ``raw_base64`` (the exact bytes) and, when they are
+valid UTF-8, ``raw``. Oversized lines are streamed into the record instead of being held
+in memory. An envelope a transform rejected has ``reason`` (the transform's) and
+``envelope`` (the JSON it rejected) instead of the raw bytes.
+
+Every record is flushed and fsynced before the relay goes on, so a checkpoint persisted
+after it never covers a record that is not on disk.
 """
 
 from __future__ import annotations
@@ -44,18 +49,19 @@ class DeadLetterWriter:
                 raise StateError(f"cannot open the dead-letter file {self.path}: {exc.strerror}") from None
         return self._file
 
-    def _header(self, reason: str, line: int, after: Any) -> dict[str, Any]:
+    def _header(self, reason: str, line: int, after: Any, stage: str) -> dict[str, Any]:
         return {
             "time": _now(),
             "task": self.task,
             "run_id": self.run_id,
+            "stage": stage,
             "reason": reason,
             "line": line,
             "after_checkpoint": after,
         }
 
-    def write(self, reason: str, raw: bytes, line: int, after: Any, detail: str = "") -> None:
-        record = self._header(reason, line, after)
+    def write(self, reason: str, raw: bytes, line: int, after: Any, detail: str = "", stage: str = "input") -> None:
+        record = self._header(reason, line, after, stage)
         if detail:
             record["detail"] = detail
         record["size"] = len(raw)
@@ -66,9 +72,15 @@ class DeadLetterWriter:
         out.write(protocol.encode(record))
         self._sync()
 
+    def write_rejected(self, reason: str, envelope: Any, line: int, after: Any, stage: str) -> None:
+        record = self._header(reason, line, after, stage)
+        record["envelope"] = envelope
+        self._open().write(protocol.encode(record))
+        self._sync()
+
     # Streaming form for oversized lines: begin → write… → end.
-    def begin(self, reason: str, line: int, after: Any, detail: str) -> None:
-        record = self._header(reason, line, after)
+    def begin(self, reason: str, line: int, after: Any, detail: str, stage: str = "input") -> None:
+        record = self._header(reason, line, after, stage)
         record["detail"] = detail
         head = protocol.encode(record).rstrip(b"\n")
         out = self._open()

@@ -43,7 +43,7 @@ async def open_provider(
     Those bytes belong to the data stream (or, for a legacy provider, are the data stream).
     """
     try:
-        await proc.write(protocol.command_envelope(command, config, checkpoint, task))
+        await proc.write(protocol.command_envelope(command, config, checkpoint, task, protocol.ORCHESTRATOR_FEATURES))
     except (BrokenPipeError, ConnectionError):
         code = await _exit_code(proc)
         raise HandshakeError(

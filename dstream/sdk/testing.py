@@ -44,6 +44,11 @@ class ProviderRun:
         return [m["ack"] for m in self.messages if "ack" in m]
 
     @property
+    def dead_letters(self) -> list[dict[str, Any]]:
+        """What a transform rejected: ``{"reason": …, "envelope": …}`` each."""
+        return [m["dead_letter"] for m in self.messages if "dead_letter" in m]
+
+    @property
     def gauges(self) -> list[dict[str, Any]]:
         """What the provider reported with ``ctx.gauge`` (name, value, labels), in order."""
         return [m["gauge"] for m in self.messages if "gauge" in m]
@@ -91,6 +96,15 @@ def run_input(cls: type[Provider[Any]], config: dict[str, Any], checkpoint: Any 
 
 def run_output(cls: type[Provider[Any]], config: dict[str, Any], lines: list[bytes]) -> ProviderRun:
     """Feed an output provider protocol lines (data and checkpoints) and collect its acks."""
+    return run_provider(cls, config, "run", None, [line if line.endswith(b"\n") else line + b"\n" for line in lines])
+
+
+def run_transform(cls: type[Provider[Any]], config: dict[str, Any], lines: list[bytes]) -> ProviderRun:
+    """Feed a transform protocol lines (data and checkpoints); collect what it emits.
+
+    ``run.data`` holds the envelopes it emitted, ``run.checkpoints`` the checkpoints it
+    forwarded and ``run.dead_letters`` the records it rejected, all in the order printed.
+    """
     return run_provider(cls, config, "run", None, [line if line.endswith(b"\n") else line + b"\n" for line in lines])
 
 

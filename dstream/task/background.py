@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dstream.errors import DStreamError
+from dstream.runtime import pids
 from dstream.state.base import DEFAULT_STATE_DIR
 
 if TYPE_CHECKING:
@@ -36,6 +37,10 @@ class RunRecord:
     started: str
     log: str | None = None
     detached: bool = False
+    pid_started: float | None = None  # the process's start time: a recycled pid is not this run
+
+    def alive(self) -> bool:
+        return pids.alive(self.pid, self.pid_started)
 
 
 def runs_dir() -> Path:
@@ -46,21 +51,6 @@ def runs_dir() -> Path:
     return Path(state) / "dstream" / "runs"
 
 
-def pid_alive(pid: int) -> bool:
-    """The process exists on this host and is not a zombie."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state != "Z"
-
-
 def records() -> list[RunRecord]:
     out = []
     folder = runs_dir()
@@ -69,7 +59,7 @@ def records() -> list[RunRecord]:
             record = RunRecord(**json.loads(path.read_text()))
         except (OSError, ValueError, TypeError):
             continue
-        if pid_alive(record.pid):
+        if record.alive():
             out.append(record)
         else:
             path.unlink(missing_ok=True)
@@ -105,7 +95,15 @@ def registered(document: Document, task: str) -> Iterator[RunRecord]:
             f"checkpoint. Stop it (dstream stop {task}), or add a lease block to run standby replicas."
         )
     mine = [r for r in current if r.pid == os.getpid()]
-    record = RunRecord(task, os.getpid(), file, _now(), mine[0].log if mine else None, bool(mine and mine[0].detached))
+    record = RunRecord(
+        task,
+        os.getpid(),
+        file,
+        _now(),
+        mine[0].log if mine else None,
+        bool(mine and mine[0].detached),
+        pids.started_at(),
+    )
     path = _write(record)
     try:
         yield record
@@ -130,7 +128,9 @@ def start(document: Document, task: str, argv: list[str]) -> RunRecord:
             start_new_session=True,  # survives this shell; Ctrl-C here does not reach it
             env={**os.environ, "DSTREAM_DETACHED": "1"},
         )
-    record = RunRecord(task, proc.pid, str(document.path), _now(), str(log_path), detached=True)
+    record = RunRecord(
+        task, proc.pid, str(document.path), _now(), str(log_path), detached=True, pid_started=pids.started_at(proc.pid)
+    )
     _write(record)
     return record
 
@@ -150,9 +150,9 @@ def stop(task: str, timeout: float = 60.0) -> list[tuple[RunRecord, bool]]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(record.pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while any(pid_alive(r.pid) for r in found) and time.monotonic() < deadline:
+    while any(r.alive() for r in found) and time.monotonic() < deadline:
         time.sleep(0.1)  # waiting for the processes to finish their graceful stop
-    return [(record, not pid_alive(record.pid)) for record in found]
+    return [(record, not record.alive()) for record in found]
 
 
 def log_path(task: str, document: Document | None) -> Path:

@@ -16,16 +16,17 @@ from typing import TYPE_CHECKING, Any
 
 from dstream import log, protocol
 from dstream.distribution.options import LaunchOptions
+from dstream.errors import HandshakeError
 from dstream.relay.handshake import open_provider
 from dstream.runtime.base import LABEL_ROLE, LABEL_RUN, LABEL_TASK, ProviderProcess, ProviderSpec, Runtime
 from dstream.runtime.local import LocalRuntime
 
 if TYPE_CHECKING:
-    from dstream.config.models import Document, Task
+    from dstream.config.models import Document, ProviderBlock, Task
     from dstream.redact import Redactor
 
 _log = log.get("launch")
-__all__ = ["LaunchOptions", "Opened", "new_run_id", "open_pair", "prepare_spec", "start_and_open"]
+__all__ = ["LaunchOptions", "Opened", "new_run_id", "open_stages", "prepare_spec", "start_and_open"]
 
 
 def new_run_id() -> str:
@@ -49,9 +50,15 @@ def stderr_logger(role: str, redactor: Redactor) -> Any:
 
 
 async def prepare_spec(
-    document: Document, task: Task, role: str, run_id: str, options: LaunchOptions
+    document: Document,
+    task: Task,
+    role: str,
+    run_id: str,
+    options: LaunchOptions,
+    block: ProviderBlock | None = None,
 ) -> tuple[Runtime, ProviderSpec]:
-    block = task.input if role == "input" else task.output
+    """Where and how the provider of ``role`` (or the given ``block``) will run."""
+    block = block or task.stage(role).block
     labels = {LABEL_TASK: task.name, LABEL_ROLE: role, LABEL_RUN: run_id}
     spec = ProviderSpec(
         role=role, task=task.name, run_id=run_id, block=block, base_dir=document.base_dir, labels=labels
@@ -93,7 +100,7 @@ async def start_and_open(
     return Opened(proc, handshake, leftover)
 
 
-async def open_pair(
+async def open_stages(
     document: Document,
     task: Task,
     run_id: str,
@@ -101,23 +108,39 @@ async def open_pair(
     checkpoint: Any,
     options: LaunchOptions,
     redactor: Redactor,
-) -> tuple[Opened, Opened]:
-    """Start and open both providers concurrently; if either fails, stop the other."""
-    options.lock = None  # each attempt reads dstream.lock afresh; its two providers share that copy
-    jobs = {
-        role: asyncio.create_task(start_and_open(document, task, role, run_id, command, checkpoint, options, redactor))
-        for role in ("input", "output")
-    }
+) -> list[Opened]:
+    """Start and open every stage of the task concurrently, in pipeline order; if one
+    fails, stop the others. A transform block must hold a transform (its handshake says so)."""
+    options.lock = None  # each attempt reads dstream.lock afresh; its stages share that copy
+    jobs = [
+        asyncio.create_task(start_and_open(document, task, stage.role, run_id, command, checkpoint, options, redactor))
+        for stage in task.stages
+    ]
     try:
-        await asyncio.gather(*jobs.values())
+        opened = list(await asyncio.gather(*jobs))
+        if command == "run":
+            for stage, one in zip(task.stages, opened, strict=True):
+                _check_kind(stage.role, one)
     except BaseException:
-        for job in jobs.values():
+        for job in jobs:
             if not job.done():
                 job.cancel()
-        results = await asyncio.gather(*jobs.values(), return_exceptions=True)
+        results = await asyncio.gather(*jobs, return_exceptions=True)
         for result in results:
             if isinstance(result, Opened):
                 with contextlib.suppress(Exception):
                     await result.proc.cleanup()
         raise
-    return jobs["input"].result(), jobs["output"].result()
+    return opened
+
+
+def _check_kind(role: str, opened: Opened) -> None:
+    handshake = opened.handshake
+    if handshake.legacy or not role.startswith("transform"):
+        return  # a legacy filter (handshake = false) is trusted to forward checkpoint lines
+    if protocol.FEATURE_TRANSFORM not in handshake.features:
+        features = ", ".join(sorted(handshake.features)) or "none"
+        raise HandshakeError(
+            f"{opened.proc.description} is in a transform block but is not a transform: its handshake lists "
+            f'features [{features}], not "{protocol.FEATURE_TRANSFORM}". Put inputs and outputs in their own blocks.'
+        )

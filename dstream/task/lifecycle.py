@@ -39,15 +39,17 @@ async def _one(
     document: Document, task_name: str, role: str, verb: str, options: LaunchOptions, redactor: Redactor
 ) -> ProviderOutcome:
     task = document.task(task_name)
-    block = task.input if role == "input" else task.output
-    if role == "input" and not block.handshake:
-        return ProviderOutcome(role, block.source, "skipped", reason="legacy input: lifecycle verbs go to outputs only")
+    block = task.stage(role).block
+    if role != "output" and not block.handshake:
+        return ProviderOutcome(
+            role, block.source, "skipped", reason="legacy provider: lifecycle verbs go to outputs only"
+        )
     opened = await start_and_open(document, task, role, new_run_id(), verb, None, options, redactor)
     proc = opened.proc
     try:
-        if opened.handshake.legacy and role == "input":
+        if opened.handshake.legacy and role != "output":
             await proc.kill()
-            return ProviderOutcome(role, block.source, "skipped", reason="legacy input (no handshake): not sent")
+            return ProviderOutcome(role, block.source, "skipped", reason=f"legacy {role} (no handshake): not sent")
         if not opened.handshake.legacy and not opened.handshake.supports(verb):
             await proc.close_stdin()
             with contextlib.suppress(TimeoutError):
@@ -94,12 +96,10 @@ async def run_verb(
     redactor = Redactor(document.secrets)
     log.set_redactor(redactor)
     outcomes = []
-    for role in ("input", "output"):
+    for role, block, _ in document.task(task_name).stages:
         try:
             outcomes.append(await _one(document, task_name, role, verb, options, redactor))
         except DStreamError as exc:
-            task = document.task(task_name)
-            block = task.input if role == "input" else task.output
             outcomes.append(ProviderOutcome(role, block.source, "failed", reason=redactor(str(exc))))
     return outcomes
 

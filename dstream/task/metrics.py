@@ -1,24 +1,37 @@
-"""``--metrics-port``: Prometheus metrics and ``/healthz`` for a running task.
+"""``--metrics-port``: Prometheus metrics on ``/metrics`` and health on ``/healthz``.
 
-Values are read from the run at scrape time (a custom collector), so the relay's hot path
-increments nothing.
+Exposition is prometheus_client's own WSGI app, so content negotiation (the OpenMetrics
+format when the scraper asks for it), gzip and ``?name[]=`` filtering behave as in any
+Prometheus client. Values are read from the run at scrape time (a custom collector), so
+the relay's hot path increments nothing. Gauges the providers report (``ctx.gauge``) are
+exported as ``dstream_provider_<name>`` with the task, the stage and their own labels.
 """
 
 from __future__ import annotations
 
+import re
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterable, Iterator
 
-    from dstream.task.snapshot import Source
+    from dstream.task.snapshot import Snapshot, Source
 
 HEALTHY_STATES = ("starting", "standby", "running", "stopping", "restarting")
+STATES = ("starting", "standby", "running", "stopping", "restarting", "finished", "failed")
+_INVALID = re.compile(r"[^a-zA-Z0-9_]")
+
+
+def _name(text: str) -> str:
+    """A valid Prometheus metric or label name from what a provider sent."""
+    cleaned = _INVALID.sub("_", text)
+    return cleaned if cleaned and not cleaned[0].isdigit() else f"_{cleaned}"
 
 
 class _RunCollector:
@@ -27,8 +40,7 @@ class _RunCollector:
 
     def collect(self) -> Iterator[Any]:
         snap = self.run.snapshot()
-        labels = ["task"]
-        values = [snap.task]
+        labels, values = ["task"], [snap.task]
 
         def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
             family = CounterMetricFamily(name, doc, labels=labels)
@@ -40,62 +52,83 @@ class _RunCollector:
             family.add_metric(values, value)
             return family
 
-        yield counter("dstream_envelopes_in", "Envelopes read from the input and written to the output", snap.envelopes)
-        yield counter("dstream_envelopes_out", "Envelopes the output acknowledged (delivered)", snap.delivered)
-        yield counter("dstream_bytes_in", "Bytes read from the input and written to the output", snap.bytes)
-        yield counter("dstream_bytes_out", "Bytes the output acknowledged", snap.delivered_bytes)
+        yield counter("dstream_envelopes_in", "Envelopes read from the input and relayed", snap.envelopes)
+        yield counter("dstream_envelopes_out", "Input envelopes the output acknowledged (delivered)", snap.delivered)
+        yield counter("dstream_bytes_in", "Bytes read from the input and relayed", snap.bytes)
+        yield counter("dstream_bytes_out", "Input bytes the output acknowledged", snap.delivered_bytes)
         yield counter(
             "dstream_checkpoints_persisted", "Checkpoints written to the state store", snap.checkpoints_persisted
         )
         yield counter("dstream_dead_letters", "Lines set aside in the dead-letter file", snap.dead_letters)
         yield counter("dstream_provider_restarts", "Restarts of the pipeline by the restart policy", snap.restarts)
-        yield gauge(
-            "dstream_in_flight_envelopes",
-            "Envelopes written to the output and not yet acknowledged (lag)",
-            snap.in_flight,
-        )
+        yield gauge("dstream_in_flight_envelopes", "Input envelopes not yet acknowledged (lag)", snap.in_flight)
         age = -1.0 if snap.last_checkpoint_age is None else snap.last_checkpoint_age
         yield gauge("dstream_checkpoint_age_seconds", "Seconds since the last persisted checkpoint (-1: none)", age)
+        stalled = 0.0 if snap.store_stalled is None else snap.store_stalled
+        yield gauge(
+            "dstream_checkpoint_store_stalled_seconds",
+            "Seconds the current checkpoint write has waited on the store (0: it answers)",
+            stalled,
+        )
         yield gauge(
             "dstream_waiting_for_output",
             "1 while the input is paused because the output is behind",
-            int(snap.waiting_for_output),
+            snap.waiting_for_output,
         )
+        stages = CounterMetricFamily(
+            "dstream_stage_envelopes", "Data lines out of each stage but the output", labels=["task", "stage"]
+        )
+        for role, count in snap.stage_envelopes.items():
+            stages.add_metric([snap.task, role], count)
+        yield stages
         state = GaugeMetricFamily("dstream_state", "1 for the run's current state", labels=["task", "state"])
-        for name in ("starting", "standby", "running", "stopping", "restarting", "finished", "failed"):
+        for name in STATES:
             state.add_metric([snap.task, name], int(snap.state == name))
         yield state
+        yield from _provider_gauges(snap)
+
+
+def _provider_gauges(snap: Snapshot) -> Iterable[GaugeMetricFamily]:
+    by_name: dict[str, list[tuple[str, dict[str, str], float]]] = {}
+    for (role, name, pairs), value in snap.gauges.items():
+        by_name.setdefault(_name(name), []).append((role, {_name(k): v for k, v in pairs}, value))
+    for name, samples in sorted(by_name.items()):
+        keys = sorted({k for _, found, _ in samples for k in found} - {"task", "stage"})
+        family = GaugeMetricFamily(
+            f"dstream_provider_{name}", f"Reported by the providers ({name})", labels=["task", "stage", *keys]
+        )
+        for role, found, value in samples:
+            family.add_metric([snap.task, role, *(found.get(k, "") for k in keys)], value)
+        yield family
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
 
 
 class MetricsServer:
     def __init__(self, run: Source, port: int, host: str = "0.0.0.0") -> None:  # noqa: S104 - scraped from outside
-        self.registry = CollectorRegistry()
-        self.registry.register(_RunCollector(run))
-        registry = self.registry
+        registry = CollectorRegistry()
+        registry.register(_RunCollector(run))
+        metrics = make_wsgi_app(registry)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path.startswith("/healthz"):
-                    healthy = run.state in HEALTHY_STATES
-                    self._reply(
-                        200 if healthy else 503, b"ok\n" if healthy else run.state.encode() + b"\n", "text/plain"
-                    )
-                elif self.path.startswith("/metrics") or self.path == "/":
-                    self._reply(200, generate_latest(registry), CONTENT_TYPE_LATEST)
-                else:
-                    self._reply(404, b"not found: try /metrics or /healthz\n", "text/plain")
+        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+            path = environ.get("PATH_INFO", "/")
+            if path.startswith("/healthz"):
+                healthy = run.state in HEALTHY_STATES
+                start_response("200 OK" if healthy else "503 Service Unavailable", [("Content-Type", "text/plain")])
+                return [b"ok\n" if healthy else run.state.encode() + b"\n"]
+            if path in ("/", "/metrics"):
+                return metrics(environ, start_response)  # type: ignore[no-any-return]
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"not found: try /metrics or /healthz\n"]
 
-            def _reply(self, code: int, body: bytes, content_type: str) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return None
-
-        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server = make_server(host, port, app, _Server, handler_class=_QuietHandler)
         self.port = self.server.server_address[1]
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True, name="metrics")
 

@@ -1,8 +1,8 @@
 """``dstream run``: one task, from checkpoint to checkpoint, with the restart policy.
 
-An attempt starts both providers, relays until the input ends (or a stop is requested),
-and persists the last acknowledged checkpoint. A failed attempt is retried from that
-checkpoint when the task has a ``restart`` block.
+An attempt (:mod:`dstream.task.attempt`) starts every stage of the pipeline, relays until
+the input ends (or a stop is requested), and persists the last acknowledged checkpoint. A
+failed attempt is retried from that checkpoint when the task has a ``restart`` block.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -20,9 +19,10 @@ from dstream import log
 from dstream.errors import BadDataError, DStreamError, Interrupted, LeaseLost, ProviderError, RuntimeFailure
 from dstream.redact import Redactor
 from dstream.relay.deadletter import DeadLetterWriter, default_path
-from dstream.relay.pipeline import Relay, RelayResult, RelayStats
 from dstream.state import Lease, LeaseGuard, open_lease, open_store
-from dstream.task.launch import LaunchOptions, new_run_id, open_pair
+from dstream.task.attempt import Attempt, AttemptResult
+from dstream.task.flow import AttemptStats
+from dstream.task.launch import LaunchOptions, new_run_id, open_stages
 from dstream.task.snapshot import Snapshot
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ class TaskRun:
         self.redactor = Redactor(document.secrets)
         log.set_redactor(self.redactor)
         self.run_id = new_run_id()
-        self._relay: Relay | None = None
+        self._current: Attempt | None = None
         self._stop = asyncio.Event()
         self._stop_count = 0
         self._guard: LeaseGuard | None = None
@@ -69,17 +69,18 @@ class TaskRun:
         self._acquired_at = 0.0
         self.state = "starting"
         self.restarts = 0
-        self._done = RelayStats()  # totals of finished attempts
+        self._done = AttemptStats()  # totals of finished attempts
         self._last_persist: float | None = None
+        self._gauges: dict[tuple[str, str, tuple[tuple[str, str], ...]], float] = {}  # last attempt's
 
     def snapshot(self) -> Snapshot:
-        relay = self._relay
-        live = relay.stats if relay is not None else RelayStats()
+        attempt = self._current
+        live = attempt.snapshot_stats() if attempt is not None else AttemptStats()
         done = self._done
         last = live.last_persist or self._last_persist
         providers = {}
-        if relay is not None:
-            for proc in (relay.input, relay.output):
+        if attempt is not None:
+            for proc in attempt.procs:
                 code = proc.returncode
                 providers[proc.role] = "running" if code is None else f"exited {code}"
         lease = "" if self._guard is None else ("held" if self._guard.valid() else "lost")
@@ -91,26 +92,32 @@ class TaskRun:
             state=self.state,
             envelopes=done.envelopes + live.envelopes,
             bytes=done.bytes + live.bytes,
-            delivered=done.acked_envelopes + live.acked_envelopes,
-            delivered_bytes=done.acked_bytes + live.acked_bytes,
+            delivered=done.delivered + live.delivered,
+            delivered_bytes=done.delivered_bytes + live.delivered_bytes,
             checkpoints_persisted=done.persisted + live.persisted,
             dead_letters=done.dead_letters + live.dead_letters,
             restarts=self.restarts,
-            in_flight=live.envelopes - live.acked_envelopes,
+            in_flight=live.envelopes - live.delivered,
             waiting_for_output=live.waiting,
             last_checkpoint_age=None if last is None else time.monotonic() - last,
             providers=providers,
             lease=lease,
+            stage_envelopes={r: done.stage_envelopes.get(r, 0) + n for r, n in live.stage_envelopes.items()}
+            or dict(done.stage_envelopes),
+            gauges=dict(attempt.gauges) if attempt is not None else dict(self._gauges),
+            store_stalled=None if live.store_stalled_since is None else time.monotonic() - live.store_stalled_since,
         )
 
-    def _fold(self, stats: RelayStats) -> None:
+    def _fold(self, stats: AttemptStats) -> None:
         done = self._done
         done.envelopes += stats.envelopes
         done.bytes += stats.bytes
-        done.acked_envelopes += stats.acked_envelopes
-        done.acked_bytes += stats.acked_bytes
+        done.delivered += stats.delivered
+        done.delivered_bytes += stats.delivered_bytes
         done.persisted += stats.persisted
         done.dead_letters += stats.dead_letters
+        for role, count in stats.stage_envelopes.items():
+            done.stage_envelopes[role] = done.stage_envelopes.get(role, 0) + count
         self._last_persist = stats.last_persist or self._last_persist
 
     def request_stop(self) -> None:
@@ -120,8 +127,8 @@ class TaskRun:
             self.state = "stopping"
         if self._lost is not None:
             return
-        if self._relay is not None:
-            self._relay.request_stop()
+        if self._current is not None:
+            self._current.request_stop()
         elif self._stop_count == 1:
             _log.info("stop requested")
 
@@ -195,8 +202,8 @@ class TaskRun:
     def _lease_lost(self, failure: LeaseLost) -> None:
         self._lost = failure
         self._stop.set()
-        if self._relay is not None:
-            self._relay.abort(failure)
+        if self._current is not None:
+            self._current.abort(failure)
 
     async def _run(self, started: float) -> RunSummary:
         store = open_store(self.document)
@@ -210,7 +217,7 @@ class TaskRun:
                 if resume is not None:
                     _log.info("task %s resumes from checkpoint %s", self.task.name, _short(resume))
                 try:
-                    result = await self._attempt(store, resume)
+                    result = await self._run_attempt(store, resume)
                 except (BadDataError, Interrupted, LeaseLost):
                     raise
                 except _RETRYABLE as exc:
@@ -246,13 +253,13 @@ class TaskRun:
         finally:
             store.close()
 
-    async def _attempt(self, store: CheckpointStore, resume: Any) -> RelayResult:
+    async def _run_attempt(self, store: CheckpointStore, resume: Any) -> AttemptResult:
         if self._lost is not None:
             raise self._lost
         if self._stop.is_set():
             raise Interrupted("stopped before the providers started")
         opening = asyncio.create_task(
-            open_pair(self.document, self.task, self.run_id, "run", resume, self.options, self.redactor)
+            open_stages(self.document, self.task, self.run_id, "run", resume, self.options, self.redactor)
         )
         stop_wait = asyncio.create_task(self._stop.wait())
         await asyncio.wait({opening, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
@@ -262,7 +269,8 @@ class TaskRun:
             with contextlib.suppress(asyncio.CancelledError, DStreamError):
                 await opening
             raise Interrupted("stopped while the providers were starting")
-        inp, out = opening.result()
+        stages = opening.result()
+        inp = stages[0]
         dead_letters = None
         if self.task.on_error == "dead_letter":
             path = default_path(self.document.base_dir, self.task.name, self.task.dead_letter.path)
@@ -271,21 +279,15 @@ class TaskRun:
             if not inp.handshake.commits:
                 await inp.proc.close_stdin()  # as upstream: stdin carries only the command
             _log.info(
-                "task %s running (run %s): %s → %s",
+                "task %s running (run %s): %s",
                 self.task.name,
                 self.run_id,
-                _kind(inp.handshake),
-                _kind(out.handshake),
+                " → ".join(f"{one.proc.role} {_kind(one.handshake)}" for one in stages),
             )
-            self._relay = Relay(
+            self._current = Attempt(
                 task=self.task,
                 run_id=self.run_id,
-                input_proc=inp.proc,
-                output_proc=out.proc,
-                input_handshake=inp.handshake,
-                output_handshake=out.handshake,
-                input_leftover=inp.leftover,
-                output_leftover=out.leftover,
+                stages=stages,
                 store=store,
                 resume_from=resume,
                 dead_letters=dead_letters,
@@ -299,16 +301,16 @@ class TaskRun:
             gc.freeze()
             self.state = "running" if not self._stop.is_set() else "stopping"
             if self._stop.is_set():
-                self._relay.request_stop()
-            result = await self._relay.run()
+                self._current.request_stop()
+            result = await self._current.run()
         finally:
-            if self._relay is not None:
-                self._fold(self._relay.stats)
-            self._relay = None
+            if self._current is not None:
+                self._fold(self._current.snapshot_stats())
+                self._gauges = dict(self._current.gauges)
+            self._current = None
             if dead_letters is not None:
                 dead_letters.close()
-            for opened in (inp, out):
-                await opened.proc.cleanup()
+            await asyncio.gather(*(opened.proc.cleanup() for opened in stages))
         if result.failure is not None:
             raise result.failure
         return result
@@ -316,9 +318,8 @@ class TaskRun:
 
 def _kind(handshake: Any) -> str:
     if handshake.legacy:
-        return "legacy provider"
-    features = ",".join(sorted(handshake.features)) or "no features"
-    return f"provider ({features})"
+        return "(legacy)"
+    return "(" + (",".join(sorted(handshake.features)) or "no features") + ")"
 
 
 def _short(value: Any, limit: int = 120) -> str:
@@ -328,54 +329,3 @@ def _short(value: Any, limit: int = 120) -> str:
 
 def _first_line(text: str) -> str:
     return text.splitlines()[0] if text else text
-
-
-def run_task(
-    document: Document,
-    task_name: str,
-    options: LaunchOptions | None = None,
-    progress: bool | None = None,
-    metrics_port: int | None = None,
-) -> RunSummary:
-    """Run a task in a fresh event loop, with SIGINT/SIGTERM wired to a graceful stop.
-
-    ``progress``: a live status line (None: when stderr is a terminal; log lines otherwise).
-    ``metrics_port``: serve Prometheus metrics and /healthz on that port.
-    """
-    from dstream.task.status import StatusReporter
-
-    async def main() -> RunSummary:
-        runner = TaskRun(document, task_name, options)
-        reporter = StatusReporter(runner, live=progress if progress is not None else None)
-        runner.stdout = reporter.stdout_sink()
-        server = None
-        if metrics_port is not None:
-            from dstream.task.metrics import MetricsServer
-
-            try:
-                server = MetricsServer(runner, metrics_port)
-            except OSError as exc:
-                raise RuntimeFailure(f"cannot serve metrics on port {metrics_port}: {exc.strerror}") from None
-            server.start()
-            _log.info("metrics on http://0.0.0.0:%d/metrics (health: /healthz)", server.port)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, runner.request_stop)
-        status = asyncio.create_task(reporter.report())
-        try:
-            summary = await runner.run()
-            runner.state = "finished"
-            return summary
-        except BaseException:
-            runner.state = "failed"
-            raise
-        finally:
-            status.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await status
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
-            if server is not None:
-                server.stop()
-
-    return asyncio.run(main())

@@ -6,7 +6,7 @@ They import only this module, never the runner: anything with a ``snapshot()`` a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 
@@ -27,8 +27,14 @@ class Snapshot:
     in_flight: int
     waiting_for_output: bool
     last_checkpoint_age: float | None
-    providers: dict[str, str]
+    providers: dict[str, str]  # role → "running" | "exited N", in pipeline order
     lease: str
+    # Data lines out of each stage but the output (role → count): what a transform made of its input.
+    stage_envelopes: dict[str, int] = field(default_factory=dict)
+    # Seconds a checkpoint write has been waiting on the store (None: it answers).
+    store_stalled: float | None = None
+    # Provider-reported gauges: (role, name, sorted labels) → value.
+    gauges: dict[tuple[str, str, tuple[tuple[str, str], ...]], float] = field(default_factory=dict)
 
 
 class Source(Protocol):

@@ -47,6 +47,8 @@ def describe(snap: Snapshot, rate: float, byte_rate: float) -> str:
         f"delivered {snap.delivered:,}",
         f"checkpoint {_age(snap.last_checkpoint_age)}",
     ]
+    if snap.store_stalled is not None:
+        parts.append(f"checkpoint store not answering for {snap.store_stalled:.0f}s")
     if snap.waiting_for_output:
         parts.append("waiting for the output")
     if snap.dead_letters:

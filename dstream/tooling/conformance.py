@@ -3,8 +3,12 @@
 Checks (each pass, fail or skip, with a detail):
 - handshake       valid config → ``{"status":"ready"}`` within the timeout
 - invalid config  an unknown config key → ``{"status":"error","message":…}`` naming it
-- sigterm         SIGTERM after the handshake → exits (0 or 143) within the grace period
+- sigterm         SIGTERM after the handshake → exits (0 or 143) within the grace period; for an
+                  image, also whether it would without the container's init process
 - acks            (outputs) data + a checkpoint → ``{"ack": <the same checkpoint>}``
+- transform       (transforms) each envelope followed by a checkpoint: the checkpoint comes back
+                  byte for byte, after what the transform emitted for that envelope (0, 1 or n
+                  envelopes, or a well-formed ``dead_letter`` line), and nothing after the last one
 - checkpoints     (inputs) data lines are envelopes and a ``{"checkpoint": …}`` follows
 - resume          (inputs) restarting from that checkpoint handshakes and streams again
 - lifecycle       ``plan``/``status`` (when offered) print well-formed resource lines
@@ -26,6 +30,7 @@ from dstream.redact import Redactor
 from dstream.relay.handshake import open_provider
 from dstream.runtime.base import LABEL_RUN
 from dstream.task.launch import LaunchOptions, new_run_id, prepare_spec
+from dstream.tooling.probes import TransformProbe
 
 if TYPE_CHECKING:
     from dstream.runtime.base import ProviderProcess, ProviderSpec, Runtime
@@ -70,15 +75,20 @@ class Suite:
         under a fresh run id, so each container still gets its own name and labels."""
         run_id = new_run_id()
         if self._prepared is None:
-            self._prepared = await prepare_spec(self.document, self.task, "conformance", run_id, self.options)
+            self._prepared = await prepare_spec(
+                self.document, self.task, "conformance", run_id, self.options, self.task.input
+            )
             return self._prepared
         runtime, spec = self._prepared
         return runtime, replace(spec, run_id=run_id, labels={**spec.labels, LABEL_RUN: run_id})
 
     async def _open(
-        self, config: dict[str, Any], command: str = "run", checkpoint: Any = None
+        self, config: dict[str, Any], command: str = "run", checkpoint: Any = None, init: bool = True
     ) -> tuple[ProviderProcess, protocol.Handshake, bytes]:
         runtime, spec = await self._prepare()
+        if not init:
+            container = spec.block.container.model_copy(update={"init": False})
+            spec = replace(spec, block=spec.block.model_copy(update={"container": container}))
         proc = await runtime.start(spec, lambda line: None)
         try:
             handshake, rest = await open_provider(
@@ -99,7 +109,7 @@ class Suite:
         except DStreamError as exc:
             self.record("handshake", False, _first(str(exc)))
             return self.checks
-        kind = self.kind or ("output" if handshake.acks else "input")
+        kind = self.kind or _kind(handshake)
         self.record(
             "handshake",
             handshake.status == "ready",
@@ -108,6 +118,8 @@ class Suite:
         try:
             if kind == "output":
                 await self._acks(proc, rest)
+            elif kind == "transform":
+                await TransformProbe(proc, rest, self.timeout, self.record).run()
             else:
                 checkpoint = await self._checkpoints(proc, rest)
                 await self._resume(checkpoint)
@@ -130,11 +142,31 @@ class Suite:
         self.record("invalid config", False, f"accepted an unknown key {UNKNOWN_KEY!r} (status {handshake.status})")
 
     async def _sigterm(self, kind: str) -> None:
-        try:
-            proc, _, _ = await self._open(self.config)
-        except DStreamError as exc:
-            self.record("sigterm", False, _first(str(exc)))
+        outcome = await self._stop_on_sigterm(kind)
+        if isinstance(outcome, str):
+            self.record("sigterm", False, outcome)
             return
+        code, took = outcome
+        detail = f"exit {code} after {took:.1f}s"
+        _, spec = await self._prepare()
+        if code in (0, 143, -15) and spec.image is not None:
+            # Containers run under an init process by default: would it stop without one?
+            alone = await self._stop_on_sigterm(kind, init=False)
+            if isinstance(alone, str):
+                detail += (
+                    "; it stops only because of the container's init process: as PID 1 (container "
+                    "{ init = false }) it ignores SIGTERM. Handle SIGTERM in the provider to stop cleanly anywhere"
+                )
+            else:
+                detail += "; also without an init process"
+        self.record("sigterm", code in (0, 143, -15), detail)
+
+    async def _stop_on_sigterm(self, kind: str, init: bool = True) -> tuple[int, float] | str:
+        """(exit code, seconds) after SIGTERM, or what went wrong."""
+        try:
+            proc, _, _ = await self._open(self.config, init=init)
+        except DStreamError as exc:
+            return _first(str(exc))
         try:
             if kind == "input":
                 await proc.close_stdin()
@@ -144,12 +176,10 @@ class Suite:
             try:
                 code = await asyncio.wait_for(proc.wait(), GRACE)
             except TimeoutError:
-                self.record("sigterm", False, f"still running {GRACE:g}s after SIGTERM")
-                return
+                return f"still running {GRACE:g}s after SIGTERM"
             finally:
                 drain.cancel()
-            took = time.monotonic() - started
-            self.record("sigterm", code in (0, 143, -15), f"exit {code} after {took:.1f}s")
+            return code, time.monotonic() - started
         finally:
             await proc.cleanup()
 
@@ -261,6 +291,12 @@ async def _read_all(proc: ProviderProcess) -> bytes:
     while chunk := await proc.read():
         out += chunk
     return out
+
+
+def _kind(handshake: protocol.Handshake) -> str:
+    if protocol.FEATURE_TRANSFORM in handshake.features:
+        return "transform"
+    return "output" if handshake.acks else "input"
 
 
 def _first(text: str) -> str:

@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING
 
 from dstream import log
 from dstream.errors import ConfigError, DStreamError, RuntimeFailure
-from dstream.runtime.docker import LABEL_DEPLOY, DockerEngine, Swarm
+from dstream.runtime.docker import DockerEngine
+from dstream.runtime.leftovers import LABEL_DEPLOY
+from dstream.runtime.swarm import Swarm
 
 if TYPE_CHECKING:
     from dstream.config.models import Document
@@ -139,7 +141,7 @@ def undeploy(task_name: str, timeout: float = 90) -> dict[str, int]:
     if service is not None:
         service.remove()
     deadline = time.monotonic() + timeout
-    while _containers(engine, f"com.docker.swarm.service.name={name}"):
+    while swarm.containers(f"com.docker.swarm.service.name={name}"):
         if time.monotonic() > deadline:
             raise RuntimeFailure(f"the containers of service {name} did not stop within {timeout:g}s")
         time.sleep(0.5)  # polling the engine for the replicas to exit
@@ -150,10 +152,6 @@ def undeploy(task_name: str, timeout: float = 90) -> dict[str, int]:
     if service is None and not (leftovers or configs or secrets):
         raise DStreamError(f"task {task_name} is not deployed")
     return {"services": int(service is not None), "containers": len(leftovers), "configs": configs, "secrets": secrets}
-
-
-def _containers(engine: DockerEngine, label: str) -> list[str]:
-    return [c["Id"] for c in engine.client.api.containers(all=True, filters={"label": label})]
 
 
 def kubernetes_manifests(document: Document, task_name: str, replicas: int, image: str) -> str:

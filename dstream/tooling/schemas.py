@@ -107,7 +107,7 @@ def check_document(document: Document) -> tuple[list[str], list[str]]:
     # Finding a schema may inspect an image or ask the registry: once per provider.
     found: dict[str, tuple[dict[str, Any] | None, str]] = {}
     for task in document.tasks.values():
-        for role, block in (("input", task.input), ("output", task.output)):
+        for role, block, at in task.stages:
             source_ref = block.provider_ref or block.provider_path or ""
             if source_ref not in found:
                 found[source_ref] = block_schema(block)
@@ -123,9 +123,9 @@ def check_document(document: Document) -> tuple[list[str], list[str]]:
                     extra = sorted(set(block.config) - set(schema.get("properties", {})))
                     key = extra[0] if extra else ""
                 line = (
-                    document.lines.get(f"{task.name}/{role}/config/{key}")
-                    or document.lines.get(f"{task.name}/{role}/config")
-                    or document.lines.get(f"{task.name}/{role}")
+                    document.lines.get(f"{task.name}/{at}/config/{key}")
+                    or document.lines.get(f"{task.name}/{at}/config")
+                    or document.lines.get(f"{task.name}/{at}")
                     or document.lines.get(task.name, 0)
                 )
                 where = ".".join(["config", *path]) if path else "config"

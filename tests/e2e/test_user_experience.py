@@ -235,7 +235,7 @@ def test_spec_prints_a_providers_schema() -> None:
     assert missing.returncode == 1
 
 
-@pytest.mark.parametrize("kind", ["input", "output"])
+@pytest.mark.parametrize("kind", ["input", "transform", "output"])
 def test_scaffolded_provider_passes_its_tests_and_the_conformance_suite(
     tmp_path: Path, script: Callable[[str, str], Path], kind: str
 ) -> None:
@@ -257,13 +257,19 @@ def test_scaffolded_provider_passes_its_tests_and_the_conformance_suite(
     executable = script(
         f"run-{name}", f"import sys\nsys.path.insert(0, {str(root)!r})\nfrom {package} import main\nmain()\n"
     )
-    config = json.dumps({"count": 0, "interval": 0.01} if kind == "input" else {"path": str(tmp_path / "o.jsonl")})
-    suite = run_cli("test-provider", str(executable), "--config", config, "--timeout", "20", env={"COLUMNS": "200"})
+    configs = {
+        "input": {"count": 0, "interval": 0.01},
+        "transform": {"drop": ["name"]},
+        "output": {"path": str(tmp_path / "o.jsonl")},
+    }
+    suite = run_cli(
+        "test-provider", str(executable), "--config", json.dumps(configs[kind]), "--timeout", "20", "--json"
+    )
     assert suite.returncode == 0, suite.stdout + suite.stderr
-    assert "fail" not in suite.stdout
-    expected = ["handshake", "invalid config", "sigterm"] + (["checkpoints", "resume"] if kind == "input" else ["acks"])
-    for check in expected:
-        assert check in suite.stdout
+    results = {c["name"]: c["result"] for c in json.loads(suite.stdout)["checks"]}
+    specific = {"input": ["checkpoints", "resume"], "transform": ["transform"], "output": ["acks"]}[kind]
+    for check in ["handshake", "invalid config", "sigterm", *specific]:
+        assert results[check] == "pass", suite.stdout
 
 
 def test_conformance_suite_reports_a_non_conforming_provider(script: Callable[[str, str], Path]) -> None:
@@ -285,3 +291,26 @@ def test_conformance_suite_reports_a_non_conforming_provider(script: Callable[[s
     assert rows["invalid config"] == "fail"  # it accepts anything
     assert rows["sigterm"] == "fail"  # it ignores SIGTERM
     assert "checks failed" in suite.stderr
+
+
+def test_conformance_suite_fails_a_transform_that_drops_checkpoints(script: Callable[[str, str], Path]) -> None:
+    # A plain filter that forwards data and forgets every second checkpoint line.
+    lossy = script(
+        "lossy-transform-provider",
+        "import json, sys\nsys.stdin.readline()\n"
+        'print(json.dumps({"status": "ready", "features": ["transform"]}), flush=True)\n'
+        "seen = 0\n"
+        "for line in sys.stdin:\n"
+        "    if '\"checkpoint\"' in line:\n"
+        "        seen += 1\n"
+        "        if seen % 2 == 0:\n"
+        "            continue\n"
+        "    sys.stdout.write(line)\n    sys.stdout.flush()\n",
+    )
+    suite = run_cli("test-provider", str(lossy), "--timeout", "3", "--json")
+    assert suite.returncode == 1
+    report = json.loads(suite.stdout)
+    checks = {c["name"]: c for c in report["checks"]}
+    assert not report["passed"]
+    assert checks["transform"]["result"] == "fail"
+    assert "checkpoint 1 was not forwarded within 3s" in checks["transform"]["detail"]

@@ -58,10 +58,10 @@ def _in_registry(ref: str) -> bool:
 
 @pytest.fixture(scope="session")
 def provider_images(engine: DockerEngine, registry: str) -> dict[str, str]:
-    """The catalogue's counter and console images, in the local registry."""
+    """The catalogue's counter, console and file images, in the local registry."""
     builder = Builder(engine)
     images = {}
-    for name in ("counter-input-provider", "console-output-provider"):
+    for name in ("counter-input-provider", "console-output-provider", "file-output-provider"):
         ref = f"{registry}/dstream/{name}:0.1.0"
         if not _in_registry(ref):
             builder.push(name, registry)
@@ -69,15 +69,19 @@ def provider_images(engine: DockerEngine, registry: str) -> dict[str, str]:
     return images
 
 
-@pytest.fixture(scope="session")
-def scripted_image(engine: DockerEngine, registry: str, provider_images: dict[str, str]) -> str:
-    """A test provider image whose behaviour its config picks (see images/scripted)."""
-    ref = f"{registry}/dstream-test/scripted-provider:1"
-    for _ in engine.build(HERE / "images" / "scripted", ref, {"PROVIDER_BASE": base_tag()}, {}):
+def build_test_image(engine: DockerEngine, folder: str, ref: str) -> str:
+    """Build images/<folder> on the provider base and push it to the local registry."""
+    for _ in engine.build(HERE / "images" / folder, ref, {"PROVIDER_BASE": base_tag()}, {}):
         pass
     repository, _, tag = ref.rpartition(":")
     engine.push(repository, tag, lambda event: None)
     return ref
+
+
+@pytest.fixture(scope="session")
+def scripted_image(engine: DockerEngine, registry: str, provider_images: dict[str, str]) -> str:
+    """A test provider image whose behaviour its config picks (see images/scripted)."""
+    return build_test_image(engine, "scripted", f"{registry}/dstream-test/scripted-provider:1")
 
 
 @pytest.fixture

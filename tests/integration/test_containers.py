@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from tests.conftest import run_cli
-from tests.integration.conftest import task_containers
+from tests.integration.conftest import build_test_image, task_containers
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -160,6 +160,7 @@ def test_hardening_and_no_secret_in_inspect_labels_or_logs(
               interval = 0.05
               password = "{canary}"
             }}
+            container {{ memory = "512m" }}
           }}
           output {{ provider_path = "console-output-provider" }}
         }}
@@ -182,7 +183,8 @@ def test_hardening_and_no_secret_in_inspect_labels_or_logs(
         assert host["ReadonlyRootfs"] is True
         assert "/tmp" in host["Tmpfs"]
         assert host["PidsLimit"] > 0
-        assert host["Memory"] > 0
+        assert host["Memory"] == 536870912  # "512m" is 512 MiB, as `docker run -m 512m`
+        assert host["Init"] is True  # an init process is PID 1, the provider is not
         assert host["LogConfig"]["Type"] == "none"
         assert host["Privileged"] is False
         assert not host.get("PortBindings")
@@ -264,3 +266,59 @@ def test_large_stream_keeps_orchestrator_memory_flat(
     assert size / lines > 450  # ~500-byte envelopes
     peak = max(rss)
     assert peak < 150 * 1024 * 1024, f"orchestrator peak RSS {peak / 1e6:.0f} MB"
+
+
+@pytest.fixture(scope="session")
+def bash_image(engine: DockerEngine, registry: str, provider_images: dict[str, str]) -> str:
+    """A provider that is a bash loop with no SIGTERM trap (see images/pid1-bash)."""
+    return build_test_image(engine, "pid1-bash", f"{registry}/dstream-test/pid1-bash-provider:1")
+
+
+@pytest.mark.parametrize("init", [True, False])
+def test_a_shell_provider_stops_on_sigterm_under_the_default_init(
+    task_file: Callable[..., Path], bash_image: str, engine: DockerEngine, task_name: str, init: bool
+) -> None:
+    setting = "" if init else "container { init = false }"
+    path = task_file(
+        f"""
+        task "{task_name}" {{
+          stop_timeout = "15s"
+          input {{
+            provider_ref = "{bash_image}"
+            {setting}
+          }}
+          output {{ provider_path = "console-output-provider" }}
+        }}
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dstream", "run", task_name, "-f", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline()  # data is flowing
+        (container,) = task_containers(engine, task_name)
+        assert engine.client.api.inspect_container(container["Id"])["HostConfig"]["Init"] is init
+        stopped = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        took = time.monotonic() - stopped
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    if init:
+        assert took < 10, err  # SIGTERM reached bash through the init process
+        assert "did not stop within" not in err
+    else:
+        assert "did not stop within 15s; killing it" in err  # as PID 1, bash ignored SIGTERM
+
+
+def test_conformance_says_when_a_provider_stops_only_because_of_init(bash_image: str) -> None:
+    result = run_cli("test-provider", bash_image, "--json", "--timeout", "10")
+    checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+    assert checks["sigterm"]["result"] == "pass"
+    assert "stops only because of the container's init process" in checks["sigterm"]["detail"]

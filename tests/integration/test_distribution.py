@@ -54,7 +54,7 @@ def test_oras_executable_artifact_is_pulled_cached_and_run(
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [line["data"]["value"] for line in lines] == list(range(1, 8))
     assert lines[0]["source"] == ""  # upstream's extra top-level fields are relayed untouched
-    assert "legacy provider" in result.stderr
+    assert "input (legacy)" in result.stderr
     cached = cache / "artifacts" / digest.replace(":", "-") / "plugin"
     assert cached.read_bytes() == LEGACY_COUNTER
     assert cached.stat().st_mode & 0o111

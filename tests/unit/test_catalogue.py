@@ -10,5 +10,5 @@ def test_catalogue_verbs_and_schemas_match_the_provider_classes() -> None:
         verbs, schema = catalogue.describe_class(entry)
         assert entry.verbs == verbs, f"{entry.name}: run python -m dstream.tooling.catalogue --update"
         assert entry.config_schema == schema, f"{entry.name}: run python -m dstream.tooling.catalogue --update"
-        assert entry.name.endswith(("-input-provider", "-output-provider"))
+        assert entry.name.endswith(("-input-provider", "-transform-provider", "-output-provider"))
         assert entry.kind == entry.name.rsplit("-", 2)[-2]

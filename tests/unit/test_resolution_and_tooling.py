@@ -258,6 +258,9 @@ def test_undeploy_removes_leftovers_of_the_task(monkeypatch: pytest.MonkeyPatch)
         def service(self, name: str) -> None:
             return None
 
+        def containers(self, label: str) -> list[str]:
+            return []  # the service's replicas are gone
+
         def remove_labelled(self, label: str) -> tuple[int, int]:
             return 0, 0
 
@@ -274,7 +277,7 @@ def test_undeploy_removes_leftovers_of_the_task(monkeypatch: pytest.MonkeyPatch)
 def test_conformance_resolves_once_and_uses_fresh_run_ids(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
 
-    async def prepare_spec(document: Any, task: Any, role: str, run_id: str, options: Any) -> Any:
+    async def prepare_spec(document: Any, task: Any, role: str, run_id: str, options: Any, block: Any = None) -> Any:
         calls.append(run_id)
         labels = {"io.dstream.task": task.name, "io.dstream.role": role, "io.dstream.run-id": run_id}
         spec = ProviderSpec(role=role, task=task.name, run_id=run_id, block=task.output, base_dir=Path(), labels=labels)

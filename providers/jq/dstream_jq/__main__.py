@@ -1,0 +1,3 @@
+from dstream_jq import main
+
+main()
