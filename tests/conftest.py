@@ -97,17 +97,14 @@ def _port_open(host: str, port: int) -> bool:
 
 @pytest.fixture(scope="session")
 def azurite_connection_string() -> Iterator[str]:
-    """Azurite: the npm one `make test` starts here, or testcontainers' container where its
-    image can be pulled (GitHub Actions sets DSTREAM_TEST_AZURITE_CONTAINER=1)."""
+    """Azurite: the one in DSTREAM_TEST_AZURITE (a connection string), else the npm Azurite that
+    `make test` starts on 127.0.0.1:10000-10002 (scripts/dev/ensure-azurite.sh), in CI too.
+
+    There is no container fallback: Azurite's image lives on MCR, which the development
+    machines cannot pull, and the npm package runs the same emulator everywhere."""
     configured = os.environ.get("DSTREAM_TEST_AZURITE")
     if configured:
         yield configured
-        return
-    if os.environ.get("DSTREAM_TEST_AZURITE_CONTAINER"):
-        from testcontainers.azurite import AzuriteContainer
-
-        with AzuriteContainer() as container:
-            yield container.get_connection_string()
         return
     if not (_port_open("127.0.0.1", 10000) and _port_open("127.0.0.1", 10001)):
         service_unavailable("no Azurite on 127.0.0.1:10000-10001")

@@ -2,43 +2,54 @@
 
 Messages are received in peek-lock mode and **completed only when dstream commits** a
 checkpoint covering them (they are durable downstream); locks are renewed while held.
-On a graceful stop, what is still held after ``commit_wait`` is abandoned so it is
-redelivered at once; if the input dies, the locks expire and the broker redelivers
-(counting deliveries: past the queue's max delivery count it dead-letters them). A
-message whose body is not JSON is dead-lettered with the reason. Bodies that are
-envelopes (written by asb-output-provider) are replayed unchanged; other JSON becomes
-the ``data`` of an envelope whose metadata holds the application properties.
+On a graceful stop, what is still held after ``commit_wait`` (locks renewed meanwhile) is
+*released* (the AMQP outcome that returns a message without counting a delivery), so it
+is redelivered at once and restarts do not push it towards the dead-letter queue;
+abandoning, or letting the lock expire, would count a delivery each time. Only if the
+release is not possible is it abandoned. If the input dies, the locks expire and the
+broker redelivers, counting deliveries (past the entity's max delivery count it
+dead-letters them). A message whose body is not JSON is dead-lettered with the reason.
+Bodies that are envelopes (written by asb-output-provider) are replayed unchanged; other
+JSON becomes the ``data`` of an envelope whose metadata holds the application properties.
+
+**Sessions** (``sessions = "next"`` or a list of session ids): a session-enabled entity is
+read through a pool of up to ``max_sessions`` session receivers (asb_sessions.py), each
+session in its enqueue order. Checkpoints stay ``{"run", "seq"}`` in receive order across
+sessions, so a commit completes exactly what was emitted before it, whichever sessions the
+messages came from. On stop, held messages are released and every session is let go.
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any, Literal
 
 from azure.core.exceptions import ResourceNotFoundError
 from pydantic import Field, SecretStr, model_validator
 
-from dstream.sdk import InfrastructureProvider, Resource
+from dstream.sdk import Duration, InfrastructureProvider, Resource
+from dstream_azure.asb_sessions import Item, SessionPool
 from dstream_azure.inputs import Held, QueueInput, QueueInputConfig, to_envelope_lines
-from dstream_azure.routing import Duration  # noqa: TC001 (pydantic reads it at run time)
 from dstream_azure.servicebus import (
     MessageAlreadySettled,
     MessageLockLostError,
     MessagingEntityNotFoundError,
     ServiceBusClient,
     ServiceBusError,
-    ServiceBusReceivedMessage,
     ServiceBusReceiveMode,
-    admin_client,
     body_bytes,
     decoded_properties,
     lock_remaining,
+    release_message,
 )
+from dstream_azure.servicebus_admin import admin_client
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
 SETTLE_ERRORS = (MessageLockLostError, MessageAlreadySettled, ServiceBusError)
+SESSION_REQUIRED = "requires sessions"
 
 
 class AsbInputConfig(QueueInputConfig):
@@ -51,15 +62,26 @@ class AsbInputConfig(QueueInputConfig):
     max_batch: int = Field(default=100, ge=1, le=5000, description="messages per receive call")
     max_wait: Duration = Field(default=1.0, gt=0, description="seconds a receive call waits for messages")
     prefetch_count: int = Field(default=0, ge=0, description="messages the SDK prefetches (0: off)")
+    sessions: Literal["none", "next"] | list[str] = Field(
+        default="none",
+        description='a session-enabled entity: "next" (accept the next available sessions) or a list of '
+        'session ids; "none" (default) for an entity without sessions',
+    )
+    max_sessions: int = Field(default=8, ge=1, le=100, description="sessions held (read in turn) at once")
+    session_idle: Duration = Field(
+        default=2.0, gt=0, description="let a session go after this long without a message (none of it held)"
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> AsbInputConfig:
         if bool(self.queue) == bool(self.topic and self.subscription):
             raise ValueError("set queue, or topic and subscription")
+        if isinstance(self.sessions, list) and not self.sessions:
+            raise ValueError('sessions as a list names the session ids to read; "next" takes any')
         return self
 
 
-class AsbInputProvider(QueueInput[AsbInputConfig, ServiceBusReceivedMessage], InfrastructureProvider):
+class AsbInputProvider(QueueInput[AsbInputConfig, Item], InfrastructureProvider):
     name = "asb-input-provider"
     version = "0.1.0"
     Config = AsbInputConfig
@@ -69,6 +91,7 @@ class AsbInputProvider(QueueInput[AsbInputConfig, ServiceBusReceivedMessage], In
         self.receive_batch = config.max_batch
         self._client: ServiceBusClient | None = None
         self._receiver: Any = None
+        self._pool: SessionPool | None = None
 
     @property
     def source(self) -> str:
@@ -76,76 +99,149 @@ class AsbInputProvider(QueueInput[AsbInputConfig, ServiceBusReceivedMessage], In
         return f"Service Bus queue {cfg.queue}" if cfg.queue else f"Service Bus {cfg.topic}/{cfg.subscription}"
 
     @property
-    def receiver(self) -> Any:
-        if self._receiver is None:
+    def client(self) -> ServiceBusClient:
+        if self._client is None:
             cfg = self.config
             self._client = ServiceBusClient.from_connection_string(
                 cfg.connection_string.get_secret_value(), **cfg.client_options()
             )
-            options: dict[str, Any] = {
-                "receive_mode": ServiceBusReceiveMode.PEEK_LOCK,
-                "prefetch_count": cfg.prefetch_count,
-            }
-            if cfg.queue:
-                self._receiver = self._client.get_queue_receiver(queue_name=cfg.queue, **options)
-            else:
-                assert cfg.topic is not None
-                assert cfg.subscription is not None
-                self._receiver = self._client.get_subscription_receiver(
-                    topic_name=cfg.topic, subscription_name=cfg.subscription, **options
-                )
+        return self._client
+
+    def _open(self, **session: Any) -> Any:
+        cfg = self.config
+        options: dict[str, Any] = {
+            "receive_mode": ServiceBusReceiveMode.PEEK_LOCK,
+            "prefetch_count": cfg.prefetch_count,
+            **session,
+        }
+        if cfg.queue:
+            return self.client.get_queue_receiver(queue_name=cfg.queue, **options)
+        assert cfg.topic is not None
+        assert cfg.subscription is not None
+        return self.client.get_subscription_receiver(
+            topic_name=cfg.topic, subscription_name=cfg.subscription, **options
+        )
+
+    @property
+    def receiver(self) -> Any:
+        if self._receiver is None:
+            self._receiver = self._open()
         return self._receiver
 
-    def receive(self, max_count: int) -> list[ServiceBusReceivedMessage]:
-        try:
-            messages: list[ServiceBusReceivedMessage] = self.receiver.receive_messages(
-                max_message_count=max_count, max_wait_time=self.config.max_wait
+    @property
+    def pool(self) -> SessionPool:
+        if self._pool is None:
+            cfg = self.config
+            configured = cfg.sessions if isinstance(cfg.sessions, list) else None
+            self._pool = SessionPool(
+                lambda session_id: self._open(session_id=session_id, max_wait_time=min(cfg.max_wait, 1.0)),
+                configured,
+                cfg.max_sessions,
+                cfg.session_idle,
+                cfg.max_wait,
+                self.log,
             )
+        return self._pool
+
+    def receive(self, max_count: int) -> list[Item]:
+        try:
+            if self.config.sessions != "none":
+                return self.pool.receive(max_count)
+            messages = self.receiver.receive_messages(max_message_count=max_count, max_wait_time=self.config.max_wait)
         except MessagingEntityNotFoundError:
             raise RuntimeError(
                 f"{self.source} does not exist (create it with `dstream init` on the task that writes it)"
             ) from None
-        return messages
+        except ServiceBusError as exc:
+            if SESSION_REQUIRED in str(exc).lower():
+                raise RuntimeError(
+                    f'{self.source} is session-enabled: set sessions = "next" (or the session ids to read)'
+                ) from None
+            raise
+        return [Item(m, self.receiver) for m in messages]
 
-    def decode(self, message: ServiceBusReceivedMessage) -> tuple[bytes, float, float]:
-        remaining = lock_remaining(message.locked_until_utc)
+    def _lock_end(self, item: Item) -> Any:
+        if item.session is not None:
+            return item.receiver.session.locked_until_utc
+        return item.message.locked_until_utc
+
+    def decode(self, item: Item) -> tuple[bytes, float, float]:
+        message = item.message
+        remaining = lock_remaining(self._lock_end(item))
         metadata = {"MessageId": message.message_id, **decoded_properties(message)}
         lines = to_envelope_lines(body_bytes(message), metadata)
         return lines, time.monotonic() + remaining, remaining
 
-    def settle(self, held: list[Held[ServiceBusReceivedMessage]]) -> None:
+    def _done(self, item: Item) -> None:
+        if self._pool is not None:
+            self._pool.done(item)
+
+    def settle(self, held: list[Held[Item]]) -> None:
         lost = 0
-        for item in held:
+        for h in held:
             try:
-                self.receiver.complete_message(item.message)
+                h.message.receiver.complete_message(h.message.message)
             except SETTLE_ERRORS:
                 lost += 1
+            self._done(h.message)
         if lost:
             self.log.warning("%d message(s) lost their lock before completion; they will be delivered again", lost)
 
-    def release(self, held: list[Held[ServiceBusReceivedMessage]]) -> None:
-        for item in held:
+    def release(self, held: list[Held[Item]]) -> None:
+        abandoned = 0
+        for h in held:
+            item = h.message
+            self._done(item)
+            if release_message(item.receiver, item.message):
+                continue
+            abandoned += 1
             try:
-                self.receiver.abandon_message(item.message)
+                item.receiver.abandon_message(item.message)
             except SETTLE_ERRORS as exc:
                 self.log.debug("abandon failed (%s); the lock expires instead", type(exc).__name__)
+        if abandoned:
+            self.log.warning("%d message(s) could not be released and were abandoned (a delivery counted)", abandoned)
 
-    def renew(self, held: list[Held[ServiceBusReceivedMessage]]) -> None:
-        for item in held:
+    def renew(self, held: list[Held[Item]]) -> None:
+        by_session: dict[int, list[Held[Item]]] = defaultdict(list)
+        for h in held:
+            if h.message.session is None:
+                self._renew_message(h)
+            else:
+                by_session[id(h.message.receiver)].append(h)
+        for group in by_session.values():  # a session message's lock is its session's: one renewal each
+            receiver = group[0].message.receiver
             try:
-                until = self.receiver.renew_message_lock(item.message)
+                until = self.pool.renew(receiver)
             except SETTLE_ERRORS as exc:
-                self.log.warning("could not renew the lock of message %s (%s)", item.message.message_id, exc)
+                self.log.warning("could not renew the lock of session %s (%s)", group[0].message.session, exc)
                 continue
-            remaining = lock_remaining(until)
-            item.deadline = time.monotonic() + remaining
-            item.period = max(item.period, remaining)
+            self._extend(group, lock_remaining(until))
 
-    def poison(self, message: ServiceBusReceivedMessage, reason: str) -> None:
-        self.receiver.dead_letter_message(message, reason="not a dstream envelope", error_description=reason[:1000])
-        self.log.warning("dead-lettered message %s: %s", message.message_id, reason)
+    def _renew_message(self, h: Held[Item]) -> None:
+        try:
+            until = h.message.receiver.renew_message_lock(h.message.message)
+        except SETTLE_ERRORS as exc:
+            self.log.warning("could not renew the lock of message %s (%s)", h.message.message.message_id, exc)
+            return
+        self._extend([h], lock_remaining(until))
+
+    @staticmethod
+    def _extend(group: list[Held[Item]], remaining: float) -> None:
+        for h in group:
+            h.deadline = time.monotonic() + remaining
+            h.period = max(h.period, remaining)
+
+    def poison(self, item: Item, reason: str) -> None:
+        item.receiver.dead_letter_message(
+            item.message, reason="not a dstream envelope", error_description=reason[:1000]
+        )
+        self._done(item)
+        self.log.warning("dead-lettered message %s: %s", item.message.message_id, reason)
 
     def close_clients(self) -> None:
+        if self._pool is not None:
+            self._pool.close()  # lets every session go
         if self._receiver is not None:
             self._receiver.close()
         if self._client is not None:

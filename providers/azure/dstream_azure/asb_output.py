@@ -2,11 +2,15 @@
 
 Each envelope becomes one message whose body is the envelope line as received, with
 ``TableName``, ``OperationType`` and the envelope's position keys as application
-properties and ``subject`` set to the table. Messages go out in SDK message batches
-(as many as fit the entity's size limit), in order per queue; the batch is acked once
-every send has completed. Message ids are derived from the envelope's position, and
-the queues ``dstream init`` creates have duplicate detection on, so the broker drops the
-copies a replay after a crash sends again.
+properties and ``subject`` set to the table. Messages go out in order per target, in SDK
+message batches, or alone when larger than a batch (servicebus.py); the batch is acked
+once every send has completed. Every message id identifies one envelope
+(message_ids.py) and the entities ``dstream init`` creates have duplicate detection on,
+so the broker drops the copies a replay after a crash sends again and never a different
+envelope. With ``session`` each message gets a session id (sessions.py), so consumers get
+each table's or row's changes in order; a batch may mix sessions, since the broker keeps
+the order of a batch. Entity settings are checked against the broker's limits first
+(limits.py).
 """
 
 from __future__ import annotations
@@ -15,24 +19,20 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, SecretStr, model_validator
 
-from dstream.sdk import InfrastructureProvider, OutputProvider
-from dstream_azure import lifecycle, pulumi_engine
+from dstream.sdk import ByteSize, Duration, InfrastructureProvider, OutputProvider
+from dstream_azure import emulator, lifecycle, limits, pulumi_engine
+from dstream_azure.message_ids import MessageIds
 from dstream_azure.naming import servicebus_name
 from dstream_azure.pulumi_engine import Infrastructure
-from dstream_azure.routing import Duration, Router, RoutingConfig
-from dstream_azure.servicebus import (
-    EntitySettings,
-    MessagingEntityNotFoundError,
-    QueueAdmin,
-    ServiceBusClient,
-    TopicAdmin,
-    admin_client,
-    build_message,
-    send_batched,
-)
+from dstream_azure.routing import Router, RoutingConfig
+from dstream_azure.servicebus import MessagingEntityNotFoundError, ServiceBusClient, TargetSender, build_message
+from dstream_azure.servicebus_admin import EntitySettings, QueueAdmin, TopicAdmin, admin_client, broker_limits
+from dstream_azure.sessions import SessionIds, SessionMode
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+
+    from azure.servicebus import ServiceBusMessage
 
     from dstream.sdk import Envelope, Resource
 
@@ -47,18 +47,34 @@ class AsbOutputConfig(RoutingConfig):
     )
     topic: str | None = Field(default=None, description="send everything to this topic instead of queues")
     subscriptions: list[str] = Field(default_factory=list, description="subscriptions init creates on the topic")
-    duplicate_detection_window: Duration = Field(
-        default=600, gt=0, description="duplicate detection window of the queues init creates (seconds or 10m)"
+    duplicate_detection_window: Duration | None = Field(
+        default=None,
+        gt=0,
+        description="duplicate detection window of the entities init creates (default: 10m; 5m, its maximum, "
+        "on the emulator)",
     )
     max_delivery_count: int = Field(default=10, ge=1, description="deliveries before the broker dead-letters")
-    lock_duration: Duration = Field(default=60, gt=0, le=300, description="peek-lock duration of created queues")
-    message_id: Literal["position", "content"] = Field(
-        default="position", description='message ids from the envelope position ("position") or its content'
+    lock_duration: Duration = Field(default=60, gt=0, description="peek-lock duration of created queues/subscriptions")
+    message_id: Literal["position", "stream"] = Field(
+        default="position",
+        description='ids from the envelope\'s position when it has one ("position"), or always from its place '
+        'in the stream ("stream")',
     )
     message_id_keys: list[str] | None = Field(
-        default=None, description="metadata keys that make up an envelope's position (default: LSN, Seq, …)"
+        default=None,
+        description="metadata keys that identify an envelope (default: LSN, Seq, SeqVal, Sequence, Offset, …)",
     )
-    max_batch_bytes: int | None = Field(default=None, gt=0, description="SDK batch size limit (default: the entity's)")
+    max_batch_bytes: ByteSize | None = Field(
+        default=None, description="cap on an SDK message batch, e.g. 256k (default: the link's)"
+    )
+    session: SessionMode | list[str] = Field(
+        default="none",
+        description='message sessions, for ordered consumers: "none", "table", "key" (table and row key), '
+        "or a list of metadata/data keys; init then creates session-enabled entities",
+    )
+    session_fallback: Literal["error", "table"] = Field(
+        default="error", description='an envelope without its session key: fail ("error") or use its table\'s session'
+    )
     infrastructure: Infrastructure = Field(
         default_factory=Infrastructure,
         description='how init/plan/status/destroy manage entities: engine = "sdk" (default) or "pulumi"',
@@ -68,7 +84,30 @@ class AsbOutputConfig(RoutingConfig):
     def _one_target(self) -> AsbOutputConfig:
         if self.queue and self.topic:
             raise ValueError("set queue or topic, not both")
+        if self.subscriptions and not self.topic:
+            raise ValueError("subscriptions are created on a topic: set topic, or drop subscriptions")
+        if isinstance(self.session, list) and not (self.session and all(k.strip() for k in self.session)):
+            raise ValueError('session as a list names the keys its id is made of, e.g. ["data.customer_id"]')
+        self.entity_settings()  # the broker's limits, checked before anything is created
         return self
+
+    @property
+    def admin_secret(self) -> SecretStr:
+        return self.admin_connection_string or self.connection_string
+
+    def entity_settings(self) -> EntitySettings:
+        """The settings init creates entities with, checked against the broker's limits."""
+        conn = self.admin_secret.get_secret_value()
+        try:
+            emulator.plain_http(conn)  # refuses an "emulator" that is not local, before any call
+        except emulator.EmulatorError as exc:
+            raise ValueError(str(exc)) from None
+        broker = broker_limits(conn)
+        window = self.duplicate_detection_window or limits.default_window(broker)
+        limits.check(broker, window, self.lock_duration, self.max_delivery_count, subscriptions=bool(self.topic))
+        return EntitySettings(
+            window, self.max_delivery_count, self.lock_duration, list(self.subscriptions), self.session != "none"
+        )
 
 
 class AsbOutputProvider(OutputProvider[AsbOutputConfig], InfrastructureProvider):
@@ -80,11 +119,12 @@ class AsbOutputProvider(OutputProvider[AsbOutputConfig], InfrastructureProvider)
     def __init__(self, config: AsbOutputConfig, ctx: Any) -> None:
         super().__init__(config, ctx)
         self.router = Router(config, servicebus_name, fixed=config.topic or config.queue)
-        self.settings = EntitySettings(
-            config.duplicate_detection_window, config.max_delivery_count, config.lock_duration, config.subscriptions
-        )
+        self.settings = config.entity_settings()
+        # ctx.checkpoint is the checkpoint this attempt resumes from: the anchor of stream ids.
+        self.ids = MessageIds(ctx.task, ctx.checkpoint, config.message_id_keys, config.message_id == "position")
+        self.sessions = SessionIds(config.session, config.session_fallback)
         self._client: ServiceBusClient | None = None
-        self._senders: dict[str, Any] = {}
+        self._senders: dict[str, TargetSender] = {}
 
     @property
     def client(self) -> ServiceBusClient:
@@ -94,28 +134,38 @@ class AsbOutputProvider(OutputProvider[AsbOutputConfig], InfrastructureProvider)
             )
         return self._client
 
-    def _sender(self, target: str) -> Any:
+    def _sender(self, target: str) -> TargetSender:
         sender = self._senders.get(target)
         if sender is None:
             if self.config.topic:
-                sender = self.client.get_topic_sender(topic_name=target)
+                sdk_sender = self.client.get_topic_sender(topic_name=target)
             else:
-                sender = self.client.get_queue_sender(queue_name=target)
-            self._senders[target] = sender
+                sdk_sender = self.client.get_queue_sender(queue_name=target)
+            sender = self._senders[target] = TargetSender(sdk_sender, target)
         return sender
 
-    def write(self, batch: list[Envelope]) -> None:
+    def messages(self, batch: list[Envelope]) -> dict[str, list[ServiceBusMessage]]:
+        """Each target's messages, in stream order; ids are taken in stream order too."""
         cfg = self.config
-        for target, items in self.router.group(batch).items():
-            messages = [
-                build_message(env.raw, table, env.metadata, cfg.message_id_keys, cfg.message_id) for env, table in items
-            ]
+        out: dict[str, list[ServiceBusMessage]] = {}
+        for env in batch:
+            metadata = env.metadata
+            target, table = self.router.route(metadata)
+            message_id = self.ids.next(table, metadata, env.raw)
+            session = self.sessions.of(table, metadata, env.data) if self.sessions.enabled else None
+            out.setdefault(target, []).append(
+                build_message(env.raw, table, metadata, message_id, session, cfg.message_id_keys)
+            )
+        return out
+
+    def write(self, batch: list[Envelope]) -> None:
+        for target, messages in self.messages(batch).items():
             try:
-                send_batched(self._sender(target), messages, cfg.max_batch_bytes)
+                self._sender(target).send(messages, self.config.max_batch_bytes)
             except MessagingEntityNotFoundError:
                 self._missing(target)
                 # Duplicate detection drops what a partial first attempt already sent.
-                send_batched(self._sender(target), messages, cfg.max_batch_bytes)
+                self._sender(target).send(messages, self.config.max_batch_bytes)
 
     def _missing(self, target: str) -> None:
         stale = self._senders.pop(target, None)
@@ -143,21 +193,24 @@ class AsbOutputProvider(OutputProvider[AsbOutputConfig], InfrastructureProvider)
     # -- lifecycle ---------------------------------------------------------------------
 
     def _admin(self) -> QueueAdmin:
-        cfg = self.config
-        client = admin_client(cfg.admin_connection_string or cfg.connection_string, **cfg.client_options())
+        client = admin_client(self.config.admin_secret, **self.config.client_options())
         return TopicAdmin(client, self.settings) if self.config.topic else QueueAdmin(client, self.settings)
 
     def _lifecycle(self, verb: str) -> Iterator[Resource]:
         wanted = self.router.wanted()
         if self.config.infrastructure.engine == "pulumi":
             pulumi_engine.require_cli()  # fail before anything else, with the reason
-            return pulumi_engine.run(verb, self.config.infrastructure, wanted, self.ctx.task, self.settings)
+            return pulumi_engine.run(
+                verb, self.config.infrastructure, wanted, self.ctx.task, self.settings, topic=bool(self.config.topic)
+            )
         steps = {"init": lifecycle.init, "plan": lifecycle.plan, "status": lifecycle.status}
-        return self._with_admin(steps.get(verb, lifecycle.destroy), wanted)
+        return self._with_admin(verb, steps.get(verb, lifecycle.destroy), wanted)
 
-    def _with_admin(self, step: Any, wanted: dict[str, list[str]]) -> Iterator[Resource]:
+    def _with_admin(self, verb: str, step: Any, wanted: dict[str, list[str]]) -> Iterator[Resource]:
         admin = self._admin()
         try:
+            if verb == "init":
+                admin.check_namespace(self.config.admin_secret.get_secret_value())
             yield from step(admin, wanted, self.ctx.task)
         finally:
             admin.client.close()

@@ -11,8 +11,9 @@ message stays locked/invisible in the queue, and the lock is renewed while held.
   is released, and are delivered again (at least once, never lost);
 - a graceful stop (SIGTERM, or ``max_idle`` with an empty queue): the input stops
   receiving, the last checkpoint is acknowledged and committed, held messages are
-  settled, and anything still held after ``commit_wait`` is released at once (abandoned,
-  or made visible again) so it is redelivered without waiting for the lock to expire.
+  settled, and anything still held after ``commit_wait`` is released at once (Service
+  Bus: the AMQP "released" outcome, which counts no delivery; Storage: made visible again)
+  so it is redelivered without waiting for the lock to expire.
 
 Checkpoints are per input run: ``{"run": "<id>", "seq": N}`` covers the first N messages
 this run received. A checkpoint from an earlier run means nothing to the queue (what was
@@ -30,8 +31,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import orjson
 from pydantic import Field
 
-from dstream.sdk import Checkpoint, InputProvider, Raw
-from dstream_azure.routing import AzureConfig, Duration
+from dstream.sdk import Checkpoint, Duration, InputProvider, Raw
+from dstream_azure.routing import AzureConfig
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -106,20 +107,22 @@ def to_envelope_lines(text: str | bytes, metadata: dict[str, Any]) -> bytes:
     """A message body → envelope lines (``\\n``-joined, no trailing newline).
 
     Lines that are envelopes (JSON objects with ``data``) pass byte for byte; other JSON
-    values become the ``data`` of a new envelope with ``metadata``. Anything that is not
-    JSON is poison.
+    values become the ``data`` of a new envelope with ``metadata`` (plus ``MessageLine``, the
+    line's index, when the body has several lines: they share the message's id, and an
+    output's message ids must tell them apart). Anything that is not JSON is poison.
     """
     raw = text.encode() if isinstance(text, str) else text
     out: list[bytes] = []
-    for line in raw.split(b"\n"):
-        if not line.strip():
-            continue
+    lines = [line for line in raw.split(b"\n") if line.strip()]
+    for index, line in enumerate(lines):
         try:
             value = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
             raise Poison(f"not JSON: {exc}") from None
         if isinstance(value, dict) and "data" in value:
             out.append(line.strip())
+        elif len(lines) > 1:  # one message id, several envelopes: the line tells them apart
+            out.append(orjson.dumps({"data": value, "metadata": {**metadata, "MessageLine": index}}))
         else:
             out.append(orjson.dumps({"data": value, "metadata": metadata}))
     if not out:

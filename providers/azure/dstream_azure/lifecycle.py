@@ -3,7 +3,8 @@
 Ownership is recorded on the resource itself, so there is no state file to lose: Storage
 queues and containers get metadata ``dstream_managed_by=dstream`` and
 ``dstream_task=<task>``; Service Bus entities get the same two keys as JSON in their
-``user_metadata``. ``destroy`` deletes exactly the resources marked with this task's name
+``user_metadata`` (or, where the broker drops it, a record in a ledger on the broker:
+ledger.py). ``destroy`` deletes exactly the resources marked with this task's name
 (including ones whose table was since removed from the config) and never one that dstream
 did not create for this task, even when the config names it.
 """
@@ -42,6 +43,7 @@ def ownership_metadata(task: str) -> dict[str, str]:
 class Existing:
     name: str
     owner: str | None  # the dstream task that created it; None: not created by dstream
+    # Shown in plan/init rows, e.g. {"warning": "duplicate detection is off ..."}.
     details: dict[str, Any] = field(default_factory=dict)
 
 
@@ -106,7 +108,7 @@ def plan(admin: Admin, wanted: dict[str, list[str]], task: str | None) -> Iterat
         if found is None:
             yield Resource(admin.resource_type, name, "create", "absent", _details(wanted[name]))
         else:
-            details = _details(wanted[name], {"managed_by": _ownership(found, task)})
+            details = _details(wanted[name], {"managed_by": _ownership(found, task), **found.details})
             yield Resource(admin.resource_type, name, "none", "present", details)
     for found in sorted(existing.values(), key=lambda e: e.name):
         if task and found.owner == task and key(found.name) not in wanted_keys:
@@ -128,7 +130,7 @@ def init(admin: Admin, wanted: dict[str, list[str]], task: str | None) -> Iterat
             )
             continue
         found = found or _existing(admin).get(key(name)) or Existing(name, None)
-        details = _details(wanted[name], {"managed_by": _ownership(found, owner)})
+        details = _details(wanted[name], {"managed_by": _ownership(found, owner), **found.details})
         yield Resource(admin.resource_type, name, "none", "present", details)
 
 

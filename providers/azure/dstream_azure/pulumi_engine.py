@@ -1,7 +1,9 @@
-"""``infrastructure { engine = "pulumi" }``: the same queues, through the Pulumi Automation API.
+"""``infrastructure { engine = "pulumi" }``: the same entities, through the Pulumi Automation API.
 
-A thin path: one Pulumi stack per dstream task (``<stack_prefix><task>``) declares a
-``pulumi-azure-native`` Service Bus queue per wanted queue, with duplicate detection on.
+A thin path: one Pulumi stack per dstream task (``<stack_prefix><task>``) declares, with
+``pulumi-azure-native``, a Service Bus queue per wanted queue, or (with ``topic``) the topic
+and each of its ``subscriptions``, with the settings ``init`` uses on the SDK path
+(duplicate detection on, window, lock duration, delivery count, sessions).
 ``plan`` previews, ``init`` runs ``up``, ``destroy`` runs ``destroy``, ``status`` reads the
 stack's outputs. The stack's state is the ownership record. It needs the ``pulumi`` CLI on
 PATH and the ``pulumi`` and ``pulumi-azure-native`` packages
@@ -23,9 +25,10 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from datetime import timedelta
 
-    from dstream_azure.servicebus import EntitySettings
+    from dstream_azure.servicebus_admin import EntitySettings
 
-RESOURCE_TYPE = "servicebus_queue"
+QUEUE_TYPE = "servicebus_queue"
+TOPIC_TYPE = "servicebus_topic"
 
 
 class PulumiUnavailable(RuntimeError):
@@ -72,8 +75,61 @@ def _iso(delta: timedelta) -> str:
     return f"PT{int(delta.total_seconds())}S"
 
 
+def declare(
+    servicebus: Any, infra: Infrastructure, wanted: dict[str, list[str]], settings: EntitySettings, topic: bool
+) -> list[Any]:
+    """Declare the resources (in a Pulumi program); returns them, for tests and exports."""
+    where = {"namespace_name": infra.namespace, "resource_group_name": infra.resource_group}
+    window = _iso(settings.window)
+    lock = _iso(settings.lock)
+    declared: list[Any] = []
+    for name in sorted(wanted):
+        if not topic:
+            declared.append(
+                servicebus.Queue(
+                    name,
+                    queue_name=name,
+                    **where,
+                    requires_duplicate_detection=True,
+                    duplicate_detection_history_time_window=window,
+                    max_delivery_count=settings.max_delivery_count,
+                    lock_duration=lock,
+                    requires_session=settings.requires_session,
+                    dead_lettering_on_message_expiration=True,
+                )
+            )
+            continue
+        parent = servicebus.Topic(
+            name,
+            topic_name=name,
+            **where,
+            requires_duplicate_detection=True,
+            duplicate_detection_history_time_window=window,
+        )
+        declared.append(parent)
+        for sub in settings.subscriptions:
+            declared.append(
+                servicebus.Subscription(
+                    f"{name}/{sub}",
+                    subscription_name=sub,
+                    topic_name=parent.name,
+                    **where,
+                    max_delivery_count=settings.max_delivery_count,
+                    lock_duration=lock,
+                    requires_session=settings.requires_session,
+                    dead_lettering_on_message_expiration=True,
+                )
+            )
+    return declared
+
+
 def run(
-    verb: str, infra: Infrastructure, wanted: dict[str, list[str]], task: str | None, settings: EntitySettings
+    verb: str,
+    infra: Infrastructure,
+    wanted: dict[str, list[str]],
+    task: str | None,
+    settings: EntitySettings,
+    topic: bool = False,
 ) -> Iterator[Resource]:
     require_cli()
     if not (infra.resource_group and infra.namespace):
@@ -82,20 +138,13 @@ def run(
         raise PulumiUnavailable("the pulumi engine needs the task name (one stack per task)")
     auto, servicebus = _modules()
 
+    kind = TOPIC_TYPE if topic else QUEUE_TYPE
+    output = "topics" if topic else "queues"
+
     def program() -> None:
         pulumi = importlib.import_module("pulumi")
-        for name in sorted(wanted):
-            servicebus.Queue(
-                name,
-                queue_name=name,
-                namespace_name=infra.namespace,
-                resource_group_name=infra.resource_group,
-                requires_duplicate_detection=True,
-                duplicate_detection_history_time_window=_iso(settings.duplicate_window),
-                max_delivery_count=settings.max_delivery_count,
-                lock_duration=_iso(settings.lock_duration),
-            )
-        pulumi.export("queues", sorted(wanted))
+        declare(servicebus, infra, wanted, settings, topic)
+        pulumi.export(output, sorted(wanted))
 
     project = auto.ProjectSettings(
         name=infra.project,
@@ -109,25 +158,21 @@ def run(
         opts=auto.LocalWorkspaceOptions(project_settings=project),
     )
     outputs = stack.outputs()
-    current = set(outputs["queues"].value) if "queues" in outputs else set()
+    current = set(outputs[output].value) if output in outputs else set()
     if verb == "plan":
         stack.preview()
         for name in sorted(set(wanted) | current):
             action = "create" if name not in current else "delete" if name not in wanted else "none"
-            yield Resource(
-                RESOURCE_TYPE, name, action, "present" if name in current else "absent", {"engine": "pulumi"}
-            )
+            yield Resource(kind, name, action, "present" if name in current else "absent", {"engine": "pulumi"})
     elif verb == "init":
         stack.up()
         for name in sorted(wanted):
             action = "none" if name in current else "create"
-            yield Resource(RESOURCE_TYPE, name, action, "present", {"engine": "pulumi"})
+            yield Resource(kind, name, action, "present", {"engine": "pulumi"})
     elif verb == "destroy":
         stack.destroy()
         for name in sorted(current):
-            yield Resource(RESOURCE_TYPE, name, "delete", "absent", {"engine": "pulumi"})
+            yield Resource(kind, name, "delete", "absent", {"engine": "pulumi"})
     else:
         for name in sorted(set(wanted) | current):
-            yield Resource(
-                RESOURCE_TYPE, name, "none", "present" if name in current else "absent", {"engine": "pulumi"}
-            )
+            yield Resource(kind, name, "none", "present" if name in current else "absent", {"engine": "pulumi"})

@@ -22,11 +22,13 @@ from typing import TYPE_CHECKING, Any
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from pydantic import Field
 
-from dstream.sdk import InfrastructureProvider
+from dstream.sdk import (
+    Duration,
+    InfrastructureProvider,
+)
 from dstream_azure.inputs import Held, Poison, QueueInput, QueueInputConfig, to_envelope_lines
 from dstream_azure.lifecycle import status
 from dstream_azure.naming import storage_name
-from dstream_azure.routing import Duration  # noqa: TC001 (pydantic reads it at run time)
 from dstream_azure.storage_queues import (
     Encoding,
     QueueMessage,

@@ -20,9 +20,10 @@ from azure.core.exceptions import ResourceNotFoundError
 from pydantic import Field, field_validator
 
 from dstream.sdk import InfrastructureProvider, OutputProvider
+from dstream.sdk.units import DURATION_PATTERN, parse_duration
 from dstream_azure import lifecycle
 from dstream_azure.naming import storage_name
-from dstream_azure.routing import DURATION_PATTERN, Router, RoutingConfig, seconds
+from dstream_azure.routing import Router, RoutingConfig
 from dstream_azure.storage_queues import (
     MAX_MESSAGE_BYTES,
     Encoding,
@@ -75,7 +76,7 @@ class StorageQueueOutputConfig(RoutingConfig):
     @field_validator("message_ttl", mode="before")
     @classmethod
     def _ttl(cls, value: Any) -> int:
-        return -1 if value in (-1, "-1") else int(seconds(value))
+        return -1 if value in (-1, "-1") else int(parse_duration(value))
 
 
 def pack(lines: list[bytes], per_message: int, encoding: Encoding, limit: int = MAX_MESSAGE_BYTES) -> list[str]:

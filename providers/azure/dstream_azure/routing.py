@@ -10,10 +10,9 @@ envelope.
 
 from __future__ import annotations
 
-import re
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BeforeValidator, Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 
 from dstream.sdk import ProviderConfig
 from dstream_azure.naming import Case, NamingError, TableRef, check_pattern, parse_table, render
@@ -25,35 +24,10 @@ if TYPE_CHECKING:
 
 TABLE_KEYS = ("TableName", "table", "Table")
 SCHEMA_KEYS = ("SchemaName", "Schema", "schema")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-
-
-DURATION_PATTERN = r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)?\s*$"
 
 
 class RoutingError(ValueError):
     """An envelope that cannot be routed (no table and no fixed queue)."""
-
-
-def seconds(value: Any) -> float:
-    """``30``, ``"30s"``, ``"10m"``, ``"500ms"``, ``"1h"``, ``"7d"`` → seconds."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if match:
-            return float(match.group(1)) * _UNITS[match.group(2)]
-    raise ValueError(f"{value!r} is not a duration (seconds, or a number with ms, s, m, h or d)")
-
-
-def _duration_schema(schema: dict[str, Any]) -> None:
-    schema.pop("type", None)
-    schema["anyOf"] = [{"type": "number", "minimum": 0}, {"type": "string", "pattern": DURATION_PATTERN}]
-
-
-# Seconds as a number, or a string with a unit ("500ms", "30s", "10m", "1h", "7d").
-Duration = Annotated[float, BeforeValidator(seconds), Field(json_schema_extra=_duration_schema)]
 
 
 def first_string(metadata: dict[str, Any], keys: tuple[str, ...]) -> str | None:

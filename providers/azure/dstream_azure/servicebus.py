@@ -1,28 +1,26 @@
-"""Azure Service Bus (azure-servicebus): messages from envelopes, batching, lifecycle admin.
+"""Azure Service Bus data plane (azure-servicebus): envelopes → messages → sends, and back.
 
-The only module that imports ``azure.servicebus``.
+With servicebus_admin.py, the only module that imports ``azure.servicebus``.
 
-**Message ids.** Queues and topics created by ``dstream init`` have duplicate detection
-on, so a message id that is the same every time an envelope is sent makes the broker
-drop the copies that a replay after a crash sends again (within the detection window).
-The id is a hash of the envelope's *position*: its table, the position keys found in its
-metadata (``LSN``, ``Seq``, ``Sequence``, ``Offset``, … or ``message_id_keys``) and its
-operation (``OperationID``/``OperationType``, so an update's before and after images
-differ). An envelope without any position key gets a hash of its whole content.
+**Sending.** A message's body is the envelope line exactly as received. Messages of one
+target go out in stream order, in SDK message batches as large as the link allows (the
+SDK caps a batch at the broker's ``com.microsoft:max-message-batch-size``: 256 KB on
+Standard, 1 MB on Premium). A message that does not fit in an empty batch is sent on its
+own: on Premium an entity may take single messages of up to 100 MB; if the broker refuses
+it, the error states the limit the link announced. A batch may hold messages of several
+sessions: on a non-partitioned entity the broker enqueues a batch in order, so each
+session keeps its order. A partitioned entity refuses batches of distinct message ids
+when it has duplicate detection, and batches of several sessions when it has sessions;
+that target then falls back to single sends, still in order.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
-from urllib.parse import urlsplit
+import logging
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import orjson
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
-from azure.core.pipeline.transport import RequestsTransport
 from azure.servicebus import (
     ServiceBusClient,
     ServiceBusMessage,
@@ -38,15 +36,11 @@ from azure.servicebus.exceptions import (
     MessagingEntityNotFoundError,
     ServiceBusError,
 )
-from azure.servicebus.management import ServiceBusAdministrationClient
 
-from dstream import protocol
-from dstream_azure.lifecycle import Existing, owner_from_metadata, ownership_metadata
+from dstream_azure.message_ids import position_of
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
-
-    from pydantic import SecretStr
+    from collections.abc import Iterable, Sequence
 
 __all__ = [
     "MessageAlreadySettled",
@@ -58,52 +52,13 @@ __all__ = [
     "ServiceBusReceivedMessage",
 ]
 
-POSITION_KEYS = (
-    "LSN",
-    "Seq",
-    "SeqVal",
-    "CommitLSN",
-    "Position",
-    "Offset",
-    "Sequence",
-    "lsn",
-    "seq",
-    "sequence",
-    "offset",
-    "position",
-)
-OPERATION_KEYS = ("OperationID", "OperationType", "operation")
+_log = logging.getLogger("dstream_azure.servicebus")
 PROPERTY_TYPES = (str, int, float, bool)
+BATCHING_REFUSED = "batching brokered messages with distinct"
 
 
 class EnvelopeTooLarge(ValueError):
     pass
-
-
-def position_of(metadata: dict[str, Any], keys: Iterable[str] | None = None) -> dict[str, Any]:
-    """The position keys present in ``metadata`` (``keys`` or the defaults)."""
-    return {k: metadata[k] for k in (keys or POSITION_KEYS) if metadata.get(k) is not None}
-
-
-def message_id(
-    table: str | None,
-    metadata: dict[str, Any],
-    raw: bytes,
-    keys: Iterable[str] | None = None,
-    mode: Literal["position", "content"] = "position",
-) -> str:
-    """A deterministic id (32 hex characters) for an envelope; see the module docstring."""
-    return _message_id(table, metadata, raw, position_of(metadata, keys) if mode == "position" else {})
-
-
-def _message_id(table: str | None, metadata: dict[str, Any], raw: bytes, position: dict[str, Any]) -> str:
-    """By position when the envelope has one, else by content."""
-    if position:
-        operation = {k: metadata[k] for k in OPERATION_KEYS if metadata.get(k) is not None}
-        basis = protocol.canonical({"t": table, "p": position, "o": operation})
-    else:
-        basis = protocol.canonical(protocol.decode(raw))
-    return hashlib.sha256(basis).hexdigest()[:32]
 
 
 def _property(value: Any) -> str | int | float | bool:
@@ -128,28 +83,57 @@ def build_message(
     raw: bytes,
     table: str | None,
     metadata: dict[str, Any],
+    message_id: str,
+    session_id: str | None = None,
     keys: Iterable[str] | None = None,
-    mode: Literal["position", "content"] = "position",
 ) -> ServiceBusMessage:
     """The whole envelope line as the body, so a queue input downstream replays it as it was."""
-    position = position_of(metadata, keys)
+    props = application_properties(table, metadata, position_of(metadata, keys))
     return ServiceBusMessage(
         raw,
-        message_id=_message_id(table, metadata, raw, position if mode == "position" else {}),
+        message_id=message_id,
+        session_id=session_id,
         content_type="application/json",
         subject=table,
-        application_properties=cast("dict[str | bytes, Any]", application_properties(table, metadata, position)),
+        application_properties=cast("dict[str | bytes, Any]", props),
     )
 
 
 class Sender(Protocol):
     def create_message_batch(self, max_size_in_bytes: int | None = None) -> ServiceBusMessageBatch: ...
 
-    def send_messages(self, message: ServiceBusMessageBatch) -> None: ...
+    def send_messages(self, message: ServiceBusMessageBatch | ServiceBusMessage) -> None: ...
 
 
-def send_batched(sender: Sender, messages: Iterable[ServiceBusMessage], max_bytes: int | None = None) -> int:
-    """Send ``messages`` in order in as few SDK batches as fit; returns the number of batches."""
+def _body_size(message: ServiceBusMessage) -> int:
+    body: Any = message.body  # a generator of data sections for a bytes body
+    return len(body) if isinstance(body, bytes | str) else sum(len(part) for part in body)
+
+
+def link_limit(sender: Sender) -> int | None:
+    """The largest message the broker announced on the link (its max-message-size), if known."""
+    # The SDK keeps it in a private attribute (ServiceBusSender._max_message_size_on_link,
+    # 7.14 and 7.15); used for the error text only.
+    value = getattr(sender, "_max_message_size_on_link", None)
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def send_one(sender: Sender, message: ServiceBusMessage) -> None:
+    """Send a message on its own (one larger than any batch: up to 100 MB on Premium)."""
+    try:
+        sender.send_messages(message)
+    except MessageSizeExceededError:
+        limit = link_limit(sender)
+        stated = f"{limit} bytes, as the broker announced on the link" if limit else "unknown"
+        raise EnvelopeTooLarge(
+            f"an envelope of {_body_size(message)} bytes is over this entity's message size limit ({stated}; "
+            "Standard namespaces take 256 KB, Premium entities up to their max_message_size_in_kilobytes, "
+            "at most 100 MB)"
+        ) from None
+
+
+def send_batched(sender: Sender, messages: Sequence[ServiceBusMessage], max_bytes: int | None = None) -> int:
+    """Send ``messages`` in order, in as few batches as fit; returns the number of sends."""
     sent = 0
     batch = sender.create_message_batch(max_size_in_bytes=max_bytes)
     for message in messages:
@@ -157,25 +141,62 @@ def send_batched(sender: Sender, messages: Iterable[ServiceBusMessage], max_byte
             batch.add_message(message)
             continue
         except MessageSizeExceededError:
-            if len(batch) == 0:
-                raise EnvelopeTooLarge(
-                    f"an envelope of {len(next(iter(message.body)))} bytes is over the entity's message size "
-                    f"limit ({batch.max_size_in_bytes} bytes with its properties; 256 KB on Standard, up to "
-                    "100 MB on Premium)"
-                ) from None
-        sender.send_messages(batch)
+            pass
+        if len(batch):
+            sender.send_messages(batch)
+            sent += 1
+            batch = sender.create_message_batch(max_size_in_bytes=max_bytes)
+            try:
+                batch.add_message(message)
+                continue
+            except MessageSizeExceededError:
+                pass
+        send_one(sender, message)  # larger than a batch can be: alone, still in order
         sent += 1
-        batch = sender.create_message_batch(max_size_in_bytes=max_bytes)
-        try:
-            batch.add_message(message)
-        except MessageSizeExceededError:
-            raise EnvelopeTooLarge(
-                f"an envelope is over the entity's message size limit ({batch.max_size_in_bytes} bytes)"
-            ) from None
     if len(batch):
         sender.send_messages(batch)
         sent += 1
     return sent
+
+
+def batching_refused(exc: ServiceBusError) -> bool:
+    """The broker refuses this batch as a batch (not for its content): send its messages singly."""
+    text = str(exc).lower()
+    # Partitioned + duplicate detection: "Batching brokered messages with distinct SessionId,
+    # PartitionKey, or MessageId is not supported ..." (azure-sdk-for-python#21955). Partitioned
+    # + sessions: every message of one send must have the same SessionId (azure-sdk-for-net,
+    # Service Bus TROUBLESHOOTING.md, "Cannot send batch with multiple partition keys").
+    return BATCHING_REFUSED in text or ("batch" in text and "sessionid" in text and "same" in text)
+
+
+class TargetSender:
+    """One entity's sender: batches, or single sends once the entity refused batches."""
+
+    def __init__(self, sender: Any, name: str) -> None:
+        self.sender = sender
+        self.name = name
+        self.singles = False
+
+    def send(self, messages: Sequence[ServiceBusMessage], max_bytes: int | None = None) -> int:
+        if not self.singles:
+            try:
+                return send_batched(self.sender, messages, max_bytes)
+            except ServiceBusError as exc:
+                if not batching_refused(exc):
+                    raise
+                self.singles = True
+                _log.warning(
+                    "%s refuses batches of distinct message ids (a partitioned entity with duplicate detection): "
+                    "sending one message at a time, which is slower; a non-partitioned entity takes batches",
+                    self.name,
+                )
+        # All of them, in order: what an earlier batch of this call delivered, duplicate detection drops.
+        for message in messages:
+            send_one(self.sender, message)
+        return len(messages)
+
+    def close(self) -> None:
+        self.sender.close()
 
 
 def body_bytes(message: ServiceBusReceivedMessage) -> bytes:
@@ -200,152 +221,37 @@ def lock_remaining(locked_until: datetime | None, default: float = 30.0) -> floa
     return max(0.0, (locked_until - datetime.now(UTC)).total_seconds())
 
 
+def release_message(receiver: Any, message: ServiceBusReceivedMessage) -> bool:
+    """Give a held message back without counting a delivery; False when that is not possible.
+
+    Service Bus counts a delivery when a message is abandoned or its lock expires
+    (``DeliveryCount``: "incremented when a message lock expires, or the message is
+    explicitly abandoned"), so a stop that abandons, or lets locks run out, brings each
+    restart closer to the dead-letter queue. The AMQP ``released`` outcome returns a message
+    without counting a failed delivery; it is what the SDK itself uses for the messages it
+    buffered but never handed out (``_pyamqp_transport.py``: ``settle_messages(...,
+    "released")`` in ``drain_and_release_messages``, whose comment notes that lock expiry
+    would inflate the delivery count). The SDK has no public call for it on a received
+    message, so this uses the receive link's own ``settle_messages`` (``receiver._handler``,
+    ``message._delivery_id``/``_delivery_tag``: present in 7.14 and 7.15) and reports False
+    when any of it is missing or fails, for the caller to abandon instead.
+    """
+    handler = getattr(receiver, "_handler", None)
+    settle = getattr(handler, "settle_messages", None)
+    delivery_id = getattr(message, "_delivery_id", None)
+    delivery_tag = getattr(message, "_delivery_tag", None)
+    if settle is None or delivery_id is None or delivery_tag is None:
+        return False
+    try:
+        settle(delivery_id, delivery_tag, "released")
+    except Exception:  # noqa: BLE001 - any failure means "not released"; the caller falls back
+        return False
+    return True
+
+
 def decoded_properties(message: ServiceBusReceivedMessage) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in (message.application_properties or {}).items():
         name = key.decode() if isinstance(key, bytes) else str(key)
         out[name] = value.decode() if isinstance(value, bytes) else value
     return out
-
-
-# -- lifecycle --------------------------------------------------------------------------
-
-
-class EmulatorTransport(RequestsTransport):  # type: ignore[misc]
-    """Plain HTTP for the Service Bus emulator's management port (5300).
-
-    The Python administration client always builds ``https://`` URLs, even for a
-    ``UseDevelopmentEmulator=true`` connection string, while the emulator serves its
-    management API over HTTP. Only used for loopback endpoints, so credentials never
-    travel unencrypted off the machine.
-    """
-
-    def send(self, request: Any, **kwargs: Any) -> Any:
-        if request.url.startswith("https://"):
-            request.url = "http://" + request.url[len("https://") :]
-        return super().send(request, **kwargs)
-
-
-def uses_local_emulator(connection_string: str) -> bool:
-    settings = dict(part.split("=", 1) for part in connection_string.split(";") if "=" in part)
-    lowered = {k.strip().lower(): v.strip() for k, v in settings.items()}
-    if lowered.get("usedevelopmentemulator", "").lower() != "true":
-        return False
-    host = urlsplit(lowered.get("endpoint", "")).hostname or ""
-    return host in ("localhost", "::1") or host.startswith("127.")
-
-
-def admin_client(connection_string: SecretStr, **options: Any) -> ServiceBusAdministrationClient:
-    value = connection_string.get_secret_value()
-    if uses_local_emulator(value):
-        options.setdefault("transport", EmulatorTransport())
-    return ServiceBusAdministrationClient.from_connection_string(value, **options)
-
-
-def _owner(user_metadata: str | None) -> str | None:
-    if not user_metadata:
-        return None
-    try:
-        value = json.loads(user_metadata)
-    except ValueError:
-        return None
-    return owner_from_metadata(value) if isinstance(value, dict) else None
-
-
-class EntitySettings:
-    """How ``init`` creates queues and topics."""
-
-    def __init__(
-        self,
-        duplicate_window: float = 600,
-        max_delivery_count: int = 10,
-        lock_duration: float = 60,
-        subscriptions: Iterable[str] = (),
-    ) -> None:
-        self.duplicate_window = timedelta(seconds=duplicate_window)
-        self.max_delivery_count = max_delivery_count
-        self.lock_duration = timedelta(seconds=lock_duration)
-        self.subscriptions = list(subscriptions)
-
-
-class QueueAdmin:
-    """Service Bus queues: duplicate detection on; ownership in ``user_metadata`` as JSON."""
-
-    resource_type = "servicebus_queue"
-
-    def __init__(self, client: ServiceBusAdministrationClient, settings: EntitySettings | None = None) -> None:
-        self.client = client
-        self.settings = settings or EntitySettings()
-
-    @staticmethod
-    def fold(name: str) -> str:
-        return name.lower()
-
-    def existing(self) -> dict[str, Existing]:
-        return {q.name: Existing(q.name, _owner(q.user_metadata)) for q in self.client.list_queues()}
-
-    def create(self, name: str, task: str) -> bool:
-        s = self.settings
-        try:
-            self.client.create_queue(
-                name,
-                requires_duplicate_detection=True,
-                duplicate_detection_history_time_window=s.duplicate_window,
-                max_delivery_count=s.max_delivery_count,
-                lock_duration=s.lock_duration,
-                dead_lettering_on_message_expiration=True,
-                user_metadata=json.dumps(ownership_metadata(task)),
-            )
-        except ResourceExistsError:
-            return False
-        return True
-
-    def delete(self, name: str) -> None:
-        with contextlib.suppress(ResourceNotFoundError):
-            self.client.delete_queue(name)
-
-    def describe(self, name: str) -> dict[str, Any]:
-        props = self.client.get_queue_runtime_properties(name)
-        return {
-            "active": props.active_message_count,
-            "dead_letter": props.dead_letter_message_count,
-            "scheduled": props.scheduled_message_count,
-        }
-
-
-class TopicAdmin(QueueAdmin):
-    """Service Bus topics (and the subscriptions in the config, created with them)."""
-
-    resource_type = "servicebus_topic"
-
-    def existing(self) -> dict[str, Existing]:
-        return {t.name: Existing(t.name, _owner(t.user_metadata)) for t in self.client.list_topics()}
-
-    def create(self, name: str, task: str) -> bool:
-        s = self.settings
-        try:
-            self.client.create_topic(
-                name,
-                requires_duplicate_detection=True,
-                duplicate_detection_history_time_window=s.duplicate_window,
-                user_metadata=json.dumps(ownership_metadata(task)),
-            )
-        except ResourceExistsError:
-            return False
-        for sub in s.subscriptions:
-            with contextlib.suppress(ResourceExistsError):
-                self.client.create_subscription(
-                    name, sub, max_delivery_count=s.max_delivery_count, lock_duration=s.lock_duration
-                )
-        return True
-
-    def delete(self, name: str) -> None:
-        with contextlib.suppress(ResourceNotFoundError):
-            self.client.delete_topic(name)
-
-    def describe(self, name: str) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for sub in self.client.list_subscriptions_runtime_properties(name):
-            out[f"{sub.name}.active"] = sub.active_message_count
-            out[f"{sub.name}.dead_letter"] = sub.dead_letter_message_count
-        return out

@@ -2,9 +2,10 @@
 
 The emulator (and the SQL Server it stores its state in) are MCR images, which the
 development machines cannot pull; ``.github/workflows/servicebus.yml`` sets
-``DSTREAM_TEST_SERVICEBUS=1`` and runs these tests there, with testcontainers. The same
-scenarios as the Storage queue tests: lifecycle with ownership, a chain through kill -9,
-duplicate detection absorbing a full replay, poison messages dead-lettered, topics.
+``DSTREAM_TEST_SERVICEBUS=1`` and runs these tests there, with testcontainers (fixtures in
+conftest.py). The same scenarios as the Storage queue tests: lifecycle with ownership, a
+chain through kill -9, duplicate detection absorbing a full replay, a graceful stop that
+releases (not abandons) what it holds, poison messages dead-lettered, topics.
 """
 
 from __future__ import annotations
@@ -12,18 +13,20 @@ from __future__ import annotations
 import json
 import os
 import signal
-import uuid
+import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from tests.conftest import run_cli
 from tests.faults import finish, kill, line_count, provider_pid, read_output, start_run, wait_until
-from tests.providers.azure.conftest import by_name, lifecycle
+from tests.providers.azure.conftest import START_TIMEOUT, by_name, lifecycle
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
     from pathlib import Path
+
+    from tests.providers.azure.conftest import ServiceBus
 
 pytestmark = [
     pytest.mark.servicebus,
@@ -33,126 +36,58 @@ pytestmark = [
         "that this machine cannot pull; .github/workflows/servicebus.yml runs these tests with "
         "DSTREAM_TEST_SERVICEBUS=1",
     ),
+    # Above the fixture's start-up (two containers, START_TIMEOUT each), which the first test pays.
+    pytest.mark.timeout(2 * START_TIMEOUT + 600),
 ]
-
-EMULATOR_IMAGE = os.environ.get(
-    "DSTREAM_SERVICEBUS_EMULATOR_IMAGE", "mcr.microsoft.com/azure-messaging/servicebus-emulator:latest"
-)
-SQL_IMAGE = os.environ.get("DSTREAM_SERVICEBUS_SQL_IMAGE", "mcr.microsoft.com/mssql/server:2022-latest")
-SQL_PASSWORD = "Dstream-Emulator-1!"  # a throwaway container's password, not a secret
-KEY = "SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=SAS_KEY_VALUE;UseDevelopmentEmulator=true;"
-EMULATOR_CONFIG = {
-    "UserConfig": {
-        "Namespaces": [
-            {
-                "Name": "sbemulatorns",
-                "Queues": [{"Name": "dstream-seed", "Properties": {"MaxDeliveryCount": 10, "LockDuration": "PT1M"}}],
-                "Topics": [],
-            }
-        ],
-        "Logging": {"Type": "File"},
-    }
-}
-
-
-@pytest.fixture(scope="module")
-def servicebus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    """(data-plane connection string, management connection string) of a running emulator."""
-    if not os.environ.get("GITHUB_ACTIONS"):
-        os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")  # Ryuk's image is on Docker Hub
-    from testcontainers.core.container import DockerContainer
-    from testcontainers.core.network import Network
-    from testcontainers.core.wait_strategies import LogMessageWaitStrategy
-
-    config = tmp_path_factory.mktemp("sb") / "Config.json"
-    config.write_text(json.dumps(EMULATOR_CONFIG))
-    config.chmod(0o644)
-    with Network() as network:
-        sql = (
-            DockerContainer(SQL_IMAGE)
-            .with_env("ACCEPT_EULA", "Y")
-            .with_env("MSSQL_SA_PASSWORD", SQL_PASSWORD)
-            .with_network(network)
-            .with_network_aliases("sqlserver")
-            .waiting_for(
-                LogMessageWaitStrategy("SQL Server is now ready for client connections").with_startup_timeout(300)
-            )
-        )
-        emulator = (
-            DockerContainer(EMULATOR_IMAGE)
-            .with_env("ACCEPT_EULA", "Y")
-            .with_env("SQL_SERVER", "sqlserver")
-            .with_env("MSSQL_SA_PASSWORD", SQL_PASSWORD)
-            .with_volume_mapping(str(config), "/ServiceBus_Emulator/ConfigFiles/Config.json", "ro")
-            .with_exposed_ports(5672, 5300)
-            .with_network(network)
-            .waiting_for(LogMessageWaitStrategy("Emulator Service is Successfully Up!").with_startup_timeout(300))
-        )
-        with sql, emulator:
-            host = emulator.get_container_host_ip()
-            data = f"Endpoint=sb://{host}:{emulator.get_exposed_port(5672)};{KEY}"
-            admin = f"Endpoint=sb://{host}:{emulator.get_exposed_port(5300)};{KEY}"
-            yield data, admin
-
-
-@pytest.fixture
-def sb(servicebus: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> str:
-    """A fresh name prefix; the connection strings in the environment for task files."""
-    monkeypatch.setenv("DSTREAM_TEST_SB", servicebus[0])
-    monkeypatch.setenv("DSTREAM_TEST_SB_ADMIN", servicebus[1])
-    return f"t{uuid.uuid4().hex[:8]}"
-
-
-def admin(servicebus: tuple[str, str]) -> Any:
-    from dstream_azure.servicebus import admin_client
-    from pydantic import SecretStr
-
-    return admin_client(SecretStr(servicebus[1]))
-
-
-def active(servicebus: tuple[str, str], queue: str) -> tuple[int, int]:
-    with admin(servicebus) as client:
-        props = client.get_queue_runtime_properties(queue)
-        return props.active_message_count, props.dead_letter_message_count
 
 
 CONN = 'env("DSTREAM_TEST_SB")'
 ADMIN = 'env("DSTREAM_TEST_SB_ADMIN")'
 
 LIFECYCLE = """
-task "{p}" {{
+task "{task}" {{
   input {{ provider_path = "counter-input-provider" }}
   output {{
     provider_path = "asb-output-provider"
     config {{
-      connection_string       = {conn}
-      admin_connection_string = {admin}
-      tables                  = ["dbo.Orders", "dbo.Customers", "dbo.Refunds"]
-      queue_name_pattern      = "{p}-{{table}}"
+      connection_string          = {conn}
+      admin_connection_string    = {admin}
+      tables                     = {tables}
+      queue_name_pattern         = "{p}-{{table}}"
+      duplicate_detection_window = "5m"
     }}
   }}
 }}
 """
 
 
+def lifecycle_task(p: str, task: str, tables: list[str]) -> str:
+    return LIFECYCLE.format(p=p, task=task, conn=CONN, admin=ADMIN, tables=json.dumps(tables))
+
+
 def test_lifecycle_creates_plans_and_destroys_exactly_the_tasks_queues(
-    sb: str, servicebus: tuple[str, str], task_file: Callable[..., Path]
+    sb: str, servicebus: ServiceBus, task_file: Callable[..., Path]
 ) -> None:
-    hcl = task_file(LIFECYCLE.format(p=sb, conn=CONN, admin=ADMIN))
+    hcl = task_file(lifecycle_task(sb, sb, ["dbo.Orders", "dbo.Customers", "dbo.Refunds"]))
+    other = task_file(lifecycle_task(sb, f"{sb}-other", ["dbo.Archive"]), name="other.hcl")
     foreign = f"{sb}-Refunds"
-    with admin(servicebus) as client:
+    with servicebus.admin() as client:
         client.create_queue(foreign)
+    assert by_name(lifecycle("init", f"{sb}-other", other)) == {f"{sb}-Archive": ("create", "present")}
     assert by_name(lifecycle("plan", sb, hcl)) == {
         f"{sb}-Orders": ("create", "absent"),
         f"{sb}-Customers": ("create", "absent"),
         foreign: ("none", "present"),
     }
     assert by_name(lifecycle("init", sb, hcl))[f"{sb}-Orders"] == ("create", "present")
-    with admin(servicebus) as client:
+    with servicebus.admin() as client:
         created = client.get_queue(f"{sb}-Orders")
         assert created.requires_duplicate_detection
-        assert json.loads(created.user_metadata)["dstream_task"] == sb
-    assert set(by_name(lifecycle("plan", sb, hcl)).values()) == {("none", "present")}
+        assert created.duplicate_detection_history_time_window.total_seconds() == 300
+    # Ownership holds whether the emulator kept user_metadata or dstream used its ledger.
+    plan = {r["name"]: r["details"] for r in lifecycle("plan", sb, hcl)}
+    assert plan[f"{sb}-Orders"]["managed_by"] == "this task"
+    assert plan[foreign]["managed_by"] == "not created by dstream"
     status = {r["name"]: r for r in lifecycle("status", sb, hcl)}
     assert status[f"{sb}-Orders"]["details"]["active"] == 0
     destroyed = by_name(lifecycle("destroy", sb, hcl))
@@ -161,10 +96,12 @@ def test_lifecycle_creates_plans_and_destroys_exactly_the_tasks_queues(
         f"{sb}-Customers": ("delete", "absent"),
         foreign: ("none", "present"),
     }
-    with admin(servicebus) as client:
+    with servicebus.admin() as client:
         names = {q.name.lower() for q in client.list_queues()}
     assert f"{sb}-orders" not in names
-    assert foreign.lower() in names
+    assert f"{sb}-customers" not in names
+    assert {foreign.lower(), f"{sb}-archive"} <= names  # not ours: kept
+    assert by_name(lifecycle("destroy", f"{sb}-other", other)) == {f"{sb}-Archive": ("delete", "absent")}
 
 
 CHAIN = """
@@ -183,8 +120,9 @@ task "{p}-produce" {{
     config {{
       connection_string       = {conn}
       admin_connection_string = {admin}
-      queue                   = "{p}-chain"
-      lock_duration           = "10s"
+      queue                      = "{p}-chain"
+      lock_duration              = "10s"
+      duplicate_detection_window = "5m"
     }}
   }}
 }}
@@ -220,18 +158,18 @@ def chain(
 
 
 def test_chain_delivers_every_envelope_through_kill_9(
-    sb: str, servicebus: tuple[str, str], task_file: Callable[..., Path], tmp_path: Path
+    sb: str, servicebus: ServiceBus, task_file: Callable[..., Path], tmp_path: Path
 ) -> None:
     total = 4000
     hcl, out = chain(sb, task_file, tmp_path, total, max_idle="15s")  # > the 10 s lock a killed input held
     proc = start_run(f"{sb}-produce", hcl)
-    wait_until(lambda: active(servicebus, f"{sb}-chain")[0] >= 500, "500 messages in the queue", proc)
+    wait_until(lambda: servicebus.active(f"{sb}-chain")[0] >= 500, "500 messages in the queue", proc)
     kill(provider_pid(proc, "asb-output-provider"))
     assert finish(proc)[0] == 1
     code, err = finish(start_run(f"{sb}-produce", hcl))
     assert code == 0, err
     # Duplicate detection dropped what the restarted producer sent again.
-    assert active(servicebus, f"{sb}-chain")[0] == total
+    assert servicebus.active(f"{sb}-chain")[0] == total
 
     for target in ("asb-input-provider", "file-output-provider"):
         point = line_count(out) + 800
@@ -244,11 +182,11 @@ def test_chain_delivers_every_envelope_through_kill_9(
     delivery = read_output(out)
     assert delivery.missing == []
     assert max(delivery.values) == total
-    assert active(servicebus, f"{sb}-chain") == (0, 0)
+    assert servicebus.active(f"{sb}-chain") == (0, 0)
 
 
 def test_duplicate_detection_absorbs_a_full_replay(
-    sb: str, servicebus: tuple[str, str], task_file: Callable[..., Path], tmp_path: Path
+    sb: str, servicebus: ServiceBus, task_file: Callable[..., Path], tmp_path: Path
 ) -> None:
     total = 1500
     hcl, out = chain(sb, task_file, tmp_path, total, max_idle="3s", commit_wait="8s")
@@ -256,32 +194,76 @@ def test_duplicate_detection_absorbs_a_full_replay(
         code, err = finish(start_run(f"{sb}-produce", hcl))
         assert code == 0, err
         assert run_cli("state", "reset", f"{sb}-produce", "--yes", "-f", str(hcl)).returncode == 0
-    assert active(servicebus, f"{sb}-chain")[0] == total
+    assert servicebus.active(f"{sb}-chain")[0] == total
     proc = start_run(f"{sb}-consume", hcl)
     wait_until(lambda: line_count(out) >= total // 2, "half the output", proc)
     proc.send_signal(signal.SIGTERM)
     code, err = finish(proc)
     assert code == 0, err
+    # What the stop gave back was released, not abandoned: no delivery was counted.
+    assert max(peeked_delivery_counts(servicebus, f"{sb}-chain"), default=0) <= 1
     code, err = finish(start_run(f"{sb}-consume", hcl))
     assert code == 0, err
     delivery = read_output(out)
     assert delivery.missing == []
-    assert delivery.duplicates == 0  # a graceful stop completes what it sent and abandons the rest
+    assert delivery.duplicates == 0  # a graceful stop completes what it sent and releases the rest
     assert len(delivery.values) == total
 
 
+def peeked_delivery_counts(servicebus: ServiceBus, queue: str) -> list[int]:
+    from azure.servicebus import ServiceBusClient
+
+    with ServiceBusClient.from_connection_string(servicebus.data) as client, client.get_queue_receiver(queue) as r:
+        return [m.delivery_count or 0 for m in r.peek_messages(max_message_count=250)]
+
+
+def test_released_messages_come_back_at_once_without_a_counted_delivery(sb: str, servicebus: ServiceBus) -> None:
+    from azure.servicebus import ServiceBusClient, ServiceBusMessage
+    from dstream_azure.servicebus import release_message
+
+    queue = f"{sb}-release"
+    with servicebus.admin() as admin:
+        admin.create_queue(queue, lock_duration=_minutes(5), max_delivery_count=10)
+    with ServiceBusClient.from_connection_string(servicebus.data) as client:
+        with client.get_queue_sender(queue) as sender:
+            sender.send_messages([ServiceBusMessage(f'{{"data": {i}}}') for i in range(5)])
+        with client.get_queue_receiver(queue) as receiver:
+            held = receiver.receive_messages(max_message_count=5, max_wait_time=10)
+            assert len(held) == 5
+            assert all(release_message(receiver, m) for m in held)
+        started = time.monotonic()
+        with client.get_queue_receiver(queue) as receiver:
+            again = []
+            while len(again) < 5 and time.monotonic() - started < 60:
+                again += receiver.receive_messages(max_message_count=5, max_wait_time=5)
+            assert len(again) == 5
+            assert time.monotonic() - started < 60  # well inside the 5-minute lock: given back, not expired
+            assert [m.delivery_count for m in again] == [1] * 5  # the release counted no delivery
+            for m in again:
+                receiver.complete_message(m)
+
+
+def _minutes(n: int) -> Any:
+    from datetime import timedelta
+
+    return timedelta(minutes=n)
+
+
 def test_poison_messages_are_dead_lettered(
-    sb: str, servicebus: tuple[str, str], task_file: Callable[..., Path], tmp_path: Path
+    sb: str, servicebus: ServiceBus, task_file: Callable[..., Path], tmp_path: Path
 ) -> None:
     from azure.servicebus import ServiceBusClient, ServiceBusMessage
 
     hcl, out = chain(sb, task_file, tmp_path, 1, max_idle="3s")
-    with ServiceBusClient.from_connection_string(servicebus[0]) as client, client.get_queue_sender(f"{sb}-chain") as s:
+    with (
+        ServiceBusClient.from_connection_string(servicebus.data) as client,
+        client.get_queue_sender(f"{sb}-chain") as s,
+    ):
         s.send_messages([ServiceBusMessage("not json"), ServiceBusMessage('{"data": {"value": 1}}')])
     result = run_cli("run", f"{sb}-consume", "-f", str(hcl))
     assert result.returncode == 0, result.stderr
     assert [json.loads(line)["data"] for line in out.read_text().splitlines()] == [{"value": 1}]
-    assert active(servicebus, f"{sb}-chain") == (0, 1)
+    assert servicebus.active(f"{sb}-chain") == (0, 1)
     assert "dead-lettered message" in result.stderr
 
 
@@ -296,8 +278,9 @@ task "{p}-topic" {{
     config {{
       connection_string       = {conn}
       admin_connection_string = {admin}
-      topic                   = "{p}-events"
-      subscriptions           = ["audit"]
+      topic                      = "{p}-events"
+      subscriptions              = ["audit"]
+      duplicate_detection_window = "5m"
     }}
   }}
 }}

@@ -10,45 +10,25 @@ import json
 import os
 import subprocess
 import sys
-import threading
-import time
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 import pytest
-from azure.servicebus import ServiceBusMessageBatch
-from azure.servicebus.amqp import AmqpMessageBodyType
-from azure.servicebus.exceptions import MessagingEntityNotFoundError
-from dstream_azure import lifecycle
-from dstream_azure.asb_input import AsbInputProvider
-from dstream_azure.asb_output import AsbOutputProvider, QueueMissing
 from dstream_azure.blob_output import AzureBlobOutputProvider, chunks, part_name
 from dstream_azure.inputs import Poison, Unsettled, to_envelope_lines
 from dstream_azure.naming import NamingError, parse_table, render, servicebus_name, storage_name
 from dstream_azure.pulumi_engine import PulumiUnavailable, require_cli
 from dstream_azure.queue_output import EnvelopeTooLarge, pack
-from dstream_azure.routing import Router, RoutingConfig, RoutingError, seconds
-from dstream_azure.servicebus import EnvelopeTooLarge as AsbTooLarge
-from dstream_azure.servicebus import (
-    QueueAdmin,
-    admin_client,
-    build_message,
-    message_id,
-    send_batched,
-    uses_local_emulator,
-)
-from pydantic import SecretStr
+from dstream_azure.routing import Router, RoutingConfig, RoutingError
 
 from dstream import protocol
-from dstream.sdk import Checkpoint, Context, Envelope, Raw
+from dstream.sdk import Context, Envelope
 from tests.conftest import run_cli
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
 
 pytestmark = pytest.mark.unit
 
@@ -108,13 +88,6 @@ def test_unknown_pattern_placeholders_are_config_errors() -> None:
         RoutingConfig(connection_string="x", queue_name_pattern="{tabel}_events")
 
 
-@pytest.mark.parametrize(
-    ("value", "expected"), [(30, 30.0), ("30s", 30.0), ("10m", 600.0), ("500ms", 0.5), ("1h", 3600.0)]
-)
-def test_durations(value: Any, expected: float) -> None:
-    assert seconds(value) == expected
-
-
 # -- routing ----------------------------------------------------------------------------------
 
 
@@ -151,248 +124,6 @@ def test_group_keeps_order_within_each_target() -> None:
     groups = r.group(batch)
     assert [e.data for e, _ in groups["A_cdc_events"]] == [1, 2, 4, 5, 7, 8]
     assert [e.data for e, _ in groups["B_cdc_events"]] == [0, 3, 6]
-
-
-# -- Service Bus messages and batching ---------------------------------------------------------
-
-
-def test_message_ids_come_from_the_position_and_are_stable() -> None:
-    meta = {
-        "TableName": "Orders",
-        "LSN": "00000027000000a8",
-        "Seq": "0001",
-        "OperationID": 4,
-        "OperationType": "Update",
-    }
-    raw = protocol.data({"id": 1}, meta)
-    first = message_id("Orders", meta, raw)
-    assert first == message_id("Orders", dict(reversed(meta.items())), protocol.data({"id": 999}, meta))
-    assert len(first) == 32
-    before = {**meta, "OperationID": 3}  # the update's before-image: a different message
-    assert message_id("Orders", before, raw) != first
-    assert message_id("Customers", meta, raw) != first
-    assert message_id("Orders", {**meta, "Seq": "0002"}, raw) != first
-    # No position: the content decides, whatever the key order or spacing.
-    a, b = b'{"data": {"x": 1, "y": 2}}', b'{"data":{"y":2,"x":1}}'
-    assert message_id(None, {}, a) == message_id(None, {}, b)
-    assert message_id(None, {}, a) != message_id(None, {}, b'{"data":{"x":2}}')
-    assert message_id("t", {"Pos": 1}, a, keys=["Pos"]) != message_id("t", {"Pos": 2}, a, keys=["Pos"])
-
-
-def test_messages_carry_the_envelope_and_its_properties() -> None:
-    meta = {"TableName": "dbo.Orders", "OperationType": "Insert", "LSN": "0a", "Seq": 7, "Extra": {"k": 1}}
-    raw = protocol.data({"id": 1}, meta).rstrip(b"\n")
-    message = build_message(raw, "dbo.Orders", meta)
-    assert b"".join(message.body) == raw
-    assert message.application_properties == {
-        "TableName": "dbo.Orders",
-        "OperationType": "Insert",
-        "LSN": "0a",
-        "Seq": 7,
-    }
-    assert message.subject == "dbo.Orders"
-    assert message.content_type == "application/json"
-
-
-@dataclass
-class FakeSender:
-    limit: int
-    sent: list[list[bytes]] = field(default_factory=list)
-    closed: bool = False
-
-    def create_message_batch(self, max_size_in_bytes: int | None = None) -> ServiceBusMessageBatch:
-        return ServiceBusMessageBatch(max_size_in_bytes=max_size_in_bytes or self.limit)
-
-    def send_messages(self, batch: ServiceBusMessageBatch) -> None:
-        self.sent.append([b"".join(m.body) for m in batch._messages])
-
-    def close(self) -> None:
-        self.closed = True
-
-
-def test_batching_fills_sdk_batches_in_order_and_rejects_oversized_envelopes() -> None:
-    sender = FakeSender(limit=4000)
-    raws = [protocol.data({"n": i, "pad": "x" * 200}, {"Sequence": i}).rstrip(b"\n") for i in range(50)]
-    sent = send_batched(sender, [build_message(r, None, json.loads(r)["metadata"]) for r in raws])
-    assert sent == len(sender.sent) > 2
-    assert [raw for batch in sender.sent for raw in batch] == raws  # nothing lost, nothing reordered
-    assert all(len(batch) > 1 for batch in sender.sent[:-1])
-    huge = protocol.data({"pad": "x" * 5000}).rstrip(b"\n")
-    with pytest.raises(AsbTooLarge, match="over the entity's message size limit"):
-        send_batched(FakeSender(limit=4000), [build_message(raws[0], None, {}), build_message(huge, None, {})])
-
-
-# -- Service Bus output against an in-memory client --------------------------------------------
-
-
-class FakeServiceBusClient:
-    def __init__(self, missing: set[str] | None = None) -> None:
-        self.senders: dict[str, FakeSender] = {}
-        self.missing = missing or set()
-
-    def get_queue_sender(self, queue_name: str) -> Any:
-        if queue_name in self.missing:
-            return MissingSender()
-        return self.senders.setdefault(queue_name, FakeSender(limit=256 * 1024))
-
-    get_topic_sender = get_queue_sender
-
-    def close(self) -> None:
-        pass
-
-
-class MissingSender(FakeSender):
-    def __init__(self) -> None:
-        super().__init__(limit=1024)
-
-    def send_messages(self, batch: ServiceBusMessageBatch) -> None:
-        raise MessagingEntityNotFoundError(message="entity not found")
-
-
-def asb_output(client: FakeServiceBusClient, **config: Any) -> AsbOutputProvider:
-    ctx = Context("test")
-    ctx.task = "orders"
-    cfg = AsbOutputProvider.Config.model_validate({"connection_string": FAKE_SB, **config})
-    provider = AsbOutputProvider(cfg, ctx)  # type: ignore[arg-type]
-    provider._client = client  # type: ignore[assignment]
-    return provider
-
-
-def test_asb_output_routes_each_table_to_its_queue_in_order() -> None:
-    client = FakeServiceBusClient()
-    provider = asb_output(client, tables=["dbo.Orders", "dbo.Customers"])
-    batch = [env({"i": i}, TableName="dbo.Orders" if i % 2 else "Customers", LSN=f"{i:04x}") for i in range(10)]
-    provider.write(batch)
-    assert set(client.senders) == {"Orders_cdc_events", "Customers_cdc_events"}
-    orders = [json.loads(raw)["data"]["i"] for b in client.senders["Orders_cdc_events"].sent for raw in b]
-    assert orders == [1, 3, 5, 7, 9]
-    provider.close()
-
-
-def test_asb_output_says_how_to_create_a_missing_queue() -> None:
-    provider = asb_output(FakeServiceBusClient(missing={"Orders_cdc_events"}), tables=["Orders"])
-    with pytest.raises(QueueMissing, match=r"queue Orders_cdc_events does not exist: run `dstream init orders`"):
-        provider.write([env(1, TableName="Orders")])
-
-
-def test_asb_output_creates_a_missing_queue_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
-    client = FakeServiceBusClient(missing={"Orders_cdc_events"})
-    provider = asb_output(client, create_missing=True)
-    created: list[tuple[str, str]] = []
-
-    class Admin:
-        client = FakeServiceBusClient()
-
-        def create(self, name: str, task: str) -> bool:
-            created.append((name, task))
-            client.missing.discard(name)
-            return True
-
-    monkeypatch.setattr(provider, "_admin", Admin)
-    provider.write([env(1, TableName="Orders")])
-    assert created == [("Orders_cdc_events", "orders")]
-    assert len(client.senders["Orders_cdc_events"].sent) == 1
-
-
-# -- lifecycle diffing ---------------------------------------------------------------------------
-
-
-@dataclass
-class QueueProps:
-    name: str
-    user_metadata: str | None = None
-
-
-class FakeAdminClient:
-    """ServiceBusAdministrationClient's queue calls, in memory (names are case-insensitive)."""
-
-    def __init__(self, *queues: QueueProps) -> None:
-        self.queues = {q.name.lower(): q for q in queues}
-        self.created: list[dict[str, Any]] = []
-        self.deleted: list[str] = []
-
-    def list_queues(self) -> list[QueueProps]:
-        return list(self.queues.values())
-
-    def create_queue(self, name: str, **kwargs: Any) -> None:
-        self.created.append({"name": name, **kwargs})
-        self.queues[name.lower()] = QueueProps(name, kwargs.get("user_metadata"))
-
-    def delete_queue(self, name: str) -> None:
-        self.deleted.append(name)
-        del self.queues[name.lower()]
-
-
-def rows(resources: Iterator[Any]) -> dict[str, tuple[str, str]]:
-    return {r.name: (r.action, r.state) for r in resources}
-
-
-def test_servicebus_lifecycle_creates_with_duplicate_detection_and_destroys_only_its_own() -> None:
-    owned_elsewhere = QueueProps("Refunds_cdc_events", json.dumps(lifecycle.ownership_metadata("other-task")))
-    client = FakeAdminClient(QueueProps("customers_CDC_events"), owned_elsewhere)
-    admin = QueueAdmin(client)  # type: ignore[arg-type]
-    wanted = router(tables=["dbo.Orders", "dbo.Customers", "Refunds"]).wanted()
-
-    assert rows(lifecycle.plan(admin, wanted, "t")) == {
-        "Orders_cdc_events": ("create", "absent"),
-        "Customers_cdc_events": ("none", "present"),  # exists with other casing: same queue
-        "Refunds_cdc_events": ("none", "present"),
-    }
-    assert rows(lifecycle.init(admin, wanted, "t")) == {
-        "Orders_cdc_events": ("create", "present"),
-        "Customers_cdc_events": ("none", "present"),
-        "Refunds_cdc_events": ("none", "present"),
-    }
-    (created,) = client.created
-    assert created["requires_duplicate_detection"] is True
-    assert created["duplicate_detection_history_time_window"] == timedelta(minutes=10)
-    assert json.loads(created["user_metadata"]) == {"dstream_managed_by": "dstream", "dstream_task": "t"}
-    assert rows(lifecycle.plan(admin, wanted, "t")) == dict.fromkeys(wanted, ("none", "present"))
-
-    destroyed = rows(lifecycle.destroy(admin, wanted, "t"))
-    assert destroyed["Orders_cdc_events"] == ("delete", "absent")
-    assert destroyed["Customers_cdc_events"] == ("none", "present")
-    assert destroyed["Refunds_cdc_events"] == ("none", "present")
-    assert client.deleted == ["Orders_cdc_events"]
-
-
-def test_lifecycle_needs_the_task_name_to_record_ownership() -> None:
-    admin = QueueAdmin(FakeAdminClient())  # type: ignore[arg-type]
-    with pytest.raises(lifecycle.LifecycleError, match="did not say which task"):
-        list(lifecycle.init(admin, {"q": []}, None))
-
-
-def test_the_admin_client_speaks_plain_http_to_a_local_emulator_only() -> None:
-    seen: list[tuple[str, str]] = []
-    feed = b'<feed xmlns="http://www.w3.org/2005/Atom"><title type="text">Queues</title><id>q</id></feed>'
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            seen.append((self.path, self.headers.get("Authorization", "")))
-            self.send_response(200)
-            self.send_header("Content-Type", "application/atom+xml")
-            self.send_header("Content-Length", str(len(feed)))
-            self.end_headers()
-            self.wfile.write(feed)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        conn = f"Endpoint=sb://127.0.0.1:{server.server_port};SharedAccessKeyName=k;SharedAccessKey=v;UseDevelopmentEmulator=true"
-        with admin_client(SecretStr(conn), retry_total=0) as client:
-            assert list(client.list_queues()) == []
-    finally:
-        server.shutdown()
-    ((path, auth),) = seen
-    assert path.startswith("/$Resources/queues")
-    assert auth.startswith("SharedAccessSignature ")
-    assert uses_local_emulator(conn)
-    assert not uses_local_emulator(conn.replace("127.0.0.1", "example.servicebus.windows.net"))
-    assert not uses_local_emulator(conn.replace("UseDevelopmentEmulator=true", ""))
 
 
 # -- Storage queue packing and blob blocks ---------------------------------------------------------
@@ -462,106 +193,13 @@ def test_message_bodies_become_envelopes() -> None:
     wrapped = json.loads(to_envelope_lines('{"plain": true}', {"Queue": "q"}))
     assert wrapped == {"data": {"plain": True}, "metadata": {"Queue": "q"}}
     assert json.loads(to_envelope_lines("[1, 2]", {}))["data"] == [1, 2]
+    # Several plain lines in one message share its id: each says which line it was.
+    two = to_envelope_lines('{"a": 1}\n{"a": 2}', {"MessageId": "m"}).split(b"\n")
+    assert [json.loads(x)["metadata"] for x in two] == [{"MessageId": "m", "MessageLine": i} for i in (0, 1)]
     with pytest.raises(Poison, match="not JSON"):
         to_envelope_lines("hello", {})
     with pytest.raises(Poison, match="empty"):
         to_envelope_lines("  \n", {})
-
-
-# -- Service Bus input against an in-memory receiver -----------------------------------------------
-
-
-@dataclass
-class Received:
-    body: Any
-    body_type: AmqpMessageBodyType = AmqpMessageBodyType.DATA
-    message_id: str = "m"
-    application_properties: dict[bytes, Any] = field(default_factory=dict)
-    locked_until_utc: datetime = field(default_factory=lambda: datetime.now(UTC) + timedelta(seconds=60))
-
-
-class FakeReceiver:
-    def __init__(self, messages: list[Received]) -> None:
-        self.pending = list(messages)
-        self.completed: list[str] = []
-        self.abandoned: list[str] = []
-        self.dead: list[tuple[str, str]] = []
-        self.renewed: list[str] = []
-        self.closed = False
-
-    def receive_messages(self, max_message_count: int, max_wait_time: float) -> list[Received]:
-        out, self.pending = self.pending[:max_message_count], self.pending[max_message_count:]
-        return out
-
-    def complete_message(self, m: Received) -> None:
-        self.completed.append(m.message_id)
-
-    def abandon_message(self, m: Received) -> None:
-        self.abandoned.append(m.message_id)
-
-    def dead_letter_message(self, m: Received, reason: str, error_description: str) -> None:
-        self.dead.append((m.message_id, error_description))
-
-    def renew_message_lock(self, m: Received) -> datetime:
-        self.renewed.append(m.message_id)
-        return datetime.now(UTC) + timedelta(seconds=60)
-
-    def close(self) -> None:
-        self.closed = True
-
-
-def asb_input(receiver: FakeReceiver, **config: Any) -> AsbInputProvider:
-    cfg = AsbInputProvider.Config.model_validate(
-        {"connection_string": FAKE_SB, "queue": "q", "max_batch": 2, "max_idle": 0.01, "commit_wait": 0, **config}
-    )
-    provider = AsbInputProvider(cfg, Context("t"))  # type: ignore[arg-type]
-    provider._receiver = receiver
-    return provider
-
-
-def test_asb_input_completes_only_what_was_committed_and_abandons_the_rest() -> None:
-    envelope = b'{"data":{"n":1},"metadata":{}}'
-    messages = [
-        Received([envelope], message_id="env"),
-        Received(
-            b'{"plain": 2}',
-            body_type=AmqpMessageBodyType.VALUE,
-            message_id="value",
-            application_properties={b"TableName": b"Orders"},
-        ),
-        Received([b"not json"], message_id="poison"),
-        Received([b'{"data":{"n":4}}'], message_id="last"),
-    ]
-    receiver = FakeReceiver(messages)
-    provider = asb_input(receiver)
-    items = list(provider.read(None))
-    raws = [i for i in items if isinstance(i, Raw)]
-    assert raws[0].line == envelope
-    assert json.loads(raws[1].line) == {"data": {"plain": 2}, "metadata": {"MessageId": "value", "TableName": "Orders"}}
-    assert [(mid, why[:9]) for mid, why in receiver.dead] == [("poison", "not JSON:")]
-    checkpoints = [i.position for i in items if isinstance(i, Checkpoint)]
-    assert checkpoints[-1]["seq"] == 3
-    assert receiver.completed == []  # nothing is settled before dstream commits
-    provider.on_committed({"run": "another run", "seq": 3})
-    assert receiver.completed == []  # never settle on a position from elsewhere
-    provider.on_committed({**checkpoints[0]})
-    assert receiver.completed == ["env", "value"]
-    provider.close()
-    assert receiver.abandoned == ["last"]  # stopped without its commit: released at once
-    assert receiver.closed
-
-
-def test_asb_input_renews_locks_that_are_about_to_expire() -> None:
-    receiver = FakeReceiver([Received([b'{"data":1}'], message_id="a")])  # locked for 60 s
-    provider = asb_input(receiver)
-    reader = provider.read(None)
-    next(reader)  # the Raw: the message is now held
-    provider.renew_due(now=time.monotonic() + 10)
-    assert receiver.renewed == []  # 50 s left of 60: not yet
-    provider.renew_due(now=time.monotonic() + 45)
-    assert receiver.renewed == ["a"]
-    reader.close()
-    provider.close()
 
 
 # -- pulumi engine -----------------------------------------------------------------------------------

@@ -1,0 +1,289 @@
+"""In-memory stand-ins for the azure-servicebus clients, for the unit tests.
+
+They behave like the SDK where the providers depend on it: a sender's batches are real
+``ServiceBusMessageBatch`` objects with a size cap; the administration client keeps
+queues, topics, subscriptions and rules, with case-insensitive names and (optionally)
+drops ``user_metadata`` the way a broker without that property would; a receiver keeps
+track of what was completed, abandoned, released (AMQP ``released`` through its link, as
+the SDK's ``_handler.settle_messages``), dead-lettered and renewed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch
+from azure.servicebus.amqp import AmqpMessageBodyType
+from azure.servicebus.exceptions import MessageSizeExceededError, MessagingEntityNotFoundError, ServiceBusError
+
+FAKE_SB = "Endpoint=sb://127.0.0.1:1;SharedAccessKeyName=k;SharedAccessKey=c2VjcmV0;UseDevelopmentEmulator=true"
+AZURE_SB = "Endpoint=sb://example.servicebus.windows.net/;SharedAccessKeyName=k;SharedAccessKey=c2VjcmV0"
+
+
+def body(message: ServiceBusMessage) -> bytes:
+    return b"".join(message.body)
+
+
+@dataclass
+class FakeSender:
+    """A sender whose batches cap at ``limit`` bytes and whose link takes ``link_limit``-byte messages."""
+
+    limit: int
+    link_limit: int = 0
+    refuse_batches: bool = False
+    sent: list[list[bytes]] = field(default_factory=list)
+    sessions: list[list[str | None]] = field(default_factory=list)
+    closed: bool = False
+
+    @property
+    def _max_message_size_on_link(self) -> int:  # the SDK's private attribute
+        return self.link_limit
+
+    def create_message_batch(self, max_size_in_bytes: int | None = None) -> ServiceBusMessageBatch:
+        return ServiceBusMessageBatch(max_size_in_bytes=max_size_in_bytes or self.limit)
+
+    def send_messages(self, message: ServiceBusMessageBatch | ServiceBusMessage) -> None:
+        if isinstance(message, ServiceBusMessage):
+            if self.link_limit and len(body(message)) > self.link_limit:
+                raise MessageSizeExceededError(message="the message is larger than the link allows")
+            self.sent.append([body(message)])
+            self.sessions.append([message.session_id])
+            return
+        messages = message._messages
+        if self.refuse_batches and len({m.message_id for m in messages}) > 1:
+            raise ServiceBusError(
+                "Batching brokered messages with distinct SessionId, PartitionKey, or MessageId is not supported "
+                "for an entity with partitioning and duplicate detection enabled."
+            )
+        self.sent.append([body(m) for m in messages])
+        self.sessions.append([m.session_id for m in messages])
+
+    def close(self) -> None:
+        self.closed = True
+
+    def bodies(self) -> list[bytes]:
+        return [raw for batch in self.sent for raw in batch]
+
+
+class MissingSender(FakeSender):
+    def __init__(self) -> None:
+        super().__init__(limit=1024)
+
+    def send_messages(self, message: Any) -> None:
+        raise MessagingEntityNotFoundError(message="entity not found")
+
+
+class FakeServiceBusClient:
+    def __init__(self, missing: set[str] | None = None, **sender: Any) -> None:
+        self.senders: dict[str, FakeSender] = {}
+        self.missing = missing or set()
+        self.sender_options = sender
+
+    def get_queue_sender(self, queue_name: str) -> Any:
+        if queue_name in self.missing:
+            return MissingSender()
+        options = {"limit": 256 * 1024, **self.sender_options}
+        return self.senders.setdefault(queue_name, FakeSender(**options))
+
+    def get_topic_sender(self, topic_name: str) -> Any:
+        return self.get_queue_sender(topic_name)
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class Entity:
+    name: str
+    user_metadata: str | None = None
+    requires_duplicate_detection: bool = True
+    requires_session: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Rule:
+    name: str
+    filter: Any
+
+
+class FakeAdminClient:
+    """ServiceBusAdministrationClient's entity calls, in memory (names are case-insensitive)."""
+
+    def __init__(self, *queues: Entity, keeps_user_metadata: bool = True, sku: str = "Standard") -> None:
+        self.queues = {q.name.lower(): q for q in queues}
+        self.topics: dict[str, Entity] = {}
+        self.subscriptions: dict[tuple[str, str], Entity] = {}
+        self.rules: dict[tuple[str, str], dict[str, Rule]] = {}
+        self.keeps_user_metadata = keeps_user_metadata
+        self.sku = sku
+        self.created: list[dict[str, Any]] = []
+        self.deleted: list[str] = []
+
+    def _entity(self, name: str, kwargs: dict[str, Any]) -> Entity:
+        return Entity(
+            name,
+            kwargs.get("user_metadata") if self.keeps_user_metadata else None,
+            bool(kwargs.get("requires_duplicate_detection")),
+            bool(kwargs.get("requires_session")),
+            kwargs,
+        )
+
+    # queues
+    def list_queues(self) -> list[Entity]:
+        return list(self.queues.values())
+
+    def get_queue(self, name: str) -> Entity:
+        try:
+            return self.queues[name.lower()]
+        except KeyError:
+            raise ResourceNotFoundError(f"queue {name}") from None
+
+    def create_queue(self, name: str, **kwargs: Any) -> Entity:
+        if name.lower() in self.queues:
+            raise ResourceExistsError(f"queue {name}")
+        self.created.append({"kind": "queue", "name": name, **kwargs})
+        entity = self.queues[name.lower()] = self._entity(name, kwargs)
+        return entity
+
+    def delete_queue(self, name: str) -> None:
+        if name.lower() not in self.queues:
+            raise ResourceNotFoundError(f"queue {name}")
+        self.deleted.append(name)
+        del self.queues[name.lower()]
+
+    # topics
+    def list_topics(self) -> list[Entity]:
+        return list(self.topics.values())
+
+    def get_topic(self, name: str) -> Entity:
+        try:
+            return self.topics[name.lower()]
+        except KeyError:
+            raise ResourceNotFoundError(f"topic {name}") from None
+
+    def create_topic(self, name: str, **kwargs: Any) -> Entity:
+        if name.lower() in self.topics:
+            raise ResourceExistsError(f"topic {name}")
+        self.created.append({"kind": "topic", "name": name, **kwargs})
+        entity = self.topics[name.lower()] = self._entity(name, kwargs)
+        return entity
+
+    def delete_topic(self, name: str) -> None:
+        if name.lower() not in self.topics:
+            raise ResourceNotFoundError(f"topic {name}")
+        self.deleted.append(name)
+        del self.topics[name.lower()]
+        for key in [k for k in self.subscriptions if k[0] == name.lower()]:
+            del self.subscriptions[key]
+            self.rules.pop(key, None)
+
+    # subscriptions and rules
+    def list_subscriptions(self, topic: str) -> list[Entity]:
+        self.get_topic(topic)
+        return [s for (t, _), s in self.subscriptions.items() if t == topic.lower()]
+
+    def get_subscription(self, topic: str, name: str) -> Entity:
+        try:
+            return self.subscriptions[(topic.lower(), name.lower())]
+        except KeyError:
+            raise ResourceNotFoundError(f"subscription {topic}/{name}") from None
+
+    def create_subscription(self, topic: str, name: str, **kwargs: Any) -> Entity:
+        self.get_topic(topic)
+        key = (topic.lower(), name.lower())
+        if key in self.subscriptions:
+            raise ResourceExistsError(f"subscription {topic}/{name}")
+        self.created.append({"kind": "subscription", "name": f"{topic}/{name}", **kwargs})
+        entity = self.subscriptions[key] = self._entity(name, kwargs)
+        self.rules[key] = {"$Default": Rule("$Default", None)}
+        return entity
+
+    def delete_subscription(self, topic: str, name: str) -> None:
+        key = (topic.lower(), name.lower())
+        if key not in self.subscriptions:
+            raise ResourceNotFoundError(f"subscription {topic}/{name}")
+        del self.subscriptions[key]
+        self.rules.pop(key, None)
+
+    def list_rules(self, topic: str, subscription: str) -> list[Rule]:
+        return list(self.rules[(topic.lower(), subscription.lower())].values())
+
+    def create_rule(self, topic: str, subscription: str, name: str, *, filter: Any = None) -> Rule:
+        rules = self.rules[(topic.lower(), subscription.lower())]
+        if name in rules:
+            raise ResourceExistsError(f"rule {name}")
+        rule = rules[name] = Rule(name, filter)
+        return rule
+
+    def delete_rule(self, topic: str, subscription: str, name: str) -> None:
+        rules = self.rules.get((topic.lower(), subscription.lower()), {})
+        if name not in rules:
+            raise ResourceNotFoundError(f"rule {name}")
+        del rules[name]
+
+    def get_namespace_properties(self) -> Any:
+        return type("NamespaceProperties", (), {"messaging_sku": self.sku})()
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class Received:
+    body: Any
+    body_type: AmqpMessageBodyType = AmqpMessageBodyType.DATA
+    message_id: str = "m"
+    application_properties: dict[bytes, Any] = field(default_factory=dict)
+    locked_until_utc: datetime = field(default_factory=lambda: datetime.now(UTC) + timedelta(seconds=60))
+    session_id: str | None = None
+    _delivery_id: int | None = 1
+    _delivery_tag: bytes | None = b"tag"
+
+
+class FakeLink:
+    """The receive link's settle_messages (the SDK's ``receiver._handler``)."""
+
+    def __init__(self, receiver: FakeReceiver, works: bool = True) -> None:
+        self.receiver = receiver
+        self.works = works
+
+    def settle_messages(self, delivery_id: int, delivery_tag: bytes, outcome: str) -> None:
+        if not self.works:
+            raise RuntimeError("link closed")
+        self.receiver.settled.append((delivery_id, delivery_tag, outcome))
+
+
+class FakeReceiver:
+    def __init__(self, messages: list[Received], link_works: bool = True) -> None:
+        self.pending = list(messages)
+        self.completed: list[str] = []
+        self.abandoned: list[str] = []
+        self.settled: list[tuple[int, bytes, str]] = []
+        self.dead: list[tuple[str, str]] = []
+        self.renewed: list[str] = []
+        self.closed = False
+        self._handler = FakeLink(self, link_works)
+
+    def receive_messages(self, max_message_count: int, max_wait_time: float) -> list[Received]:
+        out, self.pending = self.pending[:max_message_count], self.pending[max_message_count:]
+        return out
+
+    def complete_message(self, m: Received) -> None:
+        self.completed.append(m.message_id)
+
+    def abandon_message(self, m: Received) -> None:
+        self.abandoned.append(m.message_id)
+
+    def dead_letter_message(self, m: Received, reason: str, error_description: str) -> None:
+        self.dead.append((m.message_id, error_description))
+
+    def renew_message_lock(self, m: Received) -> datetime:
+        self.renewed.append(m.message_id)
+        return datetime.now(UTC) + timedelta(seconds=60)
+
+    def close(self) -> None:
+        self.closed = True
