@@ -13,12 +13,13 @@ import signal
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import psutil
 import pytest
 from dstream_postgres_cdc import PostgresCdcInputProvider
 from dstream_postgres_cdc.lsn import parse_lsn
 
 from tests.conftest import run_cli
-from tests.faults import finish, kill, provider_pid, start_run, wait_until
+from tests.faults import finish, gone, kill, provider_pid, start_run, wait_until
 
 from .helpers import LiveInput, OutputReader, cdc_task, wait_for
 
@@ -96,8 +97,10 @@ def test_kill_9_inside_a_multi_chunk_snapshot_resumes_after_the_acknowledged_chu
     # 1. Killed (kill -9 of the provider process) with several chunks of the first table acknowledged.
     proc = start_run("cdc", slow_hcl)
     wait_until(lambda: snapshot_rows(state(hcl, "cdc"), name_k) >= 3000, "3 acknowledged chunks", proc)
+    children = psutil.Process(proc.pid).children(recursive=True)
     kill(provider_pid(proc, "postgres-cdc-input-provider"))
     assert finish(proc)[0] == 1
+    wait_for(lambda: all(gone(c) for c in children), "the killed run's providers to exit")  # the output is done
     inside = state(hcl, "cdc")
     acked = snapshot_rows(inside, name_k)
     assert 3000 <= acked < 30_000, inside
