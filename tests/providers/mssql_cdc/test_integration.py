@@ -25,6 +25,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import psutil
 import pytest
 from dstream_mssql_cdc.changes import Layout
 from dstream_mssql_cdc.config import MssqlCdcConfig, Target
@@ -32,7 +33,7 @@ from dstream_mssql_cdc.lsn import LSN_MAX, format_lsn, from_bytes, increment_lsn
 from dstream_mssql_cdc.sql import changes_query
 
 from tests.conftest import run_cli
-from tests.faults import finish, kill, line_count, provider_pid, start_run, wait_until
+from tests.faults import finish, gone, kill, line_count, provider_pid, start_run, wait_until
 
 from .conftest import STARTUP
 from .fixtures import CUSTOMERS_COLUMNS, ORDERS_COLUMNS, REF
@@ -279,7 +280,7 @@ class Slow(FileOutputProvider):
     batch_size = 1000
 
     def write(self, batch):
-        time.sleep(0.05)  # a slow sink: the run is still inside the snapshot when it is killed
+        time.sleep(0.25)  # a slow sink (4000 rows/s): the run is still inside the snapshot when it is killed
         super().write(batch)
 
 Slow.main()
@@ -296,13 +297,14 @@ def test_a_snapshot_of_three_tables_killed_inside_resumes_and_then_streams(
     monkeypatch.setenv(CONN_ENV, database.connection_string)
     tables = ["Alpha", "Beta", "Gamma"]
     for table in tables:
-        database.execute(f"CREATE TABLE dbo.{table} (id int PRIMARY KEY, v nvarchar(20) NOT NULL)")
+        # rows of 1 KB: what the input read ahead cannot all sit in the pipes and the relay's buffers
+        database.execute(f"CREATE TABLE dbo.{table} (id int PRIMARY KEY, v nvarchar(20) NOT NULL, pad nchar(500) NULL)")
         database.execute(
-            f"INSERT INTO dbo.{table} SELECT TOP (50000) ROW_NUMBER() OVER (ORDER BY (SELECT NULL)), N'x'"  # noqa: S608
+            f"INSERT INTO dbo.{table} SELECT TOP (50000) ROW_NUMBER() OVER (ORDER BY (SELECT NULL)), N'x', N'p'"  # noqa: S608
             " FROM sys.all_columns a CROSS JOIN sys.all_columns b"
         )
         database.enable_table(table)
-    database.execute("INSERT INTO dbo.Alpha VALUES (-1, N'seen by the capture job')")
+    database.execute("INSERT INTO dbo.Alpha VALUES (-1, N'seen by capture', NULL)")
     wait_for(captured_all(database, {"dbo_Alpha": 1}), "the capture job")
     out = tmp_path / "out.jsonl"
     names = [f"dbo.{t}" for t in tables]
@@ -313,16 +315,19 @@ def test_a_snapshot_of_three_tables_killed_inside_resumes_and_then_streams(
     assert run_cli("init", "snap", "-f", str(hcl), timeout=300).returncode == 0  # allows snapshot isolation
 
     proc = start_run("snap", slow_hcl)
-    wait_until(lambda: snapshot_rows(snapshot_state(hcl, "snap")) >= 20_000, "20000 acknowledged snapshot rows", proc)
+    wait_until(lambda: line_count(out) >= 20_000, "20000 snapshot rows in the output", proc)
+    children = psutil.Process(proc.pid).children(recursive=True)
     kill(provider_pid(proc, "mssql-cdc-input-provider"))
     assert finish(proc)[0] == 1
+    wait_for(lambda: all(gone(c) for c in children), "the killed run's providers to exit")
     inside = snapshot_state(hcl, "snap")
     assert inside_snapshot(inside), inside
+    assert 0 < snapshot_rows(inside) < 150_000, inside  # killed after acknowledged chunks, before the end
     # Writes while the task is down, and after: all of them come as changes once the snapshot is done.
     database.execute("UPDATE dbo.Beta SET v = N'changed' WHERE id <= 10")
     proc = start_run("snap", hcl)
     wait_until(lambda: not inside_snapshot(snapshot_state(hcl, "snap")), "the end of the snapshot", proc)
-    database.execute("INSERT INTO dbo.Gamma VALUES (60000, N'after')")
+    database.execute("INSERT INTO dbo.Gamma VALUES (60000, N'after', NULL)")
     wait_until(lambda: '"id":60000' in out.read_text(), "the change after the snapshot", proc)
     proc.send_signal(signal.SIGTERM)
     code, err = finish(proc)
