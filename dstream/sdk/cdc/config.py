@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Self
+from typing import Annotated, Any, Self
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from dstream.sdk.base import ProviderConfig
-
-if TYPE_CHECKING:
-    from dstream.sdk.cdc.positions import SnapshotMode
-    from dstream.sdk.units import Duration
+from dstream.sdk import ProviderConfig  # this name: ruff knows pydantic reads the annotations at run time
+from dstream.sdk.cdc.positions import SnapshotMode
+from dstream.sdk.units import Duration
 
 
 def _snapshot_mode(value: Any) -> Any:
