@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from dstream.runtime.base import ProviderProcess
 
 _log = log.get("relay")
+# Below this many bytes per line, per-line work in Python costs more than a few C scans.
+SHORT_LINE = 200
 
 
 class SinkGone(Exception):
@@ -94,6 +96,7 @@ class Hop:
         self._max_line_bytes = max_line_bytes
         self._line = 1  # number of the source's next stdout line (for messages)
         self._fatal: BadDataError | None = None
+        self._short_lines = False  # the stream's lines are short: scan blocks, do not split them
 
     @property
     def role(self) -> str:
@@ -170,17 +173,23 @@ class Hop:
 
     def _process(self, data: bytes) -> tuple[bytes, list[tuple[Any, int, int]], int]:
         """What to forward, its checkpoints (each with the envelopes and bytes of this hop's
-        stream up to it) and its envelope count.
+        stream up to it) and its envelope count. Anything unusual goes to :meth:`_process_slowly`.
 
-        One split, one pass of ``startswith`` to find the lines that are not plain data
-        (checkpoints and the rare gauge or rejection), and one C-level parse of the whole
-        block (:func:`protocol.valid_block`): a block costs the same whatever kinds of
-        control lines it may hold. Anything unusual goes to :meth:`_process_slowly`.
+        Two fast paths, both with one C-level parse of the whole block
+        (:func:`protocol.valid_block`), chosen by the stream's line length: for short lines
+        (many per block) substring scans find the rare control lines without touching each
+        line in Python; for longer lines one split and one ``startswith`` pass find every
+        line that is not plain data, which is cheaper than a scan per kind of control line.
         """
+        if self._short_lines and not (
+            protocol.GAUGE_TOKEN in data or (self.from_transform and protocol.DEAD_LETTER_TOKEN in data)
+        ):
+            return self._process_by_scanning(data)
         lines = data.split(b"\n")
         lines.pop()  # the block ends with a newline
         first = self._line
         self._line += len(lines)
+        self._short_lines = len(data) < SHORT_LINE * len(lines)
         prefix = protocol.DATA_PREFIX
         other = [i for i, line in enumerate(lines) if not line.startswith(prefix)]
         if any(not lines[i].startswith(b"{") for i in other) or protocol.valid_block(data, len(lines)) < 0:
@@ -204,6 +213,35 @@ class Hop:
                 checkpoints.append((position, envelopes, self.stats.bytes + end))
                 self.last_checkpoint = position
         return data, checkpoints, len(lines) - len(checkpoints)
+
+    def _process_by_scanning(self, data: bytes) -> tuple[bytes, list[tuple[Any, int, int]], int]:
+        """The fast path for short lines, with no gauge or rejection in the block."""
+        count = protocol.valid_block(data)
+        if count < 0:
+            lines = data.split(b"\n")
+            lines.pop()
+            first = self._line
+            self._line += len(lines)
+            return self._process_slowly(lines, first)
+        self._line += count
+        self._short_lines = len(data) < SHORT_LINE * count
+        checkpoints: list[tuple[Any, int, int]] = []
+        token = protocol.CHECKPOINT_TOKEN
+        at = data.find(token)
+        line_index = 0
+        counted_to = 0
+        while at >= 0:
+            start = data.rfind(b"\n", 0, at) + 1
+            end = data.index(b"\n", at)
+            is_cp, position = protocol.control_value(protocol.decode(data[start:end]), "checkpoint")
+            if is_cp:
+                line_index += data.count(b"\n", counted_to, start)
+                counted_to = start
+                envelopes = self.stats.envelopes + line_index - len(checkpoints)
+                checkpoints.append((position, envelopes, self.stats.bytes + end + 1))
+                self.last_checkpoint = position
+            at = data.find(token, end)
+        return data, checkpoints, count - len(checkpoints)
 
     def _process_slowly(self, lines: list[bytes], first_line: int) -> tuple[bytes, list[tuple[Any, int, int]], int]:
         keep: list[bytes] = []

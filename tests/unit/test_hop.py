@@ -1,0 +1,79 @@
+"""A hop's block processing: both fast paths (short lines scanned, longer lines split) and the
+slow path agree on what is forwarded and where each checkpoint falls."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from dstream import protocol
+from dstream.redact import Redactor
+from dstream.relay.hop import Hop
+
+
+class _Proc:
+    role = "transform-1"
+    description = "transform-1 provider fake"
+
+
+class _Events:
+    def __init__(self) -> None:
+        self.gauges: list[Any] = []
+
+    def gauge(self, hop: Hop, value: Any) -> None:
+        self.gauges.append(value)
+
+
+def hop(events: Any = None) -> Hop:
+    return Hop(
+        1, _Proc(), _Proc(), events=events, leftover=b"", max_line_bytes=1 << 20, stop_timeout=1,  # type: ignore[arg-type]
+        from_transform=True, dead_letters=None, redactor=Redactor(), resume_from=None,
+    )  # fmt: skip
+
+
+def block(pad: int, every: int, count: int, extra: bytes = b"") -> bytes:
+    out = bytearray()
+    for n in range(1, count + 1):
+        out += protocol.data({"n": n, "pad": "x" * pad}, {"TableName": "t"})
+        if n % every == 0:
+            out += protocol.checkpoint({"n": n})
+        if n == count // 2:
+            out += extra
+    return bytes(out)
+
+
+@pytest.mark.parametrize("pad", [10, 600])
+def test_checkpoints_fall_where_they_are_whichever_path_runs(pad: int) -> None:
+    data = block(pad, every=7, count=50)
+    expected = []
+    size = 0
+    envelopes = 0
+    for line in data.splitlines(keepends=True):
+        size += len(line)
+        if line.startswith(b'{"checkpoint"'):
+            expected.append((protocol.decode(line)["checkpoint"], envelopes, size))
+        else:
+            envelopes += 1
+    one = hop()
+    first = one._process(data)  # the first block always splits; it learns the line length
+    second = one._process(data)  # short lines are scanned from now on
+    assert one._short_lines is (pad == 10)
+    for out, checkpoints, count in (first, second):
+        assert out == data
+        assert count == 50
+        assert checkpoints == expected  # counted from this hop's totals, which _forward keeps
+
+
+@pytest.mark.parametrize("pad", [10, 600])
+def test_gauge_lines_are_kept_back_on_both_paths(pad: int) -> None:
+    events = _Events()
+    gauge = protocol.gauge("lag_seconds", 1.5, {"table": "t"})
+    data = block(pad, every=7, count=20, extra=gauge)
+    one = hop(events)
+    for _ in range(2):
+        out, checkpoints, count = one._process(data)
+        assert gauge not in out
+        assert count == 20
+        assert len(checkpoints) == 2
+    assert events.gauges == [{"name": "lag_seconds", "value": 1.5, "labels": {"table": "t"}}] * 2
