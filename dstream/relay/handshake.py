@@ -26,6 +26,19 @@ def stderr_excerpt(proc: ProviderProcess, redactor: Redactor) -> str:
     return f" Its last stderr lines:\n{body}"
 
 
+async def stopped_excerpt(proc: ProviderProcess, redactor: Redactor) -> str:
+    """The stderr excerpt of a provider that failed its handshake while still running.
+
+    stdout and stderr arrive on separate connections, so the line that failed the
+    handshake can overtake the stderr written before it. The provider is removed next
+    anyway; killing it first and waiting for its exit reads its stderr to the end.
+    """
+    with contextlib.suppress(Exception):
+        await proc.kill()
+    await _exit_code(proc)
+    return stderr_excerpt(proc, redactor)
+
+
 async def open_provider(
     proc: ProviderProcess,
     command: str,
@@ -58,7 +71,7 @@ async def open_provider(
             f"{proc.description} sent no handshake within {timeout:g}s "
             f'(expected a first stdout line like {{"status":"ready"}}). If it is a legacy provider '
             f"that never sends one, set handshake = false in its block; if it is slow to start, "
-            f"raise handshake_timeout." + stderr_excerpt(proc, redactor)
+            f"raise handshake_timeout." + await stopped_excerpt(proc, redactor)
         ) from None
     if line is None:
         code = await _exit_code(proc)
@@ -73,7 +86,7 @@ async def open_provider(
             shown = redactor(line[:200].decode("utf-8", "replace").strip())
             raise HandshakeError(
                 f"{proc.description} printed {shown!r} instead of a handshake; a provider's stdout "
-                f"carries only protocol lines (logs belong on stderr)." + stderr_excerpt(proc, redactor)
+                f"carries only protocol lines (logs belong on stderr)." + await stopped_excerpt(proc, redactor)
             ) from None
         # A JSON object that is not a handshake: a legacy provider, and that line is data.
         return protocol.LEGACY, line + rest
