@@ -4,16 +4,12 @@
 from __future__ import annotations
 
 import json
-import os
-import pty
-import select
-import sys
-import time
 from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.conftest import run_cli
+from tests.terminal import on_a_terminal
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -93,34 +89,6 @@ def marker_task(task_file: Callable[..., Path], script: Callable[[str, str], Pat
     )
 
 
-def _on_a_terminal(args: list[str], answer: bytes) -> tuple[int, str]:
-    """``dstream ARGS`` on a pseudo-terminal, typing ``answer`` at the first prompt."""
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.execv(sys.executable, [sys.executable, "-m", "dstream", *args])  # noqa: S606
-    seen, answered = b"", False
-    deadline = time.monotonic() + 60
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], 1)
-            if not ready:
-                continue
-            try:
-                chunk = os.read(fd, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            seen += chunk
-            if not answered and b"Enter a value" in seen:
-                os.write(fd, answer + b"\n")
-                answered = True
-    finally:
-        _, status = os.waitpid(pid, 0)
-        os.close(fd)
-    return os.waitstatus_to_exitcode(status), seen.decode(errors="replace")
-
-
 def test_destroy_off_a_terminal_needs_yes(marker_task: Path, tmp_path: Path) -> None:
     marker = tmp_path / "marker"
     assert run_cli("init", "t", "-f", str(marker_task)).returncode == 0
@@ -137,11 +105,11 @@ def test_destroy_off_a_terminal_needs_yes(marker_task: Path, tmp_path: Path) -> 
 def test_destroy_on_a_terminal_asks(marker_task: Path, tmp_path: Path) -> None:
     marker = tmp_path / "marker"
     assert run_cli("init", "t", "-f", str(marker_task)).returncode == 0
-    code, text = _on_a_terminal(["destroy", "t", "-f", str(marker_task)], b"no")
+    code, text = on_a_terminal(["destroy", "t", "-f", str(marker_task)], answer=b"no")
     assert code == 1, text
     assert "Destroy cancelled" in text
     assert marker.exists()
-    code, text = _on_a_terminal(["destroy", "t", "-f", str(marker_task)], b"yes")
+    code, text = on_a_terminal(["destroy", "t", "-f", str(marker_task)], answer=b"yes")
     assert code == 0, text
     assert not marker.exists()
     assert "Destroy: 0 created, 0 updated, 1 deleted." in text

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import re
-import select
 import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from typing import TYPE_CHECKING
 
@@ -20,6 +17,7 @@ import pytest
 
 from tests.conftest import run_cli
 from tests.faults import finish, wait_until
+from tests.terminal import on_a_terminal
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -57,27 +55,8 @@ def test_status_lines_when_not_on_a_terminal(task_file: Callable[..., Path]) -> 
 
 def test_live_status_line_on_a_terminal(task_file: Callable[..., Path]) -> None:
     path = task_file(SLOW.format(interval=20, count=100))
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: dstream on a pseudo-terminal
-        os.execv(sys.executable, [sys.executable, "-m", "dstream", "run", "slow", "-f", str(path)])  # noqa: S606
-    seen = b""
-    deadline = time.monotonic() + 60
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], 1)
-            if not ready:
-                continue
-            try:
-                chunk = os.read(fd, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            seen += chunk
-    finally:
-        _, status = os.waitpid(pid, 0)
-    text = seen.decode(errors="replace")
-    assert os.waitstatus_to_exitcode(status) == 0, text[-2000:]
+    code, text = on_a_terminal(["run", "slow", "-f", str(path)])
+    assert code == 0, text[-2000:]
     assert "slow running:" in text  # the live line
     assert "envelopes (" in text
     assert '{"value":100}' in text  # the console output printed above it

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import re
-import select
-import sys
-import time
 import uuid
 from typing import TYPE_CHECKING
 
 import pytest
+
+from tests.terminal import on_a_terminal
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -21,33 +19,6 @@ if TYPE_CHECKING:
     from dstream.runtime.docker import DockerEngine
 
 BAR = re.compile(r"[0-9a-f]{12} Downloading")
-
-
-def run_on_a_terminal(args: list[str], stdout: Path, timeout: float = 120) -> tuple[int, str]:
-    """``dstream ARGS > stdout`` with stdin and stderr on a pseudo-terminal; (exit code, terminal text)."""
-    with stdout.open("wb") as out:
-        pid, fd = pty.fork()
-        if pid == 0:  # the child: stdout to the file, the rest on the terminal
-            os.dup2(out.fileno(), 1)
-            os.execv(sys.executable, [sys.executable, "-m", "dstream", *args])  # noqa: S606
-    seen = b""
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], 1)
-            if not ready:
-                continue
-            try:
-                chunk = os.read(fd, 65536)
-            except OSError:  # the child closed the terminal
-                break
-            if not chunk:
-                break
-            seen += chunk
-    finally:
-        _, status = os.waitpid(pid, 0)
-        os.close(fd)
-    return os.waitstatus_to_exitcode(status), seen.decode(errors="replace")
 
 
 @pytest.fixture
@@ -106,7 +77,7 @@ def test_pull_bars_go_to_the_terminal_and_stdout_keeps_only_envelopes(
     hcl = _task(tmp_path / "dstream.hcl", task_name, unpulled_image)
     out = tmp_path / "out.jsonl"
     args = ["run", task_name, "-f", str(hcl), *([flag] if flag else [])]
-    code, terminal = run_on_a_terminal(args, out)
+    code, terminal = on_a_terminal(args, stdout=out, timeout=120)
     assert code == 0, terminal[-3000:]
     assert _envelopes(out) == [1, 2, 3, 4, 5]
     assert f"pulling {unpulled_image.rsplit(':', 1)[0]}" in terminal  # the log line, either way
