@@ -42,6 +42,19 @@ SQL_IMAGE = os.environ.get("DSTREAM_SERVICEBUS_SQL_IMAGE", "mcr.microsoft.com/ms
 SQL_PASSWORD = "Dstream-Emulator-1!"  # a throwaway container's password, not a secret
 SB_KEY = "SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=SAS_KEY_VALUE;UseDevelopmentEmulator=true;"
 START_TIMEOUT = 300  # seconds each container may take to become ready (the tests' timeouts are above it)
+
+# The marks of every test that needs the emulator.
+EMULATOR_MARKS = [
+    pytest.mark.servicebus,
+    pytest.mark.skipif(
+        not os.environ.get("DSTREAM_TEST_SERVICEBUS"),
+        reason="the Service Bus emulator is an MCR image (mcr.microsoft.com/azure-messaging/servicebus-emulator) "
+        "that this machine cannot pull; .github/workflows/servicebus.yml runs these tests with "
+        "DSTREAM_TEST_SERVICEBUS=1",
+    ),
+    # Above the fixture's start-up (two containers, START_TIMEOUT each), which the first test pays.
+    pytest.mark.timeout(2 * START_TIMEOUT + 600),
+]
 EMULATOR_CONFIG = {
     "UserConfig": {
         "Namespaces": [

@@ -12,15 +12,12 @@ allowed: at-least-once).
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-import pytest
-
 from tests.conftest import run_cli
 from tests.faults import finish, kill, line_count, provider_pid, start_run, wait_until
-from tests.providers.azure.conftest import START_TIMEOUT, by_name, lifecycle
+from tests.providers.azure.conftest import EMULATOR_MARKS, by_name, lifecycle
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -28,16 +25,7 @@ if TYPE_CHECKING:
 
     from tests.providers.azure.conftest import ServiceBus
 
-pytestmark = [
-    pytest.mark.servicebus,
-    pytest.mark.skipif(
-        not os.environ.get("DSTREAM_TEST_SERVICEBUS"),
-        reason="the Service Bus emulator is an MCR image (mcr.microsoft.com/azure-messaging/servicebus-emulator) "
-        "that this machine cannot pull; .github/workflows/servicebus.yml runs these tests with "
-        "DSTREAM_TEST_SERVICEBUS=1",
-    ),
-    pytest.mark.timeout(2 * START_TIMEOUT + 600),
-]
+pytestmark = EMULATOR_MARKS
 
 ROWS, VERSIONS = 6, 40
 
