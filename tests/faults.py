@@ -104,3 +104,21 @@ def gone(process: psutil.Process) -> bool:
 def finish(proc: subprocess.Popen[bytes], timeout: float = WAIT_LIMIT) -> tuple[int, str]:
     _, err = proc.communicate(timeout=timeout)
     return proc.returncode, err.decode()
+
+
+def slow_file_output(batch_size: int, pause: float) -> str:
+    """A file output provider script that sleeps ``pause`` seconds per batch of ``batch_size``:
+    a slow sink, so that a run is still in the middle of its work when a test kills it."""
+    return f"""
+import time
+from dstream_file.output import FileOutputProvider
+
+class Slow(FileOutputProvider):
+    batch_size = {batch_size}
+
+    def write(self, batch):
+        time.sleep({pause})
+        super().write(batch)
+
+Slow.main()
+"""

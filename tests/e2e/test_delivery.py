@@ -14,7 +14,17 @@ import psutil
 import pytest
 
 from tests.conftest import run_cli
-from tests.faults import finish, gone, kill, line_count, provider_pid, read_output, start_run, wait_until
+from tests.faults import (
+    finish,
+    gone,
+    kill,
+    line_count,
+    provider_pid,
+    read_output,
+    slow_file_output,
+    start_run,
+    wait_until,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -142,19 +152,7 @@ def test_restart_policy_finishes_after_an_output_fails_twice(
     assert max(delivery.values) == TOTAL
 
 
-SLOW_OUTPUT = """
-import time
-from dstream_file.output import FileOutputProvider
-
-class Slow(FileOutputProvider):
-    batch_size = 200
-
-    def write(self, batch):
-        time.sleep(0.02)
-        super().write(batch)
-
-Slow.main()
-"""
+SLOW_OUTPUT = slow_file_output(200, 0.02)
 
 
 def test_slow_output_pauses_the_input_and_memory_stays_bounded(

@@ -33,7 +33,7 @@ from dstream_mssql_cdc.lsn import LSN_MAX, format_lsn, from_bytes, increment_lsn
 from dstream_mssql_cdc.sql import changes_query
 
 from tests.conftest import run_cli
-from tests.faults import finish, gone, kill, line_count, provider_pid, start_run, wait_until
+from tests.faults import finish, gone, kill, line_count, provider_pid, slow_file_output, start_run, wait_until
 
 from .conftest import STARTUP
 from .fixtures import CUSTOMERS_COLUMNS, ORDERS_COLUMNS, REF
@@ -272,19 +272,7 @@ task "{name}" {{
 """
 
 
-SLOW_OUTPUT = """
-import time
-from dstream_file.output import FileOutputProvider
-
-class Slow(FileOutputProvider):
-    batch_size = 1000
-
-    def write(self, batch):
-        time.sleep(0.25)  # a slow sink (4000 rows/s): the run is still inside the snapshot when it is killed
-        super().write(batch)
-
-Slow.main()
-"""
+SLOW_OUTPUT = slow_file_output(1000, 0.25)  # 4000 rows/s: the run is still inside the snapshot when it is killed
 
 
 def test_a_snapshot_of_three_tables_killed_inside_resumes_and_then_streams(

@@ -19,7 +19,7 @@ import pytest
 from dstream_postgres_cdc.lsn import parse_lsn
 
 from tests.conftest import run_cli
-from tests.faults import finish, gone, kill, line_count, provider_pid, start_run, wait_until
+from tests.faults import finish, gone, kill, line_count, provider_pid, slow_file_output, start_run, wait_until
 
 from .helpers import OutputReader, Workload, cdc_task, wait_for
 
@@ -263,19 +263,7 @@ def test_restart_inside_a_large_transaction_neither_skips_nor_repeats(
     assert parse_lsn(state(hcl, "cdc")["lsn"]) > parse_lsn(commit_lsn)  # past the transaction now
 
 
-SLOW_OUTPUT = """
-import time
-from dstream_file.output import FileOutputProvider
-
-class Slow(FileOutputProvider):
-    batch_size = 500
-
-    def write(self, batch):
-        time.sleep(0.05)  # a slow sink, so that the first run is still inside the snapshot when killed
-        super().write(batch)
-
-Slow.main()
-"""
+SLOW_OUTPUT = slow_file_output(500, 0.05)  # a slow sink, so that the first run is still inside the snapshot when killed
 
 
 def test_initial_snapshot_while_writes_continue_replays_to_the_table_state(

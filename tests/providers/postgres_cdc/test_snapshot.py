@@ -20,7 +20,7 @@ from dstream_postgres_cdc import PostgresCdcInputProvider
 from dstream_postgres_cdc.lsn import parse_lsn
 
 from tests.conftest import run_cli
-from tests.faults import finish, gone, kill, line_count, provider_pid, start_run, wait_until
+from tests.faults import finish, gone, kill, line_count, provider_pid, slow_file_output, start_run, wait_until
 
 from .helpers import LiveInput, OutputReader, cdc_task, wait_for
 
@@ -32,19 +32,7 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.postgres
 
-SLOW_OUTPUT = """
-import time
-from dstream_file.output import FileOutputProvider
-
-class Slow(FileOutputProvider):
-    batch_size = 250
-
-    def write(self, batch):
-        time.sleep(0.25)  # a slow sink (1000 rows/s): the run is still inside the snapshot when it is killed
-        super().write(batch)
-
-Slow.main()
-"""
+SLOW_OUTPUT = slow_file_output(250, 0.25)  # 1000 rows/s: the run is still inside the snapshot when it is killed
 
 
 def state(hcl: Path, task: str) -> Any:
