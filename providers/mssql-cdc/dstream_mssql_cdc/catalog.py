@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 LOB_TYPES = frozenset({"text", "ntext", "image", "xml"})
 MAX_TYPES = frozenset({"varchar", "nvarchar", "varbinary"})
 ALWAYS_NULL_OLD = frozenset({"text", "ntext", "image"})  # NULL in every delete and before-image
+BYTE_TYPES = frozenset({"binary", "varbinary"})  # no character_maximum_length: sizes from sys.columns
 
 
 @dataclass(frozen=True)

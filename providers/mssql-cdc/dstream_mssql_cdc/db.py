@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyodbc
 
 from dstream_mssql_cdc.admin import OFFSET_TIME, AdminQueries
-from dstream_mssql_cdc.catalog import CaptureInstance, Column, Login, ServerState, SourceTable
+from dstream_mssql_cdc.catalog import BYTE_TYPES, CaptureInstance, Column, Login, ServerState, SourceTable
 from dstream_mssql_cdc.changes import ResultSet, datetimeoffset
-from dstream_mssql_cdc.errors import CdcError, ConnectionLost, translate
+from dstream_mssql_cdc.errors import CdcError, ConnectionLost, Denied, InstanceGone, translate
 from dstream_mssql_cdc.infra import DatabaseInfo
 from dstream_mssql_cdc.lsn import from_bytes, to_bytes
 from dstream_mssql_cdc.names import quote_name, split_column_list
@@ -194,29 +195,59 @@ class Session(AdminQueries):
 
     def captured_columns(self, instance: CaptureInstance) -> list[Column]:
         """The instance's captured columns with their types; large objects with their
-        change-table ordinal (``sys.fn_cdc_get_column_ordinal``, for ``sys.fn_cdc_is_bit_set``)."""
-        columns = []
-        for r in self.records("EXEC sys.sp_cdc_get_captured_columns @capture_instance = ?", instance.name):
-            columns.append(
-                Column(
-                    name=str(r["column_name"]),
-                    type=str(r["data_type"]).lower(),
-                    max_length=r.get("character_maximum_length"),
-                    precision=r.get("numeric_precision"),
-                    scale=r.get("numeric_scale") if r.get("numeric_scale") is not None else r.get("datetime_precision"),
-                    ordinal=int(r.get("column_ordinal") or 0),
-                )
+        change-table ordinal (``sys.fn_cdc_get_column_ordinal``, for ``sys.fn_cdc_is_bit_set``).
+
+        An instance dropped since the help procedure listed it: error 22981 "Object does not exist
+        or access is denied" (sys.sp_cdc_get_captured_columns, "Remarks"), or a NULL ordinal (the
+        function's page documents no NULL; it is what a missing instance or column gives), both
+        :class:`InstanceGone`, so the caller reads the instances again (a revoked right then shows
+        as the instance missing from the help procedure, the named error)."""
+        try:
+            records = self.records("EXEC sys.sp_cdc_get_captured_columns @capture_instance = ?", instance.name)
+        except Denied as exc:
+            if "does not exist or access is denied" not in str(exc).lower():
+                raise
+            raise InstanceGone(f"capture instance {instance.name} is gone ({exc})", instance.name) from None
+        columns = [
+            Column(
+                name=str(r["column_name"]),
+                type=str(r["data_type"]).lower(),
+                max_length=r.get("character_maximum_length"),
+                precision=r.get("numeric_precision"),
+                scale=r.get("numeric_scale") if r.get("numeric_scale") is not None else r.get("datetime_precision"),
+                ordinal=int(r.get("column_ordinal") or 0),
             )
+            for r in records
+        ]
+        if any(c.type in BYTE_TYPES and c.max_length is None for c in columns):
+            columns = self._byte_lengths(instance, columns)
         out = []
         for found in columns:
             column = found
             if column.lob:
                 ordinal = self.value("SELECT sys.fn_cdc_get_column_ordinal(?, ?)", instance.name, column.name)
-                column = Column(
-                    column.name, column.type, column.max_length, column.precision, column.scale, int(ordinal)
-                )
+                if ordinal is None:
+                    raise InstanceGone(
+                        f"capture instance {instance.name} has no column {column.name} any more "
+                        "(sys.fn_cdc_get_column_ordinal returned NULL)",
+                        instance.name,
+                    )
+                column = replace(column, ordinal=int(ordinal))
             out.append(column)
         return out
+
+    def _byte_lengths(self, instance: CaptureInstance, columns: list[Column]) -> list[Column]:
+        """binary/varbinary lengths from ``sys.columns`` (bytes, -1 for max): the help procedure's
+        ``character_maximum_length`` is documented as NULL for columns that are not
+        character-based (sys.sp_cdc_get_captured_columns, "Result sets")."""
+        rows = self.query(
+            "SELECT c.name, c.max_length FROM sys.columns AS c WHERE c.object_id = ?", instance.object_id
+        ).rows
+        lengths = {str(r[0]): int(r[1]) for r in rows}
+        return [
+            replace(c, max_length=lengths.get(c.name)) if c.type in BYTE_TYPES and c.max_length is None else c
+            for c in columns
+        ]
 
     def table(self, schema: str | None, name: str) -> SourceTable | None:
         qualified = f"{quote_name(schema)}.{quote_name(name)}" if schema else quote_name(name)

@@ -28,6 +28,11 @@ _TRANSIENT_NATIVE = frozenset(
     | {49919, 49920, 20002, 20003, 20004, 20006, 20009, 20047}
 )
 _TRANSIENT_STATES = ("HYT00", "HYT01", "40001")
+# The version store dropped the row versions a SNAPSHOT transaction needs: 3966 "Transaction is
+# rolled back when accessing version store ... Retry the transaction", 3967 "Insufficient space in
+# tempdb to hold row versions" (texts as quoted on DBA.SE "What happens when there's no tempdb space
+# for version store operations"). A new transaction may succeed: retried like a lost connection.
+_VERSION_STORE = frozenset({3966, 3967})
 _PREFIX = re.compile(r"^(?:\s*\[[^\]]*\])+\s*")
 _SUFFIX = re.compile(r"\s*\((-?\d+)\)\s*(?:\(SQL\w+\))?\s*$")
 
@@ -97,6 +102,12 @@ def translate(state: str, text: str, target: Target, drivers: Iterable[str] = ()
         return CdcError(f"login failed on {where} for the user in the connection string: {message}")
     if native == 4060:
         return CdcError(f"cannot open the database on {where} (does it exist, may the login use it?): {message}")
+    if native in _VERSION_STORE:
+        return ConnectionLost(
+            f"SQL Server at {where} rolled back a snapshot-isolation read because tempdb's version store ran "
+            f"short (a long transaction holds old row versions; retried, the snapshot resumes after the last "
+            f"acknowledged row): {message}"
+        )
     if state.startswith("08") or state in _TRANSIENT_STATES or (native is not None and native in _TRANSIENT_NATIVE):
         if state in ("HYT00", "HYT01"):
             return ConnectionLost(

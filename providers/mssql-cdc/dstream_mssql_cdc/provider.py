@@ -202,6 +202,7 @@ class MssqlCdcInputProvider(SnapshotRuns, InputProvider[MssqlCdcConfig], Infrast
                         yield Checkpoint(start)
                         first = False
                 yield from poll.schema
+                self._check_direct(poll)
                 began = time.monotonic()
                 opened = self.readers.open(poll.windows, self._query)
                 self._timed(time.monotonic() - began, poll)
@@ -212,7 +213,6 @@ class MssqlCdcInputProvider(SnapshotRuns, InputProvider[MssqlCdcConfig], Infrast
                     self.changes += 1
                     self._passed(stream, record)
                     yield record
-                self._check_direct(poll)
                 backoff.reset()
             except InstanceGone as exc:
                 self._abandon(stream, opened)
@@ -315,9 +315,13 @@ class MssqlCdcInputProvider(SnapshotRuns, InputProvider[MssqlCdcConfig], Infrast
         self._times.clear()
 
     def _check_direct(self, poll: Poll) -> None:
-        """Direct mode reads the change table, which the query function's range check does
-        not guard: a window that started below the instance's start LSN after the query
-        (CDC cleanup ran meanwhile) may have lost rows to it."""
+        """Direct mode reads the change table, which the query function's range check
+        (error 313) does not guard: a window that starts below the instance's start LSN
+        (sys.fn_cdc_get_min_lsn: "the low endpoint of a capture instance changes when cleanup
+        is performed") lost rows to CDC cleanup. Checked before the window's rows and
+        positions go out, so a restart meets the same error instead of resuming past the
+        gap, and a cleanup after a complete read is no error. (Cleanup running during the
+        read itself stays undetected, as in Debezium's direct mode, which checks nothing.)"""
         if not self.direct:
             return
         for window in poll.windows:
@@ -325,7 +329,8 @@ class MssqlCdcInputProvider(SnapshotRuns, InputProvider[MssqlCdcConfig], Infrast
             if low > window.start:
                 raise Purged(
                     f"{window.table}: CDC cleanup moved capture instance {window.instance.name}'s start to LSN "
-                    f"{format_lsn(low)} while LSN {format_lsn(window.start)} on was being read: changes may be gone"
+                    f"{format_lsn(low)}, past LSN {format_lsn(window.start)} where the stream is: changes were purged "
+                    f'by CDC retention; re-snapshot needed (snapshot = "when_needed" does it by itself)'
                 )
 
     def _start_positions(self, stream: Stream, state: ServerState) -> None:

@@ -210,6 +210,7 @@ class SnapshotRuns:
         from dstream_mssql_cdc.windows import TableCursor
 
         positions = {name: setup.stored[name] for name in plan.resume}
+        every = plan.tables  # a retry re-plans only what is left; all of them stream afterwards
         for name in plan.tables:
             stream.hold(name, (positions.get(name) or Position(0)).to_json(format_lsn))
         backoff = Backoff(self.config.reconnect_timeout)
@@ -228,7 +229,7 @@ class SnapshotRuns:
                 if not backoff.wait(exc, give_up, self.log, self.ctx.sleep, message):
                     return False
                 plan = plan_snapshots(self.config.snapshot, list(plan.tables), positions)
-        for name in plan.tables:
+        for name in every:
             stream.add(TableCursor(name, setup.object_ids[name], positions[name], self.target.task_hint))
         return True
 

@@ -7,9 +7,11 @@ come are converted in SQL (FreeTDS reports ``sql_variant`` as SQL_SS_VARIANT, wh
 pyodbc cannot fetch, and CLR types arrive as opaque bytes):
 
 - ``sql_variant`` → its value as text (binary as ``0x…`` hex, date/time types ISO 8601,
-  float with 17 significant digits, the rest as ``CONVERT(nvarchar(max), …)``);
+  float with 17 significant digits, money with its 4 decimals (CAST and CONVERT, "money and
+  smallmoney styles": style 2), the rest as ``CONVERT(nvarchar(max), …)``);
 - ``hierarchyid`` → its path text (``/1/3/``, ``ToString()``);
-- ``geometry`` / ``geography`` → extended WKT, ``SRID=4326;POINT (1 2)``;
+- ``geometry`` / ``geography`` → extended WKT, ``SRID=4326;POINT (1 2)``, with Z and M
+  (``AsTextZM()``: STAsText "will not contain any Z (elevation) or M (measure) values");
 - ``xml`` → its text.
 
 Change queries (Microsoft: cdc.fn_cdc_get_all_changes_<capture_instance>, cdc.<capture_instance>_CT):
@@ -65,12 +67,13 @@ def value(column: Column) -> str:
             f" WHEN {base} = 'date' THEN CONVERT(nvarchar(max), CONVERT(date, {c}), 23)"
             f" WHEN {base} = 'time' THEN CONVERT(nvarchar(max), CONVERT(time(7), {c}))"
             f" WHEN {base} IN ('float', 'real') THEN CONVERT(nvarchar(max), CONVERT(float, {c}), 3)"
+            f" WHEN {base} IN ('money', 'smallmoney') THEN CONVERT(nvarchar(max), CONVERT(money, {c}), 2)"
             f" ELSE CONVERT(nvarchar(max), {c}) END"
         )
     if kind == "hierarchyid":
         return f"{c}.ToString()"
     if kind in ("geometry", "geography"):
-        return f"CASE WHEN {c} IS NULL THEN NULL ELSE CONCAT(N'SRID=', {c}.STSrid, N';', {c}.STAsText()) END"
+        return f"CASE WHEN {c} IS NULL THEN NULL ELSE CONCAT(N'SRID=', {c}.STSrid, N';', {c}.AsTextZM()) END"
     if kind == "xml":
         return f"CONVERT(nvarchar(max), {c})"
     return c
@@ -122,6 +125,8 @@ def window_end_query(instance: CaptureInstance, direct: bool) -> str:
 
 
 # -- snapshots ---------------------------------------------------------------------------------
+
+SOURCE = "[__$dstream_source]"  # the snapshot's table alias (ORDER BY names the column through it)
 
 # How each key type becomes text and back exactly: CONVERT with a round-trip style.
 _TEXT_STYLE = {
@@ -186,6 +191,9 @@ def snapshot_query(table: str, columns: Sequence[Column], keys: Sequence[Column]
     if not keys:
         return f"SELECT {data} FROM {table}"  # noqa: S608
     head = ", ".join(f"{key_text(k)} AS {quote_name('__$dstream_key_' + str(i))}" for i, k in enumerate(keys))
-    order = ", ".join(quote_name(k.name) for k in keys)
+    # Qualified: an unqualified ORDER BY name binds to a select-list alias first (SELECT - ORDER BY
+    # Clause), and converted columns (hierarchyid → text) are aliased to their own names, so
+    # ``ORDER BY [h]`` would sort the text while the keyset compares hierarchy order.
+    order = ", ".join(f"{SOURCE}.{quote_name(k.name)}" for k in keys)
     where = f" WHERE {keyset(keys)}" if resume else ""
-    return f"SELECT TOP (?) {head}, {data} FROM {table}{where} ORDER BY {order}"  # noqa: S608
+    return f"SELECT TOP (?) {head}, {data} FROM {table} AS {SOURCE}{where} ORDER BY {order}"  # noqa: S608

@@ -41,8 +41,12 @@ def test_columns_are_listed_and_what_pyodbc_cannot_read_is_converted_in_sql() ->
     assert "CONVERT(nvarchar(max), CONVERT(varbinary(8000), [v]), 1)" in text  # binary variants as 0x hex
     assert "CONVERT(nvarchar(max), CONVERT(float, [v]), 3)" in text  # 17 significant digits
     assert "[node].ToString() AS [node]" in text
-    assert "CONCAT(N'SRID=', [shape].STSrid, N';', [shape].STAsText()) END AS [shape]" in text
-    assert "[place].STAsText()" in text
+    # AsTextZM: STAsText "will not contain any Z (elevation) or M (measure) values" (review row 13)
+    assert "CONCAT(N'SRID=', [shape].STSrid, N';', [shape].AsTextZM()) END AS [shape]" in text
+    assert "[place].AsTextZM()" in text
+    # money keeps its 4 decimals: style 0 gives "two digits to the right of the decimal point"
+    assert "WHEN SQL_VARIANT_PROPERTY([v], 'BaseType') IN ('money', 'smallmoney') THEN" in text
+    assert "CONVERT(nvarchar(max), CONVERT(money, [v]), 2)" in text
     assert "CONVERT(nvarchar(max), [doc]) AS [doc]" in text
     assert "[body] AS [body]" in text  # nvarchar(max) reads as it is
     assert "[odd]]name] AS [odd]]name]" in text  # identifiers bracket-quoted
@@ -122,9 +126,10 @@ def test_snapshot_chunks_page_by_key_with_exact_key_texts() -> None:
     )
     assert first == (
         "SELECT TOP (?) CONVERT(nvarchar(4000), [region]) AS [__$dstream_key_0], [region] AS [region], [v] AS [v]"
-        " FROM [dbo].[Sales] ORDER BY [region]"
+        " FROM [dbo].[Sales] AS [__$dstream_source] ORDER BY [__$dstream_source].[region]"
     )
     after = snapshot_query("[dbo].[Sales]", [Column("v", "int")], two, resume=True)
     assert " WHERE ([region] > CONVERT(nvarchar(10), ?)) OR " in after
-    assert after.endswith("ORDER BY [region], [at]")
+    # qualified: an unqualified name would bind to the select-list alias (review row 2)
+    assert after.endswith("ORDER BY [__$dstream_source].[region], [__$dstream_source].[at]")
     assert snapshot_query("[dbo].[Log]", [Column("v", "int")], [], resume=False) == "SELECT [v] AS [v] FROM [dbo].[Log]"
