@@ -107,6 +107,7 @@ def shop(**settings: Any) -> Server:
         rows=[order(3, "bob", "1.00", "first"), order(4, "carol", "100000000000000.01")],
     )
     customers = Table("dbo", "Customers", 202, key=("id",), rows=[customer(7, "Zoe")])
+    settings.setdefault("snapshot_isolation", True)  # as `dstream init` leaves the database
     return Server(
         [
             Instance("dbo_Orders", orders, START, ORDERS_COLUMNS, orders_changes()),
@@ -184,6 +185,19 @@ ERRORS = {
         "[HY000] [FreeTDS][SQL Server]Snapshot isolation transaction failed accessing database 'shop' because "
         "snapshot isolation is not allowed in this database. Use ALTER DATABASE to allow snapshot isolation. "
         "(3952) (SQLExecDirectW)",
+    ),
+    # 3966/3967 as quoted on DBA.SE "What happens when there's no tempdb space for version store operations"
+    "version_store_rollback": (
+        "HY000",
+        "[HY000] [FreeTDS][SQL Server]Transaction is rolled back when accessing version store. It was earlier marked "
+        "as victim when the version store was shrunk due to insufficient space in tempdb. This transaction was "
+        "marked as a victim earlier because it may need the row version(s) that have already been removed to make "
+        "space in tempdb. Retry the transaction (3966) (SQLFetch)",
+    ),
+    "version_store_full": (
+        "HY000",
+        "[HY000] [FreeTDS][SQL Server]Insufficient space in tempdb to hold row versions. Need to shrink the version "
+        "store to free up some space in tempdb. (3967) (SQLFetch)",
     ),
     "timeout": ("HYT00", "[HYT00] [FreeTDS][SQL Server]Query timeout expired (0) (SQLExecDirectW)"),
     "deadlock": (

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from dstream_mssql_cdc import MssqlCdcInputProvider
 from dstream_mssql_cdc.catalog import CaptureInstance, Column, Login, ServerState, SourceTable
 from dstream_mssql_cdc.changes import ResultSet
-from dstream_mssql_cdc.errors import ConnectionLost, translate
+from dstream_mssql_cdc.errors import ConnectionLost, InstanceGone, translate
 from dstream_mssql_cdc.infra import DatabaseInfo
 from dstream_mssql_cdc.lsn import from_bytes, to_bytes
 
@@ -112,12 +112,18 @@ class Server:
     times: dict[int, datetime] = field(default_factory=dict)
     login: Login = LOGIN
     cdc_enabled: bool = True
-    snapshot_isolation: bool = True
+    # ALLOW_SNAPSHOT_ISOLATION is OFF in a new database (Microsoft, "ALTER DATABASE SET options",
+    # <snapshot_option>: "OFF ... default"); a SNAPSHOT transaction then fails with error 3952.
+    snapshot_isolation: bool = False
     roles: set[str] = field(default_factory=set)
     # state() call number → what changes then (call 1 is the run's set-up, 2 its first poll)
     script: dict[int, Callable[[Server], None]] = field(default_factory=dict)
     polls_after_last: int = 2  # polls after the last scripted one (and a poll with no query) before stopping
     stop_after: int | None = None
+    # instance → its start LSN once the CDC cleanup job ran (sys.fn_cdc_get_min_lsn: "the low endpoint of a
+    # capture instance changes when cleanup is performed"): after the poll's planning, or after a window was read
+    cleanup_after_plan: dict[str, int] = field(default_factory=dict)
+    cleanup_after_read: dict[str, int] = field(default_factory=dict)
     busy: set[int] = field(default_factory=set)  # polls that ran change queries
     fail_stream_at: set[int] = field(default_factory=set)  # polls whose change queries lose the connection
     polls: int = 0
@@ -216,7 +222,10 @@ class RecordedSession:
 
     def captured_columns(self, instance: CaptureInstance) -> list[Column]:
         self._call("captured_columns")
-        return list(self.server.instance(instance.name).columns)
+        found = self.server.instance(instance.name)
+        if found.dropped:  # sys.sp_cdc_get_captured_columns, "Remarks": error 22981; db.Session: InstanceGone
+            raise InstanceGone(f"capture instance {instance.name} is gone (error 22981)", instance.name)
+        return list(found.columns)
 
     def table(self, schema: str | None, name: str) -> SourceTable | None:
         self._call("table")
@@ -262,6 +271,8 @@ class RecordedSession:
     ) -> tuple[int, int | None]:
         self._call("window_end")
         found = self._source(instance.name, direct, start, end)
+        if instance.name in self.server.cleanup_after_plan:  # the probe is part of the poll's planning
+            self.server.instance(instance.name).min_lsn = self.server.cleanup_after_plan.pop(instance.name)
         changes = sorted((c for c in found if c.operation != 3), key=lambda c: c.start_lsn)[:n]
         return len(changes), (changes[-1].start_lsn if changes else None)
 
@@ -327,12 +338,16 @@ class RecordedSession:
             head = [to_bytes(c.start_lsn), to_bytes(c.seqval), c.operation, c.mask, c.command_id if direct else None]
             head += [bit_set(ordinals[f], c.mask) for f in flags]
             rows.append(tuple(head + [c.values.get(column) for column in data]))
+        if name in server.cleanup_after_read:  # the cleanup job runs once this window was read
+            instance.min_lsn = server.cleanup_after_read.pop(name)
         return RecordedRows(rows, server.signature.get(name, ("recorded",)))
 
     # -- snapshots ------------------------------------------------------------------------
 
     def begin_snapshot(self, isolation: str) -> int | None:
         self._call("begin_snapshot")
+        if isolation == "snapshot" and not self.server.snapshot_isolation:
+            raise translate(*SNAPSHOT_OFF, _TARGET)
         self.isolation = isolation
         self.server.snapshot_at = self.server.max_lsn
         tables = {i.table.qualified: i.table for i in self.server.instances}
@@ -364,9 +379,16 @@ class RecordedSession:
         data, _ = _selected(sql)
         keyed = "__$dstream_key_0" in sql
         if keyed:
-            rows = sorted(rows, key=lambda r: tuple(r[k] for k in table.key))
-            if bound is not None:
-                rows = [r for r in rows if tuple(r[k] for k in table.key) > tuple(int(v) for v in bound)]
+            types = {c.name: c.type for i in self.server.instances if i.table is table for c in i.columns}
+            # ORDER BY: an unqualified name binds to the select-list alias first (Microsoft, "SELECT -
+            # ORDER BY Clause": order_by_expression "can be specified as a name or column alias"; review
+            # row 2's sources), i.e. to a converted column's text; a qualified one to the column.
+            qualified = "ORDER BY [__$dstream_source]." in sql
+            order = [k if qualified or types.get(k) != "hierarchyid" else f"text:{k}" for k in table.key]
+            rows = sorted(rows, key=lambda r: tuple(_ordered(r, k, types) for k in order))
+            if bound is not None:  # the keyset compares values of the column's type (hierarchyid::Parse)
+                after = tuple(_parse(types.get(k), v) for k, v in zip(table.key, bound, strict=True))
+                rows = [r for r in rows if tuple(_parse(types.get(k), r[k]) for k in table.key) > after]
             rows = rows[:limit]
             return [tuple([str(r[k]) for k in table.key] + [r.get(c) for c in data]) for r in rows]
         return [tuple(r.get(c) for c in data) for r in rows]
@@ -389,6 +411,21 @@ class RecordedSession:
         return self.server.times.get(value)
 
 
+def _parse(kind: str | None, value: Any) -> Any:
+    """A key value in its type's order: hierarchyid by its path's numbers (/1/2/ < /1/10/), int as int."""
+    if kind == "hierarchyid":
+        return tuple(int(part) for part in str(value).strip("/").split("/") if part)
+    if kind in ("int", "bigint", "smallint", "tinyint"):
+        return int(value)
+    return value
+
+
+def _ordered(row: dict[str, Any], key: str, types: dict[str, str]) -> Any:
+    if key.startswith("text:"):
+        return str(row[key[5:]])
+    return _parse(types.get(key), row[key])
+
+
 class RecordedRows:
     """db.Rows' interface over recorded rows (the signature is what the driver would describe)."""
 
@@ -408,6 +445,12 @@ class RecordedRows:
         return None
 
 
+SNAPSHOT_OFF = (
+    "HY000",
+    "[HY000] [FreeTDS][SQL Server]Snapshot isolation transaction failed accessing database 'shop' because "
+    "snapshot isolation is not allowed in this database. Use ALTER DATABASE to allow snapshot isolation. "
+    "(3952) (SQLExecDirectW)",
+)
 _TARGET: Any = type("T", (), {"__str__": lambda self: "db,1433/shop", "task_hint": "orders", "database": "shop"})()
 _SNAPSHOT_FROM = re.compile(r"FROM \[([^\]]+)\]\.\[([^\]]+)\]")
 _FUNCTION = re.compile(r"cdc\.\[fn_cdc_get_all_changes_([^\]]+)\]")

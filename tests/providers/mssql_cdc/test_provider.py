@@ -20,7 +20,7 @@ from dstream_mssql_cdc.lsn import format_lsn, increment_lsn
 
 from dstream.sdk.testing import run_provider
 
-from .fixtures import EXPECTED, ORDERS_COLUMNS, START, T2, T3, T5, order, shop
+from .fixtures import EXPECTED, ORDERS_COLUMNS, START, T2, T3, T4, T5, order, shop
 from .server import Change, Instance, RecordedProvider, Server, Table, lsn, provider_for
 
 pytestmark = pytest.mark.unit
@@ -526,3 +526,33 @@ def test_a_permission_revoked_while_running_is_the_named_error_not_a_silent_stop
     assert result.exit_code == 1
     assert "may not read the changes of dbo.Customers" in caplog.text
     assert "GRANT SELECT ON [dbo].[Customers] TO [dstream_reader];" in caplog.text
+
+
+def test_direct_mode_checks_cleanup_before_a_window_goes_out_so_a_restart_meets_the_gap_too(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Review row 8: cleanup removed T3 (the stream's next transaction) after the poll was planned,
+    before its query. No row or position past the gap goes out, and the next run stops there too."""
+    checkpoint = {"tables": {"dbo.Orders": {"lsn": format_lsn(T3)}, "dbo.Customers": {"lsn": format_lsn(T3)}}}
+    server = shop()
+    server.cleanup_after_plan["dbo_Orders"] = T4
+    result = run(server, checkpoint, query_mode="direct")
+    assert result.exit_code == 1
+    assert rows(result) == []  # T4 and T5 of Orders (past the gap) never went out
+    assert "changes were purged by CDC retention" in caplog.text
+    last = result.checkpoints[-1] if result.checkpoints else checkpoint
+    assert last["tables"]["dbo.Orders"]["lsn"] == format_lsn(T3)
+    caplog.clear()
+    again = shop()
+    again.instance("dbo_Orders").min_lsn = T4
+    restarted = run(again, last, query_mode="direct")
+    assert restarted.exit_code == 1  # the restart meets the gap too: never skipped silently
+    assert "changes were purged by CDC retention" in caplog.text
+
+
+def test_direct_mode_cleanup_after_a_complete_read_is_no_error() -> None:
+    server = shop()
+    server.cleanup_after_read["dbo_Orders"] = T5  # the cleanup job runs right after the window was read
+    result = run(server, query_mode="direct")
+    assert result.exit_code == 0
+    assert rows(result) == EXPECTED

@@ -245,3 +245,69 @@ def test_a_captured_column_dropped_from_the_table_is_left_out_of_the_snapshot(ca
     ]
     assert "captured column(s) note no longer exist in the table" in caplog.text
     assert all("[note]" not in s for s in server.statements if "FROM [dbo].[Orders]" in s)
+
+
+class LosesInsideCustomers(RecordedProvider):
+    lost: ClassVar[bool] = False
+
+    def _session(self) -> Any:
+        session = super()._session()
+        original = session.query
+
+        def query(sql: str, *params: Any) -> Any:
+            if "[Customers]" in sql and not LosesInsideCustomers.lost:
+                LosesInsideCustomers.lost = True
+                from dstream_mssql_cdc.errors import ConnectionLost
+
+                raise ConnectionLost("lost the connection to SQL Server at db,1433/shop: Communication link failure")
+            return original(sql, *params)
+
+        session.query = query
+        return session
+
+
+def test_a_table_snapshotted_before_a_lost_connection_streams_after_the_retried_pass() -> None:
+    """Review row 1: Orders is done when the connection drops inside Customers' snapshot; the
+    retried pass re-plans Customers alone, and Orders must still be polled afterwards."""
+    server = shop()
+    after = lsn(0x50, 0x10, 1)
+    server.script[5] = lambda s: s.commit(
+        "dbo_Orders", [Change(after, lsn(0x50, 0x8, 1), 2, b"\x0f", 1, order(9, "new", "2"))]
+    )
+    LosesInsideCustomers.server = server
+    settings = {"connection_string": CONN, "tables": ["dbo.Orders", "Customers"], "poll_interval": "1ms"}
+    result = run_provider(LosesInsideCustomers, {**settings, "max_poll_interval": "2ms"}, task="orders")
+    assert LosesInsideCustomers.lost
+    assert result.exit_code == 0
+    assert rows(result) == [
+        ("dbo.Orders", "Read", 3),
+        ("dbo.Orders", "Read", 4),
+        ("dbo.Customers", "Read", 7),
+        ("dbo.Orders", "Insert", 9),  # Orders streams although the retried pass held Customers only
+    ]
+
+
+def test_a_hierarchyid_key_is_paged_in_hierarchy_order_and_no_row_is_skipped() -> None:
+    """Review row 2: /1/10/ sorts before /1/2/ as text, after it as a hierarchyid; chunks must be
+    ordered by what their bounds compare (the column), not by the converted text."""
+    nodes = [f"/1/{i}/" for i in range(1, 13)]
+    columns = [Column("node", "hierarchyid", None, None, None, 1), Column("v", "int", None, 10, 0, 2)]
+    table = Table("dbo", "Tree", 303, key=("node",), rows=[{"node": n, "v": i} for i, n in enumerate(nodes)])
+    server = Server([Instance("dbo_Tree", table, START, columns)], max_lsn=T5, snapshot_isolation=True)
+    result = run(server, tables=["dbo.Tree"], batch_size=3)
+    read = [m["data"]["node"] for m in result.data if m["metadata"]["OperationType"] == "Read"]
+    assert sorted(read) == sorted(nodes)
+    assert len(read) == len(nodes)
+
+
+def test_the_snapshot_in_a_database_without_snapshot_isolation_is_the_named_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """ALLOW_SNAPSHOT_ISOLATION is off in a new database: error 3952 names the fix; read_committed works."""
+    with caplog.at_level(logging.ERROR, LOGGER):
+        result = run(shop(snapshot_isolation=False), tables=["dbo.Orders"])
+    assert result.exit_code != 0
+    assert "SET ALLOW_SNAPSHOT_ISOLATION ON" in caplog.text
+    assert not rows(result)
+    committed = run(shop(snapshot_isolation=False), tables=["dbo.Orders"], snapshot_isolation="read_committed")
+    assert rows(committed) == [("dbo.Orders", "Read", 3), ("dbo.Orders", "Read", 4)]
