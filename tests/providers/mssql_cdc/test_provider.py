@@ -24,6 +24,7 @@ from .fixtures import EXPECTED, ORDERS_COLUMNS, START, T2, T3, T4, T5, order, sh
 from .server import Change, Instance, RecordedProvider, Server, Table, lsn, provider_for
 
 pytestmark = pytest.mark.unit
+ALL = b"\x0f"
 
 CONN = "DRIVER={FreeTDS};SERVER=db;PORT=1433;DATABASE=shop;UID=dstream;PWD=hunter22;TDS_Version=7.4"
 FAST = {"poll_interval": "1ms", "max_poll_interval": "2ms"}
@@ -73,31 +74,50 @@ def test_a_run_emits_every_change_once_in_commit_order_with_the_starting_positio
 def test_a_deferred_update_keeps_its_order_by_command_id_and_function_mode_says_what_it_cannot_order(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """T5 (UPDATE ... SET id = id + 1): its deletes are command 1, its inserts command 2, but the
-    log has the insert of 3 before the delete of 3. Replayed by key, the seqval order loses row 3."""
-    direct = run(shop())
-    assert rows(direct)[-4:] == [
-        ("dbo.Orders", "Delete", 2),
-        ("dbo.Orders", "Delete", 3),
-        ("dbo.Orders", "Insert", 3),
-        ("dbo.Orders", "Insert", 4),
+    """KB3030352 ("The change table is ordered incorrectly for updated rows"): an update recorded as a
+    delete and an insert of the same row, where "an insert operation may unexpectedly appear before a
+    delete operation" in the log (__$seqval); __$command_id, added by that fix, orders them. Replayed
+    by key, the seqval order loses the row."""
+    tx = lsn(0x33, 0x10, 1)
+    pair = [
+        Change(tx, lsn(0x33, 0x8, 1), 2, ALL, 2, order(4, "carol", "7.00")),  # logged first, command 2
+        Change(tx, lsn(0x33, 0x8, 2), 1, ALL, 1, order(4, "carol", "100000000000000.01")),
     ]
+
+    def server() -> Server:
+        found = shop()
+        found.script[2] = lambda s: s.commit("dbo_Orders", pair)
+        return found
+
+    direct = run(server())
+    assert rows(direct)[-2:] == [("dbo.Orders", "Delete", 4), ("dbo.Orders", "Insert", 4)]
     assert replay(direct)["dbo.Orders"] == {3: "bob", 4: "carol"}  # the table as it is
-    server = shop()
-    for instance in server.instances:
+    least = server()
+    for instance in least.instances:
         instance.readable = False  # a least-privileged login: the change tables are not readable
     with caplog.at_level(logging.WARNING, LOGGER):
-        function = run(server)
-    assert rows(function)[-4:] == [
-        ("dbo.Orders", "Insert", 3),
-        ("dbo.Orders", "Delete", 2),
-        ("dbo.Orders", "Insert", 4),
-        ("dbo.Orders", "Delete", 3),
-    ]
+        function = run(least)
+    assert rows(function)[-2:] == [("dbo.Orders", "Insert", 4), ("dbo.Orders", "Delete", 4)]
+    assert replay(function)["dbo.Orders"] == {3: "bob"}  # what the seqval order does to a replay
     assert "ordered by __$seqval, which Microsoft documents is not the order of operations" in caplog.text
     assert "GRANT SELECT ON cdc.[dbo_Orders_CT] TO [dstream_reader]" in caplog.text
     assert function.checkpoints[-1]["order"] == "seqval"
     assert all(m["metadata"]["CommandID"] is None for m in function.data if "CommandID" in m["metadata"])
+
+
+def test_a_multi_row_key_update_arrives_as_delete_update_insert_and_replays_to_the_table() -> None:
+    """T5 as SQL Server records it (Split/Sort/Collapse, fixtures.py): D(2), U(3), I(4); the update's
+    Before is the old row 3, its data the new one."""
+    result = run(shop())
+    t5 = [m for m in result.data if m["metadata"].get("LSN") == format_lsn(T5)]
+    assert [(m["metadata"]["OperationType"], m["metadata"]["Key"]["id"]) for m in t5] == [
+        ("Delete", 2),
+        ("Update", 3),
+        ("Insert", 4),
+    ]
+    assert t5[1]["metadata"]["Before"]["customer"] == "carol"
+    assert t5[1]["data"]["customer"] == "bob"
+    assert replay(result)["dbo.Orders"] == {3: "bob", 4: "carol"}
 
 
 def replay(result: Any) -> dict[str, dict[Any, Any]]:
@@ -401,7 +421,7 @@ def test_a_checkpoint_inside_a_transaction_counted_in_another_order_reads_that_t
     }
     with caplog.at_level(logging.INFO, LOGGER):
         result = run(server, checkpoint)
-    assert len(rows(result)) == 4  # T5 whole again: no change skipped
+    assert len(rows(result)) == 3  # T5 whole again (D, U, I): no change skipped
     assert "that transaction comes again from its start" in caplog.text
 
 
