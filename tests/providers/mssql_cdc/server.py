@@ -132,6 +132,7 @@ class Server:
     windows: list[tuple[str, int, int]] = field(default_factory=list)  # (instance, from, to) of change queries
     connects: int = 0
     snapshot_at: int | None = None
+    snapshots_done: int = 0  # snapshot transactions ended
     signature: dict[str, Any] = field(default_factory=dict)  # instance → what the driver describes its result as
     ctx: Context | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -355,6 +356,8 @@ class RecordedSession:
         return self.server.max_lsn
 
     def end_snapshot(self) -> None:
+        if self._frozen is not None:
+            self.server.snapshots_done += 1
         self._frozen = None
 
     def query(self, sql: str, *params: Any) -> ResultSet:
