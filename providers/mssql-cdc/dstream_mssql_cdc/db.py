@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyodbc
@@ -338,6 +338,10 @@ class Session(AdminQueries):
             cur = None
         return Rows(self, cur, first, columns, signature)
 
+    def paged(self, pages: Pages) -> PagedRows:
+        """A function-mode window in pages of ``pages.size`` rows (sql.function_pages)."""
+        return PagedRows(self, pages)
+
     # -- snapshots ------------------------------------------------------------------------
 
     def begin_snapshot(self, isolation: str) -> int | None:
@@ -411,3 +415,61 @@ class Rows:
             cursor.close()
         if self.on_done is not None:
             self.on_done(self.session)
+
+
+@dataclass(frozen=True)
+class Pages:
+    """A window read in pages: the first page's SQL, the SQL of the page after a row, the
+    window's parameters (@from, @to), the page size."""
+
+    first: str
+    after: str
+    params: tuple[Any, ...]
+    size: int
+
+
+class PagedRows(Rows):
+    """:class:`Rows`' interface over pages: the first page is fetched at once (its description is
+    the result's signature), each next one after the last row's (start_lsn, seqval, operation)
+    when the consumer gets there; the session is held until the last page."""
+
+    def __init__(self, session: Session, pages: Pages) -> None:
+        self.session = session
+        self.columns = ()
+        self.pages = pages
+        first = session.stream(pages.first, pages.size, *pages.params)
+        self.signature = first.signature
+        self._page: list[Any] = list(first)
+        self._last = len(self._page) < pages.size
+        self._held = not self._last
+        self.on_chunk: Callable[[Sequence[Any]], None] | None = None
+        self.on_done: Callable[[Session], None] | None = None
+
+    @property
+    def complete(self) -> bool:
+        return not self._held
+
+    def __iter__(self) -> Iterator[Any]:
+        page, self._page = self._page, []
+        try:
+            while page:
+                if self.on_chunk is not None:
+                    self.on_chunk(page)
+                yield from page
+                if self._last:
+                    return
+                lsn, seqval, operation = page[-1][0], page[-1][1], page[-1][2]
+                page = list(
+                    self.session.stream(
+                        self.pages.after, self.pages.size, *self.pages.params, lsn, lsn, seqval, seqval, operation
+                    )
+                )
+                self._last = len(page) < self.pages.size
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._held:
+            self._held = False
+            if self.on_done is not None:
+                self.on_done(self.session)

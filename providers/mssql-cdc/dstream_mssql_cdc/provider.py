@@ -37,7 +37,7 @@ from dstream_mssql_cdc.health import CaptureMonitor, lag_warning
 from dstream_mssql_cdc.lsn import format_lsn, to_bytes
 from dstream_mssql_cdc.setup import ORDER_COMMAND, ORDER_SEQVAL, Setup, prepare
 from dstream_mssql_cdc.snapshot import SnapshotRuns
-from dstream_mssql_cdc.sql import changes_query
+from dstream_mssql_cdc.sql import changes_query, function_pages
 from dstream_mssql_cdc.stream import Shape, Stream
 from dstream_mssql_cdc.windows import TableCursor, checkpoint_order, initial_position, parse_checkpoint, reorder
 
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
     from dstream.sdk import Context, Record, Resource
     from dstream_mssql_cdc.catalog import CaptureInstance, ServerState
-    from dstream_mssql_cdc.db import Rows, Session
+    from dstream_mssql_cdc.db import Pages, Rows, Session
     from dstream_mssql_cdc.infra import Infrastructure
     from dstream_mssql_cdc.readers import Readers
     from dstream_mssql_cdc.stream import Poll
@@ -264,12 +264,18 @@ class MssqlCdcInputProvider(SnapshotRuns, InputProvider[MssqlCdcConfig], Infrast
     def _probe(self, instance: CaptureInstance, n: int, start: int, end: int) -> tuple[int, int | None]:
         return self.db.window_end(instance, self.direct, n, start, end)
 
-    def _query(self, window: Window) -> tuple[str, list[Any]]:
+    def _query(self, window: Window) -> tuple[str, list[Any]] | Pages:
+        """Direct mode: the window in one statement, streamed in the clustered index's order (no
+        sort). Function mode: in pages of ``batch_size`` rows, as its order needs a sort
+        (sql.function_pages; review row 6: a transaction larger than batch_size sorted whole)."""
+        from dstream_mssql_cdc.db import Pages
+
         shape = self.shape(window.instance)
-        return changes_query(window.instance, shape.columns, self.direct), [
-            to_bytes(window.start),
-            to_bytes(window.end),
-        ]
+        bounds = [to_bytes(window.start), to_bytes(window.end)]
+        if self.direct:
+            return changes_query(window.instance, shape.columns, True), bounds
+        first, after = function_pages(window.instance, shape.columns)
+        return Pages(first, after, tuple(bounds), self.config.batch_size)
 
     def _changes(self, window: Window, rows: Rows) -> Iterator[Any]:
         layout = self.shape(window.instance).layout

@@ -15,11 +15,15 @@ import queue
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
 
+from dstream_mssql_cdc.db import Pages
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from dstream_mssql_cdc.db import Rows, Session
     from dstream_mssql_cdc.windows import Window
+
+Query = tuple[str, list[Any]] | Pages  # a statement and its parameters, or a window read in pages
 
 
 class Readers:
@@ -32,7 +36,7 @@ class Readers:
         self._idle: queue.SimpleQueue[Session] = queue.SimpleQueue()
         self._pool: ThreadPoolExecutor | None = None
 
-    def open(self, windows: Sequence[Window], query: Callable[[Window], tuple[str, list[Any]]]) -> list[Rows]:
+    def open(self, windows: Sequence[Window], query: Callable[[Window], Query]) -> list[Rows]:
         """Start every window's query; return their rows (lazy), in ``windows`` order.
 
         Every query ends before a failure is reported, and then all of them are closed.
@@ -61,15 +65,15 @@ class Readers:
             raise failures[0]  # type: ignore[misc]
         return [f.result() for f in futures]
 
-    def _one(self, window: Window, query: Callable[[Window], tuple[str, list[Any]]]) -> Rows:
+    def _one(self, window: Window, query: Callable[[Window], Query]) -> Rows:
         try:
             session = self._idle.get_nowait()
         except queue.Empty:
             session = self._factory()
             self._sessions.append(session)
-        sql, params = query(window)
+        spec = query(window)
         try:
-            rows = session.stream(sql, *params)
+            rows = session.paged(spec) if isinstance(spec, Pages) else session.stream(spec[0], *spec[1])
         except BaseException:
             self._idle.put(session)
             raise

@@ -111,6 +111,26 @@ def changes_query(instance: CaptureInstance, columns: Sequence[Column], direct: 
     )
 
 
+PAGE_AFTER = " WHERE __$start_lsn > ? OR (__$start_lsn = ? AND (__$seqval > ? OR (__$seqval = ? AND __$operation > ?)))"
+
+
+def function_pages(instance: CaptureInstance, columns: Sequence[Column]) -> tuple[str, str]:
+    """Function mode, bounded: the first page and the page after a row, each ``TOP (?)`` rows
+    in ``FUNCTION_ORDER``; ``?`` = (n, @from, @to) and, after a row, its (start_lsn, start_lsn,
+    seqval, seqval, operation). That order is not the change table's clustered key (Debezium
+    b5de0fd0, DBZ-8858: only an ORDER BY with ``__$command_id`` "allows for the usage of the
+    clustered index"), so each statement sorts; a page bounds what one statement must hand out
+    and hold to n rows instead of the whole window (a transaction larger than ``batch_size``
+    included), the way Debezium's function mode pages by ``streaming.fetch.size`` after
+    (seqval, operation). The page still reads the rest of the window to choose its n rows."""
+    head = (
+        f"SELECT TOP (?) __$start_lsn, __$seqval, __$operation, __$update_mask, CAST(NULL AS int) AS __$command_id"  # noqa: S608
+        f"{changed_flags(columns)}, {select_list(columns)} FROM {instance.function}(?, ?, N'all update old')"
+    )
+    order = f" ORDER BY {FUNCTION_ORDER}"
+    return head + order, head + PAGE_AFTER + order
+
+
 def window_end_query(instance: CaptureInstance, direct: bool) -> str:
     """How many changes (at most n) follow @from up to @to, and the LSN of the last of
     them (the n-th, when there are that many): ``?`` = (n, @from, @to)."""

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from dstream_mssql_cdc import MssqlCdcInputProvider
 from dstream_mssql_cdc.catalog import CaptureInstance, Column, Login, ServerState, SourceTable
 from dstream_mssql_cdc.changes import ResultSet
+from dstream_mssql_cdc.db import PagedRows, Pages
 from dstream_mssql_cdc.errors import ConnectionLost, InstanceGone, translate
 from dstream_mssql_cdc.infra import DatabaseInfo
 from dstream_mssql_cdc.lsn import from_bytes, to_bytes
@@ -130,6 +131,7 @@ class Server:
     calls: list[str] = field(default_factory=list)
     statements: list[str] = field(default_factory=list)
     windows: list[tuple[str, int, int]] = field(default_factory=list)  # (instance, from, to) of change queries
+    sorts: list[tuple[str, int]] = field(default_factory=list)  # (instance, rows its change query's sort held)
     connects: int = 0
     snapshot_at: int | None = None
     snapshots_done: int = 0  # snapshot transactions ended
@@ -320,7 +322,9 @@ class RecordedSession:
             server.busy.add(server.polls)
             return RecordedRows(self._snapshot_rows(sql, snapshot, None, None))
         name, direct = _instance_of(sql)
-        start, end = from_bytes(params[0]), from_bytes(params[1])
+        top = sql.startswith("SELECT TOP (?)")  # a page of a function-mode window (sql.function_pages)
+        limit = int(params[0]) if top else None
+        start, end = from_bytes(params[int(top)]), from_bytes(params[int(top) + 1])
         with server.lock:
             server.windows.append((name, start, end))
             server.busy.add(server.polls)
@@ -331,6 +335,18 @@ class RecordedSession:
             )
         else:
             changes.sort(key=lambda c: (c.start_lsn, c.seqval, c.operation))
+        if top and "WHERE __$start_lsn >" in sql:  # the page after a row: (start_lsn, seqval, operation) > its
+            after = (from_bytes(params[3]), from_bytes(params[5]), int(params[7]))
+            changes = [c for c in changes if (c.start_lsn, c.seqval, c.operation) > after]
+        # What the statement's sort holds before its first row: direct mode's ORDER BY is the change
+        # table's clustered key (Debezium b5de0fd0, DBZ-8858: with __$command_id it "allows for the usage
+        # of the clustered index"), so nothing; function mode's order is not, so every row of the window,
+        # or, for a TOP (n) page, n of them (a Top N Sort: an assumption only a real server can confirm).
+        held = 0 if direct else len(changes) if limit is None else min(limit, len(changes))
+        with server.lock:
+            server.sorts.append((name, held))
+        if limit is not None:
+            changes = changes[:limit]
         instance = server.instance(name)
         data, flags = _selected(sql)
         ordinals = {c.name: c.ordinal for c in instance.columns}
@@ -342,6 +358,9 @@ class RecordedSession:
         if name in server.cleanup_after_read:  # the cleanup job runs once this window was read
             instance.min_lsn = server.cleanup_after_read.pop(name)
         return RecordedRows(rows, server.signature.get(name, ("recorded",)))
+
+    def paged(self, pages: Pages) -> PagedRows:
+        return PagedRows(self, pages)  # type: ignore[arg-type]  # db.PagedRows over this session's stream()
 
     # -- snapshots ------------------------------------------------------------------------
 

@@ -576,3 +576,31 @@ def test_direct_mode_cleanup_after_a_complete_read_is_no_error() -> None:
     result = run(server, query_mode="direct")
     assert result.exit_code == 0
     assert rows(result) == EXPECTED
+
+
+def test_function_mode_reads_a_transaction_larger_than_batch_size_in_bounded_pages() -> None:
+    """Review row 6: function mode's order (start_lsn, seqval, operation) is not the change table's
+    clustered key, so a statement sorts what it returns; a 40-change transaction (inserts, then
+    updates whose old and new rows may fall on two pages) with batch_size 6 is read in pages whose
+    sort holds at most 6 rows, every change once, in order."""
+    server = shop()
+    big = lsn(0x34, 0x10, 1)
+    inserts = [Change(big, lsn(0x34, 0x8, i), 2, ALL, None, order(500 + i, "o", "1")) for i in range(20)]
+    updates = [
+        change
+        for i in range(20)
+        for change in (
+            Change(big, lsn(0x34, 0x9, i), 3, b"\x04", None, order(500 + i, "o", "1")),
+            Change(big, lsn(0x34, 0x9, i), 4, b"\x04", None, order(500 + i, "o", "2")),
+        )
+    ]
+    server.script[2] = lambda s: s.commit("dbo_Orders", inserts + updates)
+    for instance in server.instances:
+        instance.readable = False  # function mode
+    result = run(server, batch_size=6)
+    assert result.exit_code == 0
+    changes = [m for m in result.data if m["metadata"]["OperationType"] != "SchemaChange"]
+    tail = [(m["metadata"]["OperationType"], m["data"]["id"], m["data"].get("amount")) for m in changes][-40:]
+    assert tail == [("Insert", 500 + i, 1.0) for i in range(20)] + [("Update", 500 + i, 2.0) for i in range(20)]
+    held = [n for name, n in server.sorts if name == "dbo_Orders"]
+    assert max(held) <= 6, held  # today's single statement sorts the whole window: 60 rows
