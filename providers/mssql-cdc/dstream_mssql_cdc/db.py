@@ -347,11 +347,11 @@ class Session(AdminQueries):
     def begin_snapshot(self, isolation: str) -> int | None:
         """Start the snapshot's transaction and return the CDC max LSN it is consistent with.
 
-        SNAPSHOT isolation (Debezium's snapshot.isolation.mode = snapshot): the first read,
-        ``sys.fn_cdc_get_max_lsn()``, fixes the transaction's view of the data and of
-        ``cdc.lsn_time_mapping`` at once, so every transaction at or below that LSN is in the
-        rows read later in the same transaction. read_committed: the LSN is read first, then
-        each chunk in its own statement (rows changed meanwhile come again as changes).
+        SNAPSHOT isolation (Debezium's snapshot.isolation.mode = snapshot): the first read is
+        ``sys.fn_cdc_get_max_lsn()``; every transaction at or below that LSN was harvested, so
+        it committed before the transaction's view and is in the rows read later in it.
+        read_committed: the LSN is read first, then each chunk in its own statement (rows
+        changed meanwhile come again as changes).
         """
         if isolation == "snapshot":
             self.execute("SET TRANSACTION ISOLATION LEVEL SNAPSHOT")

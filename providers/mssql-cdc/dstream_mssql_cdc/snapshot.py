@@ -4,13 +4,13 @@ The engine-agnostic part (which tables, chunks that resume after the last acknow
 key, snapshot row positions that never collide, the handoff) is ``dstream.sdk.cdc``;
 this module adds SQL Server's, following Debezium's SqlServerSnapshotChangeEventSource
 with ``snapshot.isolation.mode = snapshot``: one SNAPSHOT-isolation transaction whose first
-read is ``sys.fn_cdc_get_max_lsn()`` M (db.Session.begin_snapshot). The capture job writes
-change rows and ``cdc.lsn_time_mapping`` in one transaction per scan, so M and the rows
-read later in the transaction are one consistent view: every transaction at or below M is
-in the rows, and the table's changes start just above it (``sys.fn_cdc_increment_lsn(M)``,
-or the capture instance's start if that is later). A transaction committed before the
-snapshot but not yet captured then is both in the rows and, later, in the stream: it comes
-again as a change (capture latency, a few seconds at most); nothing is missed.
+read is ``sys.fn_cdc_get_max_lsn()`` M (db.Session.begin_snapshot). Every transaction at or
+below M was harvested by the capture job, so it committed before M could be read, hence
+before the snapshot's view: it is in the rows read later in the transaction, and the table's
+changes start just above M (``sys.fn_cdc_increment_lsn(M)``, or the capture instance's start
+if that is later). A transaction committed before the snapshot but not yet captured then is
+both in the rows and, later, in the stream: it comes again as a change (capture latency, a
+few seconds at most); nothing is missed.
 
 Keyed tables (the capture instance's index columns, the primary key or the unique index it
 was enabled with) are read in chunks of ``batch_size`` rows in key order, each chunk after
