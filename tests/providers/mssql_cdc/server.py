@@ -1,13 +1,57 @@
 """A recorded SQL Server for the provider's unit tests: db.Session's methods answered from
 recorded rows, the way the server answers them. No SQL is interpreted beyond what the
-documented semantics need: a change query selects the recorded changes of the capture
-instance it names, in ``[@from, @to]``, in the ORDER BY it asks for, with the columns its
-select list names (so a query that selected ``*`` would get nothing); the query function
-refuses a range outside the instance's validity interval (error 313), the change table a
-login without SELECT on it (229), a dropped instance either (208); the help procedure shows
-an instance only to a login with SELECT on its columns and in its gating role. Each
-Session method the provider calls is logged (``calls``) so tests can check that ``run``
-uses only what a least-privileged login may (test_provider.py).
+documented semantics need. Each Session method the provider calls is logged (``calls``) so
+tests can check that ``run`` uses only what a least-privileged login may (test_provider.py).
+
+Every behaviour a test relies on, and its evidence (Microsoft page, section; or a Debezium
+integration test that asserts it against a real server, debezium/debezium at aad5519902):
+
+- A change query returns the instance's changes with ``@from <= __$start_lsn <= @to``, both
+  ends included (Microsoft, "Work with change data": "Both the upper and lower LSN values that
+  bound the interval are considered to be included"); every change of a transaction shares its
+  commit LSN (cdc.<capture_instance>_CT, ``__$start_lsn``).
+- Order: direct mode's ORDER BY is the change table's clustered key (Debezium b5de0fd0,
+  DBZ-8858); function mode's ``(start_lsn, seqval, operation)`` is the log order, which
+  cdc.<capture_instance>_CT says "should not be used for ordering" (``__$seqval``); the query
+  function returns no ``__$command_id`` (cdc.fn_cdc_get_all_changes_<capture_instance>, "Table
+  returned": __$start_lsn, __$seqval, __$operation, __$update_mask, the captured columns), so it is
+  NULL there. ``sorts`` records what each statement's sort holds (see ``stream``).
+- An update is two rows, old values (3) and new (4) with one seqval and update mask
+  (cdc.<capture_instance>_CT, ``__$operation``, ``__$update_mask``); ``bit_set`` stands for
+  sys.fn_cdc_is_bit_set ("whether its ordinal position is set within a provided bitmask"); the
+  byte layout it assumes is ours, which is why the provider asks the server's function instead.
+- A query function range outside the validity interval is error 313 "An insufficient number of
+  arguments were supplied" (sys.fn_cdc_decrement_lsn, "Note": "Error 313 is expected if LSN range
+  supplied is not appropriate"); the change table without SELECT on it is error 229 (SQL Server's
+  SELECT permission error; cdc.<capture_instance>_CT: "We recommend that you do not query the
+  system tables directly"); a dropped instance's function is error 208 "Invalid object name"
+  (Debezium SqlServerStreamingChangeEventSource.MISSING_CDC_FUNCTION_CHANGES_ERROR, handled by its
+  processErrorFromChangeTableQuery).
+- The help procedure shows an instance only to a login with SELECT on all its captured columns
+  and in its gating role (sys.sp_cdc_help_change_data_capture, "Permissions", as read by review 3;
+  sys.sp_cdc_get_captured_columns, "Permissions", read here, requires the same and returns error
+  22981 "when the caller does not have permission to view the source data"); that a dropped
+  instance gives 22981 too is our inference from its text ("Object does not exist or access is
+  denied"); ``character_maximum_length`` is "Maximum character length of the character-based
+  column; otherwise, NULL" (its "Result set").
+- The start LSN (``min_lsn``) rises when the cleanup job runs (sys.fn_cdc_get_min_lsn: "the low
+  endpoint of a capture instance changes when cleanup is performed"); ``cleanup_after_plan`` /
+  ``cleanup_after_read`` run it between a poll's planning and its query / after a read.
+- ALLOW_SNAPSHOT_ISOLATION is OFF in a new database, so a SNAPSHOT transaction fails with error
+  3952 (Microsoft, "Enabling Row Versioning-Based Isolation Levels": OFF, "Snapshot isolation
+  transactions are not allowed"; Debezium's util/TestHelper.createTestDatabase turns it ON for
+  every IT, SnapshotIT.takeSnapshotInSnapshotMode relies on that). A snapshot transaction reads
+  the rows as they were when it began (Microsoft, "Isolation Element (ASSL)", Snapshot: "the
+  transactionally consistent version of the data that existed at the start of the transaction").
+- A snapshot chunk's unqualified ORDER BY name binds to the select-list alias of that name, i.e.
+  a converted column's text, while "qualified column names and aliases are resolved to columns
+  listed in the FROM clause" (Microsoft, "ORDER BY Clause (Transact-SQL)", order_by_expression;
+  review 3 also read "Column aliases in ORDER BY clause cannot be prefixed by table alias" and
+  "SELECT Clause Aliases Affect ORDER BY clause"). ``hierarchyid`` compares in depth-first order,
+  /1/2/ < /1/10/ (the hierarchyid type's comparison, as cnblogs "HierarchyID 数据类型用法"
+  quotes Microsoft's page; not read at the source).
+- Key updates (fixtures.py, scenarios.py): several rows through Split/Sort/Collapse (D, U, I);
+  one row as a delete and an insert (KB3030352).
 """
 
 from __future__ import annotations
