@@ -432,6 +432,33 @@ def test_a_million_row_update_backlog_is_read_with_no_query_over_query_timeout(
     )
 
 
+def test_function_mode_reads_a_transaction_larger_than_batch_size_in_pages_and_says_how_long_they_took(
+    database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review row 6, the part only a real server can measure: a least-privileged login (function
+    mode) reads one 200,000-change transaction with batch_size 10,000 in TOP pages; no page may
+    pass query_timeout, and the slowest one's time goes to the job summary."""
+    database.execute("CREATE TABLE dbo.Wide (id int PRIMARY KEY, v int NOT NULL)")
+    database.enable_table("Wide")
+    database.execute("INSERT INTO dbo.Wide SELECT value, 0 FROM GENERATE_SERIES(1, 200000)")
+    wait_for(captured_all(database, {"dbo_Wide": 200_000}), "the capture job", 600)
+    reader = database.login("dstream_pages", ["GRANT SELECT ON dbo.Wide TO {user}"])
+    config = {"connection_string": reader, "tables": ["dbo.Wide"], "snapshot": "never", "batch_size": 10_000}
+    started = time.monotonic()
+    with caplog.at_level(logging.INFO, LOGGER):
+        live = LiveInput({**config, "query_timeout": "60s", **FAST})
+        try:
+            live.wait(lambda r: len(r.rows) >= 200_000, "the whole transaction", 1800)
+        finally:
+            assert live.stop() == 0
+    took = time.monotonic() - started
+    assert len({m["data"]["id"] for m in live.rows}) == 200_000
+    assert all(m["metadata"]["CommandID"] is None for m in live.rows)  # function mode
+    assert "timed out" not in caplog.text
+    slowest = next((r.getMessage() for r in caplog.records if "changes/s" in r.getMessage()), "")
+    summary_line(f"mssql-cdc: function mode, one 200,000-change transaction in pages of 10,000: {took:.0f}s; {slowest}")
+
+
 def test_a_capture_instance_switch_mid_stream_announces_the_new_columns_and_loses_no_row(database: Database) -> None:
     database.execute("CREATE TABLE dbo.Items (id int PRIMARY KEY, v int NOT NULL)")
     database.enable_table("Items", "dbo_Items_v1")
