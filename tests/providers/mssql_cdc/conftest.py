@@ -63,7 +63,12 @@ def _container() -> Any:
         """testcontainers' SqlServerContainer with a start-up wait we choose."""
 
         def _connect(self) -> None:
-            command = '/opt/mssql-tools*/bin/sqlcmd -U "$SQLSERVER_USER" -P "$SA_PASSWORD" -Q \'SELECT 1\' -C'
+            # one sqlcmd (tools18 first): an image shipping both mssql-tools and mssql-tools18 would otherwise
+            # pass two paths to one sqlcmd and never get ready (review 3, row 14)
+            command = (
+                "for s in /opt/mssql-tools18/bin/sqlcmd /opt/mssql-tools/bin/sqlcmd; do [ -x $s ] && break; done;"
+                ' "$s" -U "$SQLSERVER_USER" -P "$SA_PASSWORD" -Q \'SELECT 1\' -C'
+            )
             ExecWaitStrategy(["bash", "-c", command]).with_startup_timeout(int(STARTUP)).wait_until_ready(self)
 
     container = Sql2022(MSSQL_IMAGE, password=PASSWORD)
