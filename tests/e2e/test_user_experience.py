@@ -170,6 +170,10 @@ def _detached_run_checks(path: Path, env: dict[str, str], pid: int) -> None:
     again = run_cli("run", "slow", "-f", str(path), env=env)  # a second run of the same task is refused
     assert again.returncode == 1
     assert "already running" in again.stderr
+    # So is a second detached one: refused at once, not left waiting on the first run's log.
+    detached_again = run_cli("run", "slow", "-f", str(path), "--detach", env=env, timeout=30)
+    assert detached_again.returncode == 1
+    assert "already running" in detached_again.stderr
     stopped = run_cli("stop", "slow", env=env)
     assert stopped.returncode == 0, stopped.stderr
     assert f"stopped task slow (pid {record['pid']})" in stopped.stdout
