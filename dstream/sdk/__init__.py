@@ -32,13 +32,14 @@ from dstream.sdk.base import (
     TransformProvider,
 )
 from dstream.sdk.types import Checkpoint, Envelope, Raw, Record, Reject, Resource
-from dstream.sdk.units import ByteSize, Duration
+from dstream.sdk.units import ByteSize, Duration, DurationMs
 
 __all__ = [
     "ByteSize",
     "Checkpoint",
     "Context",
     "Duration",
+    "DurationMs",
     "EmptyConfig",
     "Envelope",
     "InfrastructureProvider",
