@@ -62,6 +62,12 @@ def run(
         f", {summary.dead_letters} dead-lettered" if summary.dead_letters else "",
         f", {summary.attempts} attempts" if summary.attempts > 1 else "",
     )
+    if summary.resumed and not summary.stopped and not summary.envelopes:
+        log.get().info(
+            "nothing new: the input ended where the last run's checkpoint left it. "
+            "To read it again from the start: dstream state reset %s",
+            summary.task,
+        )
 
 
 @app.command()
