@@ -203,7 +203,10 @@ def test_lint_checks_configs_against_provider_schemas(task_file: Callable[..., P
     result = run_cli("lint", "-f", str(path))
     assert result.returncode == 1
     lines = result.stdout.splitlines()
-    assert any(line.startswith(f"{path}:6:") and "'fast' is not of type 'integer'" in line for line in lines), lines
+    assert any(
+        line.startswith(f"{path}:6:") and "'fast' is not accepted: time between envelopes: milliseconds" in line
+        for line in lines
+    ), lines
     assert any(line.startswith(f"{path}:7:") and "'max_cout' was unexpected" in line for line in lines), lines
     assert any(line.startswith(f"{path}:12:") and "'path' is a required property" in line for line in lines), lines
     assert run_cli("lint", "-f", str(path), "--no-schemas").returncode == 0
