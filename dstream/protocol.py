@@ -283,3 +283,14 @@ def _resource_from(item: dict[str, Any]) -> Resource:
         state=str(item.get("state") or item.get("State") or item.get("status") or ""),
         details=details,
     )
+
+
+#: The one stderr line on which an SDK provider says why it failed (stderr is otherwise
+#: free-form logs). The orchestrator quotes that line alone in its error, instead of the
+#: provider's last stderr lines, and does not also log it, so the reason is shown once.
+FAILURE_PREFIX = "dstream-failure: "
+
+
+def failure_line(message: str) -> str:
+    """``message`` as one failure line (its own line breaks folded)."""
+    return FAILURE_PREFIX + " ".join(message.split())

@@ -7,22 +7,31 @@ unless ``--yes``; ``plan --detailed-exitcode`` exits 0 (no changes), 2 (changes)
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from dstream import log
 from dstream.cli.app import FileOption, JsonOption, app, load_document, print_json
 from dstream.errors import DStreamError
+
+if TYPE_CHECKING:
+    from dstream.task.lifecycle import ProviderOutcome
 
 
 def _lifecycle(verb: str, task: str, file: Path | None, as_json: bool) -> dict[str, int]:
     import asyncio
 
-    from dstream import log
-    from dstream.task.lifecycle import changes, render, run_verb, to_json
+    from dstream.task.lifecycle import run_verb
 
     document = load_document(file)
     outcomes = asyncio.run(run_verb(document, task, verb))
+    return _report(outcomes, verb, task, as_json)
+
+
+def _report(outcomes: "list[ProviderOutcome]", verb: str, task: str, as_json: bool) -> dict[str, int]:
+    from dstream.task.lifecycle import changes, render, to_json
+
     if as_json:
         print_json(to_json(outcomes, verb, task))
     else:
@@ -44,7 +53,18 @@ def _lifecycle(verb: str, task: str, file: Path | None, as_json: bool) -> dict[s
 @app.command()
 def init(task: str, file: FileOption = None, as_json: JsonOption = False) -> None:
     """Create what the task's providers need (queues, slots, containers …)."""
-    _lifecycle("init", task, file, as_json)
+    from dstream.task import checkpoints
+
+    counted = _lifecycle("init", task, file, as_json)
+    kept = checkpoints.stored(load_document(file), task)
+    if counted["create"] and kept is not None:
+        log.get("lifecycle").warning(
+            "task %s keeps a checkpoint from before this init (written %s): its next run resumes from it. "
+            "If what init just created replaces something destroyed, start over with: dstream state reset %s",
+            task,
+            checkpoints.when(kept),
+            task,
+        )
 
 
 @app.command()
@@ -75,10 +95,21 @@ def destroy(
     file: FileOption = None,
     as_json: JsonOption = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask (needed off a terminal).")] = False,
+    reset_state: Annotated[
+        bool, typer.Option("--reset-state", help="Also forget the task's checkpoint (as dstream state reset).")
+    ] = False,
 ) -> None:
     """Remove what init created for the task (asks first; --yes to skip the question)."""
+    import asyncio
+
+    from dstream.task import checkpoints
+    from dstream.task.lifecycle import run_verb
+
+    document = load_document(file)
+    # As Terraform refreshes before it destroys: say which resources still hold data.
+    for what in checkpoints.holding_data(asyncio.run(run_verb(document, task, "status"))):
+        log.get("lifecycle").warning("%s: destroy deletes it with its contents", what)
     if not yes:
-        document = load_document(file)
         stages = ", ".join(f"{role} {block.source}" for role, block, _ in document.task(task).stages)
         if not sys.stdin.isatty():
             raise DStreamError(
@@ -89,4 +120,17 @@ def destroy(
         if answer.strip() != "yes":
             typer.echo("Destroy cancelled.", err=True)
             raise typer.Exit(1)
-    _lifecycle("destroy", task, file, as_json)
+    _report(asyncio.run(run_verb(document, task, "destroy")), "destroy", task, as_json)
+    if reset_state:
+        removed = checkpoints.reset(document, task)
+        typer.echo(f"task {task}: checkpoint {'removed' if removed else 'was already empty'}", err=True)
+        return
+    kept = checkpoints.stored(document, task)
+    if kept is not None:
+        log.get("lifecycle").warning(
+            "task %s keeps its checkpoint (written %s): after a new init, a run would resume from a position "
+            "the new resources do not have. Forget it with: dstream state reset %s (or destroy --reset-state)",
+            task,
+            checkpoints.when(kept),
+            task,
+        )

@@ -31,21 +31,29 @@ RegistryOption = Annotated[
 
 
 @providers_app.command("list")
-def providers_list(as_json: JsonOption = False) -> None:
-    """The provider catalogue: names, images and verbs."""
+def providers_list(
+    as_json: JsonOption = False,
+    wide: Annotated[bool, typer.Option("--wide", "-w", help="Also the image of each provider.")] = False,
+) -> None:
+    """The provider catalogue: names, kinds and verbs (--wide: images; --json: everything)."""
+    from rich.table import Table
+
+    from dstream.cli import tables
     from dstream.tooling import catalogue
 
     entries = catalogue.entries()
     if as_json:
         print_json({"providers": [e.to_json() for e in entries]})
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table("name", "kind", "image", "verbs")
+    table = Table()
+    table.add_column("name", no_wrap=True, min_width=tables.whole_width([e.name for e in entries]))
+    table.add_column("kind")
+    table.add_column("verbs", overflow="fold")
+    if wide:
+        table.add_column("image", overflow="fold")
     for e in entries:
-        table.add_row(e.name, e.kind, e.image(), ",".join(e.verbs))
-    Console().print(table)
+        table.add_row(e.name, e.kind, ",".join(e.verbs), *([e.image()] if wide else []))
+    tables.show(table)
 
 
 def _names(names: list[str] | None, all_: bool) -> list[str]:

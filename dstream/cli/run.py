@@ -62,10 +62,19 @@ def run(
         f", {summary.dead_letters} dead-lettered" if summary.dead_letters else "",
         f", {summary.attempts} attempts" if summary.attempts > 1 else "",
     )
+    if summary.resumed and not summary.stopped and not summary.envelopes:
+        log.get().info(
+            "nothing new: the input ended where the last run's checkpoint left it. "
+            "To read it again from the start: dstream state reset %s",
+            summary.task,
+        )
 
 
 @app.command()
-def ps(as_json: JsonOption = False) -> None:
+def ps(
+    as_json: JsonOption = False,
+    no_trunc: Annotated[bool, typer.Option("--no-trunc", help="Do not cut values to fit the terminal.")] = False,
+) -> None:
     """Running tasks on this machine, and the provider containers of dstream runs."""
     from dstream.task import background
 
@@ -81,15 +90,15 @@ def ps(as_json: JsonOption = False) -> None:
     if as_json:
         print_json({"runs": runs, "containers": containers})
         return
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    from dstream.cli import tables
+
     if runs:
         table = Table("task", "pid", "started", "file", "log", title="runs", title_justify="left")
         for run_ in runs:
             table.add_row(run_["task"], str(run_["pid"]), run_["started"], run_["file"], run_["log"] or "")
-        console.print(table)
+        tables.show(table, no_trunc)
     if containers:
         table = Table(
             "task", "run", "role", "container", "image", "status", "dstream", title="containers", title_justify="left"
@@ -98,7 +107,7 @@ def ps(as_json: JsonOption = False) -> None:
             table.add_row(
                 row["task"], row["run_id"], row["role"], row["name"], row["image"], row["status"], row["owner"]
             )
-        console.print(table)
+        tables.show(table, no_trunc)
     if not runs and not containers:
         typer.echo("no dstream runs or containers", err=True)
 
@@ -138,15 +147,20 @@ def logs(
 def stop(
     task: str,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for a graceful stop.")] = 60.0,
+    as_json: JsonOption = False,
 ) -> None:
     """Stop a running task gracefully (SIGTERM: drain, checkpoint, exit)."""
     from dstream.task import background
 
-    failed = []
+    failed, stopped_pids = [], []
     for record, stopped in background.stop(task, timeout):
         if stopped:
-            typer.echo(f"stopped task {task} (pid {record.pid})")
+            stopped_pids.append(record.pid)
+            if not as_json:
+                typer.echo(f"stopped task {task} (pid {record.pid})")
         else:
             failed.append(record.pid)
+    if as_json:
+        print_json({"task": task, "stopped": stopped_pids, "not_stopped": failed})
     if failed:
         raise DStreamError(f"task {task} (pid {', '.join(map(str, failed))}) did not stop within {timeout:g}s")

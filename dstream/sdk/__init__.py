@@ -31,14 +31,17 @@ from dstream.sdk.base import (
     ProviderConfig,
     TransformProvider,
 )
+from dstream.sdk.errors import ActionableError
 from dstream.sdk.types import Checkpoint, Envelope, Raw, Record, Reject, Resource
-from dstream.sdk.units import ByteSize, Duration
+from dstream.sdk.units import ByteSize, Duration, DurationMs
 
 __all__ = [
+    "ActionableError",
     "ByteSize",
     "Checkpoint",
     "Context",
     "Duration",
+    "DurationMs",
     "EmptyConfig",
     "Envelope",
     "InfrastructureProvider",

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 
 from dstream import protocol
 from dstream.sdk.context import Context
+from dstream.sdk.errors import ActionableError
 from dstream.sdk.inputs import InputLoop
 from dstream.sdk.outputs import OutputLoop
 from dstream.sdk.transforms import TransformLoop
@@ -107,8 +108,8 @@ class Host:
         try:
             provider = self.cls(config, ctx)
         except Exception as exc:  # a provider's own start-up failure → error handshake
-            ctx.log.exception("could not start")
-            return self._refuse(f"{type(exc).__name__}: {exc}", 1)
+            ctx.log.debug("could not start", exc_info=True)
+            return self._refuse(_reason(exc), 1)
         wire.send(protocol.handshake_ready(verbs, self._features()))
         wire.flush()
         threading.Thread(target=self._flusher, daemon=True).start()
@@ -119,8 +120,12 @@ class Host:
             return 1
         except StopNow:
             return 0
-        except Exception:
-            ctx.log.exception("%s failed", self.cls.name)
+        except Exception as exc:
+            ctx.log.debug("%s failed", self.cls.name, exc_info=True)
+            with contextlib.suppress(ValueError, OSError):
+                sys.stderr.flush()
+                sys.stderr.write(protocol.failure_line(_reason(exc)) + "\n")
+                sys.stderr.flush()
             return 1
         finally:
             self._finished.set()
@@ -153,6 +158,11 @@ class Host:
         if kind == "input" and self.cls.wants_commits():
             features.append(protocol.FEATURE_COMMIT)
         return features
+
+
+def _reason(exc: BaseException) -> str:
+    """What a user is told: an ActionableError's message as it is, others with their type."""
+    return str(exc) if isinstance(exc, ActionableError) else f"{type(exc).__name__}: {exc}"
 
 
 def main(cls: Any) -> None:

@@ -21,7 +21,16 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field
 
-__all__ = ["DURATION_PATTERN", "SIZE_PATTERN", "ByteSize", "Duration", "parse_duration", "parse_size"]
+__all__ = [
+    "DURATION_PATTERN",
+    "SIZE_PATTERN",
+    "ByteSize",
+    "Duration",
+    "DurationMs",
+    "parse_duration",
+    "parse_duration_ms",
+    "parse_size",
+]
 
 _DURATION_UNITS = {
     "ns": 1e-9,
@@ -62,6 +71,19 @@ def parse_duration(value: Any) -> float:
     raise ValueError(f'expected a duration like "500ms", "30s" or "1m30s", got {value!r}')
 
 
+def parse_duration_ms(value: Any) -> float:
+    """Seconds, for a field whose bare numbers have always meant milliseconds (``interval = 250``);
+    text reads as for :func:`parse_duration` (``"250ms"``, ``"2s"``)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return parse_duration(value) / 1000
+    if isinstance(value, str):
+        try:
+            return parse_duration(float(value.strip())) / 1000
+        except ValueError:
+            pass
+    return parse_duration(value)
+
+
 def _non_negative(seconds: float) -> float:
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
@@ -99,5 +121,7 @@ def _schema(pattern: str, minimum: int) -> Any:
 
 #: Seconds: a number, or Go-style text (``"200ms"``, ``"1m30s"``).
 Duration = Annotated[float, BeforeValidator(parse_duration), Field(json_schema_extra=_schema(DURATION_PATTERN, 0))]
+#: Seconds, where a bare number means milliseconds (fields documented that way); text as Duration.
+DurationMs = Annotated[float, BeforeValidator(parse_duration_ms), Field(json_schema_extra=_schema(DURATION_PATTERN, 0))]
 #: Bytes: a number, or docker-style text (``"512m"`` = 512 MiB, ``"8MiB"``).
 ByteSize = Annotated[int, BeforeValidator(parse_size), Field(json_schema_extra=_schema(SIZE_PATTERN, 1))]

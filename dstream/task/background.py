@@ -83,25 +83,56 @@ def _log_file(document: Document, task: str) -> Path:
     return document.base_dir / DEFAULT_STATE_DIR / "logs" / f"{task}.log"
 
 
+@contextlib.contextmanager
+def _locked_log(document: Document, task: str) -> Iterator[tuple[Path, BinaryIO]]:
+    """The task's log, opened and exclusively locked for a new detached run.
+
+    The lock is taken here, before the run starts, and inherited by the log writer: `logs -f`
+    follows while it is held, from the first moment on (flock belongs to the open file). A
+    standby replica of a task with a lease finds the log held by the active run and writes
+    ``TASK.2.log`` (then ``.3`` …) instead of waiting for it.
+    """
+    first = _log_file(document, task)
+    first.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 100):
+        path = first if n == 1 else first.with_name(f"{task}.{n}.log")
+        log_file = path.open("ab")
+        try:
+            fcntl.flock(log_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log_file.close()
+            continue
+        with log_file:
+            yield path, log_file
+        return
+    raise DStreamError(f"every log of task {task} in {first.parent} is held by a running dstream")
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-@contextlib.contextmanager
-def registered(document: Document, task: str) -> Iterator[RunRecord]:
-    """Record this process as running ``task``; refuse a second one unless the task has a lease."""
-    file, current = str(document.path), records()
+def _refuse_second(document: Document, task: str, current: list[RunRecord]) -> None:
+    """A second run of a task without a lease would write the same checkpoint: refuse it."""
+    file = str(document.path)
     others = [r for r in current if r.task == task and r.file == file and r.pid != os.getpid()]
     if others and document.task(task).lease is None:
         raise DStreamError(
             f"task {task} of {file} is already running (pid {others[0].pid}); two runs would both write its "
             f"checkpoint. Stop it (dstream stop {task}), or add a lease block to run standby replicas."
         )
+
+
+@contextlib.contextmanager
+def registered(document: Document, task: str) -> Iterator[RunRecord]:
+    """Record this process as running ``task``; refuse a second one unless the task has a lease."""
+    current = records()
+    _refuse_second(document, task, current)
     mine = [r for r in current if r.pid == os.getpid()]
     record = RunRecord(
         task,
         os.getpid(),
-        file,
+        str(document.path),
         _now(),
         mine[0].log if mine else None,
         bool(mine and mine[0].detached),
@@ -117,14 +148,12 @@ def registered(document: Document, task: str) -> Iterator[RunRecord]:
 def start(document: Document, task: str, argv: list[str]) -> RunRecord:
     """Start ``dstream run`` again without --detach, in the background: its output goes
     through a log writer (:mod:`dstream.task.logwriter`) that stamps each line into the log."""
+    # Refused here, as a foreground run would be, rather than by the run in the background
+    # (where nobody would see it) or by waiting on the first run's log lock.
+    _refuse_second(document, task, records())
     args = [a for a in argv if a not in ("--detach", "-d")]
-    log_path = _log_file(document, task)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "DSTREAM_DETACHED": "1"}
-    with log_path.open("ab") as log_file:
-        # Taken here, before the run starts, and inherited by the writer: `logs -f` follows
-        # while it is held, from the first moment on (flock belongs to the open file).
-        fcntl.flock(log_file, fcntl.LOCK_EX)
+    with _locked_log(document, task) as (log_path, log_file):
         log_file.write(logwriter.stamp() + f"==== dstream {' '.join(args)}\n".encode())
         log_file.flush()
         writer = subprocess.Popen(

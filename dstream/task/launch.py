@@ -44,7 +44,9 @@ def stderr_logger(role: str, redactor: Redactor) -> Any:
     logger = log.get(f"provider.{role}")
 
     def sink(line: str) -> None:
-        logger.log(logging.INFO, "%s", redactor(line), extra={"role": role})
+        # A failure line is quoted in the error that ends the attempt: logged here only for debugging.
+        level = logging.DEBUG if line.startswith(protocol.FAILURE_PREFIX) else logging.INFO
+        logger.log(level, "%s", redactor(line), extra={"role": role})
 
     return sink
 

@@ -85,7 +85,7 @@ async def _one(
         if code != 0 or reply.failed:
             outcome.status = "failed"
             why = redactor(reply.message) if reply.failed else f"exited with code {code}"
-            outcome.reason = why + stderr_excerpt(proc, redactor)
+            outcome.reason = why.rstrip(".") + "." + stderr_excerpt(proc, redactor)
         return outcome
     finally:
         await proc.cleanup()

@@ -44,6 +44,7 @@ class RunSummary:
     seconds: float
     dead_letters: int
     stopped: bool
+    resumed: bool = False  # the run started from a stored checkpoint
 
 
 class TaskRun:
@@ -249,6 +250,7 @@ class TaskRun:
                     seconds=time.monotonic() - started,
                     dead_letters=result.stats.dead_letters,
                     stopped=result.stopped_by_request,
+                    resumed=resume is not None,
                 )
         finally:
             store.close()

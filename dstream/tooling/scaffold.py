@@ -16,30 +16,31 @@ from __future__ import annotations
 
 import json
 import re
+from importlib import resources
+from string import Template
 from typing import TYPE_CHECKING
 
 from dstream import __version__
 from dstream.errors import ConfigError
-from dstream.tooling.scaffold_templates import (
-    DOCKERFILE,
-    INPUT,
-    OUTPUT,
-    PYPROJECT,
-    README,
-    TEST_INPUT,
-    TEST_OUTPUT,
-    TEST_TRANSFORM,
-    TRANSFORM,
-)
-
-SOURCES = {
-    "input": (INPUT, TEST_INPUT),
-    "transform": (TRANSFORM, TEST_TRANSFORM),
-    "output": (OUTPUT, TEST_OUTPUT),
-}
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+#: The project's files: real files under templates/, filled in with string.Template
+#: (``$name``, so Python's and JSON's braces need no escaping; ``$$`` is a dollar).
+TEMPLATES = resources.files("dstream.tooling") / "templates"
+
+
+def render(relative: str, **values: str) -> str:
+    """``templates/<relative>.tmpl`` with ``values`` put in (a missing value is an error)."""
+    return Template((TEMPLATES / f"{relative}.tmpl").read_text(encoding="utf-8")).substitute(values)
+
+
+def dockerfile_label(value: str) -> str:
+    """``value`` as a double-quoted Dockerfile LABEL value, whatever characters it holds:
+    the builder reads backslash escapes and expands ``$`` variables inside double quotes."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$")
+    return f'"{escaped}"'
 
 
 def _package(name: str) -> str:
@@ -59,18 +60,18 @@ def scaffold(name: str, kind: str, directory: Path) -> Path:
     if root.exists():
         raise ConfigError(f"{root} already exists")
     package = _package(name)
-    source_template, test_template = SOURCES[kind]
-    source = source_template.format(name=name)
+    source = render(f"{kind}/provider.py", name=name)
     namespace: dict[str, object] = {}
     exec(compile(source, f"{package}/__init__.py", "exec"), namespace)  # noqa: S102 - our own template
-    schema = namespace["Config"].model_json_schema()  # type: ignore[attr-defined]
-    spec = json.dumps(schema, separators=(",", ":")).replace("'", "")
+    schema = namespace["Provider"].Config.model_json_schema()  # type: ignore[attr-defined]
+    spec = json.dumps(schema, separators=(",", ":"))
+    values = {"name": name, "kind": kind, "package": package, "version": __version__}
     files = {
-        "pyproject.toml": PYPROJECT.format(name=name, kind=kind, package=package, version=__version__),
+        "pyproject.toml": render("pyproject.toml", **values),
         f"{package}/__init__.py": source,
         f"{package}/__main__.py": f"from {package} import main\n\nmain()\n",
-        "tests/test_provider.py": test_template.format(package=package),
-        "Dockerfile": DOCKERFILE.format(name=name, kind=kind, package=package, version=__version__, spec=spec),
+        "tests/test_provider.py": render(f"{kind}/test_provider.py", package=package),
+        "Dockerfile": render("Dockerfile", **values, spec_label=dockerfile_label(spec)),
         "provider.json": json.dumps(
             {
                 "name": name,
@@ -84,7 +85,7 @@ def scaffold(name: str, kind: str, directory: Path) -> Path:
             indent=2,
         )
         + "\n",
-        "README.md": README.format(name=name, kind=kind, blocks=_example_blocks(name, kind)),
+        "README.md": render("README.md", name=name, kind=kind, blocks=_example_blocks(name, kind)),
     }
     for relative, text in files.items():
         path = root / relative

@@ -129,5 +129,16 @@ def check_document(document: Document) -> tuple[list[str], list[str]]:
                     or document.lines.get(task.name, 0)
                 )
                 where = ".".join(["config", *path]) if path else "config"
-                problems.append(f"{name}:{line}: {task.name} {role} {where}: {error.message} (schema from {source})")
+                message = _message(error)
+                problems.append(f"{name}:{line}: {task.name} {role} {where}: {message} (schema from {source})")
     return by_line(problems), notes
+
+
+def _message(error: Any) -> str:
+    """jsonschema's message, except for a choice of forms (a duration: a number or "500ms"),
+    where "not valid under any of the given schemas" would say nothing: the field's own
+    description says what it takes."""
+    described = error.schema.get("description") if isinstance(error.schema, dict) else None
+    if error.validator in ("anyOf", "oneOf") and described:
+        return f"{error.instance!r} is not accepted: {described}"
+    return str(error.message)

@@ -56,6 +56,8 @@ def test_jsonl_output_is_the_envelope_and_resume_continues(task_file: Callable[.
     assert again.returncode == 0
     assert again.stdout == ""
     assert "resumes from checkpoint {'value': 10}" in again.stderr
+    assert "To read it again from the start: dstream state reset demo" in again.stderr
+    assert "dstream state reset" not in first.stderr  # a first run that read something needs no hint
 
 
 @pytest.mark.parametrize(

@@ -48,7 +48,9 @@ class Marker(OutputProvider[Config], InfrastructureProvider):
         yield Resource("queue", self.config.name, action=action, state="present")
 
     def status(self):
-        yield Resource("queue", self.config.name, state="present" if self._exists() else "absent")
+        # The marker's length stands for the messages the queue holds.
+        held = {"messages": len(Path(self.config.marker).read_text())} if self._exists() else {}
+        yield Resource("queue", self.config.name, state="present" if self._exists() else "absent", details=held)
 
     def destroy(self):
         action = "delete" if self._exists() else "none"
@@ -139,3 +141,31 @@ def test_lifecycle_output_is_readable_at_80_columns(marker_task: Path) -> None:
     said = [line for line in lines if "does not support plan" in line]
     assert said == ["does not support plan, not sent to: input counter-input-provider"]  # ...said once
     assert lines.index(said[0]) > next(i for i, line in enumerate(lines) if LONG_NAME in line)  # below
+
+
+def test_destroy_and_init_say_what_happens_to_the_checkpoint(marker_task: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    assert run_cli("init", "t", "-f", str(marker_task)).returncode == 0
+    # A run leaves a checkpoint (the counter ends at max_count: 0 means never, so give it one).
+    text = marker_task.read_text().replace(
+        'input { provider_path = "counter-input-provider" }',
+        'input {\n provider_path = "counter-input-provider"\n config {\n interval = 0\n max_count = 5\n }\n }',
+        1,
+    )
+    marker_task.write_text(text)
+    assert run_cli("run", "t", "-f", str(marker_task)).returncode == 0
+    marker.write_text("x" * 30)  # the queue now holds 30 messages
+    destroyed = run_cli("destroy", "t", "-f", str(marker_task), "--yes")
+    assert destroyed.returncode == 0, destroyed.stderr
+    assert f"queue {LONG_NAME} holds 30 messages: destroy deletes it with its contents" in destroyed.stderr
+    assert "task t keeps its checkpoint" in destroyed.stderr
+    assert "dstream state reset t (or destroy --reset-state)" in destroyed.stderr
+    again = run_cli("init", "t", "-f", str(marker_task))
+    assert again.returncode == 0, again.stderr
+    assert "task t keeps a checkpoint from before this init" in again.stderr
+    reset = run_cli("destroy", "t", "-f", str(marker_task), "--yes", "--reset-state")
+    assert reset.returncode == 0, reset.stderr
+    assert "task t: checkpoint removed" in reset.stderr
+    assert json.loads(run_cli("state", "show", "t", "-f", str(marker_task), "--json").stdout)["checkpoint"] is None
+    fresh = run_cli("init", "t", "-f", str(marker_task))
+    assert "keeps a checkpoint" not in fresh.stderr

@@ -170,9 +170,13 @@ def _detached_run_checks(path: Path, env: dict[str, str], pid: int) -> None:
     again = run_cli("run", "slow", "-f", str(path), env=env)  # a second run of the same task is refused
     assert again.returncode == 1
     assert "already running" in again.stderr
-    stopped = run_cli("stop", "slow", env=env)
+    # So is a second detached one: refused at once, not left waiting on the first run's log.
+    detached_again = run_cli("run", "slow", "-f", str(path), "--detach", env=env, timeout=30)
+    assert detached_again.returncode == 1
+    assert "already running" in detached_again.stderr
+    stopped = run_cli("stop", "slow", "--json", env=env)
     assert stopped.returncode == 0, stopped.stderr
-    assert f"stopped task slow (pid {record['pid']})" in stopped.stdout
+    assert json.loads(stopped.stdout) == {"task": "slow", "stopped": [record["pid"]], "not_stopped": []}
     assert json.loads(run_cli("ps", "--json", env=env).stdout)["runs"] == []
     log = run_cli("logs", "slow", "--file", str(path), env=env).stdout
     assert "task slow stopped:" in log
@@ -199,7 +203,10 @@ def test_lint_checks_configs_against_provider_schemas(task_file: Callable[..., P
     result = run_cli("lint", "-f", str(path))
     assert result.returncode == 1
     lines = result.stdout.splitlines()
-    assert any(line.startswith(f"{path}:6:") and "'fast' is not of type 'integer'" in line for line in lines), lines
+    assert any(
+        line.startswith(f"{path}:6:") and "'fast' is not accepted: time between envelopes: milliseconds" in line
+        for line in lines
+    ), lines
     assert any(line.startswith(f"{path}:7:") and "'max_cout' was unexpected" in line for line in lines), lines
     assert any(line.startswith(f"{path}:12:") and "'path' is a required property" in line for line in lines), lines
     assert run_cli("lint", "-f", str(path), "--no-schemas").returncode == 0
@@ -323,3 +330,22 @@ def test_logs_tail_and_timestamps_as_docker_logs(task_file: Callable[..., Path],
     assert [STAMP.sub("", line) for line in stamped] == lines[-5:]
     assert run_cli("logs", "slow", "--file", str(path), "--tail", "0", env=env).stdout == ""
     assert run_cli("logs", "slow", "--file", str(path), "--tail", "x", env=env).returncode == 2
+
+
+def test_providers_list_shows_whole_names_at_80_columns_and_whole_values_when_piped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dstream.tooling import catalogue
+
+    entries = catalogue.entries()
+    monkeypatch.setenv("COLUMNS", "80")
+    code, text = on_a_terminal(["providers", "list"])
+    assert code == 0, text
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    assert all(any(f" {e.name} " in line for line in plain.splitlines()) for e in entries), plain
+    assert max(len(line.rstrip()) for line in plain.splitlines()) <= 80
+    piped = run_cli("providers", "list", "--wide", env={"COLUMNS": "80"})
+    assert piped.returncode == 0, piped.stderr
+    for e in entries:  # piped, as docker does: nothing is cut, each row on one line
+        (row,) = [line for line in piped.stdout.splitlines() if f" {e.name} " in line]
+        assert e.image() in row

@@ -24,7 +24,10 @@ def test_scaffolded_image_passes_test_provider(
         pass
     try:
         labels = engine.image(image)["Config"]["Labels"]  # type: ignore[index]
-        assert json.loads(labels["io.dstream.spec"])["properties"]["path"]["type"] == "string"
+        # Every character of the schema survives the Dockerfile LABEL (its descriptions hold an
+        # apostrophe, double quotes and a dollar sign).
+        expected = json.loads((tmp_path / name / "provider.json").read_text())["config_schema"]
+        assert json.loads(labels["io.dstream.spec"]) == expected
         spec = run_cli("spec", image)
         assert spec.returncode == 0, spec.stderr
         assert "path" in json.loads(spec.stdout)["properties"]

@@ -38,3 +38,31 @@ def test_input_replays_with_offset_checkpoints_and_resumes(tmp_path: Path) -> No
     middle = first.checkpoints[0]
     again = run_input(FileInputProvider, {"path": str(source)}, checkpoint=middle)
     assert [m["data"] for m in again.data] == [{"plain": True}, {"n": 3}]
+
+
+def test_time_settings_take_durations_and_keep_their_number_units() -> None:
+    from dstream_counter import CounterConfig
+    from dstream_file.input import FileInputConfig
+    from pydantic import ValidationError
+
+    # The file input's numbers are seconds, the counter's milliseconds (as documented before
+    # durations); text such as "500ms" means the same in both.
+    assert FileInputConfig(path="x", poll_interval="500ms").poll_interval == 0.5
+    assert FileInputConfig(path="x", poll_interval=2).poll_interval == 2.0
+    assert CounterConfig(interval="250ms").interval == 0.25
+    assert CounterConfig(interval=250).interval == 0.25
+    assert CounterConfig(interval="250").interval == 0.25
+    assert CounterConfig(interval="2s").interval == 2.0
+    assert CounterConfig(interval=0).interval == 0.0
+    for bad in ("fast", -5, "-1s"):
+        try:
+            CounterConfig(interval=bad)
+        except ValidationError:
+            continue
+        raise AssertionError(f"interval {bad!r} was accepted")
+    try:
+        FileInputConfig(path="x", poll_interval="0s")
+    except ValidationError:
+        pass
+    else:
+        raise AssertionError("a zero poll interval was accepted")

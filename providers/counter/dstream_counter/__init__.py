@@ -7,14 +7,17 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
-from dstream.sdk import InputProvider, ProviderConfig, Record
+from dstream.sdk import DurationMs, InputProvider, ProviderConfig, Record
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
 
 class CounterConfig(ProviderConfig):
-    interval: int = Field(default=1000, ge=0, description="milliseconds between envelopes (0: as fast as possible)")
+    interval: DurationMs = Field(
+        default=1.0,
+        description='time between envelopes: milliseconds (250) or a duration ("250ms", "2s"); 0: as fast as possible',
+    )
     max_count: int = Field(default=0, ge=0, description="stop after this value (0: never)")
     checkpoint_every: int = Field(default=100, ge=1, description="emit a checkpoint every N envelopes")
     include_timestamp: bool = Field(default=True, description="add data.timestamp (turn off for reproducible output)")
@@ -37,7 +40,7 @@ class CounterInputProvider(InputProvider[CounterConfig]):
         if start:
             self.log.info("resuming after value %d", start)
         cfg = self.config
-        delay = cfg.interval / 1000
+        delay = cfg.interval
         padding = "x" * cfg.payload_bytes
         value = start
         while not cfg.max_count or value < cfg.max_count:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from pydantic import Field
 
-from dstream.sdk import Checkpoint, InputProvider, ProviderConfig, Raw, Record
+from dstream.sdk import Checkpoint, Duration, InputProvider, ProviderConfig, Raw, Record
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 class FileInputConfig(ProviderConfig):
     path: str = Field(description="the JSONL file to read")
     follow: bool = Field(default=False, description="keep reading as the file grows")
-    poll_interval: float = Field(default=0.5, gt=0, description="seconds between checks for new lines when following")
+    poll_interval: Duration = Field(
+        default=0.5, gt=0, description='time between checks for new lines when following: seconds (0.5) or "500ms"'
+    )
     checkpoint_every: int = Field(default=1000, ge=1, description="checkpoint every N lines")
 
 
