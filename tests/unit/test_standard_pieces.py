@@ -41,10 +41,10 @@ def test_xdg_directories_are_honoured_everywhere(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     assert background.runs_dir() == tmp_path / "state" / "dstream" / "runs"
-    assert artifacts.cache_dir() == tmp_path / "cache" / "dstream"
+    assert artifacts.artifact_cache() == tmp_path / "cache" / "dstream" / "artifacts"
     assert hcl._cache_path("x").parent == tmp_path / "cache" / "dstream" / "hcl"
     monkeypatch.setenv("DSTREAM_CACHE", str(tmp_path / "mine"))
-    assert artifacts.cache_dir() == tmp_path / "mine"
+    assert artifacts.artifact_cache() == tmp_path / "mine" / "artifacts"
     assert hcl._cache_path("x").parent == tmp_path / "mine" / "hcl"
 
 
