@@ -41,16 +41,14 @@ def state_dir() -> Path:
 
 def private_cache(name: str) -> Path:
     """``cache_dir()/name``, created (0700) when missing; UnsafeFolder when it, or the cache
-    folder itself, belongs to another user or is group- or world-writable."""
+    folder itself, belongs to another user or is group- or world-writable (OSError when it
+    cannot be created)."""
     root = cache_dir()
     folder = root / name
-    try:
-        root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        folder.mkdir(exist_ok=True, mode=0o700)
-        _check_private(root, root.stat())
-        _check_private(folder, folder.lstat())
-    except OSError as exc:
-        raise UnsafeFolder(f"{folder} cannot be used: {exc.strerror or exc}") from None
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    folder.mkdir(exist_ok=True, mode=0o700)
+    _check_private(root, root.stat())
+    _check_private(folder, folder.lstat())
     return folder
 
 

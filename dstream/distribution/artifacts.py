@@ -25,7 +25,7 @@ from dstream import log
 from dstream.distribution import digests
 from dstream.distribution.registry import Manifest, RegistryClient
 from dstream.errors import DistributionError
-from dstream.paths import UnsafeFolder, private_cache
+from dstream.paths import UnsafeFolder, cache_dir, private_cache
 
 if TYPE_CHECKING:
     from dstream.distribution.reference import Reference
@@ -78,6 +78,8 @@ def artifact_cache() -> Path:
         return private_cache("artifacts")
     except UnsafeFolder as exc:
         raise DistributionError(f"refusing the executable cache: {exc}") from None
+    except OSError as exc:
+        raise DistributionError(f"cannot create the executable cache under {cache_dir()}: {exc}") from None
 
 
 def fetch_executable(ref: Reference, manifest: Manifest) -> Path:

@@ -5,6 +5,7 @@ failed there (security review round 3, rows 1 and 17)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -19,14 +20,23 @@ from tests.fake_registry import FakeRegistry, Reply, sha256, stream_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
-    from pathlib import Path
 
 REPO = "dstream/file-input-provider"
 GOOD = b'#!/bin/sh\necho \'{"data": {"v": 1}, "metadata": {}}\'\n'
-# Everything received from the registry before the client hangs up is at most what the
-# socket buffers hold (a few MiB on loopback), far below what the liar offers.
-HUGE = 64 * 1024 * 1024
-BUFFERS = 24 * 1024 * 1024
+
+
+def _socket_buffers() -> int:
+    """The most the kernel lets a TCP connection hold in flight (receive plus send buffer,
+    the third field of tcp_rmem/tcp_wmem), plus slack: all a registry can push before a
+    client that stopped reading hangs up."""
+    try:
+        return sum(int(Path(f"/proc/sys/net/ipv4/tcp_{kind}").read_text().split()[2]) for kind in ("rmem", "wmem"))
+    except (OSError, ValueError, IndexError):
+        return 64 * 1024 * 1024
+
+
+BUFFERS = _socket_buffers() + 8 * 1024 * 1024
+HUGE = 4 * BUFFERS  # what the liar offers: all of it would reach a client that reads it all
 SCHEMA_CAP = 16 * 1024 * 1024  # registry.MAX_SCHEMA_BLOB
 
 

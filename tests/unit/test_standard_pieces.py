@@ -32,7 +32,7 @@ def test_one_size_function_for_the_live_line_and_the_summary() -> None:
 
 
 def test_xdg_directories_are_honoured_everywhere(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from dstream.config import hcl
+    from dstream.config import treecache
     from dstream.distribution import artifacts
     from dstream.task import background
 
@@ -42,10 +42,10 @@ def test_xdg_directories_are_honoured_everywhere(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     assert background.runs_dir() == tmp_path / "state" / "dstream" / "runs"
     assert artifacts.artifact_cache() == tmp_path / "cache" / "dstream" / "artifacts"
-    assert hcl._cache_path("x").parent == tmp_path / "cache" / "dstream" / "hcl"
+    assert treecache._folder() == tmp_path / "cache" / "dstream" / "hcl"
     monkeypatch.setenv("DSTREAM_CACHE", str(tmp_path / "mine"))
     assert artifacts.artifact_cache() == tmp_path / "mine" / "artifacts"
-    assert hcl._cache_path("x").parent == tmp_path / "mine" / "hcl"
+    assert treecache._folder() == tmp_path / "mine" / "hcl"
 
 
 @pytest.mark.parametrize(
