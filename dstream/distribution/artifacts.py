@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from dstream import log
 from dstream.distribution import digests
 from dstream.distribution.registry import Manifest, RegistryClient
-from dstream.errors import DistributionError
+from dstream.errors import ContentMismatch, DistributionError
 from dstream.paths import UnsafeFolder, cache_dir, private_cache
 
 if TYPE_CHECKING:
@@ -107,7 +107,7 @@ def fetch_executable(ref: Reference, manifest: Manifest) -> Path:
             written = out.tell()
         got = "sha256:" + hasher.hexdigest()
         if written != size or got != digest:
-            raise DistributionError(
+            raise ContentMismatch(
                 f"{what}: the registry sent {written} bytes hashing to {got}, but the manifest names "
                 f"{digest} ({size} bytes); refused"
             )

@@ -22,7 +22,7 @@ import requests
 
 from dstream.distribution import digests
 from dstream.distribution.auth import Authorizations, is_insecure
-from dstream.errors import DistributionError, RegistryUnreachable
+from dstream.errors import ContentMismatch, DistributionError, RegistryUnreachable
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -141,12 +141,12 @@ class RegistryClient:
             media_type = response.headers.get("Content-Type", "").split(";")[0]
         digest = digests.of(content)
         if wanted.startswith("sha256:") and digest != wanted:
-            raise DistributionError(
+            raise ContentMismatch(
                 f"{ref.name}@{wanted}: registry {ref.registry} served a manifest whose content is "
                 f"{digest}, not the pinned {wanted}; refused (the registry or a proxy substituted it)"
             )
         if header is not None and not digests.header_matches(header, content):
-            raise DistributionError(
+            raise ContentMismatch(
                 f"{ref}: registry {ref.registry} says the manifest is {header[:100]!r} "
                 f"(Docker-Content-Digest) but its content is {digest}; refused"
             )
@@ -173,7 +173,7 @@ class RegistryClient:
         with self.blob_stream(ref, digest, limit) as chunks:
             data = b"".join(chunks)
         if digests.of(data) != digest:
-            raise DistributionError(f"blob {digest} of {ref} does not match its digest (it is {digests.of(data)})")
+            raise ContentMismatch(f"blob {digest} of {ref} does not match its digest (it is {digests.of(data)})")
         return data
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from dstream.config import load
 from dstream.distribution import artifacts
 from dstream.distribution.lock import LockFile
 from dstream.distribution.reference import parse
@@ -255,3 +256,36 @@ def test_an_executable_cache_others_can_write_to_is_refused(fake: FakeRegistry, 
     ref = parse(f"{fake.host}/{REPO}:1.0.0")
     with pytest.raises(DistributionError, match=r"writable by other users .*chmod go-w"):
         artifacts.fetch_executable(ref, RegistryClient().manifest(ref))
+
+
+def test_a_refused_substitution_never_falls_back_to_a_local_image(
+    fake: FakeRegistry, task_file: Callable[..., Path]
+) -> None:
+    """`run` falls back to a local image of the same name when the registry fails (a provider
+    author's loop); a registry caught lying is not a failure to work around."""
+    import asyncio
+
+    from dstream.distribution.resolve import resolve_for_run
+    from dstream.runtime.base import ProviderSpec
+    from dstream.task.launch import LaunchOptions
+
+    body = fake.artifact_manifest({"plugin.linux_amd64": GOOD})
+    fake.manifests[(REPO, "1.0.0")] = Reply(body, {"Docker-Content-Digest": "sha256:" + "0" * 64})
+    ref = f"{fake.host}/{REPO}:1.0.0"
+    looked_up: list[str] = []
+
+    class Engine:
+        def image(self, name: str) -> dict[str, str]:
+            looked_up.append(name)
+            return {"Id": "sha256:local"}  # a local image of that name exists
+
+    class Runtime:
+        engine = Engine()
+
+    document = load(_task(task_file, ref), environ={})
+    task = document.tasks["t"]
+    spec = ProviderSpec(role="input", task="t", run_id="r", block=task.input, base_dir=document.base_dir, labels={})
+    options = LaunchOptions(runtimes={"docker": Runtime()})  # type: ignore[dict-item]
+    with pytest.raises(DistributionError, match=r"Docker-Content-Digest"):
+        asyncio.run(resolve_for_run(document, spec, options))
+    assert looked_up == []
