@@ -109,14 +109,9 @@ class Authorizations:
         self._session = session
         self._reason = reason
         self._values: dict[tuple[str, str, str], str] = {}
-        self._bearer: dict[tuple[str, str], str] = {}
 
     def get(self, scheme: str, host: str, scope: str) -> str | None:
         return self._values.get((scheme, host, scope))
-
-    def bearer(self, scheme: str, host: str) -> str | None:
-        """The last bearer token this registry granted, if it needed one."""
-        return self._bearer.get((scheme, host))
 
     def answer(self, scheme: str, host: str, scope: str, challenge: str) -> str:
         """The ``Authorization`` value for a 401's ``WWW-Authenticate`` challenge (kept for reuse)."""
@@ -159,5 +154,4 @@ class Authorizations:
             token = None
         if not isinstance(token, str) or not token:
             raise DistributionError(f"the token service {realm} of registry {host} answered without a token")
-        self._bearer[(scheme, host)] = token
         return "Bearer " + token

@@ -79,9 +79,6 @@ class RegistryClient:
     def _scheme(self, ref: Reference) -> str:
         return "http" if is_insecure(ref.api_host) else "https"
 
-    def _base(self, ref: Reference) -> str:
-        return f"{self._scheme(ref)}://{ref.api_host}"
-
     @contextlib.contextmanager
     def _get(self, ref: Reference, path: str, headers: dict[str, str]) -> Iterator[requests.Response]:
         """A streamed GET (the body is read by the caller, within its limit), authenticating
@@ -104,21 +101,6 @@ class RegistryClient:
                     return
                 challenge = response.headers.get("WWW-Authenticate", "")
             self._auth.answer(scheme, host, scope, challenge)
-
-    def bearer_token(self, ref: Reference) -> str | None:
-        """The bearer token this client got for ``ref``'s registry, if it needed one."""
-        return self._auth.bearer(self._scheme(ref), ref.api_host)
-
-    def auth_scheme(self, ref: Reference) -> str:
-        """How the registry asks clients to authenticate: ``"basic"``, ``"bearer"`` or ``""``
-        (no auth), from the challenge of its ``/v2/`` endpoint."""
-        try:
-            response = self._session.get(self._base(ref) + "/v2/", timeout=TIMEOUT)
-        except requests.RequestException as exc:
-            raise RegistryUnreachable(f"cannot reach registry {ref.registry}: {_reason(exc)}") from None
-        if response.status_code != 401:
-            return ""
-        return response.headers.get("WWW-Authenticate", "").split(" ", 1)[0].lower()
 
     def manifest(self, ref: Reference, reference: str | None = None) -> Manifest:
         """The manifest for ``ref`` (its tag or digest, or ``reference``); its digest is the
