@@ -17,7 +17,7 @@
     │   └── LeaseLost                 this replica no longer holds the task lease
     └── Interrupted                   the user stopped the run before it could finish cleanly
 
-Foreign exceptions (docker, oras, hcl2, pydantic, sqlite) are translated where those
+Foreign exceptions (docker, requests, hcl2, pydantic, sqlite) are translated where those
 libraries are called, never further up.
 """
 
