@@ -133,6 +133,19 @@ def stream_of(size: int) -> Callable[[Any], int]:
     return write
 
 
+def stream_of_bytes(data: bytes) -> Callable[[Any], int]:
+    """``data`` with no Content-Length (the body ends when the connection closes)."""
+
+    def write(wfile: Any) -> int:
+        try:
+            wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            return 0
+        return len(data)
+
+    return write
+
+
 def _handler(fake: FakeRegistry) -> type[http.server.BaseHTTPRequestHandler]:
     class Handler(http.server.BaseHTTPRequestHandler):
         def log_message(self, *args: object) -> None:

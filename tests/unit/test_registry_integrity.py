@@ -5,10 +5,13 @@ failed there (security review round 3, rows 1 and 17)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from dstream.config import load
 from dstream.distribution import artifacts
@@ -17,7 +20,7 @@ from dstream.distribution.reference import parse
 from dstream.distribution.registry import Manifest, RegistryClient
 from dstream.errors import DistributionError
 from tests.conftest import run_cli
-from tests.fake_registry import FakeRegistry, Reply, sha256, stream_of
+from tests.fake_registry import FakeRegistry, Reply, sha256, stream_of, stream_of_bytes
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -289,3 +292,92 @@ def test_a_refused_substitution_never_falls_back_to_a_local_image(
     with pytest.raises(DistributionError, match=r"Docker-Content-Digest"):
         asyncio.run(resolve_for_run(document, spec, options))
     assert looked_up == []
+
+
+# -- properties: against a simple reference, on many random cases ----------------------------
+
+_DIGESTS = st.one_of(
+    st.binary(max_size=64).map(sha256),
+    st.text(alphabet="0123456789abcdefABCDEF:/.sha256", max_size=80),
+    st.builds(lambda s: "sha256:" + s, st.text(alphabet="0123456789abcdef/.", min_size=60, max_size=66)),
+)
+
+
+@settings(derandomize=True)
+@given(value=_DIGESTS)
+def test_a_digest_is_accepted_exactly_when_it_is_sha256_and_64_lowercase_hex(value: str) -> None:
+    from dstream.distribution import digests
+
+    reference = value.startswith("sha256:") and len(value) == 71 and set(value[7:]) <= set("0123456789abcdef")
+    assert digests.is_digest(value) is reference
+    assert digests.is_digest(value + "\n") is False
+
+
+@pytest.fixture(scope="module")
+def shared_fake() -> Iterator[FakeRegistry]:
+    with FakeRegistry() as registry:
+        yield registry
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    body=st.binary(max_size=300),
+    pinned=st.booleans(),
+    pin_is_true=st.booleans(),
+    header=st.sampled_from(["none", "true", "false", "garbage"]),
+)
+def test_a_manifest_is_accepted_exactly_when_its_bytes_hash_to_the_pin_and_the_header(
+    shared_fake: FakeRegistry, body: bytes, pinned: bool, pin_is_true: bool, header: str
+) -> None:
+    """Differential against the rule itself: accepted iff (no pin, or sha256(bytes) is the pin)
+    and (no header, or the header names the bytes); the digest returned is sha256(bytes)."""
+    manifest = json.dumps({"schemaVersion": 2, "padding": body.hex()}).encode()
+    true = sha256(manifest)
+    pin = true if pin_is_true else sha256(manifest + b" ")
+    headers = {
+        "none": {},
+        "true": {"Docker-Content-Digest": true},
+        "false": {"Docker-Content-Digest": sha256(body)},
+        "garbage": {"Docker-Content-Digest": "sha256:/../" + body.hex()[:20]},
+    }[header]
+    reference = pin if pinned else "tag"
+    shared_fake.manifests[(REPO, reference)] = Reply(manifest, headers)
+    accept = (not pinned or pin_is_true) and header in ("none", "true")
+    ref = parse(f"{shared_fake.host}/{REPO}" + (f"@{pin}" if pinned else ":tag"))
+    if accept:
+        assert RegistryClient().manifest(ref).digest == true
+    else:
+        with pytest.raises(DistributionError, match=true):
+            RegistryClient().manifest(ref)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    content=st.binary(min_size=0, max_size=2048),
+    served=st.one_of(st.none(), st.binary(max_size=4096)),
+    length_header=st.booleans(),
+)
+def test_an_executable_is_kept_exactly_when_it_has_the_declared_size_and_digest(
+    shared_fake: FakeRegistry, content: bytes, served: bytes | None, length_header: bool
+) -> None:
+    """Whatever the registry sends for a layer (the right bytes, others, shorter, longer,
+    with or without Content-Length), the cache ends up with the right executable or with
+    nothing at all."""
+    import tempfile
+
+    body = shared_fake.artifact_manifest({"plugin.linux_amd64": content})
+    sent = content if served is None else served
+    shared_fake.blobs[sha256(content)] = Reply(sent if length_header else stream_of_bytes(sent))
+    shared_fake.manifests[(REPO, "prop")] = Reply(body)
+    ref = parse(f"{shared_fake.host}/{REPO}:prop")
+    with tempfile.TemporaryDirectory() as home:
+        os.environ["DSTREAM_CACHE"] = home  # the autouse fixture's monkeypatch restores it
+        manifest = RegistryClient().manifest(ref)
+        if sent == content:
+            path = artifacts.fetch_executable(ref, manifest)
+            assert path.read_bytes() == content
+            assert _plugins(Path(home)) == [path]
+        else:
+            with pytest.raises(DistributionError, match=sha256(content)):
+                artifacts.fetch_executable(ref, manifest)
+            assert _plugins(Path(home)) == []
