@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from dstream.distribution import digests
+from dstream.distribution.reference import parse
 from dstream.errors import DistributionError
 
 if TYPE_CHECKING:
@@ -100,8 +101,9 @@ class LockFile:
 
 
 def _entry(ref: str, digest: object, kind: object, locked_at: str) -> Locked:
-    """A lock entry whose digest is ``sha256:<64 hex>`` and whose kind is known: nothing
-    else is written to, or believed from, the file."""
+    """A lock entry for a valid reference, whose digest is ``sha256:<64 hex>`` and whose kind
+    is known: nothing else is written to, or believed from, the file."""
+    parse(ref)  # a reference is also the label the file quotes: no quote, brace or newline in it
     if kind not in KINDS:
         raise DistributionError(f"{ref}: kind {kind!r} is not one of {', '.join(KINDS)}")
     return Locked(digests.checked(digest, f"{ref}: the locked digest"), str(kind), locked_at)

@@ -192,6 +192,18 @@ def test_a_lock_file_with_a_malformed_digest_is_refused(tmp_path: Path, digest: 
         LockFile(path).set("127.0.0.1:5000/dstream/x:1", digest, "artifact")
 
 
+@pytest.mark.parametrize(
+    "ref",
+    ['127.0.0.1:5000/x:1" {\n}\nprovider "evil', '127.0.0.1:5000/x:${env("HOME")}', 'evil"host.io/x:1'],
+)
+def test_a_reference_that_would_break_out_of_the_lock_file_is_never_written(tmp_path: Path, ref: str) -> None:
+    lock = LockFile(tmp_path / "dstream.lock")
+    with pytest.raises(DistributionError):
+        lock.set(ref, "sha256:" + "a" * 64, "image")
+    lock.save()
+    assert LockFile.load(tmp_path / "dstream.lock").entries == {}
+
+
 def test_an_executable_longer_than_its_declared_size_is_cut_off_and_never_kept(
     fake: FakeRegistry, tmp_path: Path
 ) -> None:
