@@ -19,11 +19,12 @@ DOCKER_HUB = "docker.io"
 DOCKER_HUB_API = "registry-1.docker.io"
 _COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
 _TAG = re.compile(r"^[\w][\w.-]{0,127}$")
-# A registry host as the reference grammar of distribution/reference (regexp.go) allows it:
-# DNS labels, or a bracketed IPv6 address, and an optional port. Anything else (``@``, ``#``,
-# quotes) could redirect the URL built from it or break out of the lock file.
+# A registry host as distribution/distribution's reference/regexp.go defines it
+# (domainNameComponent, ipv6address, optionalPort): DNS labels or a bracketed IPv6 address,
+# and a port. Anything else (``@``, ``#``, quotes) could redirect the URL built from it or
+# break out of the lock file.
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
-_HOST = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{{1,5}})?")
+_HOST = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:]+\])(?::[0-9]{{1,5}})?")
 
 
 @dataclass(frozen=True)
