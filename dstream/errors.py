@@ -6,6 +6,7 @@
     ├── ConfigError                   HCL syntax, validation, lint problems (carry file:line)
     ├── DistributionError             provider_ref resolution, registry, lock file
     │   ├── LockMismatchError         locked digest differs from the registry's
+    │   ├── ContentMismatch           received bytes do not hash to the digest that names them
     │   └── RegistryUnreachable       the registry could not be reached at all
     ├── RuntimeFailure                starting/attaching/stopping a provider process or container
     ├── ProtocolError                 a provider broke the wire protocol (handshake, framing)
@@ -16,7 +17,7 @@
     │   └── LeaseLost                 this replica no longer holds the task lease
     └── Interrupted                   the user stopped the run before it could finish cleanly
 
-Foreign exceptions (docker, oras, hcl2, pydantic, sqlite) are translated where those
+Foreign exceptions (docker, requests, hcl2, pydantic, sqlite) are translated where those
 libraries are called, never further up.
 """
 
@@ -43,6 +44,11 @@ class DistributionError(DStreamError):
 
 class LockMismatchError(DistributionError):
     """The registry's digest for a reference differs from the one in the lock file."""
+
+
+class ContentMismatch(DistributionError):
+    """A registry served bytes that do not hash to the digest that names them (a pin, a
+    ``Docker-Content-Digest`` header, a layer digest): never used, never fallen back from."""
 
 
 class RegistryUnreachable(DistributionError):

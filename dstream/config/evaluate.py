@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from typing import TYPE_CHECKING, Any
 
 from dstream.config.functions import FUNCTIONS, EvalError, as_bool, as_number, stringify
@@ -27,6 +28,7 @@ _GO_ENV = re.compile(
     r"""^\s*env\s+"(?P<name>[^"]+)"\s*(?:"(?P<default>[^"]*)"\s*)?"""
     r"""(?:\|\s*default\s+"(?P<pipe_default>[^"]*)"\s*)?$"""
 )
+_HEX = frozenset("0123456789abcdefABCDEF")
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\"}
 
 
@@ -281,6 +283,10 @@ class Evaluator:
                     f'(set it, or give a default: env("{name}", "...") / {{{{ env "{name}" "..." }}}})',
                 )
             return default
+        if not _is_utf8(value):
+            # os.environ keeps bytes that are not UTF-8 as lone surrogates (PEP 383): they
+            # cannot travel in the UTF-8 command envelope. Never show the value: it may be a secret.
+            raise EvalError(line, f"environment variable {name} is not valid UTF-8")
         if len(value) >= 4:
             self.secrets.add(value)
         return value
@@ -304,14 +310,31 @@ def _unescape(text: str, line: int) -> str:
         elif nxt in {"u", "U"}:
             width = 4 if nxt == "u" else 8
             digits = text[i + 2 : i + 2 + width]
-            try:
-                out.append(chr(int(digits, 16)))
-            except ValueError:
-                raise EvalError(line, f"bad escape \\{nxt}{digits}") from None
+            code = int(digits, 16) if len(digits) == width and _HEX.issuperset(digits) else -1
+            if not 0 <= code <= sys.maxunicode:
+                raise EvalError(line, f"bad escape \\{nxt}{digits}")
+            if 0xD800 <= code <= 0xDFFF:
+                # A lone UTF-16 surrogate is no character: it cannot be encoded as UTF-8, so the
+                # command envelope would fail to encode at run time. (HCL reads \u as a
+                # character of the Basic Multilingual Plane.)
+                raise EvalError(
+                    line,
+                    f"\\{nxt}{digits} is a UTF-16 surrogate, not a character; write characters "
+                    f"beyond U+FFFF as \\U followed by 8 hex digits (\\U0001F600)",
+                )
+            out.append(chr(code))
             i += 2 + width
         else:
             raise EvalError(line, f"unknown escape sequence \\{nxt}")
     return "".join(out)
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _heredoc(raw: str, trim: bool) -> str:

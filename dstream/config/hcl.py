@@ -2,22 +2,17 @@
 
 python-hcl2 parses; its lark tree is turned here into :class:`Body` / :class:`Block` /
 :class:`Attribute`, whose expressions stay unevaluated lark trees (evaluation needs
-``locals`` and the environment, see :mod:`dstream.config.evaluate`).
+``locals`` and the environment, see :mod:`dstream.config.evaluate`). Parse trees are
+cached per user as data (:mod:`dstream.config.treecache`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import os
-import pickle
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from dstream.config import treecache
 from dstream.errors import ConfigError
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 
 @dataclass
@@ -45,38 +40,9 @@ class Body:
         return [b for b in self.blocks if b.type == type_]
 
 
-def _cache_path(text: str) -> Path:
-    from dstream.paths import cache_dir
-
-    return cache_dir() / "hcl" / f"{hashlib.sha256(text.encode()).hexdigest()}.pickle"
-
-
-def _cached_tree(text: str) -> Any:
-    """The parse tree of ``text`` from the per-user cache (building the HCL parser costs
-    ~0.1 s of every command's start-up), or None."""
-    path = _cache_path(text)
-    if not path.exists():
-        return None
-    try:
-        with path.open("rb") as f:
-            return pickle.load(f)  # noqa: S301 - our own cache file, in the user's private directory
-    except Exception:  # noqa: BLE001 - a stale or broken cache entry is just a miss
-        return None
-
-
-def _store_tree(text: str, tree: Any) -> None:
-    path = _cache_path(text)
-    with contextlib.suppress(OSError, pickle.PicklingError, RecursionError):
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        with tmp.open("wb") as f:
-            pickle.dump(tree, f, protocol=pickle.HIGHEST_PROTOCOL)
-        tmp.replace(path)
-
-
 def parse(text: str, filename: str) -> Body:
     """Parse HCL text; a syntax error becomes a ConfigError naming ``filename:line``."""
-    cached = _cached_tree(text)
+    cached = treecache.load(text)
     if cached is not None:
         return _body(cached.children[0])
     import hcl2
@@ -90,7 +56,7 @@ def parse(text: str, filename: str) -> Body:
         raise ConfigError(f"{filename}:{line}: {message}", [f"{filename}:{line}: {message}"]) from None
     except LarkError as exc:
         raise ConfigError(f"{filename}:1: cannot parse HCL: {exc}") from None
-    _store_tree(text, tree)
+    treecache.store(text, tree)
     return _body(tree.children[0])
 
 

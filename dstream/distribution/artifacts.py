@@ -1,10 +1,15 @@
-"""Upstream-style provider artifacts: one executable per platform, pulled with oras-py.
+"""Upstream-style provider artifacts: one executable per platform, pulled from the registry.
 
 Layout (as upstream publishes it): artifactType ``application/vnd.dstream.provider``,
 layers titled ``plugin.<os>_<arch>`` (``.exe`` on Windows) plus ``provider.json``. The
-executable for this machine is cached by manifest digest under
-``$DSTREAM_CACHE`` (default ``$XDG_CACHE_HOME/dstream``, ``~/.cache/dstream``)/``artifacts/<digest>/`` and verified
+executable for this machine is cached by manifest digest under ``$DSTREAM_CACHE`` (default
+``$XDG_CACHE_HOME/dstream``, ``~/.cache/dstream``)``/artifacts/<digest>/plugin`` and verified
 against its layer digest before every run, so a moved tag can never run stale code.
+
+The download is ours, not oras-py's ``download_blob``: that one streams any length into a
+path it opens with ``open(path, "wb")`` (following a planted symlink) before any check. Here
+the blob streams into a new private file in the cache, stops past the layer's declared size,
+and is renamed into place only after its size and digest match.
 """
 
 from __future__ import annotations
@@ -12,19 +17,22 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-from typing import TYPE_CHECKING, Any
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dstream import log
-from dstream.distribution.registry import Manifest, RegistryClient, docker_credentials, is_insecure
-from dstream.errors import DistributionError
-from dstream.paths import cache_dir
+from dstream.distribution import digests
+from dstream.distribution.registry import Manifest, RegistryClient
+from dstream.errors import ContentMismatch, DistributionError
+from dstream.paths import UnsafeFolder, cache_dir, private_cache
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from dstream.distribution.reference import Reference
 
 _log = log.get("artifacts")
+# An upper bound on what a manifest may declare for one executable (Go binaries are tens of MiB).
+MAX_EXECUTABLE = 1024 * 1024 * 1024
 
 
 def this_platform() -> tuple[str, str]:
@@ -55,57 +63,58 @@ def _sha256(path: Path) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def _oras_client(ref: Reference) -> Any:
-    """An oras-py client that authenticates the way the registry asks.
+def _declared_size(layer: dict[str, object], title: str, ref: Reference) -> int:
+    size = layer.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_EXECUTABLE:
+        raise DistributionError(
+            f"{title} of {ref}: the manifest declares size {size!r} (expected 0 to {MAX_EXECUTABLE} bytes); refused"
+        )
+    return size
 
-    oras' auth API (``client.auth``), not ``client.login``: login takes no ``insecure``
-    argument (a TypeError in 0.2.25-0.2.43) and writes the credentials back to the docker
-    config. Basic-auth registries (htpasswd) get oras' ``basic`` backend, whose header is
-    sent as is; token registries its ``token`` backend, with the user and password for the
-    token request, or the bearer token our registry client already obtained (identity tokens).
-    """
-    import oras.client
 
-    host = ref.api_host
-    registry = RegistryClient()
-    scheme = registry.auth_scheme(ref)
-    client = oras.client.OrasClient(
-        hostname=host, insecure=is_insecure(host), auth_backend="basic" if scheme == "basic" else "token"
-    )
-    if not scheme:
-        return client
-    creds = docker_credentials(host)
-    if creds is not None and creds.username:
-        client.auth.set_basic_auth(creds.username, creds.password)
-    elif creds is not None and scheme == "bearer":
-        registry.manifest(ref)  # exchanges the identity token for a bearer token
-        token = registry.bearer_token(ref)
-        if token:
-            client.auth.set_token_auth(token)
-    elif scheme == "basic":
-        raise DistributionError(f"registry {ref.registry} needs a login: run `docker login {ref.registry}`")
-    return client
+def artifact_cache() -> Path:
+    """``<cache>/artifacts``, refused when another user could write to it (or to the cache)."""
+    try:
+        return private_cache("artifacts")
+    except UnsafeFolder as exc:
+        raise DistributionError(f"refusing the executable cache: {exc}") from None
+    except OSError as exc:
+        raise DistributionError(f"cannot create the executable cache under {cache_dir()}: {exc}") from None
 
 
 def fetch_executable(ref: Reference, manifest: Manifest) -> Path:
     """The local path of this platform's executable, downloading it when not cached."""
     title, layer = _layer_for_platform(manifest)
-    digest = str(layer["digest"])
-    target = cache_dir() / "artifacts" / manifest.digest.replace(":", "-") / "plugin"
-    if target.exists() and _sha256(target) == digest:
+    what = f"{title} of {ref}"
+    digest = digests.checked(layer.get("digest"), f"{what}: the layer digest")
+    size = _declared_size(layer, title, ref)
+    folder = artifact_cache() / digests.checked(manifest.digest, f"the manifest digest of {ref}").replace(":", "-")
+    target = folder / "plugin"
+    if target.is_file() and _sha256(target) == digest:
         return target
     _log.info("pulling %s (%s) from %s", title, digest[:19], ref.registry)
-    client = _oras_client(ref)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(".part")
+    folder.mkdir(mode=0o700, exist_ok=True)
+    # A temporary file of our own (O_EXCL: never a planted symlink) beside the target, renamed
+    # over it only once its size and digest are right: nothing unverified is ever at `target`.
+    fd, name = tempfile.mkstemp(dir=folder, prefix=".plugin-", suffix=".part")
+    partial = Path(name)
     try:
-        client.download_blob(f"{ref.api_host}/{ref.repository}@{manifest.digest}", digest, str(partial))
-    except Exception as exc:  # noqa: BLE001 - oras/requests raise many kinds; say which artifact failed
+        hasher = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out, RegistryClient().blob_stream(ref, digest, size) as chunks:
+            for chunk in chunks:
+                hasher.update(chunk)
+                out.write(chunk)
+            written = out.tell()
+        got = "sha256:" + hasher.hexdigest()
+        if written != size or got != digest:
+            raise ContentMismatch(
+                f"{what}: the registry sent {written} bytes hashing to {got}, but the manifest names "
+                f"{digest} ({size} bytes); refused"
+            )
+        partial.chmod(0o755)
+        partial.replace(target)
+    except OSError as exc:
+        raise DistributionError(f"cannot write {what} into {folder}: {exc.strerror or exc}") from None
+    finally:
         partial.unlink(missing_ok=True)
-        raise DistributionError(f"cannot download {title} of {ref}: {exc}") from None
-    if _sha256(partial) != digest:
-        partial.unlink(missing_ok=True)
-        raise DistributionError(f"{title} of {ref} does not match its digest {digest}")
-    partial.chmod(0o755)
-    partial.replace(target)
     return target

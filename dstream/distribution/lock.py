@@ -16,12 +16,15 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from dstream.distribution import digests
+from dstream.distribution.reference import parse
 from dstream.errors import DistributionError
 
 if TYPE_CHECKING:
     from pathlib import Path
 
 LOCK_FILE = "dstream.lock"
+KINDS = ("image", "artifact")
 _HEADER = (
     "# dstream.lock: the registry digest of every provider_ref, written by `dstream lock`.\n"
     "# Commit it. `dstream run` refuses to start when a registry serves a different digest\n"
@@ -57,12 +60,10 @@ class LockFile:
             entries = {}
             for block in body.blocks_of("provider"):
                 values = {name: evaluator.eval(attr.expr) for name, attr in block.body.attributes.items()}
-                entries[block.labels[0]] = Locked(
-                    digest=str(values["digest"]),
-                    kind=str(values.get("kind", "image")),
-                    locked_at=str(values.get("locked_at", "")),
+                entries[block.labels[0]] = _entry(
+                    block.labels[0], values["digest"], values.get("kind", "image"), str(values.get("locked_at", ""))
                 )
-        except (ConfigError, EvalError, KeyError, IndexError) as exc:
+        except (ConfigError, EvalError, DistributionError, KeyError, IndexError) as exc:
             raise DistributionError(
                 f"{path} is not a valid lock file ({exc}); delete it and run `dstream lock`"
             ) from None
@@ -72,8 +73,9 @@ class LockFile:
         return self.entries.get(ref)
 
     def set(self, ref: str, digest: str, kind: str) -> None:
+        entry = _entry(ref, digest, kind, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         with self._mutex:
-            self.entries[ref] = Locked(digest, kind, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+            self.entries[ref] = entry
 
     def update(self, ref: str, digest: str, kind: str) -> None:
         """Set one entry and write the file, atomically with respect to other threads."""
@@ -96,3 +98,12 @@ class LockFile:
             tmp = self.path.with_suffix(".tmp")
             tmp.write_text(_HEADER + "\n" + "\n".join(blocks))
             tmp.replace(self.path)
+
+
+def _entry(ref: str, digest: object, kind: object, locked_at: str) -> Locked:
+    """A lock entry for a valid reference, whose digest is ``sha256:<64 hex>`` and whose kind
+    is known: nothing else is written to, or believed from, the file."""
+    parse(ref)  # a reference is also the label the file quotes: no quote, brace or newline in it
+    if kind not in KINDS:
+        raise DistributionError(f"{ref}: kind {kind!r} is not one of {', '.join(KINDS)}")
+    return Locked(digests.checked(digest, f"{ref}: the locked digest"), str(kind), locked_at)

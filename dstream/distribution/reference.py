@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from dstream.distribution.digests import is_digest
 from dstream.errors import DistributionError
 
 DOCKER_HUB = "docker.io"
@@ -18,7 +19,12 @@ DOCKER_HUB = "docker.io"
 DOCKER_HUB_API = "registry-1.docker.io"
 _COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
 _TAG = re.compile(r"^[\w][\w.-]{0,127}$")
-_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+# A registry host as distribution/distribution's reference/regexp.go defines it
+# (domainNameComponent, ipv6address, optionalPort): DNS labels or a bracketed IPv6 address,
+# and a port. Anything else (``@``, ``#``, quotes) could redirect the URL built from it or
+# break out of the lock file.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_HOST = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:]+\])(?::[0-9]{{1,5}})?")
 
 
 @dataclass(frozen=True)
@@ -70,12 +76,14 @@ def parse(text: str) -> Reference:
     digest = None
     if "@" in text:
         text, digest = text.split("@", 1)
-        if not _DIGEST.match(digest):
+        if not is_digest(digest):
             raise DistributionError(f"invalid digest in provider_ref {original!r}: expected sha256:<64 hex digits>")
     parts = text.split("/")
     registry = DOCKER_HUB
     if len(parts) > 1 and ("." in parts[0] or ":" in parts[0] or parts[0] == "localhost"):
         registry = parts.pop(0)
+        if not _HOST.fullmatch(registry):
+            raise DistributionError(f"invalid registry {registry!r} in provider_ref {original!r}")
     tag = None
     if ":" in parts[-1]:
         parts[-1], tag = parts[-1].rsplit(":", 1)

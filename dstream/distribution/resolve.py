@@ -1,7 +1,8 @@
 """provider_ref → what runs: a pinned image in a container, or an ORAS executable.
 
-1. Resolve the reference to a manifest digest at the registry (a ``name@sha256:…``
-   reference is already pinned).
+1. Resolve the reference to a manifest digest at the registry: the sha256 of the manifest
+   bytes received (a ``name@sha256:…`` reference must get exactly those bytes; see
+   :mod:`.registry`). Content that does not match is refused, never worked around.
 2. Check it against ``dstream.lock``: a different digest stops the run unless
    ``--update-lock``. When the registry cannot be reached, a locked digest whose image
    is already local still runs (offline), with a warning.
@@ -22,7 +23,7 @@ from dstream.distribution.lock import LOCK_FILE, LockFile
 from dstream.distribution.progress import PullProgress
 from dstream.distribution.reference import Reference, parse
 from dstream.distribution.registry import Manifest, RegistryClient
-from dstream.errors import DistributionError, LockMismatchError, RegistryUnreachable
+from dstream.errors import ContentMismatch, DistributionError, LockMismatchError, RegistryUnreachable
 from dstream.runtime.local import LocalRuntime
 
 if TYPE_CHECKING:
@@ -125,7 +126,8 @@ async def resolve_for_run(
     try:
         resolved = await asyncio.to_thread(resolve_digest, text, lock, options.update_lock)
     except DistributionError as exc:
-        if isinstance(exc, LockMismatchError) or lock.get(text) is not None or options.pull == "always":
+        refused = isinstance(exc, (LockMismatchError, ContentMismatch))  # never run around a refusal
+        if refused or lock.get(text) is not None or options.pull == "always":
             raise
         # A local build not pushed anywhere (a provider author's loop): run it as it is.
         runtime = _docker_runtime(options)
