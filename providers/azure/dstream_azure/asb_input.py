@@ -16,20 +16,23 @@ JSON becomes the ``data`` of an envelope whose metadata holds the application pr
 read through a pool of up to ``max_sessions`` session receivers (asb_sessions.py), each
 session in its enqueue order. Checkpoints stay ``{"run", "seq"}`` in receive order across
 sessions, so a commit completes exactly what was emitted before it, whichever sessions the
-messages came from. On stop, held messages are released and every session is let go.
+messages came from. Session locks are renewed on a timer (asb_locks.py); a session whose
+lock is lost is dropped and the messages of it still held are forgotten (never settled
+through its closed receiver): the broker delivers them again. On stop, held messages are
+released and every session is let go.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections import defaultdict
 from typing import TYPE_CHECKING, Any, Literal
 
 from azure.core.exceptions import ResourceNotFoundError
 from pydantic import Field, SecretStr, model_validator
 
 from dstream.sdk import Duration, InfrastructureProvider, Resource
-from dstream_azure.asb_sessions import Item, SessionPool
+from dstream_azure.asb_sessions import ACCEPT_WAIT, Item, SessionPool
 from dstream_azure.inputs import Held, QueueInput, QueueInputConfig, to_envelope_lines
 from dstream_azure.servicebus import (
     MessageAlreadySettled,
@@ -48,7 +51,9 @@ from dstream_azure.servicebus_admin import admin_client
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-SETTLE_ERRORS = (MessageLockLostError, MessageAlreadySettled, ServiceBusError)
+# ValueError: the SDK's answer on a receiver that was closed (_base_handler.py:362-365); the session
+# pool never lets a settle reach one, this is the last line of defence.
+SETTLE_ERRORS = (MessageLockLostError, MessageAlreadySettled, ServiceBusError, ValueError)
 SESSION_REQUIRED = "requires sessions"
 
 
@@ -70,6 +75,11 @@ class AsbInputConfig(QueueInputConfig):
     max_sessions: int = Field(default=8, ge=1, le=100, description="sessions held (read in turn) at once")
     session_idle: Duration = Field(
         default=2.0, gt=0, description="let a session go after this long without a message (none of it held)"
+    )
+    session_accept_wait: Duration = Field(
+        default=ACCEPT_WAIT,
+        gt=0,
+        description="seconds accepting a session may take, connecting included (SDK 7.15 bounds both by it)",
     )
 
     @model_validator(mode="after")
@@ -134,19 +144,23 @@ class AsbInputProvider(QueueInput[AsbInputConfig, Item], InfrastructureProvider)
             cfg = self.config
             configured = cfg.sessions if isinstance(cfg.sessions, list) else None
             self._pool = SessionPool(
-                lambda session_id: self._open(session_id=session_id, max_wait_time=min(cfg.max_wait, 1.0)),
+                lambda session_id: self._open(session_id=session_id, max_wait_time=cfg.session_accept_wait),
                 configured,
                 cfg.max_sessions,
                 cfg.session_idle,
                 cfg.max_wait,
                 self.log,
+                accept_wait=cfg.session_accept_wait,
+                source=self.source,
             )
         return self._pool
 
     def receive(self, max_count: int) -> list[Item]:
         try:
             if self.config.sessions != "none":
-                return self.pool.receive(max_count)
+                items = self.pool.receive(max_count)
+                self._forget_dropped()
+                return items
             messages = self.receiver.receive_messages(max_message_count=max_count, max_wait_time=self.config.max_wait)
         except MessagingEntityNotFoundError:
             raise RuntimeError(
@@ -172,17 +186,45 @@ class AsbInputProvider(QueueInput[AsbInputConfig, Item], InfrastructureProvider)
         lines = to_envelope_lines(body_bytes(message), metadata)
         return lines, time.monotonic() + remaining, remaining
 
+    def _forget_dropped(self) -> None:
+        """Forget the held messages of sessions that were dropped: they come again, never settle them."""
+        dropped = {id(r) for r in self.pool.take_dropped()}
+        if dropped:
+            gone = self.unsettled.drop(lambda item: id(item.receiver) in dropped)
+            self.log.warning("forgot %d message(s) of lost sessions; the broker delivers them again", gone)
+
+    def idle(self) -> bool:
+        if self.config.sessions != "none" and not self.pool.sessions:  # nothing to read until the next accept
+            return self.ctx.sleep(min(self.config.max_wait, max(0.05, self.pool.next_accept_in())))
+        return super().idle()
+
     def _done(self, item: Item) -> None:
         if self._pool is not None:
             self._pool.done(item)
 
+    @contextlib.contextmanager
+    def _calling(self, item: Item) -> Iterator[bool]:
+        """Yields whether ``item`` may be settled now (its receiver is open), one call at a time per session."""
+        if item.session is None:
+            yield True
+            return
+        session = self.pool.live(item)
+        if session is None:  # dropped: the receiver is closed and the broker has the message back
+            yield False
+            return
+        with session.lock:
+            yield True
+
     def settle(self, held: list[Held[Item]]) -> None:
         lost = 0
         for h in held:
-            try:
-                h.message.receiver.complete_message(h.message.message)
-            except SETTLE_ERRORS:
-                lost += 1
+            with self._calling(h.message) as live:
+                try:
+                    if not live:
+                        raise MessageLockLostError(message="its session was dropped")
+                    h.message.receiver.complete_message(h.message.message)
+                except SETTLE_ERRORS:
+                    lost += 1
             self._done(h.message)
         if lost:
             self.log.warning("%d message(s) lost their lock before completion; they will be delivered again", lost)
@@ -192,31 +234,26 @@ class AsbInputProvider(QueueInput[AsbInputConfig, Item], InfrastructureProvider)
         for h in held:
             item = h.message
             self._done(item)
-            if release_message(item.receiver, item.message):
-                continue
-            abandoned += 1
-            try:
-                item.receiver.abandon_message(item.message)
-            except SETTLE_ERRORS as exc:
-                self.log.debug("abandon failed (%s); the lock expires instead", type(exc).__name__)
+            with self._calling(item) as live:
+                if not live or release_message(item.receiver, item.message, item.link):
+                    continue
+                abandoned += 1
+                try:
+                    item.receiver.abandon_message(item.message)
+                except SETTLE_ERRORS as exc:
+                    self.log.debug("abandon failed (%s); the lock expires instead", type(exc).__name__)
         if abandoned:
             self.log.warning("%d message(s) could not be released and were abandoned (a delivery counted)", abandoned)
 
     def renew(self, held: list[Held[Item]]) -> None:
-        by_session: dict[int, list[Held[Item]]] = defaultdict(list)
         for h in held:
             if h.message.session is None:
                 self._renew_message(h)
-            else:
-                by_session[id(h.message.receiver)].append(h)
-        for group in by_session.values():  # a session message's lock is its session's: one renewal each
-            receiver = group[0].message.receiver
-            try:
-                until = self.pool.renew(receiver)
-            except SETTLE_ERRORS as exc:
-                self.log.warning("could not renew the lock of session %s (%s)", group[0].message.session, exc)
                 continue
-            self._extend(group, lock_remaining(until))
+            # A session's lock is renewed by the pool's timer (asb_locks.py): read where it ends now.
+            session = self.pool.live(h.message)
+            if session is not None:
+                self._extend([h], lock_remaining(session.receiver.session.locked_until_utc))
 
     def _renew_message(self, h: Held[Item]) -> None:
         try:

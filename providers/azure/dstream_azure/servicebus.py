@@ -221,26 +221,46 @@ def lock_remaining(locked_until: datetime | None, default: float = 30.0) -> floa
     return max(0.0, (locked_until - datetime.now(UTC)).total_seconds())
 
 
-def release_message(receiver: Any, message: ServiceBusReceivedMessage) -> bool:
+def _release_path() -> bool:
+    """Whether this SDK has the link call that ``released`` goes through (checked once, at import)."""
+    try:
+        from azure.servicebus._pyamqp.client import ReceiveClient  # private: it may go in a later SDK
+    except ImportError:
+        return False
+    return callable(getattr(ReceiveClient, "settle_messages", None))
+
+
+# The SDK versions whose private release path was read (pyproject pins azure-servicebus below 7.16):
+# 7.14.0 _pyamqp/client.py:1075 and 7.15.0 _pyamqp/client.py:1109 ReceiveClient.settle_messages;
+# ServiceBusReceivedMessage._delivery_id/_delivery_tag, 7.15.0 _common/message.py:810-811.
+RELEASE_AVAILABLE = _release_path()
+
+
+def release_message(receiver: Any, message: ServiceBusReceivedMessage, link: Any = None) -> bool:
     """Give a held message back without counting a delivery; False when that is not possible.
 
     Service Bus counts a delivery when a message is abandoned or its lock expires
     (``DeliveryCount``: "incremented when a message lock expires, or the message is
     explicitly abandoned"), so a stop that abandons, or lets locks run out, brings each
     restart closer to the dead-letter queue. The AMQP ``released`` outcome returns a message
-    without counting a failed delivery; it is what the SDK itself uses for the messages it
-    buffered but never handed out (``_pyamqp_transport.py``: ``settle_messages(...,
-    "released")`` in ``drain_and_release_messages``, whose comment notes that lock expiry
-    would inflate the delivery count). The SDK has no public call for it on a received
-    message, so this uses the receive link's own ``settle_messages`` (``receiver._handler``,
-    ``message._delivery_id``/``_delivery_tag``: present in 7.14 and 7.15) and reports False
-    when any of it is missing or fails, for the caller to abandon instead.
+    without counting a delivery; the SDK itself uses it for the messages it buffered but
+    never handed out (7.15.0 ``_transport/_pyamqp_transport.py:795`` and ``:900``,
+    ``handler.settle_messages(frame[1], frame[2], "released")``), and its live test asserts
+    a released message comes back with ``delivery_count == 0`` (``tests/test_queues.py``,
+    ``..._release_messages``). The SDK has no public call for it on a received message (its
+    settlements are complete, abandon, defer and dead-letter), so this makes the same call
+    on the receive link (``receiver._handler``), pre-settled as the SDK does. It returns
+    False, for the caller to abandon instead, when the path is missing from this SDK
+    (:data:`RELEASE_AVAILABLE`), when the receiver has reconnected since ``link`` (delivery
+    ids belong to one link: on another they would name another message), or on any error.
     """
     handler = getattr(receiver, "_handler", None)
     settle = getattr(handler, "settle_messages", None)
     delivery_id = getattr(message, "_delivery_id", None)
     delivery_tag = getattr(message, "_delivery_tag", None)
-    if settle is None or delivery_id is None or delivery_tag is None:
+    if not RELEASE_AVAILABLE or settle is None or delivery_id is None or delivery_tag is None:
+        return False
+    if link is not None and handler is not link:
         return False
     try:
         settle(delivery_id, delivery_tag, "released")
