@@ -27,15 +27,37 @@ def body(message: ServiceBusMessage) -> bytes:
     return b"".join(message.body)
 
 
+def encoded_batch_size(batch: ServiceBusMessageBatch) -> int:
+    """The bytes the SDK puts on the wire for ``batch``, envelope included (its own encoder, 7.15.0
+    ``_transport/_pyamqp_transport.py:379-389``), unlike ``batch.size_in_bytes``, which does not
+    count the envelope properties set after the size check (``_common/message.py:693-710``)."""
+    from azure.servicebus._pyamqp import utils
+    from azure.servicebus._pyamqp.message import BatchMessage
+
+    return int(utils.get_message_encoded_size(BatchMessage(*batch._message)))
+
+
+MAX_BATCH_MESSAGES = 4500  # "will reject any request containing more than 4,500 messages" (Azure/azure-service-bus#397)
+
+
 @dataclass
 class FakeSender:
-    """A sender whose batches cap at ``limit`` bytes and whose link takes ``link_limit``-byte messages."""
+    """A sender whose link takes ``limit``-byte batches and ``link_limit``-byte single messages.
+
+    A batch over ``limit`` once encoded (envelope included), or of more than 4,500 messages, is
+    refused with MessageSizeExceededError (the link's max size: an assumption, no broker run here;
+    the count: Azure/azure-service-bus#397). ``create_message_batch`` refuses a size over the link's
+    as the SDK does (7.15.0 ``_servicebus_sender.py:544-548``) and otherwise sizes to the link (:551).
+    """
 
     limit: int
     link_limit: int = 0
     refuse_batches: bool = False
+    refuse_over: int | None = None  # refuse batches encoded larger than this (a stricter broker)
     sent: list[list[bytes]] = field(default_factory=list)
     sessions: list[list[str | None]] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)  # encoded size of each batch sent
+    refused: list[int] = field(default_factory=list)  # message counts of the batches refused
     closed: bool = False
 
     @property
@@ -43,6 +65,8 @@ class FakeSender:
         return self.link_limit
 
     def create_message_batch(self, max_size_in_bytes: int | None = None) -> ServiceBusMessageBatch:
+        if max_size_in_bytes and max_size_in_bytes > self.limit:
+            raise ValueError(f"Max message size: {max_size_in_bytes} is too large")
         return ServiceBusMessageBatch(max_size_in_bytes=max_size_in_bytes or self.limit)
 
     def send_messages(self, message: ServiceBusMessageBatch | ServiceBusMessage) -> None:
@@ -58,6 +82,12 @@ class FakeSender:
                 "Batching brokered messages with distinct SessionId, PartitionKey, or MessageId is not supported "
                 "for an entity with partitioning and duplicate detection enabled."
             )
+        size = encoded_batch_size(message)
+        cap = min(self.limit, self.refuse_over or self.limit)
+        if size > cap or len(messages) > MAX_BATCH_MESSAGES:
+            self.refused.append(len(messages))
+            raise MessageSizeExceededError(message=f"batch of {size} bytes, {len(messages)} messages refused")
+        self.sizes.append(size)
         self.sent.append([body(m) for m in messages])
         self.sessions.append([m.session_id for m in messages])
 
