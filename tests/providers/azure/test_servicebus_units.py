@@ -32,6 +32,7 @@ from tests.providers.azure.sbfakes import (
     FAKE_SB,
     Entity,
     FakeAdminClient,
+    FakeLink,
     FakeReceiver,
     FakeSender,
     FakeServiceBusClient,
@@ -402,6 +403,42 @@ def test_asb_input_abandons_what_it_cannot_release() -> None:
     receiver = FakeReceiver([Received([b'{"data":1}'], message_id="a")], link_works=False)
     provider = asb_input(receiver)
     list(provider.read(None))
+    provider.close()
+    assert receiver.settled == []
+    assert receiver.abandoned == ["a"]
+
+
+def test_the_private_release_path_is_in_the_installed_sdk() -> None:
+    """Row 5: ``released`` uses ReceiveClient.settle_messages (private; read in 7.14.0-7.15.0). An SDK
+    without it must fail here, not silently abandon on every stop (which counts deliveries)."""
+    import inspect
+
+    from azure.servicebus._pyamqp.client import ReceiveClient
+    from dstream_azure import servicebus
+
+    assert servicebus.RELEASE_AVAILABLE
+    params = list(inspect.signature(ReceiveClient.settle_messages).parameters)
+    assert params[:4] == ["self", "delivery_id", "delivery_tag", "outcome"]
+
+
+def test_asb_input_abandons_when_the_sdk_has_no_release_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dstream_azure import servicebus
+
+    monkeypatch.setattr(servicebus, "RELEASE_AVAILABLE", False)
+    receiver = FakeReceiver([Received([b'{"data":1}'], message_id="a")])
+    provider = asb_input(receiver)
+    list(provider.read(None))
+    provider.close()
+    assert receiver.settled == []
+    assert receiver.abandoned == ["a"]
+
+
+def test_a_message_is_never_released_through_a_link_it_did_not_come_on() -> None:
+    """Delivery ids belong to one link: after the receiver reconnects, the old id names another message."""
+    receiver = FakeReceiver([Received([b'{"data":1}'], message_id="a")])
+    provider = asb_input(receiver)
+    list(provider.read(None))
+    receiver._handler = FakeLink(receiver)  # the SDK opened a new link (a reconnect)
     provider.close()
     assert receiver.settled == []
     assert receiver.abandoned == ["a"]
