@@ -110,6 +110,7 @@ task "{p}-produce" {{
       queue                      = "{p}-chain"
       lock_duration              = "10s"
       duplicate_detection_window = "5m"
+      message_id_keys            = ["Sequence"]  # the counter's Sequence names one record (the task vouches)
     }}
   }}
 }}
