@@ -32,6 +32,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from pydantic import Field, SecretStr, model_validator
 
 from dstream.sdk import Duration, InfrastructureProvider, Resource
+from dstream_azure import limits
 from dstream_azure.asb_sessions import ACCEPT_WAIT, Item, SessionPool
 from dstream_azure.inputs import Held, QueueInput, QueueInputConfig, to_envelope_lines
 from dstream_azure.servicebus import (
@@ -46,7 +47,7 @@ from dstream_azure.servicebus import (
     lock_remaining,
     release_message,
 )
-from dstream_azure.servicebus_admin import admin_client
+from dstream_azure.servicebus_admin import admin_client, broker_limits
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -88,6 +89,16 @@ class AsbInputConfig(QueueInputConfig):
             raise ValueError("set queue, or topic and subscription")
         if isinstance(self.sessions, list) and not self.sessions:
             raise ValueError('sessions as a list names the session ids to read; "next" takes any')
+        if self.sessions != "none":  # a receiver (connection) per held session, and one accepting
+            try:
+                limits.check_connections(
+                    broker_limits(self.connection_string.get_secret_value()),
+                    self.max_sessions + 1,
+                    f"max_sessions = {self.max_sessions}",
+                    "lower max_sessions",
+                )
+            except limits.LimitError as exc:
+                raise ValueError(str(exc)) from None
         return self
 
 

@@ -461,3 +461,25 @@ def test_azure_lock_durations_are_checked_against_the_documented_maximum_only() 
     assert config(connection_string=AZURE_SB, lock_duration="1s").entity_settings().lock_duration == 1
     with pytest.raises(ValidationError, match=r"a queue's LockDuration \(up to 5m, Microsoft's"):
         config(connection_string=AZURE_SB, lock_duration="6m")
+
+
+# -- the emulator's quotas (overview-emulator.md, "Usage quotas") -----------------------------------
+
+
+def test_the_emulators_connection_and_subscription_quotas_are_checked_before_the_broker_refuses() -> None:
+    input_config = AsbInputProvider.Config.model_validate
+    base = {"connection_string": FAKE_SB, "queue": "q", "sessions": "next"}
+    assert input_config({**base, "max_sessions": 9}).max_sessions == 9  # 9 session receivers + 1 accepting
+    with pytest.raises(ValidationError, match=r"max_sessions = 10 needs 11 connections; .* at most 10"):
+        input_config({**base, "max_sessions": 10})
+    assert input_config({**base, "connection_string": AZURE_SB, "max_sessions": 50}).max_sessions == 50
+    with pytest.raises(ValidationError, match=r"51 subscriptions; .* at most 50 per topic"):
+        AsbOutputProvider.Config.model_validate(
+            {"connection_string": FAKE_SB, "topic": "t", "subscriptions": [f"s{i}" for i in range(51)]}
+        ).entity_settings()
+    client = FakeServiceBusClient()
+    provider = asb_output(client)
+    provider.write([env({"i": i}, TableName=f"T{i}", LSN="1", Seq=i) for i in range(10)])  # 10 senders: the quota
+    with pytest.raises(LimitError, match=r"routing to 11 queues needs 11 connections"):
+        provider.write([env({"i": 10}, TableName="T10", LSN="1", Seq=10)])
+    assert len(client.senders) == 10
