@@ -41,7 +41,7 @@ class SessionLockKeeper:
 
     def __init__(
         self,
-        sessions: Callable[[], list[tuple[str, Any, threading.Lock]]],
+        sessions: Callable[[], list[tuple[str, Any, threading.RLock]]],
         lost: Callable[[str, BaseException], None],
         log: logging.Logger,
         utcnow: Callable[[], datetime] = _utcnow,

@@ -135,7 +135,10 @@ class Session:
     last_message: float
     held: int = 0
     messages: int = field(default=0)
-    lock: threading.Lock = field(default_factory=threading.Lock)  # one call at a time on its receiver
+    # One call at a time on its receiver, from the read loop, the settling threads and the lock keeper:
+    # the SDK's clients are not thread-safe ("use threading.Lock()", azure-servicebus README,
+    # "Thread safety"). Reentrant: a test's clock fires the keeper inside a receive.
+    lock: threading.RLock = field(default_factory=threading.RLock)
 
 
 class SessionPool:
@@ -176,7 +179,7 @@ class SessionPool:
 
     # -- what the lock keeper sees (its own thread) ------------------------------------
 
-    def _held_sessions(self) -> list[tuple[str, Any, threading.Lock]]:
+    def _held_sessions(self) -> list[tuple[str, Any, threading.RLock]]:
         with self._guard:
             return [(sid, s.receiver, s.lock) for sid, s in self.sessions.items() if sid not in self._lost]
 
@@ -254,7 +257,8 @@ class SessionPool:
                 break
             session = self.sessions[session_id]
             try:
-                messages = session.receiver.receive_messages(max_message_count=room, max_wait_time=per_session)
+                with session.lock:
+                    messages = session.receiver.receive_messages(max_message_count=room, max_wait_time=per_session)
             except SessionLockLostError as exc:
                 self._mark_lost(session_id, exc)
                 continue
@@ -297,9 +301,10 @@ class SessionPool:
 
     def done(self, item: Item) -> None:
         """``item`` was settled (completed, released, abandoned or dead-lettered)."""
-        session = self.sessions.get(item.session or "")
-        if session is not None and session.receiver is item.receiver:
-            session.held = max(0, session.held - 1)
+        with self._guard:  # called from the settling threads too
+            session = self.sessions.get(item.session or "")
+            if session is not None and session.receiver is item.receiver:
+                session.held = max(0, session.held - 1)
 
     def _let_go_idle(self) -> None:
         now = self.clock()

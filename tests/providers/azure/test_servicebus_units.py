@@ -391,6 +391,7 @@ def test_asb_input_completes_only_what_was_committed_and_releases_the_rest() -> 
     provider.on_committed({"run": "another run", "seq": 3})
     assert receiver.completed == []  # never settle on a position from elsewhere
     provider.on_committed({**checkpoints[0]})
+    assert provider.wait_settled(timeout=10)  # completions run off the read loop
     assert receiver.completed == ["env", "value"]
     provider.close()
     # Stopped without its commit: released (no delivery counted), not abandoned.

@@ -347,8 +347,10 @@ def test_a_lost_session_is_forgotten_never_settled_through_its_closed_receiver_a
     assert provider.pool.sessions["a"].receiver is not receiver
     assert broker.deliveries == [("a-1", 0), ("a-2", 0), ("a-3", 0), ("a-1", 1), ("a-2", 1), ("a-3", 1)]
     provider.on_committed(first[-1].position)  # the late commit of the first delivery: those were forgotten
+    assert provider.wait_settled(timeout=10)
     assert receiver.completed == []  # nothing went to the closed receiver (the SDK would raise ValueError)
     provider.on_committed(again[-1].position)
+    assert provider.wait_settled(timeout=10)
     assert provider.pool.sessions["a"].receiver.completed == ["a-1", "a-2", "a-3"]
     provider.close()  # a graceful stop works
 
@@ -377,6 +379,7 @@ def test_the_input_checkpoints_interleaved_sessions_and_completes_exactly_what_w
         assert [d["v"] for d in raws if d["s"] == s] == [1, 2, 3]  # each session in its order
     checkpoints = [i.position for i in items if isinstance(i, Checkpoint)]
     provider.on_committed(checkpoints[0])  # covers the first receive batch only
+    assert provider.wait_settled(timeout=10)
     completed = sorted(broker.locked["a"].completed + broker.locked["b"].completed)
     first = sorted(f"{d['s']}-{d['v']}" for d in raws[: checkpoints[0]["seq"]])
     assert completed == first
@@ -474,3 +477,33 @@ def test_accepting_a_session_is_not_retried_and_the_retry_setting_comes_back() -
     assert seen[:2] == [0, 0]  # both accepts without retries
     assert waits[:2] == [7, 7]  # each with the accept budget, not a 1 s cap
     assert seen[2:] == [3]  # the held session's later receives with the client's retries
+
+
+def test_commits_settle_off_the_read_loop_and_sessions_settle_at_once() -> None:
+    """Rows 6/7: on 7.15 each completion waits for the broker; two sessions' completions overlap (each
+    waits on a barrier only the other can pass), and on_committed returns before they finish."""
+    broker = SessionBroker(FakeClock(), lock_duration=300)
+    broker.put("a", 1)
+    broker.put("b", 1)
+    both = threading.Barrier(2, timeout=5)
+    started = threading.Event()
+
+    class Confirming(FakeSessionReceiver):
+        def complete_message(self, m: Any) -> None:
+            started.set()
+            both.wait()  # a broken barrier (a timeout: completions one at a time) raises here
+            super().complete_message(m)
+
+    provider = asb_input(broker, max_batch=10)
+    provider.pool.open_receiver = lambda wanted: Confirming(broker, wanted)
+    reading = provider.read(None)
+    items = [next(reading) for _ in range(3)]  # a-1, b-1 and their checkpoint
+    checkpoint = items[-1]
+    assert isinstance(checkpoint, Checkpoint)
+    provider.on_committed(checkpoint.position)
+    assert started.wait(5)
+    assert provider.wait_settled(timeout=10)
+    assert not both.broken
+    assert sorted(m for s in provider.pool.sessions.values() for m in s.receiver.completed) == ["a-1", "b-1"]
+    reading.close()
+    provider.close()
