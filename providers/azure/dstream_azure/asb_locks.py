@@ -46,9 +46,11 @@ class SessionLockKeeper:
         log: logging.Logger,
         utcnow: Callable[[], datetime] = _utcnow,
         interval: float = INTERVAL,
+        gone: Callable[[BaseException], bool] = lambda exc: True,
     ) -> None:
         self.sessions = sessions
         self.lost = lost
+        self.gone = gone  # whether a failed renewal means the lock is lost (else: try again next look)
         self.log = log
         self.utcnow = utcnow
         self.interval = interval
@@ -69,6 +71,8 @@ class SessionLockKeeper:
         """Renew every held session lock that has less than half its length left."""
         for session_id, receiver, lock in self.sessions():
             session = receiver.session
+            if session.locked_until_utc is None:  # the broker announced no lock end: nothing to go by
+                continue
             left = (session.locked_until_utc - self.utcnow()).total_seconds()
             period = self.periods.setdefault(session_id, left)  # first sight: about a whole lock
             if left > period / 2:
@@ -76,9 +80,12 @@ class SessionLockKeeper:
             try:
                 with lock:
                     until = session.renew_lock()
-            except Exception as exc:  # noqa: BLE001 - any failure means the lock is (or soon is) gone
-                self.periods.pop(session_id, None)
-                self.lost(session_id, exc)
+            except Exception as exc:  # noqa: BLE001 - reported to the pool, never raised in this thread
+                if self.gone(exc) or left <= 0:
+                    self.periods.pop(session_id, None)
+                    self.lost(session_id, exc)
+                else:  # e.g. a connection error with time left on the lock: the next look tries again
+                    self.log.warning("could not renew the lock of session %s (%s); trying again", session_id, exc)
                 continue
             self.periods[session_id] = max(period, (until - self.utcnow()).total_seconds())
 

@@ -174,7 +174,15 @@ class SessionPool:
         self._guard = threading.Lock()  # sessions and _lost, shared with the keeper's thread
         self._lost: dict[str, BaseException] = {}
         self._dropped: list[Any] = []  # receivers dropped with messages held, for the input to forget
-        self.keeper = SessionLockKeeper(self._held_sessions, self._mark_lost, log, utcnow)
+        # A renewal that raises SessionLockLostError, or ValueError (the receiver was closed,
+        # _base_handler.py:362-365), lost the lock; other errors are tried again while time is left.
+        self.keeper = SessionLockKeeper(
+            self._held_sessions,
+            self._mark_lost,
+            log,
+            utcnow,
+            gone=lambda exc: isinstance(exc, SessionLockLostError | ValueError),
+        )
         self.timer = timer  # False in tests, which drive keeper.tick from their own clock
 
     # -- what the lock keeper sees (its own thread) ------------------------------------

@@ -265,9 +265,34 @@ def test_the_lock_keeper_renews_a_held_session_before_its_lock_ends_and_reports_
     assert [i.message.message_id for i in again] == ["a-1", "a-2"]
 
 
-def test_the_lock_keeper_thread_renews_on_its_own() -> None:
-    import time
+def test_a_renewal_that_fails_for_a_passing_reason_is_tried_again_not_a_lost_session() -> None:
+    from azure.servicebus.exceptions import ServiceBusConnectionError
 
+    clock = FakeClock()
+    broker = SessionBroker(clock, lock_duration=10)
+    broker.put("a", 1)
+    pool = new_pool(broker)
+    clock.every(1.0, pool.keeper.tick)
+    (item,) = pool.receive(1)
+    session = item.receiver.session
+    renew = session.renew_lock
+    failures = iter([ServiceBusConnectionError(message="connection reset")])
+
+    def flaky() -> datetime:
+        error = next(failures, None)
+        if error is not None:
+            raise error
+        return renew()
+
+    session.renew_lock = flaky  # type: ignore[method-assign]
+    clock.advance(30)
+    pool.receive(1)
+    assert pool.take_dropped() == []  # one failed renewal with time left: tried again, kept
+    assert pool.sessions["a"].receiver is item.receiver
+    assert session.renewals >= 3
+
+
+def test_the_lock_keeper_thread_renews_on_its_own() -> None:
     from dstream_azure.asb_locks import SessionLockKeeper
 
     renewed = threading.Event()
@@ -286,8 +311,7 @@ def test_the_lock_keeper_thread_renews_on_its_own() -> None:
         assert renewed.wait(5), "the keeper's thread renewed nothing"
     finally:
         keeper.stop()
-    assert keeper._thread is None
-    assert time.monotonic()  # stop joined the thread
+    assert keeper._thread is None  # stop joined the thread
 
 
 def asb_input(broker: SessionBroker, **config: Any) -> AsbInputProvider:
