@@ -35,6 +35,7 @@ from pydantic import Field, SecretStr, model_validator
 
 from dstream.sdk import Duration, InfrastructureProvider, Resource
 from dstream_azure import limits
+from dstream_azure.asb_locks import MessageLockKeeper
 from dstream_azure.asb_sessions import ACCEPT_WAIT, Item, SessionPool
 from dstream_azure.inputs import Held, QueueInput, QueueInputConfig, to_envelope_lines
 from dstream_azure.servicebus import (
@@ -118,6 +119,8 @@ class AsbInputProvider(QueueInput[AsbInputConfig, Item], InfrastructureProvider)
         self._pool: SessionPool | None = None
         self._settler: ThreadPoolExecutor | None = None
         self._settling: list[Future[None]] = []
+        self.message_locks = MessageLockKeeper(lambda: self._receiver, self._receiver_lock, self.log)
+        self.timer = True  # False in tests, which drive the keepers' ticks from their own clock
 
     @property
     def source(self) -> str:
@@ -181,6 +184,10 @@ class AsbInputProvider(QueueInput[AsbInputConfig, Item], InfrastructureProvider)
                 messages = self.receiver.receive_messages(
                     max_message_count=max_count, max_wait_time=self.config.max_wait
                 )
+            for message in messages:  # renewed on a timer while held (asb_locks.py)
+                self.message_locks.hold(message)
+            if messages and self.timer:
+                self.message_locks.start()
         except MessagingEntityNotFoundError:
             raise RuntimeError(
                 f"{self.source} does not exist (create it with `dstream init` on the task that writes it)"
@@ -218,7 +225,9 @@ class AsbInputProvider(QueueInput[AsbInputConfig, Item], InfrastructureProvider)
         return super().idle()
 
     def _done(self, item: Item) -> None:
-        if self._pool is not None:
+        if item.session is None:
+            self.message_locks.let_go(item.message)
+        elif self._pool is not None:
             self._pool.done(item)
 
     @contextlib.contextmanager
@@ -289,30 +298,8 @@ class AsbInputProvider(QueueInput[AsbInputConfig, Item], InfrastructureProvider)
         if abandoned:
             self.log.warning("%d message(s) could not be released and were abandoned (a delivery counted)", abandoned)
 
-    def renew(self, held: list[Held[Item]]) -> None:
-        for h in held:
-            if h.message.session is None:
-                self._renew_message(h)
-                continue
-            # A session's lock is renewed by the pool's timer (asb_locks.py): read where it ends now.
-            session = self.pool.live(h.message)
-            if session is not None:
-                self._extend([h], lock_remaining(session.receiver.session.locked_until_utc))
-
-    def _renew_message(self, h: Held[Item]) -> None:
-        try:
-            with self._receiver_lock:
-                until = h.message.receiver.renew_message_lock(h.message.message)
-        except SETTLE_ERRORS as exc:
-            self.log.warning("could not renew the lock of message %s (%s)", h.message.message.message_id, exc)
-            return
-        self._extend([h], lock_remaining(until))
-
-    @staticmethod
-    def _extend(group: list[Held[Item]], remaining: float) -> None:
-        for h in group:
-            h.deadline = time.monotonic() + remaining
-            h.period = max(h.period, remaining)
+    def renew_due(self, now: float | None = None) -> None:
+        """Nothing to do in the read loop: locks are renewed on timers (asb_locks.py)."""
 
     def poison(self, item: Item, reason: str) -> None:
         with self._calling(item):
@@ -323,6 +310,7 @@ class AsbInputProvider(QueueInput[AsbInputConfig, Item], InfrastructureProvider)
         self.log.warning("dead-lettered message %s: %s", item.message.message_id, reason)
 
     def close_clients(self) -> None:
+        self.message_locks.stop()
         self.wait_settled()
         if self._settler is not None:
             self._settler.shutdown(wait=True)

@@ -97,3 +97,73 @@ class SessionLockKeeper:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+
+
+class MessageLockKeeper:
+    """Renews the locks of held messages of one (non-session) receiver, on a timer.
+
+    A message's lock is renewed with ``receiver.renew_message_lock``, which moves its
+    ``locked_until_utc`` (azure-servicebus 7.15.0 ``_servicebus_receiver.py:1020-1031``); once
+    that has passed, completing it raises ``MessageLockLostError``
+    (``_servicebus_receiver.py:479-482``). Renewed when a third of its lock is left, off the
+    read loop, so a slow output (the read loop blocked in a write) does not let it expire.
+    """
+
+    def __init__(
+        self,
+        receiver: Callable[[], Any],
+        lock: threading.RLock,
+        log: logging.Logger,
+        utcnow: Callable[[], datetime] = _utcnow,
+        interval: float = INTERVAL,
+    ) -> None:
+        self.receiver = receiver
+        self.lock = lock
+        self.log = log
+        self.utcnow = utcnow
+        self.interval = interval
+        self._held: dict[int, tuple[Any, float]] = {}  # id(message) -> (message, lock length)
+        self._guard = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def hold(self, message: Any) -> None:
+        until = getattr(message, "locked_until_utc", None)
+        if until is None:
+            return
+        with self._guard:
+            self._held[id(message)] = (message, (until - self.utcnow()).total_seconds())
+
+    def let_go(self, message: Any) -> None:
+        with self._guard:
+            self._held.pop(id(message), None)
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="asb-message-locks", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.tick()
+
+    def tick(self) -> None:
+        with self._guard:
+            held = list(self._held.values())
+        for message, period in held:
+            left = (message.locked_until_utc - self.utcnow()).total_seconds()
+            if left > period / 3:
+                continue
+            try:
+                with self.lock:
+                    self.receiver().renew_message_lock(message)
+            except Exception as exc:  # noqa: BLE001 - logged; the message comes again if its lock is gone
+                self.log.warning("could not renew the lock of message %s (%s)", getattr(message, "message_id", ""), exc)
+                if left <= 0:
+                    self.let_go(message)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None

@@ -288,7 +288,15 @@ class FakeLink:
 
 
 class FakeReceiver:
-    def __init__(self, messages: list[Received], link_works: bool = True) -> None:
+    """A non-session receiver. With ``clock``, message locks last ``lock_duration`` on it: complete
+    raises MessageLockLostError once a lock has passed (7.15.0 ``_servicebus_receiver.py:479-482``),
+    renew_message_lock moves it (``:1029-1031``)."""
+
+    def __init__(
+        self, messages: list[Received], link_works: bool = True, clock: Any = None, lock_duration: float = 60
+    ) -> None:
+        self.clock = clock
+        self.lock_duration = lock_duration
         self.pending = list(messages)
         self.completed: list[str] = []
         self.abandoned: list[str] = []
@@ -300,9 +308,16 @@ class FakeReceiver:
 
     def receive_messages(self, max_message_count: int, max_wait_time: float) -> list[Received]:
         out, self.pending = self.pending[:max_message_count], self.pending[max_message_count:]
+        if self.clock is not None:
+            for m in out:
+                m.locked_until_utc = self.clock.utcnow() + timedelta(seconds=self.lock_duration)
         return out
 
     def complete_message(self, m: Received) -> None:
+        if self.clock is not None and m.locked_until_utc <= self.clock.utcnow():
+            from azure.servicebus.exceptions import MessageLockLostError
+
+            raise MessageLockLostError(message="The lock on the message lock has expired.")
         self.completed.append(m.message_id)
 
     def abandon_message(self, m: Received) -> None:
@@ -313,7 +328,9 @@ class FakeReceiver:
 
     def renew_message_lock(self, m: Received) -> datetime:
         self.renewed.append(m.message_id)
-        return datetime.now(UTC) + timedelta(seconds=60)
+        now = self.clock.utcnow() if self.clock is not None else datetime.now(UTC)
+        m.locked_until_utc = now + timedelta(seconds=self.lock_duration)
+        return m.locked_until_utc
 
     def close(self) -> None:
         self.closed = True

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
@@ -32,6 +31,7 @@ from tests.providers.azure.sbfakes import (
     FAKE_SB,
     Entity,
     FakeAdminClient,
+    FakeClock,
     FakeLink,
     FakeReceiver,
     FakeSender,
@@ -445,15 +445,33 @@ def test_a_message_is_never_released_through_a_link_it_did_not_come_on() -> None
     assert receiver.abandoned == ["a"]
 
 
-def test_asb_input_renews_locks_that_are_about_to_expire() -> None:
-    receiver = FakeReceiver([Received([b'{"data":1}'], message_id="a")])  # locked for 60 s
+def test_held_message_locks_are_renewed_on_a_timer_while_the_read_loop_is_blocked() -> None:
+    """Row 6: the output is slow (the read loop sits in a yield) for ten lock durations; a timer keeps
+    the held messages' locks, so their completion after the commit succeeds."""
+    clock = FakeClock()
+    receiver = FakeReceiver(
+        [Received([b'{"data":1}'], message_id="a"), Received([b'{"data":2}'], message_id="b")],
+        clock=clock,
+        lock_duration=10,
+    )
     provider = asb_input(receiver)
+    provider.timer = False
+    provider.message_locks.utcnow = clock.utcnow
+    clock.every(1.0, provider.message_locks.tick)
     reader = provider.read(None)
-    next(reader)  # the Raw: the message is now held
-    provider.renew_due(now=time.monotonic() + 10)
-    assert receiver.renewed == []  # 50 s left of 60: not yet
-    provider.renew_due(now=time.monotonic() + 45)
-    assert receiver.renewed == ["a"]
+    items = [next(reader) for _ in range(3)]  # two messages and their checkpoint: now held
+    clock.advance(5)
+    assert receiver.renewed == []  # half the lock left: not yet
+    clock.advance(100)  # the read loop is blocked downstream all this time
+    assert receiver.renewed.count("a") >= 10
+    checkpoint = items[-1]
+    assert isinstance(checkpoint, Checkpoint)
+    provider.on_committed(checkpoint.position)
+    assert provider.wait_settled(timeout=10)
+    assert receiver.completed == ["a", "b"]  # the locks held: nothing comes again
+    renewals = len(receiver.renewed)
+    clock.advance(100)
+    assert len(receiver.renewed) == renewals  # completed: no longer renewed
     reader.close()
     provider.close()
 
