@@ -302,7 +302,9 @@ class AsbInputProvider(QueueInput[AsbInputConfig, Item], InfrastructureProvider)
         """Nothing to do in the read loop: locks are renewed on timers (asb_locks.py)."""
 
     def poison(self, item: Item, reason: str) -> None:
-        with self._calling(item):
+        with self._calling(item) as live:
+            if not live:  # its session was dropped: it comes again, and is set aside then
+                return
             item.receiver.dead_letter_message(
                 item.message, reason="not a dstream envelope", error_description=reason[:1000]
             )
