@@ -16,20 +16,27 @@ JSON becomes the ``data`` of an envelope whose metadata holds the application pr
 read through a pool of up to ``max_sessions`` session receivers (asb_sessions.py), each
 session in its enqueue order. Checkpoints stay ``{"run", "seq"}`` in receive order across
 sessions, so a commit completes exactly what was emitted before it, whichever sessions the
-messages came from. On stop, held messages are released and every session is let go.
+messages came from. Session locks are renewed on a timer (asb_locks.py); a session whose
+lock is lost is dropped and the messages of it still held are forgotten (never settled
+through its closed receiver): the broker delivers them again. On stop, held messages are
+released and every session is let go.
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
-from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any, Literal
 
 from azure.core.exceptions import ResourceNotFoundError
 from pydantic import Field, SecretStr, model_validator
 
 from dstream.sdk import Duration, InfrastructureProvider, Resource
-from dstream_azure.asb_sessions import Item, SessionPool
+from dstream_azure import limits
+from dstream_azure.asb_locks import MessageLockKeeper
+from dstream_azure.asb_sessions import ACCEPT_WAIT, Item, SessionPool
 from dstream_azure.inputs import Held, QueueInput, QueueInputConfig, to_envelope_lines
 from dstream_azure.servicebus import (
     MessageAlreadySettled,
@@ -43,12 +50,14 @@ from dstream_azure.servicebus import (
     lock_remaining,
     release_message,
 )
-from dstream_azure.servicebus_admin import admin_client
+from dstream_azure.servicebus_admin import admin_client, broker_limits
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-SETTLE_ERRORS = (MessageLockLostError, MessageAlreadySettled, ServiceBusError)
+# ValueError: the SDK's answer on a receiver that was closed (_base_handler.py:362-365); the session
+# pool never lets a settle reach one, this is the last line of defence.
+SETTLE_ERRORS = (MessageLockLostError, MessageAlreadySettled, ServiceBusError, ValueError)
 SESSION_REQUIRED = "requires sessions"
 
 
@@ -71,6 +80,11 @@ class AsbInputConfig(QueueInputConfig):
     session_idle: Duration = Field(
         default=2.0, gt=0, description="let a session go after this long without a message (none of it held)"
     )
+    session_accept_wait: Duration = Field(
+        default=ACCEPT_WAIT,
+        gt=0,
+        description="seconds accepting a session may take, connecting included (SDK 7.15 bounds both by it)",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> AsbInputConfig:
@@ -78,6 +92,16 @@ class AsbInputConfig(QueueInputConfig):
             raise ValueError("set queue, or topic and subscription")
         if isinstance(self.sessions, list) and not self.sessions:
             raise ValueError('sessions as a list names the session ids to read; "next" takes any')
+        if self.sessions != "none":  # a receiver (connection) per held session, and one accepting
+            try:
+                limits.check_connections(
+                    broker_limits(self.connection_string.get_secret_value()),
+                    self.max_sessions + 1,
+                    f"max_sessions = {self.max_sessions}",
+                    "lower max_sessions",
+                )
+            except limits.LimitError as exc:
+                raise ValueError(str(exc)) from None
         return self
 
 
@@ -91,7 +115,12 @@ class AsbInputProvider(QueueInput[AsbInputConfig, Item], InfrastructureProvider)
         self.receive_batch = config.max_batch
         self._client: ServiceBusClient | None = None
         self._receiver: Any = None
+        self._receiver_lock = threading.RLock()  # the non-session receiver: one call at a time
         self._pool: SessionPool | None = None
+        self._settler: ThreadPoolExecutor | None = None
+        self._settling: list[Future[None]] = []
+        self.message_locks = MessageLockKeeper(lambda: self._receiver, self._receiver_lock, self.log)
+        self.timer = True  # False in tests, which drive the keepers' ticks from their own clock
 
     @property
     def source(self) -> str:
@@ -134,20 +163,31 @@ class AsbInputProvider(QueueInput[AsbInputConfig, Item], InfrastructureProvider)
             cfg = self.config
             configured = cfg.sessions if isinstance(cfg.sessions, list) else None
             self._pool = SessionPool(
-                lambda session_id: self._open(session_id=session_id, max_wait_time=min(cfg.max_wait, 1.0)),
+                lambda session_id: self._open(session_id=session_id, max_wait_time=cfg.session_accept_wait),
                 configured,
                 cfg.max_sessions,
                 cfg.session_idle,
                 cfg.max_wait,
                 self.log,
+                accept_wait=cfg.session_accept_wait,
+                source=self.source,
             )
         return self._pool
 
     def receive(self, max_count: int) -> list[Item]:
         try:
             if self.config.sessions != "none":
-                return self.pool.receive(max_count)
-            messages = self.receiver.receive_messages(max_message_count=max_count, max_wait_time=self.config.max_wait)
+                items = self.pool.receive(max_count)
+                self._forget_dropped()
+                return items
+            with self._receiver_lock:
+                messages = self.receiver.receive_messages(
+                    max_message_count=max_count, max_wait_time=self.config.max_wait
+                )
+            for message in messages:  # renewed on a timer while held (asb_locks.py)
+                self.message_locks.hold(message)
+            if messages and self.timer:
+                self.message_locks.start()
         except MessagingEntityNotFoundError:
             raise RuntimeError(
                 f"{self.source} does not exist (create it with `dstream init` on the task that writes it)"
@@ -172,74 +212,110 @@ class AsbInputProvider(QueueInput[AsbInputConfig, Item], InfrastructureProvider)
         lines = to_envelope_lines(body_bytes(message), metadata)
         return lines, time.monotonic() + remaining, remaining
 
+    def _forget_dropped(self) -> None:
+        """Forget the held messages of sessions that were dropped: they come again, never settle them."""
+        dropped = {id(r) for r in self.pool.take_dropped()}
+        if dropped:
+            gone = self.unsettled.drop(lambda item: id(item.receiver) in dropped)
+            self.log.warning("forgot %d message(s) of lost sessions; the broker delivers them again", gone)
+
+    def idle(self) -> bool:
+        if self.config.sessions != "none" and not self.pool.sessions:  # nothing to read until the next accept
+            return self.ctx.sleep(min(self.config.max_wait, max(0.05, self.pool.next_accept_in())))
+        return super().idle()
+
     def _done(self, item: Item) -> None:
-        if self._pool is not None:
+        if item.session is None:
+            self.message_locks.let_go(item.message)
+        elif self._pool is not None:
             self._pool.done(item)
 
+    @contextlib.contextmanager
+    def _calling(self, item: Item) -> Iterator[bool]:
+        """Yields whether ``item`` may be settled now (its receiver is open), one call at a time per session."""
+        if item.session is None:
+            with self._receiver_lock:
+                yield True
+            return
+        session = self.pool.live(item)
+        if session is None:  # dropped: the receiver is closed and the broker has the message back
+            yield False
+            return
+        with session.lock:
+            yield True
+
     def settle(self, held: list[Held[Item]]) -> None:
-        lost = 0
+        """Complete ``held`` off the read loop: one job per receiver, receivers in parallel.
+
+        From 7.15 each completion waits for the broker's outcome (CHANGELOG 7.15.0: "confirming
+        costs one service round trip per settlement, so settle many messages concurrently").
+        One receiver is not thread-safe, so its messages go one at a time, in order, under its
+        lock; different sessions' receivers settle at once.
+        """
+        groups: dict[int, list[Held[Item]]] = {}
         for h in held:
-            try:
-                h.message.receiver.complete_message(h.message.message)
-            except SETTLE_ERRORS:
-                lost += 1
+            groups.setdefault(id(h.message.receiver), []).append(h)
+        if self._settler is None:
+            workers = 1 if self.config.sessions == "none" else min(8, self.config.max_sessions)
+            self._settler = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="asb-settle")
+        self._settling = [f for f in self._settling if not f.done()]
+        self._settling += [self._settler.submit(self._complete, group) for group in groups.values()]
+
+    def _complete(self, group: list[Held[Item]]) -> None:
+        lost = 0
+        for h in group:
+            with self._calling(h.message) as live:
+                try:
+                    if not live:
+                        raise MessageLockLostError(message="its session was dropped")
+                    h.message.receiver.complete_message(h.message.message)
+                except SETTLE_ERRORS:
+                    lost += 1
             self._done(h.message)
         if lost:
             self.log.warning("%d message(s) lost their lock before completion; they will be delivered again", lost)
 
+    def wait_settled(self, timeout: float | None = None) -> bool:
+        """Wait for the completions under way; False if some are still running after ``timeout``."""
+        _, running = wait(self._settling, timeout=timeout)
+        self._settling = list(running)
+        return not running
+
     def release(self, held: list[Held[Item]]) -> None:
+        self.wait_settled()  # what was committed is completed first, then the rest is given back
         abandoned = 0
         for h in held:
             item = h.message
             self._done(item)
-            if release_message(item.receiver, item.message):
-                continue
-            abandoned += 1
-            try:
-                item.receiver.abandon_message(item.message)
-            except SETTLE_ERRORS as exc:
-                self.log.debug("abandon failed (%s); the lock expires instead", type(exc).__name__)
+            with self._calling(item) as live:
+                if not live or release_message(item.receiver, item.message, item.link):
+                    continue
+                abandoned += 1
+                try:
+                    item.receiver.abandon_message(item.message)
+                except SETTLE_ERRORS as exc:
+                    self.log.debug("abandon failed (%s); the lock expires instead", type(exc).__name__)
         if abandoned:
             self.log.warning("%d message(s) could not be released and were abandoned (a delivery counted)", abandoned)
 
-    def renew(self, held: list[Held[Item]]) -> None:
-        by_session: dict[int, list[Held[Item]]] = defaultdict(list)
-        for h in held:
-            if h.message.session is None:
-                self._renew_message(h)
-            else:
-                by_session[id(h.message.receiver)].append(h)
-        for group in by_session.values():  # a session message's lock is its session's: one renewal each
-            receiver = group[0].message.receiver
-            try:
-                until = self.pool.renew(receiver)
-            except SETTLE_ERRORS as exc:
-                self.log.warning("could not renew the lock of session %s (%s)", group[0].message.session, exc)
-                continue
-            self._extend(group, lock_remaining(until))
-
-    def _renew_message(self, h: Held[Item]) -> None:
-        try:
-            until = h.message.receiver.renew_message_lock(h.message.message)
-        except SETTLE_ERRORS as exc:
-            self.log.warning("could not renew the lock of message %s (%s)", h.message.message.message_id, exc)
-            return
-        self._extend([h], lock_remaining(until))
-
-    @staticmethod
-    def _extend(group: list[Held[Item]], remaining: float) -> None:
-        for h in group:
-            h.deadline = time.monotonic() + remaining
-            h.period = max(h.period, remaining)
+    def renew_due(self, now: float | None = None) -> None:
+        """Nothing to do in the read loop: locks are renewed on timers (asb_locks.py)."""
 
     def poison(self, item: Item, reason: str) -> None:
-        item.receiver.dead_letter_message(
-            item.message, reason="not a dstream envelope", error_description=reason[:1000]
-        )
+        with self._calling(item) as live:
+            if not live:  # its session was dropped: it comes again, and is set aside then
+                return
+            item.receiver.dead_letter_message(
+                item.message, reason="not a dstream envelope", error_description=reason[:1000]
+            )
         self._done(item)
         self.log.warning("dead-lettered message %s: %s", item.message.message_id, reason)
 
     def close_clients(self) -> None:
+        self.message_locks.stop()
+        self.wait_settled()
+        if self._settler is not None:
+            self._settler.shutdown(wait=True)
         if self._pool is not None:
             self._pool.close()  # lets every session go
         if self._receiver is not None:

@@ -104,7 +104,14 @@ class AsbOutputConfig(RoutingConfig):
             raise ValueError(str(exc)) from None
         broker = broker_limits(conn)
         window = self.duplicate_detection_window or limits.default_window(broker)
-        limits.check(broker, window, self.lock_duration, self.max_delivery_count, subscriptions=bool(self.topic))
+        limits.check(
+            broker,
+            window,
+            self.lock_duration,
+            self.max_delivery_count,
+            subscriptions=bool(self.topic),
+            subscription_count=len(self.subscriptions),
+        )
         return EntitySettings(
             window, self.max_delivery_count, self.lock_duration, list(self.subscriptions), self.session != "none"
         )
@@ -137,6 +144,12 @@ class AsbOutputProvider(OutputProvider[AsbOutputConfig], InfrastructureProvider)
     def _sender(self, target: str) -> TargetSender:
         sender = self._senders.get(target)
         if sender is None:
+            limits.check_connections(  # one connection per sender (limits.py)
+                broker_limits(self.config.connection_string.get_secret_value()),
+                len(self._senders) + 1,
+                f"routing to {len(self._senders) + 1} queues",
+                "route fewer tables to this namespace (tables/queue), or use a topic",
+            )
             if self.config.topic:
                 sdk_sender = self.client.get_topic_sender(topic_name=target)
             else:

@@ -35,7 +35,7 @@ from dstream.sdk import Checkpoint, Duration, InputProvider, Raw
 from dstream_azure.routing import AzureConfig
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
 M = TypeVar("M")
 C = TypeVar("C", bound="QueueInputConfig")
@@ -91,6 +91,13 @@ class Unsettled(Generic[M]):
         out = list(self._items.values())
         self._items.clear()
         return out
+
+    def drop(self, gone: Callable[[M], bool]) -> int:
+        """Forget the messages for which ``gone`` is true (they can no longer be settled); how many."""
+        seqs = [seq for seq, h in self._items.items() if gone(h.message)]
+        for seq in seqs:
+            del self._items[seq]
+        return len(seqs)
 
     def any_upto(self, seq: int) -> bool:
         return bool(self._items) and next(iter(self._items)) <= seq

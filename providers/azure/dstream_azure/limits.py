@@ -12,13 +12,30 @@ silently clamp) fails at once with the limit that was hit and where it comes fro
   ``QueueProperties.DuplicateDetectionHistoryTimeWindow`` / ``LockDuration`` reference).
 - **Basic** has no duplicate detection (nor topics, nor sessions): :func:`check_sku` refuses
   it, since message ids could not absorb replays there.
+- **The emulator's quotas** (MicrosoftDocs ``service-bus-messaging/overview-emulator.md``,
+  "Usage quotas"): 10 concurrent connections to the namespace, 50 subscriptions per topic,
+  50 entities, messages of 256 KB. The SDK's sync client opens one connection per sender
+  and per receiver (azure-servicebus 7.15.0 ``_servicebus_client.py:174``,
+  ``_connection_sharing = False``), so a routing output opens one per target queue and a
+  session input one per held session plus one accepting: :func:`check_connections` refuses
+  what would go over before the broker does.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["AZURE", "EMULATOR", "BrokerLimits", "LimitError", "check", "check_sku", "default_window", "human"]
+__all__ = [
+    "AZURE",
+    "EMULATOR",
+    "BrokerLimits",
+    "LimitError",
+    "check",
+    "check_connections",
+    "check_sku",
+    "default_window",
+    "human",
+]
 
 
 class LimitError(ValueError):
@@ -34,6 +51,9 @@ class BrokerLimits:
     subscription_lock: tuple[float, float]
     max_delivery_count: tuple[int, int]
     default_duplicate_window: float
+    connections: int | None = None  # concurrent connections to the namespace (None: not checked)
+    subscriptions_per_topic: int | None = None
+    quota_source: str = ""
 
 
 EMULATOR = BrokerLimits(
@@ -44,6 +64,9 @@ EMULATOR = BrokerLimits(
     subscription_lock=(60, 300),
     max_delivery_count=(1, 10),
     default_duplicate_window=300,
+    connections=10,
+    subscriptions_per_topic=50,
+    quota_source="its documented usage quotas",
 )
 AZURE = BrokerLimits(
     name="Azure Service Bus (Standard and Premium)",
@@ -91,8 +114,15 @@ def check(
     lock_duration: float,
     max_delivery_count: int,
     subscriptions: bool,
+    subscription_count: int = 0,
 ) -> None:
     """Raise :class:`LimitError` naming the first setting ``limits`` does not accept."""
+    most = limits.subscriptions_per_topic
+    if most is not None and subscription_count > most:
+        raise LimitError(
+            f"subscriptions lists {subscription_count} subscriptions; {limits.name} takes at most {most} per topic "
+            f"({limits.quota_source})"
+        )
     _check(
         "duplicate_detection_window",
         "DuplicateDetectionHistoryTimeWindow",
@@ -108,6 +138,16 @@ def check(
         raise LimitError(
             f"max_delivery_count = {max_delivery_count} is outside what {limits.name} accepts for "
             f"MaxDeliveryCount ({low} to {high}, {limits.source})"
+        )
+
+
+def check_connections(limits: BrokerLimits, count: int, what: str, fix: str) -> None:
+    """Refuse ``count`` connections (``what`` opens them) over the namespace's connection quota."""
+    most = limits.connections
+    if most is not None and count > most:
+        raise LimitError(
+            f"{what} needs {count} connections; {limits.name} takes at most {most} to the namespace "
+            f"({limits.quota_source}, counting every other client): {fix}"
         )
 
 

@@ -7,15 +7,18 @@ what makes a replay leave no duplicates), and must differ for any two different 
 (else the broker drops real data). Two ways to get there:
 
 1. **By position**, when the envelope's metadata names the change it carries: its table,
-   the position keys present (``LSN``, ``CommitLSN``, ``Seq``, ``SeqVal``, ``Sequence``,
-   ``Offset``, ``Position``, ``MessageId``, ``MessageLine`` and upstream's lowercase
-   ``lsn``/``seq``/``sequence``/``offset``/``position``), its operation (``OperationID``,
-   ``OperationType``, ``operation``: an update's before and after images share an LSN) and
-   its row key (``metadata.Key``). A position is trusted to identify a change only when it
-   has a per-change part (any of those keys except the LSNs, which name a whole
-   transaction), or when the envelope is a snapshot row (``OperationType`` ``Read``) with a
-   non-empty ``Key``: one snapshot reads each key once. ``message_id_keys`` replaces the
-   list; the config then vouches that those keys identify an envelope.
+   the position keys present (``LSN``, ``CommitLSN``, ``Seq``, ``SeqVal``, ``MessageLine``
+   and the lowercase ``lsn``/``seq``: what dstream's CDC inputs write), its operation
+   (``OperationID``, ``OperationType``, ``operation``: an update's before and after images
+   share an LSN) and its row key (``metadata.Key``). A position is trusted to identify a
+   change only when it has a per-change part (``Seq``/``SeqVal``/``seq``; the LSNs name a
+   whole transaction), or when the envelope is a snapshot row (``OperationType`` ``Read``)
+   with a non-empty ``Key``: one snapshot reads each key once. Keys that someone upstream
+   chose (a Service Bus ``MessageId``, which is "application-defined, free-form", an
+   ``Offset``, ``Position`` or ``Sequence`` property) are not proof that two messages are
+   one change: two producers, or one reusing a business id, would have the second dropped
+   as a duplicate. They count only when the task lists them in ``message_id_keys``, which
+   replaces the list: the config then vouches that those keys identify an envelope.
 2. **By place in the stream**, otherwise: a hash of the task's resume checkpoint (the one
    every stage is handed at start, ``None`` on a first run), the envelope's ordinal since
    the start of this run, and a digest of its bytes. An attempt that resumes from a given
@@ -40,18 +43,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
 LSN_KEYS = ("LSN", "CommitLSN", "lsn")
-CHANGE_KEYS = (
-    "Seq",
-    "SeqVal",
-    "Sequence",
-    "Offset",
-    "Position",
-    "MessageId",
-    "seq",
-    "sequence",
-    "offset",
-    "position",
-)
+CHANGE_KEYS = ("Seq", "SeqVal", "seq")  # per-change parts that dstream's own CDC inputs write
 POSITION_KEYS = (*LSN_KEYS, *CHANGE_KEYS, "MessageLine")
 OPERATION_KEYS = ("OperationID", "OperationType", "operation")
 SNAPSHOT_OPERATIONS = frozenset({"Read", "read", "READ", "r"})

@@ -33,8 +33,13 @@ if TYPE_CHECKING:
     from azure.storage.queue import QueueServiceClient
 
 CONN_ENV = "DSTREAM_TEST_AZURE"
-# Emulator 2.0.0 brought the management API (port 5300) and its /health endpoint; 2.0.1 is
-# the pin (mcr.microsoft.com tags; the installer repository's templates say :latest).
+# Emulator 2.0.0 brought the management API (port 5300) and its /health endpoint; a 1.x image
+# serves neither. The installer repository's compose templates say :latest and name no version.
+# 2.0.1 is the pin: the stored public sources show it pinned by other projects' emulator fixtures
+# (one of them noting that 2.0.0 intermittently exits with SIGSEGV), and 2.0.0 pinned by .NET
+# Aspire's hosting integration (radical/aspire@5980d95, a dotnet/aspire fork,
+# src/Aspire.Hosting.Azure.ServiceBus/ServiceBusEmulatorContainerImageTags.cs). Nothing here can
+# reach MCR to confirm either; servicebus.yml prints the digest it pulled, to pin by digest next.
 EMULATOR_IMAGE = os.environ.get(
     "DSTREAM_SERVICEBUS_EMULATOR_IMAGE", "mcr.microsoft.com/azure-messaging/servicebus-emulator:2.0.1"
 )

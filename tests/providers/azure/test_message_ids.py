@@ -76,13 +76,22 @@ def test_envelopes_without_a_position_are_identified_by_their_place_in_the_strea
     assert ids_of([same, line({"x": 3})])[1] != first[1]
 
 
-def test_queue_messages_are_identified_by_message_id_and_line() -> None:
+def test_an_upstream_message_id_or_offset_is_trusted_only_when_the_task_names_it() -> None:
+    """Row 8: a MessageId is application-defined; a producer reusing one must not lose the second message."""
     a = line({"n": 1}, Queue="q", MessageId="m1", MessageLine=0)
     b = line({"n": 2}, Queue="q", MessageId="m1", MessageLine=1)
-    c = line({"n": 1}, Queue="q", MessageId="m2")
-    ids = ids_of([a, b, c])
-    assert len(set(ids)) == 3
-    assert ids_of([c], resume={"run": "r2", "seq": 7}) == ids[2:]  # redelivered in another run: same id
+    reused = line({"n": 3}, Queue="q", MessageId="m1", MessageLine=0)  # another message, the same id upstream
+    other = line({"n": 4}, Offset=7, Position=7, Sequence=7)
+    same_place = line({"n": 5}, Offset=7, Position=7, Sequence=7)
+    ids = ids_of([a, b, reused, other, same_place])
+    assert len(set(ids)) == 5  # by place in the stream: nothing dropped as a "duplicate"
+    for row in (a, reused, other):
+        assert not identifies(row[0], position_of(row[0]), configured=False)
+    # The task vouches for them: the same message id and line is one message, in any run.
+    keys = ["MessageId", "MessageLine"]
+    vouched = ids_of([a, b], keys=keys)
+    assert len(set(vouched)) == 2
+    assert ids_of([b], keys=keys, resume={"run": "r2", "seq": 7}) == vouched[1:]
 
 
 def test_configured_keys_and_the_stream_mode() -> None:

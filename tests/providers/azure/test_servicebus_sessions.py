@@ -6,7 +6,12 @@ and skip here. A file of interleaved updates to several rows goes through
 asb-output-provider with ``session = "key"`` into a session-enabled queue; consumers with
 ``sessions = "next"`` must get each row's updates in order: two competing consumers at once,
 and one whose input is killed with SIGKILL mid-session (nothing lost, order kept, duplicates
-allowed: at-least-once).
+allowed: at-least-once); and one session held for several lock durations behind a slow output
+(its lock renewed on a timer: no redelivery).
+
+Lock durations: 60 s where a test does not mean to outlast the lock, so a slow runner (the
+emulator keeps its state in SQL Server) cannot lose a session by being slow; 5 s, the
+emulator's minimum (Config-schema.json), where the test is that the lock is kept.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from tests.conftest import run_cli
-from tests.faults import finish, kill, line_count, provider_pid, start_run, wait_until
+from tests.faults import finish, kill, line_count, provider_pid, slow_file_output, start_run, wait_until
 from tests.providers.azure.conftest import EMULATOR_MARKS, by_name, lifecycle
 
 if TYPE_CHECKING:
@@ -42,7 +47,7 @@ task "{p}-produce" {{
       admin_connection_string    = env("DSTREAM_TEST_SB_ADMIN")
       queue                      = "{p}-ordered"
       session                    = "key"
-      lock_duration              = "10s"
+      lock_duration              = "{lock}"
       duplicate_detection_window = "5m"
     }}
   }}
@@ -57,7 +62,7 @@ task "{p}-{name}" {{
       connection_string = env("DSTREAM_TEST_SB")
       queue             = "{p}-ordered"
       sessions          = "next"
-      max_sessions      = 2
+      max_sessions      = {max_sessions}
       session_idle      = "1s"
       max_batch         = 10
       max_idle          = "{max_idle}"
@@ -65,7 +70,7 @@ task "{p}-{name}" {{
     }}
   }}
   output {{
-    provider_path = "file-output-provider"
+    provider_path = "{output}"
     config {{
       path  = "{out}"
       fsync = false
@@ -75,27 +80,44 @@ task "{p}-{name}" {{
 """
 
 
-def produce(sb: str, servicebus: ServiceBus, task_file: Callable[..., Path], tmp_path: Path) -> None:
-    """Interleaved updates of ROWS rows (VERSIONS each, in commit order) into a session queue."""
+def produce(
+    sb: str,
+    servicebus: ServiceBus,
+    task_file: Callable[..., Path],
+    tmp_path: Path,
+    rows: int = ROWS,
+    versions: int = VERSIONS,
+    lock: str = "60s",
+) -> None:
+    """Interleaved updates of ``rows`` rows (``versions`` each, in commit order) into a session queue."""
     src = tmp_path / "updates.jsonl"
     lines = []
-    for v in range(1, VERSIONS + 1):
-        for r in range(ROWS):
+    for v in range(1, versions + 1):
+        for r in range(rows):
             meta = {"TableName": "dbo.T", "OperationType": "Update", "LSN": f"{v:08x}", "Seq": r, "Key": {"id": r}}
             lines.append(json.dumps({"data": {"id": r, "v": v}, "metadata": meta}))
     src.write_text("\n".join(lines) + "\n")
-    hcl = task_file(PRODUCE.format(p=sb, src=src), name="produce.hcl")
+    hcl = task_file(PRODUCE.format(p=sb, src=src, lock=lock), name="produce.hcl")
     assert by_name(lifecycle("init", f"{sb}-produce", hcl)) == {f"{sb}-ordered": ("create", "present")}
     with servicebus.admin() as client:
         assert client.get_queue(f"{sb}-ordered").requires_session
     result = run_cli("run", f"{sb}-produce", "-f", str(hcl))
     assert result.returncode == 0, result.stderr
-    assert servicebus.active(f"{sb}-ordered")[0] == ROWS * VERSIONS
+    assert servicebus.active(f"{sb}-ordered")[0] == rows * versions
 
 
-def consumer(sb: str, name: str, task_file: Callable[..., Path], tmp_path: Path, max_idle: str) -> tuple[Path, Path]:
+def consumer(
+    sb: str,
+    name: str,
+    task_file: Callable[..., Path],
+    tmp_path: Path,
+    max_idle: str,
+    output: str = "file-output-provider",
+    max_sessions: int = 2,
+) -> tuple[Path, Path]:
     out = tmp_path / f"{name}.jsonl"
-    hcl = task_file(CONSUME.format(p=sb, name=name, out=out, max_idle=max_idle), name=f"{name}.hcl")
+    text = CONSUME.format(p=sb, name=name, out=out, max_idle=max_idle, output=output, max_sessions=max_sessions)
+    hcl = task_file(text, name=f"{name}.hcl")
     return hcl, out
 
 
@@ -147,7 +169,7 @@ def test_kill_9_of_the_input_mid_session_loses_nothing_and_keeps_each_rows_order
     sb: str, servicebus: ServiceBus, task_file: Callable[..., Path], tmp_path: Path
 ) -> None:
     produce(sb, servicebus, task_file, tmp_path)
-    hcl, out = consumer(sb, "c1", task_file, tmp_path, "30s")  # well over the 10 s session lock a killed input held
+    hcl, out = consumer(sb, "c1", task_file, tmp_path, "90s")  # well over the 60 s session lock a killed input held
     proc = start_run(f"{sb}-c1", hcl)
     wait_until(lambda: line_count(out) >= ROWS * VERSIONS // 3, "a third of the updates", proc)
     kill(provider_pid(proc, "asb-input-provider"))
@@ -160,4 +182,23 @@ def test_kill_9_of_the_input_mid_session_loses_nothing_and_keeps_each_rows_order
     }  # nothing lost
     for row, seen in rows.items():
         assert in_order(seen), f"row {row}: {seen}"
+    assert servicebus.active(f"{sb}-ordered") == (0, 0)
+
+
+def test_a_session_held_for_several_lock_durations_keeps_its_lock(
+    sb: str,
+    servicebus: ServiceBus,
+    task_file: Callable[..., Path],
+    tmp_path: Path,
+    script: Callable[[str, str], Path],
+) -> None:
+    """One session of 200 updates behind an output that takes 1 s per 10 envelopes: the session is
+    held about 20 s with a 5 s lock. Renewed on a timer, it is never lost: no redelivery, in order."""
+    produce(sb, servicebus, task_file, tmp_path, rows=1, versions=200, lock="5s")
+    slow = script("slow-output-provider", slow_file_output(10, 1.0))
+    hcl, out = consumer(sb, "busy", task_file, tmp_path, "10s", output=str(slow), max_sessions=1)
+    code, err = finish(start_run(f"{sb}-busy", hcl), timeout=600)
+    assert code == 0, err
+    assert "lost the lock" not in err
+    assert versions(out) == {0: list(range(1, 201))}  # each once, in order: the lock was never lost
     assert servicebus.active(f"{sb}-ordered") == (0, 0)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
@@ -32,6 +31,8 @@ from tests.providers.azure.sbfakes import (
     FAKE_SB,
     Entity,
     FakeAdminClient,
+    FakeClock,
+    FakeLink,
     FakeReceiver,
     FakeSender,
     FakeServiceBusClient,
@@ -390,6 +391,7 @@ def test_asb_input_completes_only_what_was_committed_and_releases_the_rest() -> 
     provider.on_committed({"run": "another run", "seq": 3})
     assert receiver.completed == []  # never settle on a position from elsewhere
     provider.on_committed({**checkpoints[0]})
+    assert provider.wait_settled(timeout=10)  # completions run off the read loop
     assert receiver.completed == ["env", "value"]
     provider.close()
     # Stopped without its commit: released (no delivery counted), not abandoned.
@@ -407,15 +409,69 @@ def test_asb_input_abandons_what_it_cannot_release() -> None:
     assert receiver.abandoned == ["a"]
 
 
-def test_asb_input_renews_locks_that_are_about_to_expire() -> None:
-    receiver = FakeReceiver([Received([b'{"data":1}'], message_id="a")])  # locked for 60 s
+def test_the_private_release_path_is_in_the_installed_sdk() -> None:
+    """Row 5: ``released`` uses ReceiveClient.settle_messages (private; read in 7.14.0-7.15.0). An SDK
+    without it must fail here, not silently abandon on every stop (which counts deliveries)."""
+    import inspect
+
+    from azure.servicebus._pyamqp.client import ReceiveClient
+    from dstream_azure import servicebus
+
+    assert servicebus.RELEASE_AVAILABLE
+    params = list(inspect.signature(ReceiveClient.settle_messages).parameters)
+    assert params[:4] == ["self", "delivery_id", "delivery_tag", "outcome"]
+
+
+def test_asb_input_abandons_when_the_sdk_has_no_release_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dstream_azure import servicebus
+
+    monkeypatch.setattr(servicebus, "RELEASE_AVAILABLE", False)
+    receiver = FakeReceiver([Received([b'{"data":1}'], message_id="a")])
     provider = asb_input(receiver)
+    list(provider.read(None))
+    provider.close()
+    assert receiver.settled == []
+    assert receiver.abandoned == ["a"]
+
+
+def test_a_message_is_never_released_through_a_link_it_did_not_come_on() -> None:
+    """Delivery ids belong to one link: after the receiver reconnects, the old id names another message."""
+    receiver = FakeReceiver([Received([b'{"data":1}'], message_id="a")])
+    provider = asb_input(receiver)
+    list(provider.read(None))
+    receiver._handler = FakeLink(receiver)  # the SDK opened a new link (a reconnect)
+    provider.close()
+    assert receiver.settled == []
+    assert receiver.abandoned == ["a"]
+
+
+def test_held_message_locks_are_renewed_on_a_timer_while_the_read_loop_is_blocked() -> None:
+    """Row 6: the output is slow (the read loop sits in a yield) for ten lock durations; a timer keeps
+    the held messages' locks, so their completion after the commit succeeds."""
+    clock = FakeClock()
+    receiver = FakeReceiver(
+        [Received([b'{"data":1}'], message_id="a"), Received([b'{"data":2}'], message_id="b")],
+        clock=clock,
+        lock_duration=10,
+    )
+    provider = asb_input(receiver)
+    provider.timer = False
+    provider.message_locks.utcnow = clock.utcnow
+    clock.every(1.0, provider.message_locks.tick)
     reader = provider.read(None)
-    next(reader)  # the Raw: the message is now held
-    provider.renew_due(now=time.monotonic() + 10)
-    assert receiver.renewed == []  # 50 s left of 60: not yet
-    provider.renew_due(now=time.monotonic() + 45)
-    assert receiver.renewed == ["a"]
+    items = [next(reader) for _ in range(3)]  # two messages and their checkpoint: now held
+    clock.advance(5)
+    assert receiver.renewed == []  # half the lock left: not yet
+    clock.advance(100)  # the read loop is blocked downstream all this time
+    assert receiver.renewed.count("a") >= 10
+    checkpoint = items[-1]
+    assert isinstance(checkpoint, Checkpoint)
+    provider.on_committed(checkpoint.position)
+    assert provider.wait_settled(timeout=10)
+    assert receiver.completed == ["a", "b"]  # the locks held: nothing comes again
+    renewals = len(receiver.renewed)
+    clock.advance(100)
+    assert len(receiver.renewed) == renewals  # completed: no longer renewed
     reader.close()
     provider.close()
 
@@ -424,3 +480,25 @@ def test_azure_lock_durations_are_checked_against_the_documented_maximum_only() 
     assert config(connection_string=AZURE_SB, lock_duration="1s").entity_settings().lock_duration == 1
     with pytest.raises(ValidationError, match=r"a queue's LockDuration \(up to 5m, Microsoft's"):
         config(connection_string=AZURE_SB, lock_duration="6m")
+
+
+# -- the emulator's quotas (overview-emulator.md, "Usage quotas") -----------------------------------
+
+
+def test_the_emulators_connection_and_subscription_quotas_are_checked_before_the_broker_refuses() -> None:
+    input_config = AsbInputProvider.Config.model_validate
+    base = {"connection_string": FAKE_SB, "queue": "q", "sessions": "next"}
+    assert input_config({**base, "max_sessions": 9}).max_sessions == 9  # 9 session receivers + 1 accepting
+    with pytest.raises(ValidationError, match=r"max_sessions = 10 needs 11 connections; .* at most 10"):
+        input_config({**base, "max_sessions": 10})
+    assert input_config({**base, "connection_string": AZURE_SB, "max_sessions": 50}).max_sessions == 50
+    with pytest.raises(ValidationError, match=r"51 subscriptions; .* at most 50 per topic"):
+        AsbOutputProvider.Config.model_validate(
+            {"connection_string": FAKE_SB, "topic": "t", "subscriptions": [f"s{i}" for i in range(51)]}
+        ).entity_settings()
+    client = FakeServiceBusClient()
+    provider = asb_output(client)
+    provider.write([env({"i": i}, TableName=f"T{i}", LSN="1", Seq=i) for i in range(10)])  # 10 senders: the quota
+    with pytest.raises(LimitError, match=r"routing to 11 queues needs 11 connections"):
+        provider.write([env({"i": 10}, TableName="T10", LSN="1", Seq=10)])
+    assert len(client.senders) == 10

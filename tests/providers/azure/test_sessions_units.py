@@ -7,17 +7,22 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from azure.servicebus import NEXT_AVAILABLE_SESSION
-from azure.servicebus.exceptions import OperationTimeoutError, SessionCannotBeLockedError, SessionLockLostError
+from azure.servicebus.exceptions import (
+    MessagingEntityNotFoundError,
+    ServiceBusAuthenticationError,
+    ServiceBusAuthorizationError,
+    ServiceBusError,
+)
 from dstream_azure import lifecycle
 from dstream_azure.asb_input import AsbInputProvider
 from dstream_azure.asb_output import AsbOutputProvider
-from dstream_azure.asb_sessions import SessionPool
+from dstream_azure.asb_sessions import SessionAcceptError, SessionPool
 from dstream_azure.servicebus import TargetSender, build_message
 from dstream_azure.servicebus_admin import EntitySettings, QueueAdmin, TopicAdmin
 from dstream_azure.sessions import MAX_SESSION_ID, SessionIds, SessionKeyMissing, bounded
@@ -25,7 +30,16 @@ from pydantic import ValidationError
 
 from dstream import protocol
 from dstream.sdk import Checkpoint, Context, Envelope, Raw
-from tests.providers.azure.sbfakes import FAKE_SB, Entity, FakeAdminClient, FakeSender, FakeServiceBusClient, Received
+from tests.providers.azure.sbfakes import (
+    FAKE_SB,
+    Entity,
+    FakeAdminClient,
+    FakeClock,
+    FakeSender,
+    FakeServiceBusClient,
+    FakeSessionReceiver,
+    SessionBroker,
+)
 
 pytestmark = pytest.mark.unit
 LOG = logging.getLogger("test")
@@ -172,115 +186,22 @@ def test_a_topics_subscriptions_are_created_with_sessions_and_checked_in_plan() 
     assert "subscription audit has sessions on and the config has them off" in row.details["warning"]
 
 
-# -- the input's session pool against an in-memory broker -------------------------------------------
+# -- the input's session pool against an in-memory broker whose session locks expire -----------------
 
 
-@dataclass
-class Broker:
-    """Sessions of messages; each session locked to at most one receiver at a time."""
-
-    sessions: dict[str, list[Received]] = field(default_factory=dict)
-    locked: dict[str, SessionReceiver] = field(default_factory=dict)
-    opened: list[SessionReceiver] = field(default_factory=list)
-
-    def put(self, session: str, *values: int) -> None:
-        queue = self.sessions.setdefault(session, [])
-        for v in values:
-            queue.append(Received([f'{{"data":{{"s":"{session}","v":{v}}}}}'.encode()], message_id=f"{session}-{v}",
-                                  session_id=session, _delivery_id=len(queue) + 1))  # fmt: skip
-
-    def open(self, wanted: Any) -> SessionReceiver:
-        receiver = SessionReceiver(self, wanted)
-        self.opened.append(receiver)
-        return receiver
-
-
-class FakeSession:
-    def __init__(self, receiver: SessionReceiver) -> None:
-        self.receiver = receiver
-        self.renewals = 0
-
-    @property
-    def session_id(self) -> str:
-        assert self.receiver.session_id is not None
-        return self.receiver.session_id
-
-    @property
-    def locked_until_utc(self) -> datetime:
-        return datetime.now(UTC) + timedelta(seconds=30)
-
-    def renew_lock(self) -> datetime:
-        if self.receiver.lost:
-            raise SessionLockLostError(message="lost")
-        self.renewals += 1
-        return datetime.now(UTC) + timedelta(seconds=30)
-
-
-class SessionReceiver:
-    def __init__(self, broker: Broker, wanted: Any) -> None:
-        self.broker = broker
-        self.wanted = wanted
-        self.session_id: str | None = None
-        self.session = FakeSession(self)
-        self.delivered: list[Received] = []
-        self.completed: list[str] = []
-        self.released: list[str] = []
-        self.closed = False
-        self.lost = False
-        self._handler = self  # the receive link, for the AMQP "released" outcome
-
-    def _accept(self) -> None:
-        free = [s for s, q in self.broker.sessions.items() if q and s not in self.broker.locked]
-        if self.wanted is NEXT_AVAILABLE_SESSION:
-            if not free:
-                raise OperationTimeoutError(message="no session available")
-            self.session_id = free[0]
-        elif self.wanted in self.broker.locked:
-            raise SessionCannotBeLockedError(message="locked by another receiver")
-        else:
-            self.session_id = self.wanted
-        assert self.session_id is not None
-        self.broker.locked[self.session_id] = self
-
-    def receive_messages(self, max_message_count: int, max_wait_time: float) -> list[Received]:
-        if self.lost:
-            raise SessionLockLostError(message="lost")
-        if self.session_id is None:
-            self._accept()
-        assert self.session_id is not None
-        queue = self.broker.sessions.get(self.session_id, [])
-        pending = [m for m in queue if m not in self.delivered][:max_message_count]
-        self.delivered += pending
-        return pending
-
-    def complete_message(self, m: Received) -> None:
-        self.completed.append(m.message_id)
-        self.broker.sessions[m.session_id or ""].remove(m)
-
-    def settle_messages(self, delivery_id: int, delivery_tag: bytes, outcome: str) -> None:
-        (m,) = [m for m in self.delivered if m._delivery_id == delivery_id and m.message_id not in self.completed]
-        self.released.append(m.message_id)
-        self.delivered.remove(m)
-
-    def close(self) -> None:
-        self.closed = True
-        if self.session_id is not None and self.broker.locked.get(self.session_id) is self:
-            del self.broker.locked[self.session_id]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+def new_pool(broker: SessionBroker, configured: list[str] | None = None, **kw: Any) -> SessionPool:
+    options: dict[str, Any] = {"max_sessions": 2, "idle": 5, "wait": 1, **kw}
+    return SessionPool(
+        broker.open, configured, options.pop("max_sessions"), options.pop("idle"), options.pop("wait"), LOG,
+        clock=broker.clock, utcnow=broker.clock.utcnow, timer=False, **options,
+    )  # fmt: skip
 
 
 def test_the_pool_accepts_sessions_up_to_its_bound_and_reads_them_in_turn() -> None:
-    broker = Broker()
+    broker = SessionBroker(FakeClock())
     for s in "abc":
         broker.put(s, 1, 2)
-    pool = SessionPool(broker.open, None, max_sessions=2, idle=5, wait=1, log=LOG, clock=Clock())
+    pool = new_pool(broker)
     got = pool.receive(10)
     assert set(pool.sessions) == {"a", "b"}  # the bound: c waits for a free slot
     assert sorted(i.message.message_id for i in got) == ["a-1", "a-2", "b-1", "b-2"]
@@ -288,63 +209,190 @@ def test_the_pool_accepts_sessions_up_to_its_bound_and_reads_them_in_turn() -> N
 
 
 def test_a_session_is_let_go_only_when_idle_and_nothing_of_it_is_held() -> None:
-    broker, clock = Broker(), Clock()
+    clock = FakeClock()
+    broker = SessionBroker(clock, lock_duration=300)
     broker.put("a", 1)
     broker.put("b", 1)
-    pool = SessionPool(broker.open, None, max_sessions=1, idle=5, wait=1, log=LOG, clock=clock)
+    pool = new_pool(broker, max_sessions=1)
     (item,) = pool.receive(10)
     assert item.session == "a"
-    clock.now += 60
+    clock.advance(60)
     assert pool.receive(10) == []
     assert "a" in pool.sessions  # idle, but its message awaits its commit: the session is kept
     item.receiver.complete_message(item.message)
     pool.done(item)
-    clock.now += 60
+    clock.advance(60)
     pool.receive(10)
     assert "a" not in pool.sessions  # idle and nothing held: let go, its lock released
     assert item.receiver.closed
-    clock.now += 60
+    clock.advance(60)
     (other,) = pool.receive(10)
     assert other.session == "b"  # the freed slot takes the next session
 
 
 def test_configured_sessions_and_a_session_locked_elsewhere() -> None:
-    broker = Broker()
+    broker = SessionBroker(FakeClock())
     broker.put("a", 1)
     broker.put("b", 1)
     elsewhere = broker.open("b")
     elsewhere.receive_messages(1, 1)  # another consumer holds b
-    pool = SessionPool(broker.open, ["a", "b"], max_sessions=4, idle=5, wait=1, log=LOG, clock=Clock())
+    pool = new_pool(broker, ["a", "b"], max_sessions=4)
     got = pool.receive(10)
     assert [i.session for i in got] == ["a"]
     assert set(pool.sessions) == {"a"}
 
 
-def test_a_lost_session_is_dropped_and_renewal_renews_the_session_lock() -> None:
-    broker = Broker()
+def test_the_lock_keeper_renews_a_held_session_before_its_lock_ends_and_reports_a_failed_renewal() -> None:
+    clock = FakeClock()
+    broker = SessionBroker(clock, lock_duration=10)
     broker.put("a", 1, 2)
-    pool = SessionPool(broker.open, None, max_sessions=2, idle=5, wait=1, log=LOG, clock=Clock())
-    items = pool.receive(1)
-    receiver = items[0].receiver
-    pool.renew(receiver)
+    pool = new_pool(broker)
+    clock.every(1.0, pool.keeper.tick)
+    (item,) = pool.receive(1)
+    receiver = item.receiver
+    clock.advance(4)
+    assert receiver.session.renewals == 0  # more than half the lock left
+    clock.advance(2)
     assert receiver.session.renewals == 1
-    receiver.lost = True
-    pool.receive(10)
-    assert "a" not in pool.sessions
+    clock.advance(60)  # nothing read meanwhile: the timer alone keeps the lock
+    assert receiver.session.renewals >= 12
+    assert broker.owner("a") is receiver
+    receiver.close()  # the receiver is gone (as the SDK's: renew_lock raises ValueError)
+    clock.advance(10)
+    again = pool.receive(10)
+    assert pool.take_dropped() == [receiver]  # reported lost by the keeper, dropped with its held message
+    assert pool.sessions["a"].receiver is not receiver  # the session, taken anew, gives its messages again
+    assert [i.message.message_id for i in again] == ["a-1", "a-2"]
 
 
-def asb_input(broker: Broker, **config: Any) -> AsbInputProvider:
+def test_a_renewal_that_fails_for_a_passing_reason_is_tried_again_not_a_lost_session() -> None:
+    from azure.servicebus.exceptions import ServiceBusConnectionError
+
+    clock = FakeClock()
+    broker = SessionBroker(clock, lock_duration=10)
+    broker.put("a", 1)
+    pool = new_pool(broker)
+    clock.every(1.0, pool.keeper.tick)
+    (item,) = pool.receive(1)
+    session = item.receiver.session
+    renew = session.renew_lock
+    failures = iter([ServiceBusConnectionError(message="connection reset")])
+
+    def flaky() -> datetime:
+        error = next(failures, None)
+        if error is not None:
+            raise error
+        return renew()
+
+    session.renew_lock = flaky  # type: ignore[method-assign]
+    clock.advance(30)
+    pool.receive(1)
+    assert pool.take_dropped() == []  # one failed renewal with time left: tried again, kept
+    assert pool.sessions["a"].receiver is item.receiver
+    assert session.renewals >= 3
+
+
+def test_the_lock_keeper_thread_renews_on_its_own() -> None:
+    from dstream_azure.asb_locks import SessionLockKeeper
+
+    renewed = threading.Event()
+
+    class Session:
+        locked_until_utc = datetime.now(UTC)
+
+        def renew_lock(self) -> datetime:
+            renewed.set()
+            return datetime.now(UTC) + timedelta(seconds=60)
+
+    receiver = type("Receiver", (), {"session": Session()})()
+    keeper = SessionLockKeeper(lambda: [("a", receiver, threading.Lock())], lambda sid, exc: None, LOG, interval=0.01)
+    keeper.start()
+    try:
+        assert renewed.wait(5), "the keeper's thread renewed nothing"
+    finally:
+        keeper.stop()
+    assert keeper._thread is None  # stop joined the thread
+
+
+def asb_input(broker: SessionBroker, **config: Any) -> AsbInputProvider:
     cfg = AsbInputProvider.Config.model_validate(
         {"connection_string": FAKE_SB, "queue": "q", "sessions": "next", "max_batch": 3, "max_idle": 0.01,
          "commit_wait": 0, "session_idle": 60, **config}
     )  # fmt: skip
     provider = AsbInputProvider(cfg, Context("t"))  # type: ignore[arg-type]
-    provider._pool = SessionPool(broker.open, None, cfg.max_sessions, cfg.session_idle, cfg.max_wait, LOG)
+    provider._pool = new_pool(
+        broker, max_sessions=cfg.max_sessions, idle=cfg.session_idle, wait=cfg.max_wait, source=provider.source
+    )
     return provider
 
 
+def test_a_busy_session_keeps_its_lock_for_ten_lock_durations() -> None:
+    """Row 1: every receive takes half a second of a 10 s lock; commits come at once. For 100 s the
+    session is read without pause, so no held message nears its lock end: only a timer keeps it."""
+    clock = FakeClock()
+    broker = SessionBroker(clock, lock_duration=10)
+    broker.receive_cost = 0.5
+    broker.put("a", *range(1, 2001))
+    provider = asb_input(broker, max_batch=3)
+    clock.every(1.0, provider.pool.keeper.tick)  # the keeper's thread, on this clock
+    start = clock.now
+    emitted = 0
+    for item in provider.read(None):
+        if isinstance(item, Checkpoint):
+            provider.on_committed(item.position)
+        else:
+            emitted += 1
+        if clock.now - start >= 10 * broker.lock_duration:
+            break
+    provider.close()
+    assert clock.now - start >= 100
+    ids = [m for m, _ in broker.deliveries]
+    assert len(ids) == len(set(ids)) >= emitted >= 500  # nothing came twice
+    assert {count for _, count in broker.deliveries} == {0}  # no delivery counted against any message
+    (receiver,) = [r for r in broker.opened if r.session_id == "a"]  # held throughout, never taken anew
+    assert receiver.session.renewals >= 10
+    assert len(receiver.completed) + len(receiver.released) == len(ids)  # each settled once, through its receiver
+
+
+def test_a_lost_session_is_forgotten_never_settled_through_its_closed_receiver_and_stop_works() -> None:
+    """Row 2: a session lock runs out while its messages await their commit."""
+    clock = FakeClock()
+    broker = SessionBroker(clock, lock_duration=10)
+    broker.put("a", 1, 2, 3)
+    provider = asb_input(broker, max_batch=3)
+    reading = provider.read(None)
+    first = [next(reading) for _ in range(4)]  # three messages and their checkpoint, not yet committed
+    assert isinstance(first[-1], Checkpoint)
+    receiver = broker.opened[0]
+    clock.advance(11)  # no keeper ticking: the lock runs out and the broker frees the session
+    again = [next(reading) for _ in range(4)]  # the next receive finds the lock lost; the session comes anew
+    assert [json.loads(i.line)["data"]["v"] for i in again[:3] if isinstance(i, Raw)] == [1, 2, 3]
+    assert receiver.closed
+    assert provider.pool.sessions["a"].receiver is not receiver
+    assert broker.deliveries == [("a-1", 0), ("a-2", 0), ("a-3", 0), ("a-1", 1), ("a-2", 1), ("a-3", 1)]
+    provider.on_committed(first[-1].position)  # the late commit of the first delivery: those were forgotten
+    assert provider.wait_settled(timeout=10)
+    assert receiver.completed == []  # nothing went to the closed receiver (the SDK would raise ValueError)
+    provider.on_committed(again[-1].position)
+    assert provider.wait_settled(timeout=10)
+    assert provider.pool.sessions["a"].receiver.completed == ["a-1", "a-2", "a-3"]
+    provider.close()  # a graceful stop works
+
+
+def test_settling_through_a_closed_session_receiver_raises_as_the_sdk_does() -> None:
+    broker = SessionBroker(FakeClock())
+    broker.put("a", 1)
+    receiver = broker.open(NEXT_AVAILABLE_SESSION)
+    (m,) = receiver.receive_messages(1)
+    receiver.close()
+    with pytest.raises(ValueError, match="handler has already been shutdown"):
+        receiver.complete_message(m)
+    with pytest.raises(ValueError, match="handler has already been shutdown"):
+        receiver.session.renew_lock()
+
+
 def test_the_input_checkpoints_interleaved_sessions_and_completes_exactly_what_was_committed() -> None:
-    broker = Broker()
+    broker = SessionBroker(FakeClock(), lock_duration=300)
     broker.put("a", 1, 2, 3)
     broker.put("b", 1, 2, 3)
     provider = asb_input(broker)
@@ -355,6 +403,7 @@ def test_the_input_checkpoints_interleaved_sessions_and_completes_exactly_what_w
         assert [d["v"] for d in raws if d["s"] == s] == [1, 2, 3]  # each session in its order
     checkpoints = [i.position for i in items if isinstance(i, Checkpoint)]
     provider.on_committed(checkpoints[0])  # covers the first receive batch only
+    assert provider.wait_settled(timeout=10)
     completed = sorted(broker.locked["a"].completed + broker.locked["b"].completed)
     first = sorted(f"{d['s']}-{d['v']}" for d in raws[: checkpoints[0]["seq"]])
     assert completed == first
@@ -384,16 +433,57 @@ def test_the_input_says_when_an_entity_needs_sessions() -> None:
         provider.receive(1)
 
 
+@pytest.mark.parametrize(
+    ("error", "says"),
+    [
+        (MessagingEntityNotFoundError(message="The messaging entity could not be found"), "does not exist"),
+        (ServiceBusAuthenticationError(message="Unauthorized"), "connection string was refused"),
+        (ServiceBusAuthorizationError(message="Unauthorized access"), "connection string was refused"),
+        (ServiceBusError(message="The session filter is not supported on a non-session entity"), 'sessions = "none"'),
+    ],
+)
+def test_an_accept_that_waiting_cannot_fix_is_an_error_not_a_debug_line(error: Exception, says: str) -> None:
+    broker = SessionBroker(FakeClock())
+
+    class Refusing(FakeSessionReceiver):
+        def receive_messages(self, max_message_count: int, max_wait_time: float | None = None) -> list[Any]:
+            raise error
+
+    pool = new_pool(broker, source="Service Bus queue q")
+    pool.open_receiver = lambda wanted: Refusing(broker, wanted)
+    with pytest.raises(SessionAcceptError, match=says) as caught:
+        pool.receive(5)
+    assert "\n" not in str(caught.value)
+
+
+def test_no_busy_spin_while_no_session_is_held() -> None:
+    broker = SessionBroker(FakeClock())  # nothing to accept
+    provider = asb_input(broker, max_idle=0, max_wait=2, session_accept_wait=5)
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> bool:
+        waits.append(seconds)
+        return len(waits) < 3
+
+    provider.ctx.sleep = sleep  # type: ignore[method-assign]
+    assert list(provider.read(None)) == []
+    assert len(waits) == 3
+    assert all(w >= 0.05 for w in waits)  # each empty turn waits, never sleep(0)
+    assert waits[0] == 2  # until the next accept (5 s away), at most max_wait
+
+
 def test_accepting_a_session_is_not_retried_and_the_retry_setting_comes_back() -> None:
-    broker = Broker()
+    broker = SessionBroker(FakeClock())
     seen: list[int] = []
+    waits: list[float | None] = []
 
     class Config:
         retry_total = 3
 
-    class Counting(SessionReceiver):
-        def receive_messages(self, max_message_count: int, max_wait_time: float) -> list[Received]:
+    class Counting(FakeSessionReceiver):
+        def receive_messages(self, max_message_count: int, max_wait_time: float | None = None) -> list[Any]:
             seen.append(self._config.retry_total)
+            waits.append(max_wait_time)
             return super().receive_messages(max_message_count, max_wait_time)
 
     def open_receiver(wanted: Any) -> Counting:
@@ -401,10 +491,43 @@ def test_accepting_a_session_is_not_retried_and_the_retry_setting_comes_back() -
         receiver._config = Config()  # type: ignore[attr-defined]
         return receiver
 
-    pool = SessionPool(open_receiver, None, max_sessions=1, idle=60, wait=1, log=LOG, clock=Clock())
+    pool = new_pool(broker, max_sessions=1, idle=60, accept_wait=7)
+    pool.open_receiver = open_receiver
     assert pool.receive(5) == []  # none available: one attempt, no retries
+    assert pool.next_accept_in() == 7  # the next attempt after the accept budget
     broker.put("a", 1)
     pool._next_accept = 0
     pool.receive(5)
     assert seen[:2] == [0, 0]  # both accepts without retries
+    assert waits[:2] == [7, 7]  # each with the accept budget, not a 1 s cap
     assert seen[2:] == [3]  # the held session's later receives with the client's retries
+
+
+def test_commits_settle_off_the_read_loop_and_sessions_settle_at_once() -> None:
+    """Rows 6/7: on 7.15 each completion waits for the broker; two sessions' completions overlap (each
+    waits on a barrier only the other can pass), and on_committed returns before they finish."""
+    broker = SessionBroker(FakeClock(), lock_duration=300)
+    broker.put("a", 1)
+    broker.put("b", 1)
+    both = threading.Barrier(2, timeout=5)
+    started = threading.Event()
+
+    class Confirming(FakeSessionReceiver):
+        def complete_message(self, m: Any) -> None:
+            started.set()
+            both.wait()  # a broken barrier (a timeout: completions one at a time) raises here
+            super().complete_message(m)
+
+    provider = asb_input(broker, max_batch=10)
+    provider.pool.open_receiver = lambda wanted: Confirming(broker, wanted)
+    reading = provider.read(None)
+    items = [next(reading) for _ in range(3)]  # a-1, b-1 and their checkpoint
+    checkpoint = items[-1]
+    assert isinstance(checkpoint, Checkpoint)
+    provider.on_committed(checkpoint.position)
+    assert started.wait(5)
+    assert provider.wait_settled(timeout=10)
+    assert not both.broken
+    assert sorted(m for s in provider.pool.sessions.values() for m in s.receiver.completed) == ["a-1", "b-1"]
+    reading.close()
+    provider.close()
