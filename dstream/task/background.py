@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dstream import private
 from dstream.errors import DStreamError
 from dstream.paths import state_dir
 from dstream.runtime import pids
@@ -70,17 +71,13 @@ def records() -> list[RunRecord]:
 
 
 def _write(record: RunRecord) -> Path:
-    folder = runs_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{record.pid}.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(record)))
-    tmp.replace(path)
+    path = private.make_dirs(runs_dir()) / f"{record.pid}.json"
+    private.write_atomically(path, json.dumps(asdict(record)))
     return path
 
 
 def _log_file(document: Document, task: str) -> Path:
-    return document.base_dir / DEFAULT_STATE_DIR / "logs" / f"{task}.log"
+    return document.base_dir / DEFAULT_STATE_DIR / "logs" / f"{private.file_name(task)}.log"
 
 
 def _now() -> str:
@@ -119,9 +116,8 @@ def start(document: Document, task: str, argv: list[str]) -> RunRecord:
     through a log writer (:mod:`dstream.task.logwriter`) that stamps each line into the log."""
     args = [a for a in argv if a not in ("--detach", "-d")]
     log_path = _log_file(document, task)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "DSTREAM_DETACHED": "1"}
-    with log_path.open("ab") as log_file:
+    with private.open_append(log_path) as log_file:
         # Taken here, before the run starts, and inherited by the writer: `logs -f` follows
         # while it is held, from the first moment on (flock belongs to the open file).
         fcntl.flock(log_file, fcntl.LOCK_EX)
