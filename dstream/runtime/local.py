@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dstream import log
 from dstream.errors import RuntimeFailure
 from dstream.runtime.base import READ_CHUNK, ProviderSpec, StderrSink, StderrTail
 
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 
     from dstream.config.models import ContainerSettings
 
+_log = log.get("runtime")
+_warned: set[str] = set()
 _PR_SET_PDEATHSIG = 1
 NOBODY = 65534  # the unprivileged uid/gid a root dstream runs pulled executables as
 # All a local provider inherits from dstream's environment (plus LC_*); see provider_environment.
@@ -91,6 +94,22 @@ def _run_as(settings: ContainerSettings, oras: bool) -> tuple[int, int] | None:
     if not uid.isdigit() or not (gid or uid).isdigit():
         raise RuntimeFailure(f"container.user = {settings.user!r}: a local provider takes a numeric UID[:GID]")
     return int(uid), int(gid or uid)
+
+
+def _warn_about_readable_secrets() -> None:
+    """Secret files (Swarm mounts them 0444 by default) that the unprivileged uid could read."""
+    folder = os.environ.get("DSTREAM_SECRETS_DIR")
+    if not folder or "secrets" in _warned or not Path(folder).is_dir():
+        return
+    readable = [entry.name for entry in Path(folder).iterdir() if entry.stat().st_mode & stat.S_IROTH]
+    if readable:
+        _warned.add("secrets")
+        _log.warning(
+            "secret files in %s are readable by every uid (%s): a pulled executable could read them; "
+            "mount them 0400 (Swarm secret mode, Kubernetes defaultMode)",
+            folder,
+            ", ".join(sorted(readable)),
+        )
 
 
 def _private_copy(executable: str, owner: tuple[int, int]) -> Path:
@@ -269,6 +288,7 @@ class LocalRuntime:
         owner = _run_as(settings, oras=spec.executable is not None)
         private, cwd = None, spec.base_dir
         if owner is not None and owner[0] != 0:
+            _warn_about_readable_secrets()
             private = await asyncio.to_thread(_private_copy, executable, owner)
             executable = str(private)
             env["HOME"] = str(private.parent)

@@ -167,3 +167,28 @@ def test_a_root_dstream_runs_a_pulled_executable_unprivileged(tmp_path: Path, us
         assert seen["groups"] == str(uid)  # no supplementary groups: not the docker group
         assert seen["socket"] == "no"
         assert not Path(str(seen["home"])).exists()  # its private copy is gone after cleanup
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the uid change happens only when dstream runs as root")
+def test_secret_files_every_uid_can_read_are_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "SB_CONN").write_text("Endpoint=sb://x")
+    (secrets / "SB_CONN").chmod(0o444)  # Swarm's default mode for a secret
+    monkeypatch.setenv("DSTREAM_SECRETS_DIR", str(secrets))
+    monkeypatch.setattr("dstream.runtime.local._warned", set())
+    plugin = tmp_path / "plugin"
+    plugin.write_text("#!/bin/sh\nexit 0\n")
+    plugin.chmod(0o755)
+    block = ProviderBlock.model_validate({"provider_ref": "example/x:1"})
+    spec = ProviderSpec("input", "t", "r", block, tmp_path, executable=str(plugin))
+
+    async def scenario() -> None:
+        proc = await LocalRuntime().start(spec, lambda line: None)
+        await proc.cleanup()
+
+    with caplog.at_level("WARNING"):
+        asyncio.run(scenario())
+    assert any("readable by every uid (SB_CONN)" in r.getMessage() for r in caplog.records)
