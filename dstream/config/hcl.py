@@ -14,6 +14,7 @@ import pickle
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from dstream import private
 from dstream.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -67,7 +68,7 @@ def _cached_tree(text: str) -> Any:
 def _store_tree(text: str, tree: Any) -> None:
     path = _cache_path(text)
     with contextlib.suppress(OSError, pickle.PicklingError, RecursionError):
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private.make_dirs(path.parent)  # every folder created 0700, not only the last
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         with tmp.open("wb") as f:
             pickle.dump(tree, f, protocol=pickle.HIGHEST_PROTOCOL)

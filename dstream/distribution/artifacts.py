@@ -14,7 +14,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from dstream import log
+from dstream import log, private
 from dstream.distribution.registry import Manifest, RegistryClient, docker_credentials, is_insecure
 from dstream.errors import DistributionError
 from dstream.paths import cache_dir
@@ -96,8 +96,9 @@ def fetch_executable(ref: Reference, manifest: Manifest) -> Path:
         return target
     _log.info("pulling %s (%s) from %s", title, digest[:19], ref.registry)
     client = _oras_client(ref)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    private.make_dirs(target.parent)  # 0700: the cache is the user's own
     partial = target.with_suffix(".part")
+    partial.unlink(missing_ok=True)  # oras opens it with open(): never through a planted symlink
     try:
         client.download_blob(f"{ref.api_host}/{ref.repository}@{manifest.digest}", digest, str(partial))
     except Exception as exc:  # noqa: BLE001 - oras/requests raise many kinds; say which artifact failed

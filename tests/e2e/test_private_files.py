@@ -137,3 +137,18 @@ def test_file_name_is_one_safe_component(name: str) -> None:
 def test_two_task_names_never_share_a_file(a: str, b: str) -> None:
     if a != b:
         assert private.file_name(a) != private.file_name(b)
+
+
+def test_the_cache_folders_are_private(task_file: Callable[..., Path], tmp_path: Path) -> None:
+    path = task_file(
+        """
+        task "t" {
+          input { provider_path = "counter-input-provider" }
+          output { provider_path = "console-output-provider" }
+        }
+        """
+    )
+    cache = tmp_path / "cache" / "nested"
+    result = run_cli("lint", "--no-schemas", "-f", str(path), env={"DSTREAM_CACHE": str(cache)})
+    assert result.returncode == 0, result.stderr
+    assert mode(cache.parent) == mode(cache) == mode(cache / "hcl") == 0o700
