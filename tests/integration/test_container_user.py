@@ -39,6 +39,7 @@ def test_an_image_without_user_runs_as_an_unprivileged_uid(
     no_user_image: str,
     task_name: str,
     tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
     user: str | None,
     uid: str,
     config_user: str,
@@ -60,7 +61,10 @@ def test_an_image_without_user_runs_as_an_unprivileged_uid(
             await proc.cleanup()
         return first.decode().strip(), inspected
 
-    printed, inspected = asyncio.run(scenario())
+    with caplog.at_level("WARNING"):
+        printed, inspected = asyncio.run(scenario())
+    warned = [r.getMessage() for r in caplog.records if "runs as root" in r.getMessage()]
+    assert warned == (['input provider: user = "0": the provider runs as root'] if user == "0" else [])
     assert printed == uid
     assert inspected["Config"]["User"] == config_user
     host = inspected["HostConfig"]
