@@ -35,6 +35,10 @@ def lint(
         from dstream.tooling.schemas import check_document
 
         problems, notes = check_document(document)
+    if document is not None:
+        from dstream.runtime.loosened import document_warnings
+
+        notes += document_warnings(document)
     name = str(document.path if document is not None else file or "dstream.hcl")
     if as_json:
         print_json({"file": name, "ok": not problems, "problems": [_problem(p) for p in problems], "notes": notes})

@@ -26,6 +26,14 @@ def run(
     metrics_port: Annotated[
         int | None, typer.Option("--metrics-port", help="Serve Prometheus metrics and /healthz on this port.")
     ] = None,
+    metrics_host: Annotated[
+        str,
+        typer.Option(
+            "--metrics-host",
+            envvar="DSTREAM_METRICS_HOST",
+            help="Address the metrics endpoint listens on (0.0.0.0: every interface).",
+        ),
+    ] = "127.0.0.1",
     detach: Annotated[
         bool, typer.Option("--detach", "-d", help="Run in the background (then: dstream ps, logs, stop).")
     ] = False,
@@ -50,6 +58,7 @@ def run(
             LaunchOptions(pull=pull.value, update_lock=update_lock, progress=progress),
             progress=progress,
             metrics_port=metrics_port,
+            metrics_host=metrics_host,
         )
     how = "stopped" if summary.stopped else "finished"
     log.get().info(

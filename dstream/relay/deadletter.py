@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from dstream import protocol
+from dstream import private, protocol
 from dstream.errors import StateError
 
 
@@ -43,8 +43,7 @@ class DeadLetterWriter:
     def _open(self) -> IO[bytes]:
         if self._file is None:
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._file = self.path.open("ab")
+                self._file = private.open_append(self.path)
             except OSError as exc:
                 raise StateError(f"cannot open the dead-letter file {self.path}: {exc.strerror}") from None
         return self._file
@@ -118,4 +117,4 @@ def default_path(base_dir: Path, task: str, configured: str | None) -> Path:
     if configured:
         path = Path(configured).expanduser()
         return path if path.is_absolute() else base_dir / path
-    return base_dir / ".dstream" / "dead-letter" / f"{task}.jsonl"
+    return base_dir / ".dstream" / "dead-letter" / f"{private.file_name(task)}.jsonl"

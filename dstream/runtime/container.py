@@ -8,7 +8,8 @@ stdin. Closing the stdin connection is how end-of-file reaches the provider: wit
 is reliable where half-closing a shared socket is not.
 
 Containers are hardened by default (no capabilities, no-new-privileges, read-only root
-with a tmpfs /tmp, pids and memory limits, no published ports, no Docker socket), run
+with a noexec tmpfs /tmp, pids and memory limits with no swap beyond, an unprivileged uid
+when the image names no USER, no published ports, no Docker socket), run
 under an init process so a provider that is PID 1 still stops on SIGTERM, and are labelled
 with task, role, run id and their dstream process, so leftovers of a killed run can be found.
 """
@@ -23,8 +24,9 @@ import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dstream import log
 from dstream.errors import RuntimeFailure
-from dstream.runtime import pids, reaper
+from dstream.runtime import loosened, pids, reaper
 from dstream.runtime.base import READ_CHUNK, ProviderSpec, StderrSink, StderrTail
 from dstream.runtime.docker import DockerEngine
 from dstream.runtime.frames import STDERR, STDOUT, FrameDemux
@@ -33,36 +35,44 @@ from dstream.runtime.leftovers import LABEL_HOST, LABEL_OWNER, LABEL_PID, LABEL_
 if TYPE_CHECKING:
     from dstream.config.models import ContainerSettings
 
+_log = log.get("runtime")
 DEFAULT_MEMORY = 1024 * 1024 * 1024
 DEFAULT_PIDS = 256
-_DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
+UNPRIVILEGED = "65534:65534"  # nobody:nogroup
 
 
 def mounts(spec: ProviderSpec) -> list[tuple[str, str, bool]]:
-    """``container { mounts }`` as (source, target, read_only), sources resolved; never the Docker socket."""
+    """``container { mounts }`` as (source, target, read_only), sources resolved; never the
+    Docker socket nor a folder above it."""
     found = []
     for entry in spec.block.container.mounts:
-        parts = entry.split(":")
-        if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
+        parts = loosened.mount_parts(entry)
+        if parts is None:
             raise RuntimeFailure(f'{spec.role} container mount {entry!r}: use "SOURCE:TARGET" or "SOURCE:TARGET:ro"')
         source = Path(parts[0]).expanduser()
         source = source if source.is_absolute() else (spec.base_dir / source)
-        resolved = str(source.resolve())
-        if resolved in _DOCKER_SOCKETS or parts[0] in _DOCKER_SOCKETS:
-            raise RuntimeFailure("mounting the Docker socket into a provider container is not allowed")
-        found.append((resolved, parts[1], len(parts) == 3 and parts[2] == "ro"))
+        loosened.refuse_socket(source)
+        found.append((str(source.resolve()), parts[1], parts[2]))
     return found
+
+
+def run_as(settings: ContainerSettings, image_user: str | None) -> str:
+    """The container's user: the task's, else the image's USER, else an unprivileged uid
+    (an image without USER would run as root)."""
+    return settings.user or image_user or UNPRIVILEGED
 
 
 def host_settings(settings: ContainerSettings) -> dict[str, Any]:
     """The hardened HostConfig, with the block's ``container { }`` overrides applied."""
+    memory = settings.memory or DEFAULT_MEMORY
     return {
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges:true"],
         "read_only": True if settings.read_only is None else settings.read_only,
-        "tmpfs": {"/tmp": "rw,nosuid,nodev,size=64m"},  # noqa: S108 - a private tmpfs, not the host's /tmp
+        "tmpfs": {"/tmp": "rw,noexec,nosuid,nodev,size=64m"},  # noqa: S108 - a private tmpfs, not the host's /tmp
         "pids_limit": settings.pids_limit or DEFAULT_PIDS,
-        "mem_limit": settings.memory or DEFAULT_MEMORY,
+        "mem_limit": memory,
+        "memswap_limit": memory,  # no swap on top of the memory limit
         "nano_cpus": int(settings.cpus * 1e9) if settings.cpus else None,
         "network_mode": settings.network or "bridge",
         "init": True if settings.init is None else settings.init,
@@ -247,11 +257,17 @@ class DockerRuntime:
     def _create(self, spec: ProviderSpec) -> str:
         assert spec.image is not None
         settings = spec.block.container
+        inspected = self.engine.image(spec.image) or {}
+        user = run_as(settings, (inspected.get("Config") or {}).get("User") or None)
+        for text in loosened.warnings(settings, spec.base_dir):
+            _log.warning("%s provider: %s", spec.role, text)
+        if settings.user is None and loosened.is_root(user):
+            _log.warning("%s provider: its image runs as root (USER %s)", spec.role, user)
         return self.engine.create(
             spec.image,
             name=container_name(spec),
             labels={**spec.labels, **owner_labels(), "io.dstream.source": spec.source},
-            user=settings.user,
+            user=user,
             env=dict(settings.env),
             mounts=mounts(spec),
             host=host_settings(settings),

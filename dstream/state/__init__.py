@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dstream import private
 from dstream.errors import DStreamError
 from dstream.state.base import CheckpointStore, StoredCheckpoint, default_state_path
 from dstream.state.lease import FileLease, Lease, LeaseGuard, new_owner
@@ -42,7 +43,7 @@ def open_lease(document: Document, task: Task, run_id: str) -> Lease | None:
             folder = base if base.is_absolute() else document.base_dir / base
         else:
             folder = default_state_path(document).parent / "leases"
-        return FileLease(folder / f"{task.name}.json", task.name, owner, settings.duration)
+        return FileLease(folder / f"{private.file_name(task.name)}.json", task.name, owner, settings.duration)
     from dstream.state.azure_blob import AzureBlobLease
 
     connection = settings.connection_string or document.state.connection_string

@@ -22,6 +22,7 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
+from dstream import private
 from dstream.errors import LeaseLost
 
 if TYPE_CHECKING:
@@ -62,12 +63,12 @@ class FileLease:
         self.owner = owner
         self.duration = duration
         self.generation = 0
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private.make_dirs(path.parent)
         self._lock_path = path.with_suffix(".lock")
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[dict[str, Any]]:
-        with self._lock_path.open("a") as lock:
+        with private.open_append(self._lock_path) as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 state = json.loads(self.path.read_text()) if self.path.exists() else {}
@@ -76,9 +77,7 @@ class FileLease:
             yield state
 
     def _write(self, state: dict[str, Any]) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state))
-        tmp.replace(self.path)
+        private.write_atomically(self.path, json.dumps(state))
 
     def try_acquire(self) -> bool:
         with self._locked() as state:

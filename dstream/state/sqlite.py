@@ -6,7 +6,7 @@ import sqlite3
 import time
 from typing import TYPE_CHECKING, Any
 
-from dstream import protocol
+from dstream import private, protocol
 from dstream.errors import StateError
 from dstream.state.base import StoredCheckpoint
 
@@ -41,7 +41,7 @@ class SqliteStore:
         self.path = path
         self.location = str(path)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            private.create(path)  # 0600, not through a symlink; -wal and -shm take its mode
             # check_same_thread off: the relay writes from a worker thread, one at a time.
             self._db = sqlite3.connect(str(path), timeout=30, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dstream import private
 from dstream.errors import DStreamError
 from dstream.paths import state_dir
 from dstream.runtime import pids
@@ -70,17 +71,13 @@ def records() -> list[RunRecord]:
 
 
 def _write(record: RunRecord) -> Path:
-    folder = runs_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{record.pid}.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(record)))
-    tmp.replace(path)
+    path = private.make_dirs(runs_dir()) / f"{record.pid}.json"
+    private.write_atomically(path, json.dumps(asdict(record)))
     return path
 
 
 def _log_file(document: Document, task: str) -> Path:
-    return document.base_dir / DEFAULT_STATE_DIR / "logs" / f"{task}.log"
+    return document.base_dir / DEFAULT_STATE_DIR / "logs" / f"{private.file_name(task)}.log"
 
 
 @contextlib.contextmanager
@@ -93,10 +90,9 @@ def _locked_log(document: Document, task: str) -> Iterator[tuple[Path, BinaryIO]
     ``TASK.2.log`` (then ``.3`` …) instead of waiting for it.
     """
     first = _log_file(document, task)
-    first.parent.mkdir(parents=True, exist_ok=True)
     for n in range(1, 100):
-        path = first if n == 1 else first.with_name(f"{task}.{n}.log")
-        log_file = path.open("ab")
+        path = first if n == 1 else first.with_name(f"{first.stem}.{n}.log")
+        log_file = private.open_append(path)
         try:
             fcntl.flock(log_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -40,6 +40,11 @@ class AttemptStats:
 
 
 Gauges = dict[tuple[str, str, tuple[tuple[str, str], ...]], float]
+# Provider gauges are kept per distinct (stage, name, labels) for every scrape: a provider
+# that labels by key or LSN would grow memory and each scrape without bound.
+MAX_SERIES_PER_STAGE = 1000
+MAX_LABELS = 10
+MAX_TEXT = 128  # characters in a gauge name, a label name or a label value
 
 
 class PipelineEvents:
@@ -62,6 +67,7 @@ class PipelineEvents:
         self.output_acks = output_acks
         self.max_in_flight = max_in_flight
         self.gauges: Gauges = {}
+        self._series: dict[str, int] = {}  # gauge series per stage
         self._window = asyncio.Event()
         self._warned: set[str] = set()
 
@@ -133,7 +139,24 @@ class PipelineEvents:
             return
         raw_labels = value.get("labels")
         labels = tuple(sorted((str(k), str(v)) for k, v in raw_labels.items())) if isinstance(raw_labels, dict) else ()
-        self.gauges[(role, value["name"], labels)] = number
+        key = (role, value["name"], labels)
+        if key in self.gauges:
+            self.gauges[key] = number
+            return
+        texts = [value["name"], *(text for pair in labels for text in pair)]
+        if len(labels) > MAX_LABELS or max(map(len, texts)) > MAX_TEXT:
+            self._drop_gauge(role, f"more than {MAX_LABELS} labels, or a name or label over {MAX_TEXT} characters")
+            return
+        if self._series.get(role, 0) >= MAX_SERIES_PER_STAGE:
+            self._drop_gauge(role, f"more than {MAX_SERIES_PER_STAGE} distinct series (labels that vary per record?)")
+            return
+        self._series[role] = self._series.get(role, 0) + 1
+        self.gauges[key] = number
+
+    def _drop_gauge(self, role: str, why: str) -> None:
+        if f"gauge-{role}" not in self._warned:
+            self._warned.add(f"gauge-{role}")
+            _log.warning("the %s provider's gauges: dropping those with %s; no more warnings", role, why)
 
     # -- the output's acks ---------------------------------------------------------------
 

@@ -25,11 +25,12 @@ def run_task(
     options: LaunchOptions | None = None,
     progress: bool | None = None,
     metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
 ) -> RunSummary:
     """Run a task in a fresh event loop, with SIGINT/SIGTERM wired to a graceful stop.
 
     ``progress``: a live status line (None: when stderr is a terminal; log lines otherwise).
-    ``metrics_port``: serve Prometheus metrics and /healthz on that port.
+    ``metrics_port``: serve Prometheus metrics and /healthz on that port, on ``metrics_host``.
     """
     from dstream.task.status import StatusReporter
 
@@ -42,11 +43,13 @@ def run_task(
             from dstream.task.metrics import MetricsServer
 
             try:
-                server = MetricsServer(runner, metrics_port)
+                server = MetricsServer(runner, metrics_port, metrics_host)
             except OSError as exc:
-                raise RuntimeFailure(f"cannot serve metrics on port {metrics_port}: {exc.strerror}") from None
+                where = f"{metrics_host}:{metrics_port}"
+                raise RuntimeFailure(f"cannot serve metrics on {where}: {exc.strerror or exc}") from None
             server.start()
-            _log.info("metrics on http://0.0.0.0:%d/metrics (health: /healthz)", server.port)
+            shown = f"[{metrics_host}]" if ":" in metrics_host else metrics_host
+            _log.info("metrics on http://%s:%d/metrics (health: /healthz)", shown, server.port)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, runner.request_stop)

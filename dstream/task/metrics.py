@@ -10,6 +10,7 @@ exported as ``dstream_provider_<name>`` with the task, the stage and their own l
 from __future__ import annotations
 
 import re
+import socket
 import threading
 from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any
@@ -102,17 +103,55 @@ def _provider_gauges(snap: Snapshot) -> Iterable[GaugeMetricFamily]:
         yield family
 
 
+MAX_CONNECTIONS = 16  # scrapers served at once; more are closed at once, not queued on a thread
+REQUEST_TIMEOUT = 5.0  # seconds a connection may sit silent before it is dropped
+
+
 class _Server(ThreadingMixIn, WSGIServer):
+    """A thread per connection, but a bounded number of them: idle or slow clients cannot
+    use up the orchestrator's threads or file descriptors."""
+
     daemon_threads = True
+    request_queue_size = MAX_CONNECTIONS
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that timed out or went away: nothing to report (the default prints a traceback)."""
+        return
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
 
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = REQUEST_TIMEOUT
+
     def log_message(self, format: str, *args: Any) -> None:
         return None
 
 
 class MetricsServer:
-    def __init__(self, run: Source, port: int, host: str = "0.0.0.0") -> None:  # noqa: S104 - scraped from outside
+    def __init__(self, run: Source, port: int, host: str = "127.0.0.1") -> None:
         registry = CollectorRegistry()
         registry.register(_RunCollector(run))
         metrics = make_wsgi_app(registry)
@@ -128,7 +167,8 @@ class MetricsServer:
             start_response("404 Not Found", [("Content-Type", "text/plain")])
             return [b"not found: try /metrics or /healthz\n"]
 
-        self.server = make_server(host, port, app, _Server, handler_class=_QuietHandler)
+        server_class = _Server6 if ":" in host else _Server
+        self.server = make_server(host, port, app, server_class, handler_class=_QuietHandler)
         self.port = self.server.server_address[1]
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True, name="metrics")
 
