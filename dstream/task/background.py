@@ -29,7 +29,7 @@ from dstream.task import logwriter
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
-    from typing import BinaryIO
+    from typing import IO, BinaryIO
 
     from dstream.config.models import Document
 
@@ -81,7 +81,7 @@ def _log_file(document: Document, task: str) -> Path:
 
 
 @contextlib.contextmanager
-def _locked_log(document: Document, task: str) -> Iterator[tuple[Path, BinaryIO]]:
+def _locked_log(document: Document, task: str) -> Iterator[tuple[Path, IO[bytes]]]:
     """The task's log, opened and exclusively locked for a new detached run.
 
     The lock is taken here, before the run starts, and inherited by the log writer: `logs -f`
