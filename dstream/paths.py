@@ -15,6 +15,8 @@ import os
 import stat
 from pathlib import Path
 
+from dstream import private
+
 APP = "dstream"
 
 
@@ -45,7 +47,7 @@ def private_cache(name: str) -> Path:
     cannot be created)."""
     root = cache_dir()
     folder = root / name
-    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private.make_dirs(root)  # every folder created 0700, not only the last
     folder.mkdir(exist_ok=True, mode=0o700)
     _check_private(root, root.stat())
     _check_private(folder, folder.lstat())
