@@ -1,5 +1,6 @@
 """The Typer application, its sub-command groups and the options commands share."""
 
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -67,6 +68,8 @@ def _root(
     if log_level.lower() not in ("debug", "info", "warning", "error"):
         raise typer.BadParameter("use debug, info, warning or error", param_hint="--log-level")
     log.setup(log_level, log_format.value)
+    # Providers log at the same level (the SDK reads it; a failure's traceback shows at debug).
+    os.environ["DSTREAM_LOG_LEVEL"] = log_level.upper()
 
 
 def load_document(file: Path | None) -> Any:

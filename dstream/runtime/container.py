@@ -268,8 +268,14 @@ class DockerRuntime:
             name=container_name(spec),
             labels={**spec.labels, **owner_labels(), "io.dstream.source": spec.source},
             user=user,
-            env=dict(settings.env),
+            env={**_log_level(), **settings.env},
             mounts=mounts(spec),
             host=host_settings(settings),
             what=f"{spec.role} provider",
         )
+
+
+def _log_level() -> dict[str, str]:
+    """The provider logs at dstream's level (DSTREAM_LOG_LEVEL, set from --log-level)."""
+    level = os.environ.get("DSTREAM_LOG_LEVEL")
+    return {"DSTREAM_LOG_LEVEL": level} if level else {}

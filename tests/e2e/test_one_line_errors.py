@@ -72,5 +72,5 @@ def test_an_unexpected_failure_names_its_type_and_debug_shows_the_traceback(fail
     assert result.returncode == 1
     assert "KeyError: 'no such slot'" in result.stderr
     assert "Traceback" not in result.stderr
-    debug = run_cli("init", "t", "-f", str(failing_task), env={"DSTREAM_LOG_LEVEL": "debug"})
+    debug = run_cli("--log-level", "debug", "init", "t", "-f", str(failing_task))
     assert "Traceback" in debug.stderr
