@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from dstream import log
 from dstream.errors import RuntimeFailure
-from dstream.runtime import loosened, pids, reaper
+from dstream.runtime import loosened, pids, reach, reaper
 from dstream.runtime.base import READ_CHUNK, ProviderSpec, StderrSink, StderrTail
 from dstream.runtime.docker import DockerEngine
 from dstream.runtime.frames import STDERR, STDOUT, FrameDemux
@@ -259,7 +259,7 @@ class DockerRuntime:
         settings = spec.block.container
         inspected = self.engine.image(spec.image) or {}
         user = run_as(settings, (inspected.get("Config") or {}).get("User") or None)
-        for text in loosened.warnings(settings, spec.base_dir):
+        for text in [*loosened.warnings(settings, spec.base_dir), *reach.warnings(settings, spec.block.config)]:
             _log.warning("%s provider: %s", spec.role, text)
         if settings.user is None and loosened.is_root(user):
             _log.warning("%s provider: its image runs as root (USER %s)", spec.role, user)

@@ -75,10 +75,15 @@ def warnings(settings: ContainerSettings, base_dir: Path) -> Iterator[str]:
 
 
 def document_warnings(document: Document) -> list[str]:
-    """``dstream lint``'s notes: every loosened default of every stage."""
-    return [
-        f"{task.name} {role}: warning: {text}"
-        for task in document.tasks.values()
-        for role, block, _ in task.stages
-        for text in warnings(block.container, document.base_dir)
-    ]
+    """``dstream lint``'s notes: every loosened default of every stage, and every loopback
+    address given to a provider that runs as an image on the bridge network."""
+    from dstream.runtime import reach
+
+    notes = []
+    for task in document.tasks.values():
+        for role, block, _ in task.stages:
+            texts = list(warnings(block.container, document.base_dir))
+            if block.provider_ref:  # an image (an ORAS executable runs on this machine: no warning there)
+                texts += [f"(as an image) {t}" for t in reach.warnings(block.container, block.config)]
+            notes += [f"{task.name} {role}: warning: {text}" for text in texts]
+    return notes
