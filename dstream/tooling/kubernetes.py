@@ -48,7 +48,7 @@ def check_replicas(task: Task, replicas: int) -> None:
         raise ConfigError("--replicas must be at least 1")
     if replicas > 1 and (task.lease is None or task.lease.backend != "azure_blob"):
         raise ConfigError(
-            f"task {task.name}: {replicas} replicas on Kubernetes need lease {{ backend = \"azure_blob\" }} "
+            f'task {task.name}: {replicas} replicas on Kubernetes need lease {{ backend = "azure_blob" }} '
             f"(a file lease is per pod, so every replica would run the providers); use --replicas 1 or add one"
         )
 

@@ -70,7 +70,7 @@ def move_literal_secrets(document: Document, environ: dict[str, str] | None = No
     if refused:
         raise ConfigError(
             f"{document.path}: the task file holds literal secrets that would be shipped in plain text; "
-            f"read them with env(\"NAME\") instead:\n" + "\n".join(refused),
+            f'read them with env("NAME") instead:\n' + "\n".join(refused),
             refused,
         )
     rewritten = "\n".join(lines)
@@ -93,5 +93,5 @@ def _check_same_tasks(document: Document, rewritten: str, environ: dict[str, str
     if again.tasks != document.tasks:
         raise ConfigError(
             f"{document.path}: moving the literal secrets into env() would change the tasks; "
-            f"read them with env(\"NAME\") in the file instead"
+            f'read them with env("NAME") in the file instead'
         )
