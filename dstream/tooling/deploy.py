@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from dstream import log
 from dstream.errors import ConfigError, DStreamError, RuntimeFailure
 from dstream.names import digest, resource_name, swarm_object_name
+from dstream.runtime.base import LABEL_TASK
 from dstream.runtime.docker import DockerEngine
 from dstream.runtime.leftovers import LABEL_DEPLOY, LABEL_DEPLOY_ID, LABEL_OWNER
 from dstream.runtime.swarm import Swarm
@@ -158,7 +159,14 @@ def undeploy(task_name: str, timeout: float = 90) -> dict[str, int]:
         for container_id in sorted(mine):
             swarm.engine.remove(container_id)
         removed = len(mine)
+    # Providers of an earlier deployment of this task whose service is gone (an undeploy that
+    # was interrupted): labelled with a deploy id that names no service any more.
+    services = {str(s["ID"]) for s in swarm.services()}
+    for info in swarm.engine.containers(LABEL_DEPLOY_ID, f"{LABEL_TASK}={task_name}"):
+        if info["Labels"][LABEL_DEPLOY_ID] not in services:
+            swarm.engine.remove(info["Id"])
+            removed += 1
     configs, secrets = swarm.remove_labelled(f"{LABEL_DEPLOY}={task_name}")
-    if service is None and not (configs or secrets):
+    if service is None and not (configs or secrets or removed):
         raise DStreamError(f"task {task_name} is not deployed (no Swarm service {name})")
     return {"services": int(service is not None), "containers": removed, "configs": configs, "secrets": secrets}
