@@ -237,7 +237,11 @@ def test_undeploy_of_a_task_that_is_not_deployed_removes_nothing(monkeypatch: py
             removed.append(container_id)
 
         def containers(self, *labels: str) -> list[dict[str, Any]]:
-            return [{"Id": "live", "Labels": {"io.dstream.task": "copy"}}]
+            """The engine's label filter: a developer's live run of a task named copy."""
+            live = {"Id": "live", "Labels": {"io.dstream.task": "copy", "io.dstream.pid": "4242"}}
+            wanted = [label.partition("=") for label in labels]
+            ok = all(k in live["Labels"] and (not v or live["Labels"][k] == v) for k, _, v in wanted)
+            return [live] if ok else []
 
     class FakeSwarm:
         def __init__(self, engine: Any) -> None:
@@ -250,7 +254,10 @@ def test_undeploy_of_a_task_that_is_not_deployed_removes_nothing(monkeypatch: py
             return None
 
         def containers(self, *labels: str) -> list[str]:
-            return ["live"]
+            return [c["Id"] for c in self.engine.containers(*labels)]
+
+        def services(self) -> list[dict[str, Any]]:
+            return []
 
         def remove_labelled(self, label: str) -> tuple[int, int]:
             return 0, 0
