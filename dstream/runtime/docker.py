@@ -142,17 +142,15 @@ class DockerEngine:
 
     def pull(self, repository: str, reference: str, on_event: Callable[[dict[str, Any]], None]) -> None:
         """Pull ``repository`` at a tag or digest, reporting each progress event."""
-        try:
+        with engine_errors(f"pulling {repository}:{reference}", DistributionError):
             for event in self.client.api.pull(repository, tag=reference, stream=True, decode=True):
                 if "error" in event:
                     raise DistributionError(f"pulling {repository}:{reference} failed: {event['error']}")
                 on_event(event)
-        except docker.errors.APIError as exc:
-            raise DistributionError(f"pulling {repository}:{reference} failed: {_explain(exc)}") from None
 
     def build(self, context: Path, tag: str, buildargs: dict[str, str], labels: dict[str, str]) -> Iterator[str]:
         """Build an image (legacy builder), yielding its output lines."""
-        try:
+        with engine_errors(f"building {tag}"):
             for event in self.client.api.build(
                 path=str(context), tag=tag, buildargs=buildargs, labels=labels, rm=True, decode=True, pull=False
             ):
@@ -160,21 +158,17 @@ class DockerEngine:
                     raise RuntimeFailure(f"building {tag} failed: {event['error'].strip()}")
                 if "stream" in event and event["stream"].strip():
                     yield event["stream"].rstrip()
-        except docker.errors.APIError as exc:
-            raise RuntimeFailure(f"building {tag} failed: {_explain(exc)}") from None
 
     def push(self, repository: str, tag: str, on_event: Callable[[dict[str, Any]], None]) -> str:
         """Push ``repository:tag``; returns the manifest digest the registry reported."""
         digest = ""
-        try:
+        with engine_errors(f"pushing {repository}:{tag}", DistributionError):
             for event in self.client.api.push(repository, tag=tag, stream=True, decode=True):
                 if "error" in event:
                     raise DistributionError(f"pushing {repository}:{tag} failed: {event['error']}")
                 aux = event.get("aux") or {}
                 digest = aux.get("Digest", digest)
                 on_event(event)
-        except docker.errors.APIError as exc:
-            raise DistributionError(f"pushing {repository}:{tag} failed: {_explain(exc)}") from None
         return digest
 
     def tag(self, source: str, repository: str, tag: str) -> None:
