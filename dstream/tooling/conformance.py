@@ -171,7 +171,7 @@ class Suite:
             if kind == "output":
                 await self._acks(proc, rest)
             elif kind == "transform":
-                await TransformProbe(proc, rest, self.timeout, self.record).run()
+                await TransformProbe(proc, rest, self.timeout, self.record, self.redactor.shorten).run()
             else:
                 checkpoint = await self._checkpoints(proc, rest)
                 await self._resume(checkpoint)
