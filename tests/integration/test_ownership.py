@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from typing import TYPE_CHECKING
 
 import pytest
@@ -21,6 +22,16 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from dstream.runtime.docker import DockerEngine
+
+
+@pytest.fixture
+def task_name(engine: DockerEngine) -> Iterator[str]:
+    """Not ``it-…``: the suite's autouse clean-up removes every ``it-`` container after each
+    test, and on a shared engine another session's would remove this test's live run."""
+    name = f"own-{uuid.uuid4().hex[:8]}"
+    yield name
+    for info in engine.dstream_containers(name):
+        engine.remove(info["Id"])
 
 
 @pytest.fixture(scope="module")
