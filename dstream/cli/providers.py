@@ -121,7 +121,17 @@ def conformance_cmd(
     ref: Annotated[
         str, typer.Argument(help="A provider image/artifact reference, or an executable (path or PATH name).")
     ],
-    config: Annotated[str, typer.Option("--config", help="The provider config, as JSON.")] = "{}",
+    config: Annotated[
+        str,
+        typer.Option(
+            "--config",
+            help="The provider config: @FILE (a JSON file), or inline JSON without secrets "
+            "(a command line is readable by every local user).",
+        ),
+    ] = "{}",
+    config_env: Annotated[
+        str | None, typer.Option("--config-env", help="Read the provider config (JSON) from this environment variable.")
+    ] = None,
     kind: Annotated[
         Kind | None, typer.Option("--kind", help="input, transform or output (default: from its handshake).")
     ] = None,
@@ -130,16 +140,12 @@ def conformance_cmd(
     as_json: JsonOption = False,
 ) -> None:
     """Run the conformance suite against a provider and print a pass/fail table."""
-    import json
-
-    from dstream.tooling.conformance import run_suite
+    from dstream.tooling.conformance import provider_config, run_suite
 
     try:
-        parsed = json.loads(config)
-    except ValueError as exc:
-        raise typer.BadParameter(f"not JSON: {exc}", param_hint="--config") from None
-    if not isinstance(parsed, dict):
-        raise typer.BadParameter('must be a JSON object, e.g. {"path": "/tmp/x"}', param_hint="--config")
+        parsed = provider_config(config, config_env)
+    except DStreamError as exc:
+        raise typer.BadParameter(str(exc)) from None  # a usage error: exit code 2
     checks = run_suite(ref, parsed, kind.value if kind else None, timeout, network)
     failed = [c.name for c in checks if c.result == "fail"]
     if as_json:

@@ -15,18 +15,15 @@ from pydantic import ValidationError
 from dstream.config.evaluate import EvalError, Evaluator, default_environ
 from dstream.config.hcl import Block, Body, parse
 from dstream.config.models import Document, StateSettings, Task
+from dstream.config.secrets import secret_values
 from dstream.errors import ConfigError
+from dstream.redact import Redactor
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
 DEFAULT_FILE = "dstream.hcl"
 
-_SECRET_KEY = re.compile(
-    r"(password|passwd|secret|token|api_?key|access_?key|account_?key|credential|"
-    r"connection_?string|conn_?str|dsn|sas)",
-    re.IGNORECASE,
-)
 _TOP_LEVEL_BLOCKS = ("task", "locals", "state")
 
 
@@ -38,6 +35,9 @@ class _Loader:
         self.problems: list[str] = []
         self._failed: set[tuple[Any, ...]] = set()
         self.lines: dict[str, int] = {}
+        # Every secret seen, valid task or not: problems quote values, so they are redacted.
+        self.secrets: set[str] = set()
+        self.evaluator_secrets: set[str] = set()
 
     def problem(self, line: int, message: str) -> None:
         self.problems.append(f"{self.name}:{line}: {message}")
@@ -67,6 +67,7 @@ class _Loader:
                 for inner in block.body.blocks:
                     self.problem(inner.line, f"unexpected block '{inner.type}' inside locals")
         evaluator = Evaluator(locals_attrs, self.environ)
+        self.evaluator_secrets = evaluator.secrets  # filled in as env() is evaluated
         for name, attr in locals_attrs.items():  # report broken locals even when unused
             try:
                 evaluator.local(name, attr.line)
@@ -88,9 +89,10 @@ class _Loader:
             if task is not None:
                 tasks[name] = task
                 for stage in task.stages:
-                    secrets.update(_secret_values(stage.block.config))
+                    secrets.update(secret_values(stage.block.config))
+                    secrets.update(secret_values(dict(stage.block.container.env)))
                 if task.lease is not None:
-                    secrets.update(_secret_values({"connection_string": task.lease.connection_string}))
+                    secrets.update(secret_values({"connection_string": task.lease.connection_string}))
 
         state = StateSettings()
         state_blocks = root.blocks_of("state")
@@ -105,8 +107,9 @@ class _Loader:
                 self._validation_problems(exc, lines, state_blocks[0].line)
         if self.problems:
             return None
-        secrets.update(_secret_values({"connection_string": state.connection_string}))
+        secrets.update(secret_values({"connection_string": state.connection_string}))
         secrets.update(evaluator.secrets)
+        self.secrets |= secrets
         return Document(
             path=self.path.resolve(),
             tasks=tasks,
@@ -133,6 +136,7 @@ class _Loader:
         self._failed = set()
         raw = self._body_dict(block.body, (), lines, evaluator, "task")
         raw["name"] = block.labels[0]
+        self.secrets |= secret_values(raw)
         for path, line in lines.items():  # kept so later checks (provider schemas) can cite lines
             self.lines["/".join([block.labels[0], *map(str, path)])] = line
         missing_role = False
@@ -260,32 +264,6 @@ def _describe(error: Any) -> str:
     return f"{loc}: {message}" if loc else message
 
 
-def _secret_values(config: Any, key: str = "") -> set[str]:
-    """String values under keys that look like credentials (password, dsn, token …)."""
-    found: set[str] = set()
-    if isinstance(config, dict):
-        for k, v in config.items():
-            found |= _secret_values(v, str(k))
-    elif isinstance(config, list):
-        for v in config:
-            found |= _secret_values(v, key)
-    elif isinstance(config, str) and key and _SECRET_KEY.search(key):
-        found.add(config)
-        found.update(_password_parts(config))
-    return found
-
-
-def _password_parts(value: str) -> set[str]:
-    """Credentials embedded in DSNs and connection strings (also redacted on their own)."""
-    parts: set[str] = set()
-    for match in re.finditer(r"(?i)(?:password|pwd|accountkey|sharedaccesskey)\s*=\s*([^;\s]+)", value):
-        parts.add(match.group(1))
-    url = re.search(r"://[^:/@\s]+:([^@\s]+)@", value)
-    if url:
-        parts.add(url.group(1))
-    return parts
-
-
 def find_file(file: str | Path | None) -> Path:
     path = Path(file) if file else Path(DEFAULT_FILE)
     if not path.exists():
@@ -304,7 +282,10 @@ def _check(file: str | Path | None, environ: Mapping[str, str] | None) -> tuple[
     path = find_file(file)
     loader = _Loader(path, default_environ() if environ is None else environ)
     document = loader.load(_read(path))
-    return path, document, by_line(loader.problems)
+    problems = loader.problems
+    if problems:
+        problems = Redactor(loader.secrets | loader.evaluator_secrets).lines(problems)
+    return path, document, by_line(problems)
 
 
 def lint(file: str | Path | None, environ: Mapping[str, str] | None = None) -> list[str]:

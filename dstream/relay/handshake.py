@@ -86,7 +86,7 @@ async def open_provider(
         try:
             protocol.decode_object(line)
         except protocol.DecodeError:
-            shown = redactor(line[:200].decode("utf-8", "replace").strip())
+            shown = redactor.shorten(line, 200).strip()
             raise HandshakeError(
                 f"{proc.description} printed {shown!r} instead of a handshake; a provider's stdout "
                 f"carries only protocol lines (logs belong on stderr)." + await stopped_excerpt(proc, redactor)

@@ -285,7 +285,7 @@ class Hop:
     def _bad_line(self, reason: str, detail: str, line: bytes, number: int) -> BadDataError | None:
         """Dead-letter a bad line, or (on_error = "fail") return the error to stop with."""
         if self.dead_letters is None:
-            shown = self.redactor(line[:120].decode("utf-8", "replace"))
+            shown = self.redactor.shorten(line, 120)
             return BadDataError(
                 f"{self.source.description} sent a bad line {number} ({reason.replace('_', ' ')}: "
                 f"{detail}): {shown!r}. The checkpoint stays before it. Fix the provider, or set "
@@ -311,7 +311,7 @@ class Hop:
         reason = str(body.get("reason") or "no reason given")
         envelope = body.get("envelope")
         if self.dead_letters is None:
-            shown = self.redactor(protocol.encode(envelope)[:120].decode("utf-8", "replace").strip())
+            shown = self.redactor.shorten(protocol.encode(envelope), 120).strip()
             return BadDataError(
                 f"{self.source.description} rejected an envelope: {self.redactor(reason)} (envelope: {shown}). "
                 f'The checkpoint stays before it. Set on_error = "dead_letter" to set such records aside and go on.',

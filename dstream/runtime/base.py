@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from dstream.config.models import ProviderBlock
+    from dstream.redact import Redactor
 
 StderrSink = Callable[[str], None]
 
@@ -23,6 +24,7 @@ LABEL_TASK = "io.dstream.task"
 LABEL_ROLE = "io.dstream.role"
 LABEL_RUN = "io.dstream.run-id"
 STDERR_TAIL_LINES = 20
+RUNAWAY_LINE = 64 * 1024  # a stderr line longer than this is forwarded in pieces
 READ_CHUNK = 256 * 1024
 
 
@@ -85,33 +87,61 @@ class Runtime(Protocol):
     async def start(self, spec: ProviderSpec, on_stderr: StderrSink) -> ProviderProcess: ...
 
 
+class RedactingSink:
+    """A stderr sink that redacts each line before handing it on; :class:`StderrTail`
+    also uses its redactor to cut a runaway line where no secret straddles the cut."""
+
+    def __init__(self, redactor: Redactor, sink: StderrSink) -> None:
+        self.redactor = redactor
+        self._sink = sink
+
+    def __call__(self, line: str) -> None:
+        self._sink(self.redactor(line))
+
+
 class StderrTail:
-    """Collects stderr into complete lines, keeps the last few, forwards each to a sink."""
+    """Collects stderr into complete lines, keeps the last few, forwards each to a sink.
+
+    With a :class:`RedactingSink` the kept lines are redacted too, and a runaway line is
+    cut at a point that splits no secret (the text after the cut waits for the next piece).
+    """
 
     def __init__(self, sink: StderrSink, keep: int = STDERR_TAIL_LINES) -> None:
         self._sink = sink
+        self._redactor = sink.redactor if isinstance(sink, RedactingSink) else None
         self._lines: deque[str] = deque(maxlen=keep)
         self._partial = b""
 
     def feed(self, chunk: bytes) -> None:
         data = self._partial + chunk
         *lines, self._partial = data.split(b"\n")
-        if len(self._partial) > 64 * 1024:  # a runaway line: emit it in pieces
-            lines.append(self._partial)
-            self._partial = b""
         for raw in lines:
-            self._emit(raw)
+            self._emit(raw.decode("utf-8", "replace"))
+        while len(self._partial) > RUNAWAY_LINE + self._lookahead():
+            self._emit_piece()
+
+    def _lookahead(self) -> int:
+        return self._redactor.longest + 128 if self._redactor is not None else 0
+
+    def _emit_piece(self) -> None:
+        text = self._partial.decode("utf-8", "replace")
+        cut = RUNAWAY_LINE
+        if self._redactor is not None:
+            cut = min(RUNAWAY_LINE, max(1, len(text) - self._lookahead()))
+            cut = self._redactor.safe_cut(text, cut) or cut
+        self._emit(text[:cut])
+        self._partial = text[cut:].encode("utf-8", "surrogatepass")
 
     def close(self) -> None:
         if self._partial:
-            self._emit(self._partial)
+            self._emit(self._partial.decode("utf-8", "replace"))
             self._partial = b""
 
-    def _emit(self, raw: bytes) -> None:
-        text = raw.decode("utf-8", "replace").rstrip("\r")
+    def _emit(self, text: str) -> None:
+        text = text.rstrip("\r")
         if not text.strip():
             return
-        self._lines.append(text)
+        self._lines.append(self._redactor(text) if self._redactor is not None else text)
         self._sink(text)
 
     def tail(self) -> list[str]:

@@ -30,7 +30,19 @@ from dstream.runtime import loosened, pids, reach, reaper
 from dstream.runtime.base import READ_CHUNK, ProviderSpec, StderrSink, StderrTail
 from dstream.runtime.docker import DockerEngine
 from dstream.runtime.frames import STDERR, STDOUT, FrameDemux
-from dstream.runtime.leftovers import LABEL_HOST, LABEL_OWNER, LABEL_PID, LABEL_PID_STARTED
+from dstream.runtime.leftovers import (
+    INSTANCE,
+    LABEL_DEPLOY_ID,
+    LABEL_HOST,
+    LABEL_INSTANCE,
+    LABEL_OWNER,
+    LABEL_OWNER_POD,
+    LABEL_OWNER_POD_UID,
+    LABEL_PID,
+    LABEL_PID_NS,
+    LABEL_PID_STARTED,
+    pid_namespace,
+)
 
 if TYPE_CHECKING:
     from dstream.config.models import ContainerSettings
@@ -80,17 +92,26 @@ def host_settings(settings: ContainerSettings) -> dict[str, Any]:
 
 
 def owner_labels() -> dict[str, str]:
-    """Who runs this container: this dstream process (host, pid and its start time), or the
-    container dstream itself runs in (a deployed orchestrator)."""
+    """Who runs this container: this dstream process (host, pid namespace, pid and its start
+    time, its instance id), the container dstream itself runs in (a deployed orchestrator),
+    its pod (Kubernetes, from the downward API) and its Swarm service; see leftovers.py."""
     labels = {
         LABEL_HOST: socket.gethostname(),
         LABEL_PID: str(os.getpid()),
         LABEL_PID_STARTED: repr(pids.started_at()),
+        LABEL_PID_NS: pid_namespace(),
+        LABEL_INSTANCE: INSTANCE,
     }
     owner = os.environ.get("DSTREAM_OWNER_CONTAINER")  # set by `dstream deploy`
     if owner or os.environ.get("DSTREAM_IN_CONTAINER"):
         labels[LABEL_OWNER] = owner or socket.gethostname()  # else a container's hostname is its id
-    return labels
+    if os.environ.get("DSTREAM_OWNER_POD_UID"):  # set by the Kubernetes manifest
+        pod = os.environ.get("DSTREAM_OWNER_POD", "?")
+        labels[LABEL_OWNER_POD] = f"{os.environ.get('DSTREAM_OWNER_POD_NAMESPACE', '?')}/{pod}"
+        labels[LABEL_OWNER_POD_UID] = os.environ["DSTREAM_OWNER_POD_UID"]
+    if os.environ.get("DSTREAM_DEPLOY_ID"):  # set by `dstream deploy`
+        labels[LABEL_DEPLOY_ID] = os.environ["DSTREAM_DEPLOY_ID"]
+    return {k: v for k, v in labels.items() if v}
 
 
 def container_name(spec: ProviderSpec) -> str:

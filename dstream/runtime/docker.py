@@ -1,9 +1,12 @@
 """The Docker engine, through docker-py. The only module that imports ``docker``.
 
 Every engine operation dstream needs is a method of :class:`DockerEngine` that takes and
-returns plain Python values and translates docker-py's exceptions into dstream's, so the
-modules built on it (:mod:`~dstream.runtime.container` for provider containers,
-:mod:`~dstream.runtime.leftovers`, :mod:`~dstream.runtime.swarm`) never see docker-py.
+returns plain Python values, so the modules built on it (:mod:`~dstream.runtime.container`
+for provider containers, :mod:`~dstream.runtime.leftovers`, :mod:`~dstream.runtime.swarm`,
+``dstream deploy``) never see docker-py. docker-py's exceptions are translated in one place,
+:func:`engine_errors`, a context manager around each call (as httpx's
+``map_httpcore_exceptions`` in ``httpx/_transports/default.py``); a method catches a
+specific error itself only where it means something (a 404 that is "not there").
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 import docker
 import docker.errors
+import requests.exceptions
 from docker.types import ConfigReference, LogConfig, Mount, RestartPolicy, SecretReference, ServiceMode
 
 from dstream import log
-from dstream.errors import DistributionError, RuntimeFailure
+from dstream.errors import DistributionError, DStreamError, RuntimeFailure
 from dstream.runtime.base import LABEL_TASK
 
 if TYPE_CHECKING:
@@ -38,6 +42,20 @@ def _engine_error(exc: Exception, where: str) -> RuntimeFailure:
 
 def _explain(exc: docker.errors.APIError) -> str:
     return str(exc.explanation or exc)
+
+
+@contextlib.contextmanager
+def engine_errors(what: str, error: type[DStreamError] = RuntimeFailure) -> Iterator[None]:
+    """Translate every docker-py (and underlying requests) error raised inside into ``error``
+    with ``what`` failed and the engine's own explanation: no docker-py traceback reaches a user."""
+    try:
+        yield
+    except docker.errors.APIError as exc:
+        raise error(f"{what} failed: {_explain(exc)}") from None
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        raise error(
+            f"{what} failed: cannot reach the Docker engine ({exc}). Is dockerd running, and DOCKER_HOST right?"
+        ) from None
 
 
 def registry_credentials(registry: str | None) -> dict[str, str] | None:
@@ -124,17 +142,15 @@ class DockerEngine:
 
     def pull(self, repository: str, reference: str, on_event: Callable[[dict[str, Any]], None]) -> None:
         """Pull ``repository`` at a tag or digest, reporting each progress event."""
-        try:
+        with engine_errors(f"pulling {repository}:{reference}", DistributionError):
             for event in self.client.api.pull(repository, tag=reference, stream=True, decode=True):
                 if "error" in event:
                     raise DistributionError(f"pulling {repository}:{reference} failed: {event['error']}")
                 on_event(event)
-        except docker.errors.APIError as exc:
-            raise DistributionError(f"pulling {repository}:{reference} failed: {_explain(exc)}") from None
 
     def build(self, context: Path, tag: str, buildargs: dict[str, str], labels: dict[str, str]) -> Iterator[str]:
         """Build an image (legacy builder), yielding its output lines."""
-        try:
+        with engine_errors(f"building {tag}"):
             for event in self.client.api.build(
                 path=str(context), tag=tag, buildargs=buildargs, labels=labels, rm=True, decode=True, pull=False
             ):
@@ -142,25 +158,22 @@ class DockerEngine:
                     raise RuntimeFailure(f"building {tag} failed: {event['error'].strip()}")
                 if "stream" in event and event["stream"].strip():
                     yield event["stream"].rstrip()
-        except docker.errors.APIError as exc:
-            raise RuntimeFailure(f"building {tag} failed: {_explain(exc)}") from None
 
     def push(self, repository: str, tag: str, on_event: Callable[[dict[str, Any]], None]) -> str:
         """Push ``repository:tag``; returns the manifest digest the registry reported."""
         digest = ""
-        try:
+        with engine_errors(f"pushing {repository}:{tag}", DistributionError):
             for event in self.client.api.push(repository, tag=tag, stream=True, decode=True):
                 if "error" in event:
                     raise DistributionError(f"pushing {repository}:{tag} failed: {event['error']}")
                 aux = event.get("aux") or {}
                 digest = aux.get("Digest", digest)
                 on_event(event)
-        except docker.errors.APIError as exc:
-            raise DistributionError(f"pushing {repository}:{tag} failed: {_explain(exc)}") from None
         return digest
 
     def tag(self, source: str, repository: str, tag: str) -> None:
-        self.client.api.tag(source, repository, tag=tag)
+        with engine_errors(f"tagging {source} as {repository}:{tag}"):
+            self.client.api.tag(source, repository, tag=tag)
 
     def run_probe(self, image: str, command: list[str]) -> str:
         """Run a short command in ``image`` (no network) and return its output."""
@@ -222,7 +235,8 @@ class DockerEngine:
     def attach(self, container: str, stream: str) -> tuple[Any, socket.socket]:
         """A hijacked connection to one of the container's streams (``stdin``, ``stdout``,
         ``stderr``): docker-py's response object, which must be kept alive, and its socket."""
-        raw = self.client.api.attach_socket(container, {stream: 1, "stream": 1})
+        with engine_errors(f"attaching to the {stream} of container {container[:12]}"):
+            raw = self.client.api.attach_socket(container, {stream: 1, "stream": 1})
         sock = getattr(raw, "_sock", raw)
         if not isinstance(sock, socket.socket):
             raise RuntimeFailure("this Docker connection type does not expose a socket (use a unix or tcp DOCKER_HOST)")
@@ -257,16 +271,71 @@ class DockerEngine:
             if exc.status_code != 409:  # "removal ... is already in progress" (a reaper, a next run)
                 raise RuntimeFailure(f"cannot remove container {container_id[:12]}: {_explain(exc)}") from None
 
-    def running(self, container: str) -> bool:
+    def running(self, container: str) -> bool | None:
+        """Is the container running? None when the engine knows no such container."""
         try:
-            return bool(self.client.api.inspect_container(container)["State"]["Running"])
-        except docker.errors.NotFound:
-            return False
+            with engine_errors(f"inspecting container {container[:12]}"):
+                try:
+                    return bool(self.client.api.inspect_container(container)["State"]["Running"])
+                except docker.errors.NotFound:
+                    return None
+        except RuntimeFailure:
+            return None  # the engine cannot tell: not known to be stopped
 
     # -- Swarm ---------------------------------------------------------------------------
 
     def swarm_state(self) -> str:
-        return str(self.client.info().get("Swarm", {}).get("LocalNodeState") or "")
+        with engine_errors("asking the Docker engine for its swarm state"):
+            return str(self.client.info().get("Swarm", {}).get("LocalNodeState") or "")
+
+    def swarm_nodes(self) -> int:
+        with engine_errors("listing the swarm nodes"):
+            return len(self.client.nodes.list())
+
+    def swarm_object(self, kind: str, name: str, data: bytes, labels: dict[str, str]) -> str:
+        """The id of the config or secret (``kind``) ``name``, created when it is missing."""
+        collection = self.client.configs if kind == "config" else self.client.secrets
+        with engine_errors(f"creating the swarm {kind} {name}"):
+            existing = [item for item in collection.list(filters={"name": name}) if item.name == name]
+            if existing:
+                return str(existing[0].id)
+            return str(collection.create(name=name, data=data, labels=labels).id)
+
+    def remove_swarm_objects(self, label: str) -> tuple[int, int]:
+        """Remove the configs and secrets carrying ``label``; how many of each."""
+        counts = []
+        for kind, collection in (("configs", self.client.configs), ("secrets", self.client.secrets)):
+            with engine_errors(f"removing the swarm {kind} labelled {label}"):
+                items = collection.list(filters={"label": label})
+                for item in items:
+                    with contextlib.suppress(docker.errors.NotFound):
+                        item.remove()
+            counts.append(len(items))
+        return counts[0], counts[1]
+
+    def services(self, label: str | None = None, name: str | None = None) -> list[dict[str, Any]]:
+        """Swarm services (their ``docker service inspect`` documents), by label or exact name."""
+        filters = {"label": label} if label else {"name": name}
+        with engine_errors("listing swarm services"):
+            found = self.client.api.services(filters=filters)
+        return [dict(s) for s in found if name is None or s["Spec"]["Name"] == name]
+
+    def service_tasks(self, service_id: str) -> list[dict[str, Any]]:
+        with engine_errors(f"listing the tasks of service {service_id[:12]}"):
+            return [dict(t) for t in self.client.api.tasks(filters={"service": service_id})]
+
+    def remove_service(self, service_id: str) -> None:
+        try:
+            self.client.api.remove_service(service_id)
+        except docker.errors.NotFound:
+            pass  # already gone: that is what was asked
+        except docker.errors.APIError as exc:
+            raise RuntimeFailure(f"cannot remove service {service_id[:12]}: {_explain(exc)}") from None
+
+    def containers(self, *labels: str) -> list[dict[str, Any]]:
+        """Containers (running or not) carrying every one of ``labels`` (``key`` or ``key=value``)."""
+        with engine_errors("listing containers"):
+            return list(self.client.api.containers(all=True, filters={"label": list(labels)}))
 
     def create_service(
         self,
@@ -282,7 +351,7 @@ class DockerEngine:
         secrets: list[tuple[str, str, str]],
         network: str | None,
     ) -> str:
-        try:
+        with engine_errors(f"creating the service {name}"):
             service = self.client.services.create(
                 image,
                 args=args,
@@ -298,11 +367,4 @@ class DockerEngine:
                 stop_grace_period=30_000_000_000,
                 networks=[network] if network else None,
             )
-        except docker.errors.APIError as exc:
-            raise RuntimeFailure(f"cannot create the service {name}: {_explain(exc)}") from None
         return str(service.id)
-
-    def remove_quietly(self, item: Any) -> None:
-        """Remove a Swarm object (config, secret, service) that may already be gone."""
-        with contextlib.suppress(docker.errors.NotFound):
-            item.remove()

@@ -18,7 +18,15 @@ from dstream import log, protocol
 from dstream.distribution.options import LaunchOptions
 from dstream.errors import HandshakeError
 from dstream.relay.handshake import open_provider
-from dstream.runtime.base import LABEL_ROLE, LABEL_RUN, LABEL_TASK, ProviderProcess, ProviderSpec, Runtime
+from dstream.runtime.base import (
+    LABEL_ROLE,
+    LABEL_RUN,
+    LABEL_TASK,
+    ProviderProcess,
+    ProviderSpec,
+    RedactingSink,
+    Runtime,
+)
 from dstream.runtime.local import LocalRuntime
 
 if TYPE_CHECKING:
@@ -40,15 +48,15 @@ class Opened:
     leftover: bytes
 
 
-def stderr_logger(role: str, redactor: Redactor) -> Any:
+def stderr_logger(role: str, redactor: Redactor) -> RedactingSink:
     logger = log.get(f"provider.{role}")
 
     def sink(line: str) -> None:
         # A failure line is quoted in the error that ends the attempt: logged here only for debugging.
         level = logging.DEBUG if line.startswith(protocol.FAILURE_PREFIX) else logging.INFO
-        logger.log(level, "%s", redactor(line), extra={"role": role})
+        logger.log(level, "%s", line, extra={"role": role})
 
-    return sink
+    return RedactingSink(redactor, sink)
 
 
 async def prepare_spec(

@@ -67,13 +67,13 @@ async def _one(
             while True:
                 *lines, buffer = buffer.split(b"\n")
                 for line in lines:
-                    reply.feed(line)
+                    reply.feed(_redacted(line, redactor))
                 chunk = await proc.read()
                 if not chunk:
                     break
                 buffer += chunk
             if buffer.strip():
-                reply.feed(buffer)
+                reply.feed(_redacted(buffer, redactor))
             return await proc.wait()
 
         try:
@@ -100,6 +100,13 @@ def _stored_checkpoint(document: Document, task_name: str) -> Any:
         log.get("lifecycle").warning("status without the task's checkpoint: %s", exc)
         return None
     return stored.checkpoint if stored is not None else None
+
+
+def _redacted(line: bytes, redactor: Redactor) -> bytes:
+    """A result line with its secrets masked before it is parsed: resource names, details
+    and messages are printed (and ``--json`` prints the raw reply). The JSON-escaped form
+    of a secret is masked inside the string, so the line stays valid JSON."""
+    return redactor(line.decode("utf-8", "replace")).encode()
 
 
 async def run_verb(

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,7 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 from dstream import protocol
 from dstream.config.models import Document, Task
-from dstream.errors import DStreamError, HandshakeError
+from dstream.config.secrets import secret_values
+from dstream.errors import ConfigError, DStreamError, HandshakeError
 from dstream.redact import Redactor
 from dstream.relay.handshake import open_provider
 from dstream.runtime.base import LABEL_RUN
@@ -47,6 +50,54 @@ class Check:
     detail: str = ""
 
 
+def provider_config(option: str, env_var: str | None) -> dict[str, Any]:
+    """``test-provider``'s config: ``--config-env VAR``, ``--config @FILE`` or inline JSON.
+
+    Inline JSON that holds a secret (by key, or inside a connection string) is refused: a
+    command line is readable by every local user (``/proc/PID/cmdline``, ``ps``) and stays
+    in shell history.
+    """
+    if env_var is not None:
+        if option != "{}":
+            raise ConfigError("pass the provider config with either --config or --config-env, not both")
+        text = os.environ.get(env_var)
+        if text is None:
+            raise ConfigError(f"--config-env {env_var}: the environment variable is not set")
+        where = f"environment variable {env_var}"
+    elif option.startswith("@"):
+        path = Path(option[1:]).expanduser()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"--config {option}: cannot read {path}: {exc}") from None
+        where = str(path)
+    else:
+        text, where = option, "--config"
+    try:
+        parsed = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: the provider config is not JSON ({exc})") from None
+    if not isinstance(parsed, dict):
+        raise ConfigError(f'{where}: the provider config must be a JSON object, e.g. {{"path": "/tmp/x"}}')
+    if where == "--config" and secret_values(parsed):
+        keys = ", ".join(sorted(_secret_keys(parsed))) or "a connection string"
+        raise ConfigError(
+            f"--config holds a secret ({keys}), and a command line is readable by every local user; "
+            f"put the config in a file (--config @config.json) or a variable (--config-env VAR)"
+        )
+    return parsed
+
+
+def _secret_keys(config: dict[str, Any], prefix: str = "") -> set[str]:
+    found = set()
+    for key, value in config.items():
+        if isinstance(value, dict):
+            found |= _secret_keys(value, f"{prefix}{key}.")
+        elif secret_values({key: value}):
+            found.add(prefix + key)
+    return found
+
+
 class Suite:
     def __init__(self, ref: str, config: dict[str, Any], kind: str | None, timeout: float, network: str | None) -> None:
         is_path = "/" not in ref or Path(ref).exists()
@@ -66,7 +117,7 @@ class Suite:
         self.kind = kind
         self.timeout = timeout
         self.options = LaunchOptions()
-        self.redactor = Redactor()
+        self.redactor = Redactor(secret_values(config))
         self.checks: list[Check] = []
         self._prepared: tuple[Runtime, ProviderSpec] | None = None
 
@@ -101,7 +152,8 @@ class Suite:
         return proc, handshake, rest
 
     def record(self, name: str, ok: bool | None, detail: str = "") -> None:
-        self.checks.append(Check(name, "skip" if ok is None else ("pass" if ok else "fail"), detail))
+        result = "skip" if ok is None else ("pass" if ok else "fail")
+        self.checks.append(Check(name, result, self.redactor(detail)))
 
     async def run(self) -> list[Check]:
         try:
@@ -119,7 +171,7 @@ class Suite:
             if kind == "output":
                 await self._acks(proc, rest)
             elif kind == "transform":
-                await TransformProbe(proc, rest, self.timeout, self.record).run()
+                await TransformProbe(proc, rest, self.timeout, self.record, self.redactor.shorten).run()
             else:
                 checkpoint = await self._checkpoints(proc, rest)
                 await self._resume(checkpoint)
@@ -217,14 +269,18 @@ class Suite:
                 try:
                     value = protocol.decode_object(line)
                 except protocol.DecodeError:
-                    self.record("checkpoints", False, f"not a JSON object: {line[:80]!r}")
+                    self.record("checkpoints", False, f"not a JSON object: {self.redactor.shorten(line, 80)!r}")
                     return None
                 is_cp, position = protocol.control_value(value, "checkpoint")
                 if is_cp:
                     self.record("checkpoints", True, f"{data} envelope(s), then checkpoint {position}")
                     return position
                 if "data" not in value:
-                    self.record("checkpoints", False, f"a line that is neither data nor a checkpoint: {line[:80]!r}")
+                    self.record(
+                        "checkpoints",
+                        False,
+                        f"a line that is neither data nor a checkpoint: {self.redactor.shorten(line, 80)!r}",
+                    )
                     return None
                 data += 1
             try:

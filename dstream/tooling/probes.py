@@ -31,12 +31,19 @@ def probe_checkpoint(n: int) -> bytes:
 
 class TransformProbe:
     def __init__(
-        self, proc: ProviderProcess, rest: bytes, timeout: float, record: Callable[[str, bool | None, str], None]
+        self,
+        proc: ProviderProcess,
+        rest: bytes,
+        timeout: float,
+        record: Callable[[str, bool | None, str], None],
+        shorten: Callable[[bytes, int], str] | None = None,
     ) -> None:
         self.proc = proc
         self.buffer = rest
         self.timeout = timeout
         self.record = record
+        # How a line is shown in a detail: redacted, then cut (a cut first could split a secret).
+        self.shorten = shorten or (lambda line, limit: line[:limit].decode("utf-8", "replace"))
         self.rejected = 0
 
     async def _line(self, deadline: float) -> bytes | None:
@@ -91,23 +98,23 @@ class TransformProbe:
             try:
                 value: Any = protocol.decode_object(line)
             except protocol.DecodeError:
-                self._fail(f"not a JSON object: {line[:80]!r}")
+                self._fail(f"not a JSON object: {self.shorten(line, 80)!r}")
                 return None
             if protocol.control_value(value, "checkpoint")[0]:
                 if line + b"\n" != expected:
-                    self._fail(f"forwarded {line[:80]!r} for checkpoint {n}, not the line as it was sent")
+                    self._fail(f"forwarded {self.shorten(line, 80)!r} for checkpoint {n}, not the line as it was sent")
                     return None
                 return emitted
             is_dead, verdict = protocol.control_value(value, "dead_letter")
             if is_dead:
                 if not (isinstance(verdict, dict) and isinstance(verdict.get("reason"), str)):
-                    self._fail(f"a dead_letter line without a reason: {line[:80]!r}")
+                    self._fail(f"a dead_letter line without a reason: {self.shorten(line, 80)!r}")
                     return None
                 self.rejected += 1
             elif protocol.control_value(value, "gauge")[0]:
                 continue
             elif "data" not in value:
-                self._fail(f"a line that is neither data nor a protocol line: {line[:80]!r}")
+                self._fail(f"a line that is neither data nor a protocol line: {self.shorten(line, 80)!r}")
                 return None
             emitted += 1
 

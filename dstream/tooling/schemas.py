@@ -100,9 +100,11 @@ def check_document(document: Document) -> tuple[list[str], list[str]]:
     from jsonschema import Draft202012Validator
 
     from dstream.config.loader import by_line
+    from dstream.redact import Redactor
 
     problems: list[str] = []
     notes: list[str] = []
+    redact = Redactor(document.secrets)  # jsonschema messages quote the value they refuse
     name = str(document.path)
     # Finding a schema may inspect an image or ask the registry: once per provider.
     found: dict[str, tuple[dict[str, Any] | None, str]] = {}
@@ -129,7 +131,7 @@ def check_document(document: Document) -> tuple[list[str], list[str]]:
                     or document.lines.get(task.name, 0)
                 )
                 where = ".".join(["config", *path]) if path else "config"
-                message = _message(error)
+                message = redact(_message(error))
                 problems.append(f"{name}:{line}: {task.name} {role} {where}: {message} (schema from {source})")
     return by_line(problems), notes
 

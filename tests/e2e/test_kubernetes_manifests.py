@@ -77,7 +77,7 @@ def _check_label(key: str, value: str) -> None:
 def test_printed_manifests_validate_against_kubernetes(task_file: Callable[..., Path], name: str) -> None:
     path = _task_file(task_file, [name])
     docs = _print(path, name, "--replicas", "1")
-    assert [d["kind"] for d in docs] == ["ConfigMap", "Secret", "Deployment"]
+    assert [d["kind"] for d in docs] == ["ConfigMap", "Secret", "PersistentVolumeClaim", "Deployment"]
     version = kubernetes_validate.latest_version()
     for doc in docs:
         kubernetes_validate.validate(doc, version, strict=True)  # raises with the path of what is wrong
@@ -87,7 +87,7 @@ def test_printed_manifests_validate_against_kubernetes(task_file: Callable[..., 
         for key, value in meta["labels"].items():
             _check_label(key, value)
         assert meta["annotations"]["io.dstream/task"] == name  # the real name survives
-    config_map, secret, deployment = docs
+    config_map, secret, claim, deployment = docs
     assert config_map["data"]["dstream.hcl"] == path.read_text()
     assert secret["stringData"] == {"OUT_PATH": "<set me>"}
     spec = deployment["spec"]
@@ -99,6 +99,8 @@ def test_printed_manifests_validate_against_kubernetes(task_file: Callable[..., 
     volumes = {v["name"]: v for v in spec["template"]["spec"]["volumes"]}
     assert volumes["task"]["configMap"]["name"] == config_map["metadata"]["name"]
     assert volumes["secrets"]["secret"]["secretName"] == secret["metadata"]["name"]
+    assert volumes["state"]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    assert not any("emptyDir" in v for v in volumes.values())
 
 
 def test_names_that_sanitise_alike_stay_distinct(task_file: Callable[..., Path]) -> None:
@@ -107,3 +109,109 @@ def test_names_that_sanitise_alike_stay_distinct(task_file: Callable[..., Path])
     printed = {_print(path, name)[0]["metadata"]["name"] for name in names}
     assert len(printed) == 3
     assert "dstream-my-task" in printed  # a name that is already valid is kept as it is
+
+
+LEASED = """
+task "t" {
+  lease {
+    backend = "%s"
+    %s
+  }
+  input { provider_path = "counter-input-provider" }
+  output { provider_path = "console-output-provider" }
+}
+%s
+"""
+AZURE = 'connection_string = env("AZURE_STORAGE_CONNECTION_STRING")'
+
+
+def test_replicas_need_an_azure_blob_lease_and_state_is_never_an_empty_dir(task_file: Callable[..., Path]) -> None:
+    """Security review row 7: two replicas with a file lease were both active, and state
+    lived on an emptyDir that a reschedule loses."""
+    file_lease = task_file(LEASED % ("file", "", ""), "file.hcl")
+    refused = run_cli("deploy", "t", "-f", str(file_lease), "--print", "kubernetes", "--replicas", "2")
+    assert refused.returncode == 1
+    assert 'lease { backend = "azure_blob" }' in refused.stderr
+    one = run_cli("deploy", "t", "-f", str(file_lease), "--print", "kubernetes", "--replicas", "1")
+    assert one.returncode == 0, one.stderr
+    assert "PersistentVolumeClaim" in one.stdout
+    assert "# state: SQLite on the PersistentVolumeClaim" in one.stdout
+    assert "emptyDir" not in one.stdout
+    shared = task_file(LEASED % ("azure_blob", AZURE, f'state {{\n  backend = "azure_blob"\n  {AZURE}\n}}'), "az.hcl")
+    azure = {"AZURE_STORAGE_CONNECTION_STRING": "UseDevelopmentStorage=true"}
+    two = run_cli("deploy", "t", "-f", str(shared), "--print", "kubernetes", "--replicas", "2", env=azure)
+    assert two.returncode == 0, two.stderr
+    kinds = [d["kind"] for d in yaml.safe_load_all(two.stdout) if d]
+    assert kinds == ["ConfigMap", "Secret", "Deployment"]  # state in Azure Blob: no volume at all
+    assert "# state: Azure Blob" in two.stdout
+    assert "emptyDir" not in two.stdout
+
+
+def test_the_pod_names_itself_through_the_downward_api(task_file: Callable[..., Path]) -> None:
+    path = _task_file(task_file, ["orders"])
+    deployment = _print(path, "orders")[-1]
+    env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["DSTREAM_OWNER_POD_UID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.uid"}}
+    assert env["DSTREAM_OWNER_POD"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+
+
+LITERAL = "LiteralPw123"
+
+
+def test_a_literal_secret_goes_into_the_secret_not_the_config_map(task_file: Callable[..., Path]) -> None:
+    """Security review row 13: ``dsn = "postgres://app:LiteralPw123@db/x"`` was in the ConfigMap."""
+    path = task_file(
+        f"""
+        locals {{
+          pw = "Other{LITERAL}"
+        }}
+        task "t" {{
+          input {{ provider_path = "counter-input-provider" }}
+          output {{
+            provider_path = "console-output-provider"
+            config {{
+              dsn      = "postgres://app:{LITERAL}@db/x"  # a literal, as the review found
+              password = local.pw
+              note     = "no secret here"
+            }}
+          }}
+        }}
+        """
+    )
+    docs = _print(path, "t")
+    config_map, secret = docs[0], docs[1]
+    text = config_map["data"]["dstream.hcl"]
+    assert LITERAL not in text
+    assert 'note     = "no secret here"' in text
+    moved = {k: v for k, v in secret["stringData"].items() if k.startswith("DSTREAM_LITERAL_")}
+    assert sorted(moved.values()) == [f"Other{LITERAL}", f"postgres://app:{LITERAL}@db/x"]
+    for name in moved:
+        assert f'env("{name}")' in text
+    # The rewritten file loads to the same task once the Secret's values are in the environment.
+    from dstream.config import load
+
+    rewritten = path.parent / "rewritten.hcl"
+    rewritten.write_text(text)
+    assert load(rewritten, environ=moved).tasks == load(path, environ={}).tasks
+
+
+def test_a_literal_secret_that_cannot_be_moved_is_refused_with_its_line(task_file: Callable[..., Path]) -> None:
+    path = task_file(
+        f"""
+        task "t" {{
+          input {{ provider_path = "counter-input-provider" }}
+          output {{
+            provider_path = "console-output-provider"
+            config {{
+              dsn = <<EOT
+        postgres://app:{LITERAL}@db/x
+        EOT
+            }}
+          }}
+        }}
+        """
+    )
+    result = run_cli("deploy", "t", "-f", str(path), "--print", "kubernetes")
+    assert result.returncode == 1
+    assert f"{path}:8: a literal secret" in result.stderr  # the heredoc line that holds it
+    assert LITERAL not in result.stdout + result.stderr

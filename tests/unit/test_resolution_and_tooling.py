@@ -18,7 +18,7 @@ from dstream.distribution import resolve
 from dstream.distribution.lock import LOCK_FILE, LockFile
 from dstream.distribution.reference import DOCKER_HUB_API, parse
 from dstream.distribution.registry import OCI_MANIFEST, Manifest, RegistryClient
-from dstream.errors import DistributionError, RegistryUnreachable
+from dstream.errors import DistributionError, DStreamError, RegistryUnreachable
 from dstream.runtime.base import ProviderSpec
 from dstream.runtime.local import LocalRuntime
 from dstream.task.launch import LaunchOptions
@@ -224,33 +224,28 @@ def test_check_document_looks_up_each_provider_once(tmp_path: Path, monkeypatch:
     assert len(notes) == 2
 
 
-# -- 7. undeploy removes the task's leftover provider containers ------------------------
+# -- 7. undeploy removes only its own service's containers ---------------------------------
 
 
-def test_undeploy_removes_leftovers_of_the_task(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_undeploy_of_a_task_that_is_not_deployed_removes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Security review row 6: it used to remove every container labelled with the task name
+    (a developer's live run included) and report success."""
     removed: list[str] = []
-    asked: list[str | None] = []
-
-    class Api:
-        def containers(self, all: bool, filters: dict[str, Any]) -> list[dict[str, Any]]:
-            return []  # the service's replicas are gone
-
-    class Client:
-        api = Api()
 
     class Engine:
-        client = Client()
-
-        def dstream_containers(self, task: str | None = None) -> list[dict[str, Any]]:
-            asked.append(task)
-            return [{"Id": "c1"}, {"Id": "c2"}]
-
         def remove(self, container_id: str) -> None:
             removed.append(container_id)
 
+        def containers(self, *labels: str) -> list[dict[str, Any]]:
+            """The engine's label filter: a developer's live run of a task named copy."""
+            live = {"Id": "live", "Labels": {"io.dstream.task": "copy", "io.dstream.pid": "4242"}}
+            wanted = [label.partition("=") for label in labels]
+            ok = all(k in live["Labels"] and (not v or live["Labels"][k] == v) for k, _, v in wanted)
+            return [live] if ok else []
+
     class FakeSwarm:
         def __init__(self, engine: Any) -> None:
-            pass
+            self.engine = engine
 
         def ensure_active(self) -> None:
             pass
@@ -258,17 +253,20 @@ def test_undeploy_removes_leftovers_of_the_task(monkeypatch: pytest.MonkeyPatch)
         def service(self, name: str) -> None:
             return None
 
-        def containers(self, label: str) -> list[str]:
-            return []  # the service's replicas are gone
+        def containers(self, *labels: str) -> list[str]:
+            return [c["Id"] for c in self.engine.containers(*labels)]
+
+        def services(self) -> list[dict[str, Any]]:
+            return []
 
         def remove_labelled(self, label: str) -> tuple[int, int]:
             return 0, 0
 
     monkeypatch.setattr(deploy, "DockerEngine", Engine)
     monkeypatch.setattr(deploy, "Swarm", FakeSwarm)
-    assert deploy.undeploy("copy") == {"services": 0, "containers": 2, "configs": 0, "secrets": 0}
-    assert asked == ["copy"]
-    assert removed == ["c1", "c2"]
+    with pytest.raises(DStreamError, match="task copy is not deployed"):
+        deploy.undeploy("copy")
+    assert removed == []
 
 
 # -- 9. the conformance suite resolves its provider once --------------------------------
