@@ -362,7 +362,9 @@ class DockerEngine:
                 mounts=mounts,
                 mode=ServiceMode("replicated", replicas=replicas),
                 configs=[ConfigReference(cid, cname, target) for cid, cname, target in configs],
-                secrets=[SecretReference(sid, sname, target) for sid, sname, target in secrets],
+                # 0400, root's (the orchestrator runs as root): a pulled executable, run as an
+                # unprivileged uid beside it, cannot read them (Swarm's default is 0444).
+                secrets=[SecretReference(sid, sname, target, mode=0o400) for sid, sname, target in secrets],
                 restart_policy=RestartPolicy(condition="on-failure", delay=1_000_000_000),
                 stop_grace_period=30_000_000_000,
                 networks=[network] if network else None,

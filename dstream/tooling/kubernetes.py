@@ -89,7 +89,9 @@ def manifests(document: Document, task_name: str, replicas: int, image: str) -> 
     ]
     volumes: list[dict[str, Any]] = [
         {"name": "task", "configMap": {"name": name}},
-        {"name": "secrets", "secret": {"secretName": name}},
+        # 0400 (Kubernetes' default is 0644): readable by the orchestrator (root), not by a pulled
+        # executable it runs as an unprivileged uid.
+        {"name": "secrets", "secret": {"secretName": name, "defaultMode": 0o400}},
         {"name": "docker", "hostPath": {"path": "/var/run/docker.sock", "type": "Socket"}},
     ]
     objects: list[dict[str, Any]] = [config_map, secret]

@@ -99,6 +99,7 @@ def test_printed_manifests_validate_against_kubernetes(task_file: Callable[..., 
     volumes = {v["name"]: v for v in spec["template"]["spec"]["volumes"]}
     assert volumes["task"]["configMap"]["name"] == config_map["metadata"]["name"]
     assert volumes["secrets"]["secret"]["secretName"] == secret["metadata"]["name"]
+    assert volumes["secrets"]["secret"]["defaultMode"] == 0o400  # not readable by a provider's unprivileged uid
     assert volumes["state"]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
     assert not any("emptyDir" in v for v in volumes.values())
 

@@ -90,6 +90,10 @@ def test_deploy_two_replicas_kill_the_active_one_lose_nothing_undeploy_cleanly(
     try:
         assert deployed.returncode == 0, deployed.stderr
         assert "secrets passed as Swarm secrets: OUT_PATH" in deployed.stderr
+        (service,) = engine.client.services.list(filters={"label": f"io.dstream.deploy={task_name}"})
+        files = [ref["File"] for ref in service.attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Secrets"]]
+        # Root's alone: a pulled executable run as an unprivileged uid cannot read them.
+        assert [(f["UID"], f["Mode"]) for f in files] == [("0", 0o400)] * len(files)
         listed = run_cli("deploy", "--list", env={"COLUMNS": "200"})
         assert f"dstream-{task_name}" in listed.stdout
         wait_until(lambda: line_count(out) >= 1000, "the active replica to relay")
