@@ -23,6 +23,8 @@ libraries are called, never further up.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 
 class DStreamError(Exception):
     """Root of every error dstream reports; ``str()`` is the user-facing message."""
@@ -30,11 +32,29 @@ class DStreamError(Exception):
     exit_code: int = 1
 
 
-class ConfigError(DStreamError):
-    """The task file is invalid. ``problems`` holds each ``FILE:LINE: message`` line."""
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a task file, where it is: printed ``FILE:LINE: message`` (as
+    compilers and linters print them), kept as a record so nothing parses that text back."""
 
-    def __init__(self, message: str, problems: list[str] | None = None) -> None:
-        self.problems = problems or [message]
+    file: str
+    line: int | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line is not None else self.file
+        return f"{where}: {self.message}" if where else self.message
+
+    def sort_key(self) -> int:
+        """By line (problems without one first), as ``dstream lint`` lists them."""
+        return self.line or 0
+
+
+class ConfigError(DStreamError):
+    """The task file is invalid. ``problems`` holds each :class:`Problem`."""
+
+    def __init__(self, message: str, problems: list[Problem] | None = None) -> None:
+        self.problems = problems or [Problem("", None, message)]
         super().__init__(message)
 
 

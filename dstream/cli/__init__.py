@@ -36,7 +36,7 @@ def main() -> None:
     except DStreamError as exc:
         if isinstance(exc, ConfigError) and len(exc.problems) > 1:
             for problem in exc.problems:
-                sys.stderr.write(problem + "\n")
+                sys.stderr.write(f"{problem}\n")
         else:
             sys.stderr.write(f"error: {exc}\n")
         sys.exit(exc.exit_code)

@@ -1,21 +1,10 @@
 """``lint`` and ``lock``: commands about the task file itself."""
 
-import re
 from typing import Annotated
 
 import typer
 
 from dstream.cli.app import FileOption, JsonOption, app, load_document, print_json
-
-_PROBLEM = re.compile(r"^(?P<file>.*?):(?P<line>\d+): (?P<message>.*)$", re.DOTALL)
-
-
-def _problem(text: str) -> dict[str, object]:
-    """``FILE:LINE: message`` as ``{"file", "line", "message"}`` (file and line None when absent)."""
-    match = _PROBLEM.match(text)
-    if match is None:
-        return {"file": None, "line": None, "message": text}
-    return {"file": match["file"], "line": int(match["line"]), "message": match["message"]}
 
 
 @app.command()
@@ -26,31 +15,30 @@ def lint(
     ] = True,
     as_json: JsonOption = False,
 ) -> None:
-    """Check a task file; print each problem as FILE:LINE: message."""
-    from dstream.config import check
+    """Check a task file; print every problem at once, as FILE:LINE: message."""
+    from dataclasses import asdict
 
-    document, problems = check(file)
-    notes: list[str] = []
-    if schemas and document is not None:  # None exactly when there are problems
-        from dstream.tooling.schemas import check_document
+    from dstream.tooling.lint import lint as lint_file
 
-        problems, notes = check_document(document)
-    if document is not None:
-        from dstream.runtime.loosened import document_warnings
-
-        notes += document_warnings(document)
-    name = str(document.path if document is not None else file or "dstream.hcl")
+    report = lint_file(file, schemas)
     if as_json:
-        print_json({"file": name, "ok": not problems, "problems": [_problem(p) for p in problems], "notes": notes})
+        print_json(
+            {
+                "file": report.file,
+                "ok": not report.problems,
+                "problems": [asdict(p) for p in report.problems],
+                "notes": report.notes,
+            }
+        )
     else:
-        for note in notes:
+        for note in report.notes:
             typer.echo(note, err=True)
-        for problem in problems:
-            typer.echo(problem)
-    if problems:
+        for problem in report.problems:
+            typer.echo(str(problem))
+    if report.problems:
         raise typer.Exit(1)
     if not as_json:
-        typer.echo(f"{file or 'dstream.hcl'}: ok", err=True)
+        typer.echo(f"{report.file}: ok", err=True)
 
 
 @app.command()

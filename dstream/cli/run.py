@@ -43,9 +43,10 @@ def run(
     from dstream.task.foreground import run_task
     from dstream.task.launch import LaunchOptions
     from dstream.task.status import human_size
+    from dstream.tooling.lint import refuse_invalid_configs
 
     document = load_document(file)
-    document.task(task)
+    refuse_invalid_configs(document, task)  # before anything starts, as lint would say
     if detach:
         record = background.start(document, task, sys.argv[1:])
         typer.echo(f"task {task} runs in the background (pid {record.pid}); log: {record.log}")

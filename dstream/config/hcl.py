@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dstream.config import treecache
-from dstream.errors import ConfigError
+from dstream.errors import ConfigError, Problem
 
 
 @dataclass
@@ -53,9 +53,11 @@ def parse(text: str, filename: str) -> Body:
     except UnexpectedInput as exc:
         line = getattr(exc, "line", 0) or 0
         message = _describe_syntax_error(exc)
-        raise ConfigError(f"{filename}:{line}: {message}", [f"{filename}:{line}: {message}"]) from None
+        problem = Problem(filename, line, message)
+        raise ConfigError(str(problem), [problem]) from None
     except LarkError as exc:
-        raise ConfigError(f"{filename}:1: cannot parse HCL: {exc}") from None
+        problem = Problem(filename, 1, f"cannot parse HCL: {exc}")
+        raise ConfigError(str(problem), [problem]) from None
     treecache.store(text, tree)
     return _body(tree.children[0])
 

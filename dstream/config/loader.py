@@ -1,26 +1,39 @@
 """Task file loading: HCL text → syntax tree → evaluated dicts → pydantic models.
 
-Every problem is collected as ``FILE:LINE: message`` so ``dstream lint`` can print them
-all at once; :func:`load` raises one :class:`~dstream.errors.ConfigError` carrying them.
+Every problem is collected as a :class:`~dstream.errors.Problem` (file, line, message) so
+``dstream lint`` can print them all at once; :func:`load` raises one
+:class:`~dstream.errors.ConfigError` carrying them.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from dstream.config.evaluate import EvalError, Evaluator, default_environ
 from dstream.config.hcl import Block, Body, parse
-from dstream.config.models import Document, StateSettings, Task
+from dstream.config.models import (
+    ContainerSettings,
+    DeadLetterSettings,
+    Document,
+    LeaseSettings,
+    ProviderBlock,
+    RestartPolicy,
+    StageBlock,
+    StateSettings,
+    Task,
+)
 from dstream.config.secrets import secret_values
-from dstream.errors import ConfigError
+from dstream.errors import ConfigError, Problem
 from dstream.redact import Redactor
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterable, Mapping
 
 DEFAULT_FILE = "dstream.hcl"
 
@@ -32,15 +45,20 @@ class _Loader:
         self.path = path
         self.name = str(path)
         self.environ = environ
-        self.problems: list[str] = []
+        self.problems: list[Problem] = []
         self._failed: set[tuple[Any, ...]] = set()
         self.lines: dict[str, int] = {}
+        # Every provider block that is valid on its own, its task valid or not: so lint can
+        # check configs against provider schemas in the same pass as the file's structure.
+        self.stages: list[StageBlock] = []
         # Every secret seen, valid task or not: problems quote values, so they are redacted.
         self.secrets: set[str] = set()
         self.evaluator_secrets: set[str] = set()
 
     def problem(self, line: int, message: str) -> None:
-        self.problems.append(f"{self.name}:{line}: {message}")
+        found = Problem(self.name, line, message)
+        if found not in self.problems:  # a local used in several places fails once
+            self.problems.append(found)
 
     def load(self, text: str) -> Document | None:
         try:
@@ -139,6 +157,11 @@ class _Loader:
         self.secrets |= secret_values(raw)
         for path, line in lines.items():  # kept so later checks (provider schemas) can cite lines
             self.lines["/".join([block.labels[0], *map(str, path)])] = line
+        # A block with a value that failed to evaluate is left out: its config is not what the file says.
+        failed = {path[:2] if path[0] == "transform" else path[:1] for path in self._failed}
+        self.stages.extend(
+            stage for stage in _stage_blocks(block.labels[0], raw) if _stage_key(stage.path) not in failed
+        )
         missing_role = False
         for role in ("input", "output"):
             if role not in raw and not block.body.blocks_of(role):
@@ -255,13 +278,59 @@ def _describe(error: Any) -> str:
     loc = re.sub(r"\.(\d+)(?=\.|$)", r"[\1]", loc)  # transform.1.config → transform[1].config
     kind = error["type"]
     if kind == "extra_forbidden":
-        return f"unknown attribute or block '{loc}'"
+        return f"unknown attribute or block '{loc}'{did_you_mean(str(error['loc'][-1]), _KNOWN_NAMES)}"
     if kind == "missing":
         return f"missing required '{loc}'"
     message = str(error["msg"]).removeprefix("Value error, ")
     if kind == "literal_error":
         return f"{loc}: {message}, got {error['input']!r}"
     return f"{loc}: {message}" if loc else message
+
+
+def _field_names(*models: type[BaseModel]) -> frozenset[str]:
+    return frozenset(
+        name for model in models for key, field in model.model_fields.items() for name in (key, field.alias) if name
+    )
+
+
+# Every attribute and block name a task file may use, for "did you mean" on a typo.
+_KNOWN_NAMES = _field_names(
+    Task, ProviderBlock, ContainerSettings, RestartPolicy, DeadLetterSettings, StateSettings, LeaseSettings
+) | frozenset(_TOP_LEVEL_BLOCKS)
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """`` (did you mean 'transform'?)`` for a close known name, else ``""``."""
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _stage_blocks(task: str, raw: dict[str, Any]) -> list[StageBlock]:
+    """The task's provider blocks that validate on their own, in data order."""
+    transforms = raw.get("transform")
+    candidates = [
+        ("input", "input", raw.get("input")),
+        *(
+            (f"transform-{i}", f"transform/{i - 1}", value)
+            for i, value in enumerate(transforms if isinstance(transforms, list) else [], 1)
+        ),
+        ("output", "output", raw.get("output")),
+    ]
+    found = []
+    for role, at, value in candidates:
+        if not isinstance(value, dict):
+            continue
+        try:
+            found.append(StageBlock(task, role, ProviderBlock.model_validate(value), at))
+        except ValidationError:
+            continue  # reported with its task
+    return found
+
+
+def _stage_key(at: str) -> tuple[Any, ...]:
+    """``"transform/1"`` → ``("transform", 1)``, ``"input"`` → ``("input",)``: the loader's paths."""
+    name, _, index = at.partition("/")
+    return (name, int(index)) if index else (name,)
 
 
 def find_file(file: str | Path | None) -> Path:
@@ -272,45 +341,55 @@ def find_file(file: str | Path | None) -> Path:
     return path
 
 
-def check(file: str | Path | None, environ: Mapping[str, str] | None = None) -> tuple[Document | None, list[str]]:
-    """Load a task file once: its document (None when invalid) and every problem, by line."""
-    _, document, problems = _check(file, environ)
-    return document, problems
+@dataclass(frozen=True)
+class Inspection:
+    """All a load learned about a task file, valid or not: what ``dstream lint`` checks further."""
+
+    path: Path  # as the user gave it (problems name it so)
+    document: Document | None  # None when there are problems
+    problems: list[Problem]
+    stages: list[StageBlock]  # every provider block valid on its own
+    lines: dict[str, int]
+    secrets: frozenset[str]
 
 
-def _check(file: str | Path | None, environ: Mapping[str, str] | None) -> tuple[Path, Document | None, list[str]]:
+def inspect(file: str | Path | None, environ: Mapping[str, str] | None = None) -> Inspection:
     path = find_file(file)
     loader = _Loader(path, default_environ() if environ is None else environ)
     document = loader.load(_read(path))
+    secrets = frozenset(loader.secrets | loader.evaluator_secrets)
     problems = loader.problems
     if problems:
-        problems = Redactor(loader.secrets | loader.evaluator_secrets).lines(problems)
-    return path, document, by_line(problems)
+        redact = Redactor(secrets)
+        problems = [Problem(p.file, p.line, redact(p.message)) for p in problems]
+    return Inspection(path, document, by_line(problems), loader.stages, loader.lines, secrets)
+
+
+def check(file: str | Path | None, environ: Mapping[str, str] | None = None) -> tuple[Document | None, list[Problem]]:
+    """Load a task file once: its document (None when invalid) and every problem, by line."""
+    found = inspect(file, environ)
+    return found.document, found.problems
 
 
 def lint(file: str | Path | None, environ: Mapping[str, str] | None = None) -> list[str]:
     """Every problem in a task file as ``FILE:LINE: message`` (empty when clean)."""
-    return check(file, environ)[1]
+    return [str(p) for p in check(file, environ)[1]]
 
 
 def load(file: str | Path | None, environ: Mapping[str, str] | None = None) -> Document:
     """Load and validate a task file; raises ConfigError listing every problem."""
-    path, document, problems = _check(file, environ)
+    found = inspect(file, environ)
+    path, document, problems = found.path, found.document, found.problems
     if document is None:
         count = len(problems)
         summary = f"{path}: {count} problem{'s' if count != 1 else ''} in the task file"
-        raise ConfigError(summary + "\n" + "\n".join(problems), problems)
+        raise ConfigError(summary + "\n" + "\n".join(map(str, problems)), problems)
     return document
 
 
-def by_line(problems: list[str]) -> list[str]:
-    """``FILE:LINE: message`` lines sorted by line number (lines without one first)."""
-
-    def key(problem: str) -> int:
-        found = re.match(r"^.*?:(\d+): ", problem)
-        return int(found.group(1)) if found else 0
-
-    return sorted(problems, key=key)
+def by_line(problems: list[Problem]) -> list[Problem]:
+    """Problems sorted by line number (those without one first)."""
+    return sorted(problems, key=Problem.sort_key)
 
 
 def _read(path: Path) -> str:

@@ -112,6 +112,15 @@ class Stage(NamedTuple):
     path: str  # where its settings sit in the file ("transform/0"), for lines and messages
 
 
+class StageBlock(NamedTuple):
+    """A provider block with its place in the file, whether or not its task is valid."""
+
+    task: str
+    role: str
+    block: ProviderBlock
+    path: str
+
+
 class Task(_Strict):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -17,7 +17,7 @@ import re
 from typing import TYPE_CHECKING
 
 from dstream.config.secrets import SECRET_KEY, credential_parts
-from dstream.errors import ConfigError
+from dstream.errors import ConfigError, Problem
 from dstream.redact import is_strong
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ def move_literal_secrets(document: Document, environ: dict[str, str] | None = No
     env_values = {environ[name] for name in document.env_names if name in environ}
     literal = {s for s in document.secrets if s not in env_values and not any(s in v for v in env_values)}
     moved: dict[str, str] = {}
-    refused: list[str] = []
+    refused: list[Problem] = []
     for number, line in enumerate(lines, start=1):
         match = _ATTRIBUTE.match(line)
         value = _unescape(match["value"]) if match else None
@@ -66,11 +66,11 @@ def move_literal_secrets(document: Document, environ: dict[str, str] | None = No
             moved[name] = value
             lines[number - 1] = f'{match["head"]}env("{name}"){match["tail"]}'
         elif any(s in line for s in literal if is_strong(s)):
-            refused.append(f"{document.path}:{number}: a literal secret dstream cannot move out of the file")
+            refused.append(Problem(str(document.path), number, "a literal secret dstream cannot move out of the file"))
     if refused:
         raise ConfigError(
             f"{document.path}: the task file holds literal secrets that would be shipped in plain text; "
-            f'read them with env("NAME") instead:\n' + "\n".join(refused),
+            f'read them with env("NAME") instead:\n' + "\n".join(map(str, refused)),
             refused,
         )
     rewritten = "\n".join(lines)

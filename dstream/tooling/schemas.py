@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dstream import log
-from dstream.errors import DistributionError, DStreamError
+from dstream.config.models import StageBlock
+from dstream.errors import DistributionError, DStreamError, Problem
 from dstream.tooling import catalogue
 
 if TYPE_CHECKING:
@@ -94,45 +95,54 @@ def block_schema(block: ProviderBlock) -> tuple[dict[str, Any] | None, str]:
     return find_schema(block.provider_ref or block.provider_path or "")
 
 
-def check_document(document: Document) -> tuple[list[str], list[str]]:
-    """Every config that breaks its provider's schema as ``FILE:LINE: message``; and notes
-    on providers whose schema could not be found (not errors)."""
+def check_document(document: Document) -> tuple[list[Problem], list[str]]:
+    """Every config of a valid document that breaks its provider's schema; and notes on
+    providers whose schema could not be found (not errors)."""
+    stages = [
+        StageBlock(task.name, role, block, at) for task in document.tasks.values() for role, block, at in task.stages
+    ]
+    return check_stages(stages, document.lines, str(document.path), document.secrets)
+
+
+def check_stages(
+    stages: list[StageBlock], lines: dict[str, int], file_name: str, secrets: frozenset[str]
+) -> tuple[list[Problem], list[str]]:
+    """Every config of these provider blocks that breaks its provider's schema, with the line
+    that holds it (``lines``: the loader's); and notes on providers without a known schema."""
     from jsonschema import Draft202012Validator
 
-    from dstream.config.loader import by_line
+    from dstream.config.loader import by_line, did_you_mean
     from dstream.redact import Redactor
 
-    problems: list[str] = []
+    problems: list[Problem] = []
     notes: list[str] = []
-    redact = Redactor(document.secrets)  # jsonschema messages quote the value they refuse
-    name = str(document.path)
+    redact = Redactor(secrets)  # jsonschema messages quote the value they refuse
     # Finding a schema may inspect an image or ask the registry: once per provider.
     found: dict[str, tuple[dict[str, Any] | None, str]] = {}
-    for task in document.tasks.values():
-        for role, block, at in task.stages:
-            source_ref = block.provider_ref or block.provider_path or ""
-            if source_ref not in found:
-                found[source_ref] = block_schema(block)
-            schema, source = found[source_ref]
-            if schema is None:
-                notes.append(f"{task.name} {role}: no config schema known for {block.source}; config not checked")
-                continue
-            validator = Draft202012Validator(schema)
-            for error in sorted(validator.iter_errors(block.config), key=lambda e: list(e.absolute_path)):
-                path = [str(p) for p in error.absolute_path]
-                key = path[0] if path else ""
-                if error.validator == "additionalProperties" and not path:
-                    extra = sorted(set(block.config) - set(schema.get("properties", {})))
-                    key = extra[0] if extra else ""
-                line = (
-                    document.lines.get(f"{task.name}/{at}/config/{key}")
-                    or document.lines.get(f"{task.name}/{at}/config")
-                    or document.lines.get(f"{task.name}/{at}")
-                    or document.lines.get(task.name, 0)
-                )
-                where = ".".join(["config", *path]) if path else "config"
-                message = redact(_message(error))
-                problems.append(f"{name}:{line}: {task.name} {role} {where}: {message} (schema from {source})")
+    for task, role, block, at in stages:
+        source_ref = block.provider_ref or block.provider_path or ""
+        if source_ref not in found:
+            found[source_ref] = block_schema(block)
+        schema, source = found[source_ref]
+        if schema is None:
+            notes.append(f"{task} {role}: no config schema known for {block.source}; config not checked")
+            continue
+        validator = Draft202012Validator(schema)
+        for error in sorted(validator.iter_errors(block.config), key=lambda e: list(e.absolute_path)):
+            path = [str(p) for p in error.absolute_path]
+            key = path[0] if path else ""
+            hint = ""
+            if error.validator == "additionalProperties" and not path:
+                known = set(schema.get("properties", {}))
+                extra = sorted(set(block.config) - known)
+                key = extra[0] if extra else ""
+                hint = did_you_mean(key, known) if key else ""
+            line = (
+                lines.get(f"{task}/{at}/config/{key}") or lines.get(f"{task}/{at}/config") or lines.get(f"{task}/{at}")
+            )
+            where = ".".join(["config", *path]) if path else "config"
+            message = redact(_message(error)) + hint
+            problems.append(Problem(file_name, line, f"{task} {role} {where}: {message} (schema from {source})"))
     return by_line(problems), notes
 
 

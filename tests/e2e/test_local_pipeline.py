@@ -115,7 +115,10 @@ def test_invalid_provider_config_names_the_field(task_file: Callable[..., Path])
     )
     result = run_cli("run", "t", "-f", str(path))
     assert result.returncode == 1
-    assert "refused to start: invalid config: config.max_count" in result.stderr
+    # Refused before anything starts (the provider's schema is known), with the line.
+    assert f"{path}:5: t input config.max_count: 'many' is not of type 'integer'" in result.stderr
+    assert "running" not in result.stderr
+    assert "nothing started" in result.stderr
 
 
 def test_invalid_task_file_is_refused_before_starting_anything(task_file: Callable[..., Path]) -> None:

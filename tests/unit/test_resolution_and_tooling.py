@@ -133,7 +133,9 @@ def test_check_returns_the_document_or_the_problems(task_file: Callable[..., Pat
     document, problems = check(bad, environ={})
     assert document is None
     assert problems
-    assert problems == lint(bad, environ={})
+    assert [str(p) for p in problems] == lint(bad, environ={})
+    assert [p.line for p in problems] == sorted(p.line or 0 for p in problems)  # records, in line order
+    assert {p.file for p in problems} == {str(bad)}
     assert problems == by_line(problems)
 
 
@@ -216,7 +218,7 @@ def test_check_document_looks_up_each_provider_once(tmp_path: Path, monkeypatch:
     monkeypatch.setattr(schemas, "block_schema", block_schema)
     problems, notes = schemas.check_document(load_document(tmp_path))
     assert len(calls) == 2
-    assert [p.split(": ", 1)[1] for p in problems] == [
+    assert [p.message for p in problems] == [
         "one input config.count: 1 is not of type 'string' (schema from a test)",
         "two input config.count: 2 is not of type 'string' (schema from a test)",
     ]
