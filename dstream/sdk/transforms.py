@@ -71,13 +71,17 @@ class TransformLoop:
 
     def _block(self, block: bytes) -> None:
         """Envelopes in runs between checkpoints; each checkpoint after its run's output."""
-        has_control = protocol.CHECKPOINT_TOKEN in block
+        lines = block.split(b"\n")
+        lines.pop()  # after the last newline
+        if protocol.CHECKPOINT_TOKEN not in block:  # the common block: envelopes only
+            self._run([Envelope(line) for line in lines if line.strip()])
+            return
         run: list[Envelope] = []
-        for line in block.split(b"\n")[:-1]:
+        for line in lines:
             if not line.strip():
                 continue
             value: dict[str, Any] | None = None
-            if has_control and protocol.CHECKPOINT_TOKEN in line:
+            if protocol.CHECKPOINT_TOKEN in line:
                 try:
                     value = protocol.decode_object(line)
                 except protocol.DecodeError:

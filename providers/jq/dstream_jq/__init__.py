@@ -120,13 +120,14 @@ class JqTransformProvider(TransformProvider[JqConfig]):
         batched = self.batched
         assert batched is not None
         k = start
+        append = out.append
         while k < end:
             try:
                 for outputs in batched.input_text(b"\n".join(raws[k:end]).decode()):
                     if k >= end:
                         return False
                     if len(outputs) == 1 and outputs[0].__class__ is dict:
-                        out.append(encode(outputs[0]))
+                        append(encode(outputs[0]))
                     elif all(item.__class__ is dict or item is None for item in outputs):
                         out.append(b"".join([encode(item) for item in outputs if item is not None]))
                     else:
