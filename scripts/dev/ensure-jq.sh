@@ -24,7 +24,8 @@ fi
 apt_install_missing gcc make
 rm -rf "$out" && mkdir -p "$out"
 log "building the jq binding $version from its sdist with -O2 (a few minutes)"
-CPPFLAGS=-O2 "$python" -m pip wheel --quiet --no-deps --no-binary jq "jq==$version" -w "$out/wheel" \
+# --no-cache-dir: pip caches wheels built from an sdist by its hash, not by CPPFLAGS.
+CPPFLAGS=-O2 "$python" -m pip wheel --quiet --no-cache-dir --no-deps --no-binary jq "jq==$version" -w "$out/wheel" \
     >"$(log_file jq-O2)" 2>&1 || { show_log jq-O2; die "building the optimised jq binding failed"; }
 "$python" -m pip install --quiet --no-deps --target "$out/site" "$out"/wheel/jq-*.whl
 echo "$version" >"$out/site/.version"
