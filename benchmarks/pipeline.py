@@ -1,6 +1,6 @@
 """Three stages through containers: blast → passthrough → sink, dstream against
-`docker run … | docker run -i … | docker run -i …` with the same images, in one run; and the
-jq transform's own rate in the same pipeline (blast → jq → sink)."""
+`docker run … | docker run -i … | docker run -i …` with the same images, in one run. (The jq
+transform has its own benchmark, benchmarks/jq.py, against the jq CLI.)"""
 
 from __future__ import annotations
 
@@ -61,15 +61,7 @@ def bench_pipeline(
                 {"size": size, "envelopes": count, "dstream": ours, "docker_pipe": peer,
                  "ratio": round(ours["envelopes_per_s"] / peer["envelopes_per_s"], 2), "dstream_wall_s": round(wall, 2)}
             )  # fmt: skip
-        jq_count = count // 10
-        text = PIPELINE_TASK.format(
-            blast=images["blast"], transform=images["jq"], sink=images["sink"], count=jq_count, size=500,
-            transform_config='config { program = "del(.data.pad) | .metadata.Seen = true" }',
-        )  # fmt: skip
-        err, _ = run_dstream(Path(tmp), text)
-        jq_rate = measure(err, jq_count)
     return {
         "goal": "three stages through containers >= 1.0x the docker CLI pipe of the same three images at 500 B",
         "rows": rows,
-        "jq": {"program": "del(.data.pad) | .metadata.Seen = true", "size": 500, "envelopes": jq_count, **jq_rate},
     }

@@ -7,8 +7,9 @@ The same standard-library providers (benchmarks/providers: blast → sink) run i
 setting, so the only difference between dstream and its peer is the relay:
 
 - container: dstream (provider_ref, checkpoints and acks on) vs `docker run … | docker run -i …`
-- pipeline:  three stages (blast → passthrough transform → sink) vs three `docker run`s in a
-             pipe, and the jq transform's own rate
+- pipeline:  three stages (blast → passthrough transform → sink) vs three `docker run`s in a pipe
+- jq:        the jq transform vs the jq CLI, same program and lines: alone, and as the middle of
+             three local stages vs `blast | jq | sink`
 - local:     dstream (provider_path) vs an OS pipe `blast | sink`
 - latency:   1K envelopes/s stamped at write, read times at the sink; minus a direct pipe
 - coldstart: `dstream run` start to the first envelope at the output, images cached
@@ -40,7 +41,6 @@ REGISTRY = os.environ.get("DSTREAM_REGISTRY", "127.0.0.1:5000")
 BLAST_IMAGE = f"{REGISTRY}/dstream-bench/blast:1"
 SINK_IMAGE = f"{REGISTRY}/dstream-bench/sink:1"
 PASSTHROUGH_IMAGE = f"{REGISTRY}/dstream-bench/passthrough:1"
-JQ_IMAGE = f"{REGISTRY}/dstream/jq-transform-provider:0.1.0"
 DSTREAM = [sys.executable, "-m", "dstream"]
 
 TASK = """
@@ -177,12 +177,21 @@ def bench_container(quick: bool) -> dict[str, Any]:
 def bench_pipeline(quick: bool) -> dict[str, Any]:
     from benchmarks.pipeline import bench_pipeline as three_stages
 
-    images = {"blast": BLAST_IMAGE, "sink": SINK_IMAGE, "passthrough": PASSTHROUGH_IMAGE, "jq": JQ_IMAGE}
+    images = {"blast": BLAST_IMAGE, "sink": SINK_IMAGE, "passthrough": PASSTHROUGH_IMAGE}
 
     def measure(stderr: str, count: int) -> dict[str, float]:
         return rate_of(parse_report(stderr), count)
 
     return three_stages(quick, images, command, shell, run_dstream, measure)
+
+
+def bench_jq(quick: bool) -> dict[str, Any]:
+    from benchmarks.jq import bench_jq as jq_vs_cli
+
+    def measure(stderr: str, count: int) -> dict[str, float]:
+        return rate_of(parse_report(stderr), count)
+
+    return jq_vs_cli(quick, command, shell, run_dstream, measure)
 
 
 def bench_local(quick: bool) -> dict[str, Any]:
@@ -316,6 +325,7 @@ def bench_postgres(quick: bool) -> dict[str, Any]:
 BENCHMARKS = {
     "container": bench_container,
     "pipeline": bench_pipeline,
+    "jq": bench_jq,
     "local": bench_local,
     "latency": bench_latency,
     "coldstart": bench_coldstart,

@@ -5,6 +5,13 @@ A rejected envelope (``Reject``, or any exception from ``transform``) becomes a
 ``{"dead_letter": {"reason": …, "envelope": …}}`` line, to which the orchestrator applies the
 task's ``on_error``: with the default ``"fail"`` the run stops there, and since the
 checkpoint after the envelope is never acknowledged, nothing is lost.
+
+A provider may also define ``transform_batch(envelopes)``, for engines that are much faster
+over many records at once (the jq provider runs libjq once per batch). It returns one result
+per envelope, in order: ``bytes`` (encoded lines, sent as they are), a ``Reject`` instance,
+or what ``transform`` would return; or ``None`` for "do these one by one". A batch never
+spans a checkpoint. When it raises or returns the wrong number of results, the batch goes
+through ``transform`` one envelope at a time, so exactly the failing envelope is rejected.
 """
 
 from __future__ import annotations
@@ -37,20 +44,23 @@ class TransformLoop:
         self.ctx = ctx
         self._loop: asyncio.AbstractEventLoop | None = None
         self._logged: set[type[BaseException]] = set()
+        self._apply: Callable[[Envelope], Iterable[Any]] = self._apply_sync
+        self._batch: Callable[[list[Envelope]], list[Any] | None] | None = getattr(provider, "transform_batch", None)
+        self._batch_warned = False
 
     def run(self) -> int:
-        apply: Callable[[Envelope], Iterable[Any]] = self._apply
         fn = self.provider.transform
         if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
             self._loop = asyncio.new_event_loop()
-            apply = self._apply_async
+            self._apply = self._apply_async
+            self._batch = None
         try:
             wire = self.wire
             while not self.ctx.stopping.is_set():
                 block = wire.read_block()
                 if not block:
                     break
-                self._block(block, apply)
+                self._block(block)
                 wire.flush()
             self._emit_all(self.provider.flush())
             wire.flush()
@@ -59,36 +69,90 @@ class TransformLoop:
                 self._loop.close()
         return 0
 
-    def _block(self, block: bytes, apply: Callable[[Envelope], Iterable[Any]]) -> None:
-        has_control = protocol.CHECKPOINT_TOKEN in block
-        send = self.wire.send
-        for line in block.split(b"\n")[:-1]:
+    def _block(self, block: bytes) -> None:
+        """Envelopes in runs between checkpoints; each checkpoint after its run's output."""
+        lines = block.split(b"\n")
+        lines.pop()  # after the last newline
+        if protocol.CHECKPOINT_TOKEN not in block:  # the common block: envelopes only
+            self._run([Envelope(line) for line in lines if line.strip()])
+            return
+        run: list[Envelope] = []
+        for line in lines:
             if not line.strip():
                 continue
             value: dict[str, Any] | None = None
-            if has_control and protocol.CHECKPOINT_TOKEN in line:
-                value = protocol.decode_object(line)
-                if protocol.control_value(value, "checkpoint")[0]:
+            if protocol.CHECKPOINT_TOKEN in line:
+                try:
+                    value = protocol.decode_object(line)
+                except protocol.DecodeError:
+                    value = None  # not a checkpoint: an envelope the transform will reject
+                if value is not None and protocol.control_value(value, "checkpoint")[0]:
+                    self._run(run)
+                    run = []
                     self._emit_all(self.provider.flush())
-                    send(line + b"\n")  # unchanged: the orchestrator matches it byte for byte
+                    self.wire.send(line + b"\n")  # unchanged: the orchestrator matches it byte for byte
                     continue
-            envelope = Envelope(line, value)
-            try:
-                results = list(apply(envelope))
-                lines = [_encode(item) for item in results]
-            except Reject as exc:
-                send(_dead_letter(str(exc) or type(exc).__name__, envelope))
-                continue
-            except Exception as exc:
-                if type(exc) not in self._logged:
-                    self._logged.add(type(exc))
-                    self.ctx.log.exception("transform failed on an envelope (dead-lettered)")
-                send(_dead_letter(f"{type(exc).__name__}: {exc}", envelope))
-                continue
-            for out in lines:
-                send(out)
+            run.append(Envelope(line, value))
+        self._run(run)
 
-    def _apply(self, envelope: Envelope) -> Iterable[Any]:
+    def _run(self, envelopes: list[Envelope]) -> None:
+        if not envelopes:
+            return
+        results = self._batched(envelopes) if self._batch is not None else None
+        if results is None:
+            for envelope in envelopes:
+                self._one(envelope)
+            return
+        out: list[bytes] = []
+        for envelope, result in zip(envelopes, results, strict=True):
+            if result.__class__ is bytes:
+                out.append(result)
+            elif isinstance(result, Reject):
+                out.append(_dead_letter(str(result) or type(result).__name__, envelope))
+            else:
+                try:
+                    out.extend([_encode(item) for item in _items(result)])
+                except Exception as exc:
+                    if type(exc) not in self._logged:
+                        self._logged.add(type(exc))
+                        self.ctx.log.exception("transform failed on an envelope (dead-lettered)")
+                    out.append(_dead_letter(f"{type(exc).__name__}: {exc}", envelope))
+        self.wire.send(b"".join(out))
+
+    def _batched(self, envelopes: list[Envelope]) -> list[Any] | None:
+        """The provider's results for a run of envelopes, or None: do them one by one."""
+        assert self._batch is not None
+        try:
+            results = self._batch(envelopes)
+        except Exception:
+            if not self._batch_warned:
+                self._batch_warned = True
+                self.ctx.log.exception("transform_batch failed; doing its envelopes one at a time")
+            return None
+        if results is not None and len(results) != len(envelopes):
+            if not self._batch_warned:
+                self._batch_warned = True
+                self.ctx.log.error("transform_batch returned %d results for %d envelopes", len(results), len(envelopes))
+            return None
+        return results
+
+    def _one(self, envelope: Envelope) -> None:
+        send = self.wire.send
+        try:
+            lines = [_encode(item) for item in self._apply(envelope)]
+        except Reject as exc:
+            send(_dead_letter(str(exc) or type(exc).__name__, envelope))
+            return
+        except Exception as exc:
+            if type(exc) not in self._logged:
+                self._logged.add(type(exc))
+                self.ctx.log.exception("transform failed on an envelope (dead-lettered)")
+            send(_dead_letter(f"{type(exc).__name__}: {exc}", envelope))
+            return
+        for out in lines:
+            send(out)
+
+    def _apply_sync(self, envelope: Envelope) -> Iterable[Any]:
         return _items(self.provider.transform(envelope))
 
     def _apply_async(self, envelope: Envelope) -> Iterable[Any]:

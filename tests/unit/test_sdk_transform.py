@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from dstream import protocol
 from dstream.sdk import Envelope, Record, Reject, TransformProvider
@@ -135,3 +135,56 @@ def test_the_dead_letter_line_is_a_protocol_line() -> None:
         True,
         {"reason": "why", "envelope": {"data": 1}},
     )
+
+
+class WholeRuns(TransformProvider[Any]):
+    """transform_batch: each kind of result; transform() is the one-by-one reference."""
+
+    name = "whole-runs-transform-provider"
+    runs: ClassVar[list[list[int]]] = []
+
+    def transform(self, env: Envelope) -> Iterator[Record]:
+        n = env.data["n"]
+        if n % 5 == 0:
+            raise Reject(f"five: {n}")
+        yield from [Record({"n": n, "copy": c}, env.metadata) for c in range(n % 3)]
+
+    def transform_batch(self, envelopes: list[Envelope]) -> list[Any] | None:
+        WholeRuns.runs.append([env.data["n"] for env in envelopes])
+        results: list[Any] = []
+        for env in envelopes:
+            n = env.data["n"]
+            if n % 5 == 0:
+                results.append(Reject(f"five: {n}"))
+            elif n % 3 == 1:  # already-encoded lines
+                results.append(protocol.data({"n": n, "copy": 0}, env.metadata))
+            else:
+                results.append(list(self.transform(env)))
+        return results
+
+
+def test_transform_batch_gets_whole_runs_between_checkpoints_and_matches_one_by_one() -> None:
+    sent = lines(*range(1, 13), every=4)
+    WholeRuns.runs = []
+    batched = run_transform(WholeRuns, {}, sent)
+    assert WholeRuns.runs == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]]  # never across a checkpoint
+
+    class OneByOne(WholeRuns):
+        def transform_batch(self, envelopes: list[Envelope]) -> list[Any] | None:
+            return None  # "do these one by one"
+
+    reference = run_transform(OneByOne, {}, sent)
+    assert batched.messages == reference.messages
+    assert [d["reason"] for d in batched.dead_letters] == ["five: 5", "five: 10"]
+    assert order(batched)[:6] == [("d", 1, 0), ("d", 2, 0), ("d", 2, 1), ("d", 4, 0), ("c", 4), ("d", 7, 0)]
+
+
+def test_a_checkpoint_token_in_a_line_that_is_not_json_is_rejected_not_fatal() -> None:
+    run = run_transform(Passthrough, {}, [b'{"checkpoint": 1', *lines(2)])
+    assert run.exit_code == 0
+    assert run.dead_letters == []  # the passthrough passes it on; the relay validates lines
+    assert b'{"checkpoint": 1\n' in run.raw
+    run = run_transform(Fanout, {}, [b'{"checkpoint": 1', *lines(2)])
+    assert run.exit_code == 0
+    assert [d["envelope"] for d in run.dead_letters] == ['{"checkpoint": 1']
+    assert order(run) == [("d", 2, 1), ("d", 2, 2), ("c", 2)]
