@@ -32,6 +32,7 @@ test: venv services images lint
 	DSTREAM_REQUIRE_SERVICES=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: venv services images
+	bash scripts/dev/ensure-jq.sh   # the jq CLI, the jq transform's peer
 	$(BIN)/python -m benchmarks.run
 
 venv: $(VENV)/.installed
