@@ -3,13 +3,16 @@
 import contextlib
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from dstream import log
 from dstream.cli.app import FileOption, JsonOption, PullPolicy, app, load_document, print_json
 from dstream.errors import DStreamError
+
+if TYPE_CHECKING:
+    from dstream.task.runner import RunSummary
 
 
 @app.command()
@@ -63,14 +66,15 @@ def run(
         )
     how = "stopped" if summary.stopped else "finished"
     log.get().info(
-        "task %s %s: %d envelopes (%s) in %.1fs%s%s",
+        "task %s %s: %s envelopes (%s) in %.1fs%s%s%s",
         summary.task,
         how,
-        summary.envelopes,
+        f"{summary.envelopes:,}",
         human_size(summary.bytes),
         summary.seconds,
-        f", {summary.dead_letters} dead-lettered" if summary.dead_letters else "",
+        f", {summary.dead_letters:,} dead-lettered" if summary.dead_letters else "",
         f", {summary.attempts} attempts" if summary.attempts > 1 else "",
+        _per_stage(summary),
     )
     if summary.resumed and not summary.stopped and not summary.envelopes:
         log.get().info(
@@ -174,3 +178,25 @@ def stop(
         print_json({"task": task, "stopped": stopped_pids, "not_stopped": failed})
     if failed:
         raise DStreamError(f"task {task} (pid {', '.join(map(str, failed))}) did not stop within {timeout:g}s")
+
+
+def _per_stage(summary: "RunSummary") -> str:
+    """What each transform did and what reached the output, when that differs from what the
+    input read: "; transform-1: 4 in, 3 out (1 filtered); the output got 3"."""
+    roles = list(summary.stages)
+    if not roles:
+        return ""
+    read = previous = summary.stages[roles[0]]
+    parts = []
+    for role in roles[1:]:
+        out = summary.stages[role]
+        rejected = summary.stage_dead_letters.get(role, 0)
+        dropped = previous - out - rejected
+        notes = [f"{dropped:,} filtered" if dropped > 0 else f"{-dropped:,} added" if dropped < 0 else ""]
+        notes.append(f"{rejected:,} dead-lettered" if rejected else "")
+        said = ", ".join(n for n in notes if n)
+        parts.append(f"{role}: {previous:,} in, {out:,} out" + (f" ({said})" if said else ""))
+        previous = out
+    if previous == read and not parts:
+        return ""
+    return "; " + "; ".join([*parts, f"the output got {previous:,}"])

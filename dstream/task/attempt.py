@@ -159,6 +159,7 @@ class Attempt:
         stats.checkpoints = self.ledger.recorded
         stats.dead_letters = sum(h.stats.dead_letters for h in self.hops)
         stats.stage_envelopes = {h.role: h.stats.envelopes for h in self.hops}
+        stats.stage_dead_letters = {h.role: h.stats.dead_letters for h in self.hops}
         stats.persisted, stats.last_persist = self.persister.count, self.persister.last
         stats.store_stalled_since = self.persister.stalled_since
         return stats

@@ -36,6 +36,7 @@ class AttemptStats:
     paused: float = 0.0  # seconds the input spent waiting for the output (window full)
     waiting: bool = False  # paused right now
     stage_envelopes: dict[str, int] = field(default_factory=dict)  # data lines out of each stage
+    stage_dead_letters: dict[str, int] = field(default_factory=dict)  # lines of each stage set aside
     store_stalled_since: float | None = None  # a checkpoint write has waited on the store since
 
 

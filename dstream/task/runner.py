@@ -12,7 +12,7 @@ import contextlib
 import gc
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from dstream import log
@@ -45,6 +45,8 @@ class RunSummary:
     dead_letters: int
     stopped: bool
     resumed: bool = False  # the run started from a stored checkpoint
+    stages: dict[str, int] = field(default_factory=dict)  # data lines out of each stage but the output
+    stage_dead_letters: dict[str, int] = field(default_factory=dict)
 
 
 class TaskRun:
@@ -251,6 +253,8 @@ class TaskRun:
                     dead_letters=result.stats.dead_letters,
                     stopped=result.stopped_by_request,
                     resumed=resume is not None,
+                    stages=dict(result.stats.stage_envelopes),
+                    stage_dead_letters=dict(result.stats.stage_dead_letters),
                 )
         finally:
             store.close()

@@ -47,6 +47,9 @@ def test_local_demo(examples: Path) -> None:
 def test_transform_pipeline(examples: Path) -> None:
     result = run_cli("run", "orders-filter", "-f", str(examples / "transform-pipeline.hcl"))
     assert result.returncode == 0, result.stderr
+    # The summary counts per stage: the jq stage filtered the audit row.
+    assert "finished: 4 envelopes" in result.stderr
+    assert "transform-1: 4 in, 3 out (1 filtered); the output got 3" in result.stderr
     out = _lines(examples / ".dstream/out/orders-filtered.jsonl")
     assert [(e["data"]["id"], e["metadata"]["OperationType"]) for e in out] == [  # type: ignore[index]
         (1, "Insert"),

@@ -42,7 +42,7 @@ def test_counter_to_console_delivers_exactly_max_count_in_order(task_file: Calla
     assert result.returncode == 0, result.stderr
     values = [json.loads(line)["value"] for line in result.stdout.splitlines()]
     assert values == list(range(1, 2501))
-    assert "finished: 2500 envelopes" in result.stderr
+    assert "finished: 2,500 envelopes" in result.stderr  # with the separator the status line uses
 
 
 def test_jsonl_output_is_the_envelope_and_resume_continues(task_file: Callable[..., Path]) -> None:

@@ -150,3 +150,23 @@ def test_identity_tokens_from_a_credential_store_get_a_bearer_token(
     assert form["grant_type"] == "refresh_token"
     assert form["service"] == "test"
     assert form["scope"] == "repository%3Ateam%2Fapp%3Apull"
+
+
+def test_the_summary_says_what_each_stage_did() -> None:
+    from dstream.cli.run import _per_stage
+    from dstream.task.runner import RunSummary
+
+    def summary(stages: dict[str, int], rejected: dict[str, int] | None = None) -> RunSummary:
+        return RunSummary("t", "r", 1, stages["input"], 0, None, 0.0, 0, False, False, stages, rejected or {})
+
+    assert _per_stage(summary({"input": 5})) == ""  # nothing in between: the headline says it all
+    assert _per_stage(summary({"input": 4, "transform-1": 3})) == (
+        "; transform-1: 4 in, 3 out (1 filtered); the output got 3"
+    )
+    assert _per_stage(summary({"input": 4, "transform-1": 3}, {"transform-1": 1})) == (
+        "; transform-1: 4 in, 3 out (1 dead-lettered); the output got 3"
+    )
+    assert _per_stage(summary({"input": 2, "transform-1": 5, "transform-2": 5})) == (
+        "; transform-1: 2 in, 5 out (3 added); transform-2: 5 in, 5 out; the output got 5"
+    )
+    assert _per_stage(summary({"input": 1200, "transform-1": 1000})).endswith("the output got 1,000")
