@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -148,7 +149,9 @@ class Attempt:
             self._force.set()
             return
         self._stop_requested = True
-        _log.info("stopping: asking the input to finish, then draining to the output (Ctrl-C again to force)")
+        # A detached run has no terminal to press Ctrl-C in: `dstream stop` asked, and a second SIGTERM forces.
+        force = "a second SIGTERM forces it" if os.environ.get("DSTREAM_DETACHED") else "Ctrl-C again to force"
+        _log.info("stopping: asking the input to finish, then draining to the output (%s)", force)
         self._stopper = asyncio.create_task(self._stop(self.input))
 
     def snapshot_stats(self) -> AttemptStats:
