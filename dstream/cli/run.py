@@ -45,7 +45,7 @@ def run(
     from dstream.task import background
     from dstream.task.foreground import run_task
     from dstream.task.launch import LaunchOptions
-    from dstream.task.status import human_size
+    from dstream.task.statusline import human_size
     from dstream.tooling.lint import refuse_invalid_configs
 
     document = load_document(file)

@@ -154,7 +154,7 @@ class Attempt:
         _log.info("stopping: asking the input to finish, then draining to the output (%s)", force)
         self._stopper = asyncio.create_task(self._stop(self.input))
 
-    def snapshot_stats(self) -> AttemptStats:
+    def current_stats(self) -> AttemptStats:
         stats = self.stats
         first = self.hops[0].stats
         stats.envelopes, stats.bytes = first.envelopes, first.bytes
@@ -199,7 +199,7 @@ class Attempt:
             failure = failures.after_exit(self.procs, self.hops, self.ledger, self._stop_requested, self.redactor)
         persisted = self.ledger.persisted
         return AttemptResult(
-            stats=self.snapshot_stats(),
+            stats=self.current_stats(),
             last_checkpoint=persisted.value if persisted else None,
             persisted=persisted is not None,
             stopped_by_request=self._stop_requested,

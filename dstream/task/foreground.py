@@ -32,7 +32,7 @@ def run_task(
     ``progress``: a live status line (None: when stderr is a terminal; log lines otherwise).
     ``metrics_port``: serve Prometheus metrics and /healthz on that port, on ``metrics_host``.
     """
-    from dstream.task.status import StatusReporter
+    from dstream.task.statusline import StatusReporter
 
     async def main() -> RunSummary:
         runner = TaskRun(document, task_name, options)

@@ -22,7 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
 
-    from dstream.task.snapshot import Snapshot, Source
+    from dstream.task.progress import Progress, Source
 
 HEALTHY_STATES = ("starting", "standby", "running", "stopping", "restarting")
 STATES = ("starting", "standby", "running", "stopping", "restarting", "finished", "failed")
@@ -40,8 +40,8 @@ class _RunCollector:
         self.run = run
 
     def collect(self) -> Iterator[Any]:
-        snap = self.run.snapshot()
-        labels, values = ["task"], [snap.task]
+        now = self.run.progress()
+        labels, values = ["task"], [now.task]
 
         def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
             family = CounterMetricFamily(name, doc, labels=labels)
@@ -53,19 +53,19 @@ class _RunCollector:
             family.add_metric(values, value)
             return family
 
-        yield counter("dstream_envelopes_in", "Envelopes read from the input and relayed", snap.envelopes)
-        yield counter("dstream_envelopes_out", "Input envelopes the output acknowledged (delivered)", snap.delivered)
-        yield counter("dstream_bytes_in", "Bytes read from the input and relayed", snap.bytes)
-        yield counter("dstream_bytes_out", "Input bytes the output acknowledged", snap.delivered_bytes)
+        yield counter("dstream_envelopes_in", "Envelopes read from the input and relayed", now.envelopes)
+        yield counter("dstream_envelopes_out", "Input envelopes the output acknowledged (delivered)", now.delivered)
+        yield counter("dstream_bytes_in", "Bytes read from the input and relayed", now.bytes)
+        yield counter("dstream_bytes_out", "Input bytes the output acknowledged", now.delivered_bytes)
         yield counter(
-            "dstream_checkpoints_persisted", "Checkpoints written to the state store", snap.checkpoints_persisted
+            "dstream_checkpoints_persisted", "Checkpoints written to the state store", now.checkpoints_persisted
         )
-        yield counter("dstream_dead_letters", "Lines set aside in the dead-letter file", snap.dead_letters)
-        yield counter("dstream_provider_restarts", "Restarts of the pipeline by the restart policy", snap.restarts)
-        yield gauge("dstream_in_flight_envelopes", "Input envelopes not yet acknowledged (lag)", snap.in_flight)
-        age = -1.0 if snap.last_checkpoint_age is None else snap.last_checkpoint_age
+        yield counter("dstream_dead_letters", "Lines set aside in the dead-letter file", now.dead_letters)
+        yield counter("dstream_provider_restarts", "Restarts of the pipeline by the restart policy", now.restarts)
+        yield gauge("dstream_in_flight_envelopes", "Input envelopes not yet acknowledged (lag)", now.in_flight)
+        age = -1.0 if now.last_checkpoint_age is None else now.last_checkpoint_age
         yield gauge("dstream_checkpoint_age_seconds", "Seconds since the last persisted checkpoint (-1: none)", age)
-        stalled = 0.0 if snap.store_stalled is None else snap.store_stalled
+        stalled = 0.0 if now.store_stalled is None else now.store_stalled
         yield gauge(
             "dstream_checkpoint_store_stalled_seconds",
             "Seconds the current checkpoint write has waited on the store (0: it answers)",
@@ -74,24 +74,24 @@ class _RunCollector:
         yield gauge(
             "dstream_waiting_for_output",
             "1 while the input is paused because the output is behind",
-            snap.waiting_for_output,
+            now.waiting_for_output,
         )
         stages = CounterMetricFamily(
             "dstream_stage_envelopes", "Data lines out of each stage but the output", labels=["task", "stage"]
         )
-        for role, count in snap.stage_envelopes.items():
-            stages.add_metric([snap.task, role], count)
+        for role, count in now.stage_envelopes.items():
+            stages.add_metric([now.task, role], count)
         yield stages
         state = GaugeMetricFamily("dstream_state", "1 for the run's current state", labels=["task", "state"])
         for name in STATES:
-            state.add_metric([snap.task, name], int(snap.state == name))
+            state.add_metric([now.task, name], int(now.state == name))
         yield state
-        yield from _provider_gauges(snap)
+        yield from _provider_gauges(now)
 
 
-def _provider_gauges(snap: Snapshot) -> Iterable[GaugeMetricFamily]:
+def _provider_gauges(progress: Progress) -> Iterable[GaugeMetricFamily]:
     by_name: dict[str, list[tuple[str, dict[str, str], float]]] = {}
-    for (role, name, pairs), value in snap.gauges.items():
+    for (role, name, pairs), value in progress.gauges.items():
         by_name.setdefault(_name(name), []).append((role, {_name(k): v for k, v in pairs}, value))
     for name, samples in sorted(by_name.items()):
         keys = sorted({k for _, found, _ in samples for k in found} - {"task", "stage"})
@@ -99,7 +99,7 @@ def _provider_gauges(snap: Snapshot) -> Iterable[GaugeMetricFamily]:
             f"dstream_provider_{name}", f"Reported by the providers ({name})", labels=["task", "stage", *keys]
         )
         for role, found, value in samples:
-            family.add_metric([snap.task, role, *(found.get(k, "") for k in keys)], value)
+            family.add_metric([progress.task, role, *(found.get(k, "") for k in keys)], value)
         yield family
 
 

@@ -23,7 +23,7 @@ from dstream.state import Lease, LeaseGuard, open_lease, open_store
 from dstream.task.attempt import Attempt, AttemptResult
 from dstream.task.flow import AttemptStats
 from dstream.task.launch import LaunchOptions, new_run_id, open_stages
-from dstream.task.snapshot import Snapshot
+from dstream.task.progress import Progress
 
 if TYPE_CHECKING:
     from dstream.config.models import Document, Task
@@ -76,9 +76,9 @@ class TaskRun:
         self._last_persist: float | None = None
         self._gauges: dict[tuple[str, str, tuple[tuple[str, str], ...]], float] = {}  # last attempt's
 
-    def snapshot(self) -> Snapshot:
+    def progress(self) -> Progress:
         attempt = self._current
-        live = attempt.snapshot_stats() if attempt is not None else AttemptStats()
+        live = attempt.current_stats() if attempt is not None else AttemptStats()
         done = self._done
         last = live.last_persist or self._last_persist
         providers = {}
@@ -89,7 +89,7 @@ class TaskRun:
         lease = "" if self._guard is None else ("held" if self._guard.valid() else "lost")
         if self.state == "standby":
             lease = "waiting"
-        return Snapshot(
+        return Progress(
             task=self.task.name,
             run_id=self.run_id,
             state=self.state,
@@ -311,7 +311,7 @@ class TaskRun:
             result = await self._current.run()
         finally:
             if self._current is not None:
-                self._fold(self._current.snapshot_stats())
+                self._fold(self._current.current_stats())
                 self._gauges = dict(self._current.gauges)
             self._current = None
             if dead_letters is not None:

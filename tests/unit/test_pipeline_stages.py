@@ -163,4 +163,4 @@ def test_gauges_from_any_stage_reach_the_run(tmp_path: Path) -> None:
     runtime = FakeRuntime(input=counter(20, 5), output=collector([]), **{"transform-1": transform()})
     runner = TaskRun(doc, "t", LaunchOptions(runtimes={"local": runtime}), stdout=io.BytesIO())
     asyncio.run(asyncio.wait_for(runner.run(), 30))
-    assert runner.snapshot().gauges == {("transform-1", "seen", (("kind", "fake"),)): 0.0}
+    assert runner.progress().gauges == {("transform-1", "seen", (("kind", "fake"),)): 0.0}

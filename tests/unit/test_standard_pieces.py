@@ -17,8 +17,8 @@ from dstream import log
 from dstream.distribution.reference import parse
 from dstream.distribution.registry import RegistryClient
 from dstream.redact import Redactor
-from dstream.task.snapshot import Snapshot
-from dstream.task.status import describe, human_size
+from dstream.task.progress import Progress
+from dstream.task.statusline import describe, human_size
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 def test_one_size_function_for_the_live_line_and_the_summary() -> None:
     assert human_size(1_500_000) == "1.5 MB"  # the summary said "1.4 MB" (binary units) before
-    snap = Snapshot("t", "r1", "running", 10, 1_500_000, 10, 1_500_000, 1, 0, 0, 0, False, None, {}, "")
+    snap = Progress("t", "r1", "running", 10, 1_500_000, 10, 1_500_000, 1, 0, 0, 0, False, None, {}, "")
     assert "10 envelopes (1.5 MB)" in describe(snap, 0.0, 0.0)
 
 

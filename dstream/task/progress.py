@@ -1,6 +1,6 @@
 """What a run is doing right now: the one type the status line and the metrics read.
 
-They import only this module, never the runner: anything with a ``snapshot()`` and a
+They import only this module, never the runner: anything with a ``progress()`` and a
 ``state`` (a :class:`Source`) can be displayed and scraped.
 """
 
@@ -11,7 +11,7 @@ from typing import Protocol
 
 
 @dataclass
-class Snapshot:
+class Progress:
     """What a run is doing right now (for the status line and the metrics endpoint)."""
 
     task: str
@@ -42,4 +42,4 @@ class Source(Protocol):
 
     state: str
 
-    def snapshot(self) -> Snapshot: ...
+    def progress(self) -> Progress: ...

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from dstream import log
 
 if TYPE_CHECKING:
-    from dstream.task.snapshot import Snapshot, Source
+    from dstream.task.progress import Progress, Source
 
 _log = log.get("status")
 
@@ -40,26 +40,26 @@ def _age(seconds: float | None) -> str:
     return f"{seconds / 60:.0f}m ago"
 
 
-def describe(snap: Snapshot, rate: float, byte_rate: float) -> str:
+def describe(progress: Progress, rate: float, byte_rate: float) -> str:
     parts = [
-        f"{snap.envelopes:,} envelopes ({human_size(snap.bytes)})",
+        f"{progress.envelopes:,} envelopes ({human_size(progress.bytes)})",
         f"{rate:,.0f}/s ({human_size(byte_rate)}/s)",
-        f"delivered {snap.delivered:,}",
-        f"checkpoint {_age(snap.last_checkpoint_age)}",
+        f"delivered {progress.delivered:,}",
+        f"checkpoint {_age(progress.last_checkpoint_age)}",
     ]
-    if snap.store_stalled is not None:
-        parts.append(f"checkpoint store not answering for {snap.store_stalled:.0f}s")
-    if snap.waiting_for_output:
+    if progress.store_stalled is not None:
+        parts.append(f"checkpoint store not answering for {progress.store_stalled:.0f}s")
+    if progress.waiting_for_output:
         parts.append("waiting for the output")
-    if snap.dead_letters:
-        parts.append(f"{snap.dead_letters} dead-lettered")
-    if snap.restarts:
-        parts.append(f"{snap.restarts} restart(s)")
-    providers = ", ".join(f"{role} {state}" for role, state in snap.providers.items())
+    if progress.dead_letters:
+        parts.append(f"{progress.dead_letters} dead-lettered")
+    if progress.restarts:
+        parts.append(f"{progress.restarts} restart(s)")
+    providers = ", ".join(f"{role} {state}" for role, state in progress.providers.items())
     if providers:
         parts.append(providers)
-    if snap.lease:
-        parts.append(f"lease {snap.lease}")
+    if progress.lease:
+        parts.append(f"lease {progress.lease}")
     return " · ".join(parts)
 
 
@@ -79,7 +79,7 @@ class StatusReporter:
         return sys.stdout.buffer
 
     async def report(self) -> None:
-        last = self.run.snapshot()
+        last = self.run.progress()
         every = _log_every()
         last_time = time.monotonic()
         last_log = last_time
@@ -92,20 +92,20 @@ class StatusReporter:
         try:
             while True:
                 await asyncio.sleep(0.5)  # the display's refresh period
-                snap = self.run.snapshot()
+                progress = self.run.progress()
                 now = time.monotonic()
                 elapsed = max(now - last_time, 1e-6)
-                rate = (snap.envelopes - last.envelopes) / elapsed
-                byte_rate = (snap.bytes - last.bytes) / elapsed
-                line = f"{snap.task} {snap.state}: " + describe(snap, rate, byte_rate)
+                rate = (progress.envelopes - last.envelopes) / elapsed
+                byte_rate = (progress.bytes - last.bytes) / elapsed
+                line = f"{progress.task} {progress.state}: " + describe(progress, rate, byte_rate)
                 if self._live is not None:
                     from rich.text import Text
 
-                    self._live.update(Text(line, style="dim" if snap.state == "standby" else ""))
-                elif now - last_log >= every and snap.state in ("running", "standby"):
+                    self._live.update(Text(line, style="dim" if progress.state == "standby" else ""))
+                elif now - last_log >= every and progress.state in ("running", "standby"):
                     _log.info("%s", line)
                     last_log = now
-                last, last_time = snap, now
+                last, last_time = progress, now
         finally:
             if self._live is not None:
                 self._live.stop()
