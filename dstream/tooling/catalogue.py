@@ -1,7 +1,7 @@
 """The provider catalogue: name → image, verbs, config schema.
 
-``registry/catalogue.json`` holds the settings (default registry); each provider has its
-own versioned data file, ``registry/providers/<name>.json``.
+``catalogue/catalogue.json`` holds the settings (default registry); each provider has its
+own versioned data file, ``catalogue/providers/<name>.json``.
 ``python -m dstream.tooling.catalogue --update`` refreshes each entry's ``verbs`` and
 ``config_schema`` from the provider classes, and a unit test checks that the file matches
 them, so it cannot drift.
@@ -20,7 +20,7 @@ from typing import Any
 from dstream.errors import ConfigError
 
 _PACKAGED = Path(__file__).resolve().parents[1] / "catalogue_data" / "catalogue.json"
-_CHECKOUT = Path(__file__).resolve().parents[2] / "registry" / "catalogue.json"
+_CHECKOUT = Path(__file__).resolve().parents[2] / "catalogue" / "catalogue.json"
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Make sure the local OCI registry (Debian's docker-registry = CNCF distribution 2.8) answers on
-# http://127.0.0.1:5000 (no auth, config registry/config.yml).
+# http://127.0.0.1:5000 (no auth, config scripts/dev/registry/config.yml).
 # With --auth, also the htpasswd-protected one on http://127.0.0.1:5001
-# (config registry/config-htpasswd.yml, user dstream / password dstream-test).
+# (config scripts/dev/registry/config-htpasswd.yml, user dstream / password dstream-test).
 #
 # We run our own processes with the project's configs; the Debian service (its packaged config
 # turns on htpasswd auth and listens on every interface) is never started, and stopped if found
@@ -182,7 +182,7 @@ ensure_registry() {
     verify_push "$name" "$port" "$auth"
 }
 
-ensure_registry registry 5000 "$DSTREAM_REPO_ROOT/registry/config.yml" 0
+ensure_registry registry 5000 "$DSTREAM_REPO_ROOT/scripts/dev/registry/config.yml" 0
 if [[ "$WANT_AUTH" == 1 ]]; then
-    ensure_registry registry-auth 5001 "$DSTREAM_REPO_ROOT/registry/config-htpasswd.yml" 1
+    ensure_registry registry-auth 5001 "$DSTREAM_REPO_ROOT/scripts/dev/registry/config-htpasswd.yml" 1
 fi
