@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import tempfile
 from typing import IO, TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -53,13 +54,23 @@ def create(path: Path) -> None:
     os.close(_open(path, os.O_RDWR))
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` through a fresh 0600 temporary file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)  # unlink never follows a symlink
-    with os.fdopen(_open(tmp, os.O_WRONLY | os.O_EXCL), "w") as out:
-        out.write(text)
-    tmp.replace(path)
+def write_atomically(path: Path, text: str, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``text`` through a fresh temporary file beside it (a unique name,
+    created exclusively: two writers never share one, and no symlink is followed), so a
+    reader sees the old file or the new one, never half of one. The one atomic-write helper;
+    ``mode`` 0o644 for a file meant to be shared (``dstream.lock``)."""
+    make_dirs(path.parent)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # 0600
+    tmp = type(path)(name)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        if mode != 0o600:
+            tmp.chmod(mode)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def file_name(name: str) -> str:

@@ -16,11 +16,10 @@ import contextlib
 import hashlib
 import importlib.util
 import json
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from dstream import log
+from dstream import log, private
 from dstream.paths import UnsafeFolder, private_cache
 
 FORMAT = 1
@@ -116,9 +115,4 @@ def store(text: str, tree: Any) -> None:
     except (TypeError, RecursionError):  # a tree too deep to keep: parse it again next time
         return
     with contextlib.suppress(OSError):
-        with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".tmp", delete=False) as tmp:
-            tmp.write(data)
-        try:
-            Path(tmp.name).replace(folder / entry_name(text))
-        finally:
-            Path(tmp.name).unlink(missing_ok=True)
+        private.write_atomically(folder / entry_name(text), data)

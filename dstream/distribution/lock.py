@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from dstream import private
 from dstream.distribution import digests
 from dstream.distribution.reference import parse
 from dstream.errors import DistributionError
@@ -95,9 +96,8 @@ class LockFile:
                     f'  locked_at = "{entry.locked_at}"\n'
                     "}\n"
                 )
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(_HEADER + "\n" + "\n".join(blocks))
-            tmp.replace(self.path)
+            # Meant to be committed beside the task file: readable as any source file.
+            private.write_atomically(self.path, _HEADER + "\n" + "\n".join(blocks), mode=0o644)
 
 
 def _entry(ref: str, digest: object, kind: object, locked_at: str) -> Locked:

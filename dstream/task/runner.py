@@ -301,8 +301,9 @@ class TaskRun:
                 stdout=self.stdout,
                 guard=self._guard,
             )
-            # Everything allocated so far lives for the whole run: keep the garbage collector
-            # from rescanning it, which would add pauses to the relay's latency.
+            # Everything allocated so far lives for this attempt: keep the garbage collector
+            # from rescanning it, which would add pauses to the relay's latency (unfrozen
+            # when the attempt ends, so a restarted attempt's leftovers can be collected).
             gc.collect()
             gc.freeze()
             self.state = "running" if not self._stop.is_set() else "stopping"
@@ -310,6 +311,7 @@ class TaskRun:
                 self._current.request_stop()
             result = await self._current.run()
         finally:
+            gc.unfreeze()
             if self._current is not None:
                 self._fold(self._current.current_stats())
                 self._gauges = dict(self._current.gauges)
