@@ -285,10 +285,17 @@ def _resource_from(item: dict[str, Any]) -> Resource:
     )
 
 
-#: The one stderr line on which an SDK provider says why it failed (stderr is otherwise
-#: free-form logs). The orchestrator quotes that line alone in its error, instead of the
-#: provider's last stderr lines, and does not also log it, so the reason is shown once.
+#: Marks the one stderr line on which a provider says why it failed (stderr is otherwise
+#: free-form logs; the marker may follow a log prefix such as ``ERROR name: ``). The
+#: orchestrator quotes what follows it alone in its error, instead of the provider's last
+#: stderr lines, and does not also log it, so the reason is shown once.
 FAILURE_PREFIX = "dstream-failure: "
+
+
+def failure_reason(line: str) -> str | None:
+    """What a failure line says, or None for any other stderr line."""
+    _, marker, reason = line.partition(FAILURE_PREFIX)
+    return reason if marker else None
 
 
 def failure_line(message: str) -> str:

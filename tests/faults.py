@@ -12,18 +12,17 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import psutil
 
-if TYPE_CHECKING:
-    from collections.abc import Callable
-    from pathlib import Path
+from tests.waiting import WAIT_LIMIT
+from tests.waiting import wait_until as wait_until  # noqa: PLC0414 - re-exported: many tests import it from here
 
-WAIT_LIMIT = 120.0
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 @dataclass
@@ -63,18 +62,6 @@ def start_run(task: str, hcl: Path, extra: list[str] | None = None) -> subproces
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-
-
-def wait_until(condition: Callable[[], bool], what: str, proc: subprocess.Popen[bytes] | None = None) -> None:
-    """Poll ``condition`` (a measurement, not a race fix); fail clearly on timeout or exit."""
-    deadline = time.monotonic() + WAIT_LIMIT
-    while not condition():
-        if proc is not None and proc.poll() is not None:
-            err = proc.stderr.read().decode() if proc.stderr else ""
-            raise AssertionError(f"dstream exited ({proc.returncode}) before {what}:\n{err[-3000:]}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def provider_pid(proc: subprocess.Popen[bytes], name: str) -> int:

@@ -20,9 +20,9 @@ if TYPE_CHECKING:
 
 def stderr_excerpt(proc: ProviderProcess, redactor: Redactor) -> str:
     lines = redactor.lines(proc.stderr_tail())
-    reasons = [line for line in lines if line.startswith(protocol.FAILURE_PREFIX)]
+    reasons = [reason for reason in map(protocol.failure_reason, lines) if reason is not None]
     if reasons:  # the provider said why in one line: that line alone
-        return f" It reported: {reasons[-1].removeprefix(protocol.FAILURE_PREFIX)}"
+        return f" It reported: {reasons[-1]}"
     if not lines:
         return " It printed nothing on stderr."
     body = "\n".join(f"    {line}" for line in lines[-10:])

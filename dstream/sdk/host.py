@@ -122,10 +122,7 @@ class Host:
             return 0
         except Exception as exc:
             ctx.log.debug("%s failed", self.cls.name, exc_info=True)
-            with contextlib.suppress(ValueError, OSError):
-                sys.stderr.flush()
-                sys.stderr.write(protocol.failure_line(_reason(exc)) + "\n")
-                sys.stderr.flush()
+            ctx.log.error("%s", protocol.failure_line(_reason(exc)))
             return 1
         finally:
             self._finished.set()

@@ -53,7 +53,7 @@ def stderr_logger(role: str, redactor: Redactor) -> RedactingSink:
 
     def sink(line: str) -> None:
         # A failure line is quoted in the error that ends the attempt: logged here only for debugging.
-        level = logging.DEBUG if line.startswith(protocol.FAILURE_PREFIX) else logging.INFO
+        level = logging.DEBUG if protocol.failure_reason(line) is not None else logging.INFO
         logger.log(level, "%s", line, extra={"role": role})
 
     return RedactingSink(redactor, sink)

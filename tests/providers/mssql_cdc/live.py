@@ -5,27 +5,18 @@ from __future__ import annotations
 
 import io
 import threading
-import time
 from typing import TYPE_CHECKING, Any
 
 from dstream_mssql_cdc import MssqlCdcInputProvider
 
 from dstream import protocol
 from dstream.sdk.host import Host
+from tests.waiting import wait_until
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
 WAIT = 120.0
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    """Poll a condition (a measurement, not a race fix) with a bounded wait."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.1)
 
 
 class _Lines(io.RawIOBase):
@@ -83,7 +74,7 @@ class LiveInput:
                 raise AssertionError(f"the provider exited ({self.exit_code}) before {what}: {self.messages[:1]}")
             return False
 
-        wait_for(check, what, timeout)
+        wait_until(check, what, timeout=timeout, interval=0.1)
 
     def stop(self) -> int:
         self.host.ctx.stopping.set()

@@ -37,7 +37,7 @@ from tests.faults import finish, gone, kill, line_count, provider_pid, slow_file
 
 from .conftest import STARTUP
 from .fixtures import CUSTOMERS_COLUMNS, ORDERS_COLUMNS, REF
-from .live import LiveInput, wait_for
+from .live import LiveInput
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -106,7 +106,7 @@ def test_recorded_shapes_match_the_server(database: Database) -> None:
     database.enable_table("Orders")
     database.enable_table("Customers")
     fixture_workload(database)
-    wait_for(captured_all(database, {"dbo_Orders": 10, "dbo_Customers": 3}), "the capture job")
+    wait_until(captured_all(database, {"dbo_Orders": 10, "dbo_Customers": 3}), "the capture job")
     session = session_for(database.connection_string)
     state = session.state()
     assert state.max_lsn is not None
@@ -185,7 +185,7 @@ def test_a_least_privileged_login_runs_and_a_missing_right_is_the_named_error(da
     database.enable_table("Orders", role="cdc_readers")
     database.enable_table("Customers")
     fixture_workload(database)
-    wait_for(captured_all(database, {"dbo_Orders": 10, "dbo_Customers": 3}), "the capture job")
+    wait_until(captured_all(database, {"dbo_Orders": 10, "dbo_Customers": 3}), "the capture job")
     reader = database.login(
         "dstream_reader",
         [
@@ -213,7 +213,7 @@ def test_the_named_errors_text(database: Database, caplog: pytest.LogCaptureFixt
     database.enable_table("Orders", role="cdc_readers")
     database.enable_table("Customers")
     database.execute("INSERT INTO dbo.Orders VALUES (1, N'a', 1, NULL)")
-    wait_for(captured_all(database, {"dbo_Orders": 1}), "the capture job")
+    wait_until(captured_all(database, {"dbo_Orders": 1}), "the capture job")
     cols = database.login(
         "dstream_cols2", ["GRANT SELECT ON dbo.Orders TO {user}", "GRANT SELECT ON dbo.Customers (id, name) TO {user}"]
     )
@@ -297,7 +297,7 @@ def test_a_snapshot_of_three_tables_killed_inside_resumes_and_then_streams(
         )
         database.enable_table(table)
     database.execute("INSERT INTO dbo.Alpha VALUES (-1, N'seen by capture', NULL)")
-    wait_for(captured_all(database, {"dbo_Alpha": 1}), "the capture job")
+    wait_until(captured_all(database, {"dbo_Alpha": 1}), "the capture job")
     out = tmp_path / "out.jsonl"
     names = [f"dbo.{t}" for t in tables]
     extra = "batch_size = 5000\n      enable_cdc = true"
@@ -311,7 +311,7 @@ def test_a_snapshot_of_three_tables_killed_inside_resumes_and_then_streams(
     children = psutil.Process(proc.pid).children(recursive=True)
     kill(provider_pid(proc, "mssql-cdc-input-provider"))
     assert finish(proc)[0] == 1
-    wait_for(lambda: all(gone(c) for c in children), "the killed run's providers to exit")
+    wait_until(lambda: all(gone(c) for c in children), "the killed run's providers to exit")
     inside = snapshot_state(hcl, "snap")
     assert inside_snapshot(inside), inside
     assert 0 < snapshot_rows(inside) < 150_000, inside  # killed after acknowledged chunks, before the end
@@ -405,10 +405,12 @@ def test_a_million_row_update_backlog_is_read_with_no_query_over_query_timeout(
     )
     database.enable_table("Big")
     database.execute("INSERT INTO dbo.Big (id, v) VALUES (-1, 0)")  # the capture job has started
-    wait_for(captured_all(database, {"dbo_Big": 1}), "the capture job")
+    wait_until(captured_all(database, {"dbo_Big": 1}), "the capture job")
     for first in range(1, 1_000_001, 100_000):  # the backlog: ten 100,000-row transactions
         database.execute("UPDATE dbo.Big SET v = 1 WHERE id BETWEEN ? AND ?", first, first + 99_999)
-    wait_for(captured_all(database, {"dbo_Big": 1 + 2 * 1_000_000}), "the capture job to harvest the backlog", 1800)
+    wait_until(
+        captured_all(database, {"dbo_Big": 1 + 2 * 1_000_000}), "the capture job to harvest the backlog", timeout=1800
+    )
     out = tmp_path / "out.jsonl"
     hcl = task_file(local_task("big", out, ["dbo.Big"], 'snapshot = "never"\n      query_timeout = "30s"'))
     started = time.monotonic()
@@ -441,7 +443,7 @@ def test_function_mode_reads_a_transaction_larger_than_batch_size_in_pages_and_s
     database.execute("CREATE TABLE dbo.Wide (id int PRIMARY KEY, v int NOT NULL)")
     database.enable_table("Wide")
     database.execute("INSERT INTO dbo.Wide SELECT value, 0 FROM GENERATE_SERIES(1, 200000)")
-    wait_for(captured_all(database, {"dbo_Wide": 200_000}), "the capture job", 600)
+    wait_until(captured_all(database, {"dbo_Wide": 200_000}), "the capture job", timeout=600)
     reader = database.login("dstream_pages", ["GRANT SELECT ON dbo.Wide TO {user}"])
     config = {"connection_string": reader, "tables": ["dbo.Wide"], "snapshot": "never", "batch_size": 10_000}
     started = time.monotonic()
@@ -463,7 +465,7 @@ def test_a_capture_instance_switch_mid_stream_announces_the_new_columns_and_lose
     database.execute("CREATE TABLE dbo.Items (id int PRIMARY KEY, v int NOT NULL)")
     database.enable_table("Items", "dbo_Items_v1")
     database.execute("INSERT INTO dbo.Items VALUES (1, 1), (2, 2)")
-    wait_for(captured_all(database, {"dbo_Items_v1": 2}), "the capture job")
+    wait_until(captured_all(database, {"dbo_Items_v1": 2}), "the capture job")
     live = LiveInput(
         {"connection_string": database.connection_string, "tables": ["dbo.Items"], "snapshot": "never", **FAST}
     )
@@ -487,7 +489,7 @@ def test_a_capture_instance_switch_mid_stream_announces_the_new_columns_and_lose
         database.execute("ALTER TABLE dbo.Items ADD channel nvarchar(10) NULL")
         database.enable_table("Items", "dbo_Items_v2")
         database.execute("INSERT INTO dbo.Items VALUES (3, 3, N'web')")
-        wait_for(captured_all(database, {"dbo_Items_v2": 1}), "the new capture instance")
+        wait_until(captured_all(database, {"dbo_Items_v2": 1}), "the new capture instance")
         live.wait(lambda r: any(m["data"].get("id") == 3 for m in r.rows), "the row of the new shape")
         stop.set()
         thread.join(30)
@@ -535,7 +537,7 @@ def test_large_objects_and_types_pyodbc_cannot_read(database: Database) -> None:
     )
     database.execute("UPDATE dbo.Docs SET title = N't2' WHERE id = 1")  # the large objects unchanged
     database.execute("DELETE FROM dbo.Docs WHERE id = 1")
-    wait_for(captured_all(database, {"dbo_Docs": 6}), "the capture job")
+    wait_until(captured_all(database, {"dbo_Docs": 6}), "the capture job")
     config = {"connection_string": database.connection_string, "tables": ["dbo.Docs"], "snapshot": "never", **FAST}
     live = LiveInput({**config, "unavailable_value": "<unavailable>"})
     try:
@@ -575,7 +577,7 @@ def test_a_hierarchyid_key_larger_than_batch_size_is_snapshotted_whole(database:
     )
     database.enable_table("Tree")
     database.execute("INSERT INTO dbo.Tree VALUES (hierarchyid::Parse('/2/'), 0)")
-    wait_for(captured_all(database, {"dbo_Tree": 1}), "the capture job")
+    wait_until(captured_all(database, {"dbo_Tree": 1}), "the capture job")
     config = {"connection_string": database.connection_string, "tables": ["dbo.Tree"], "batch_size": 4, **FAST}
     live = LiveInput({**config, "snapshot_isolation": "read_committed"})
     try:
@@ -602,7 +604,7 @@ def test_deferred_updates_and_a_transaction_larger_than_batch_size_across_tables
     # a key update of 10 rows: Split/Sort/Collapse records D(1), U(2..10), I(11): 20 change-table
     # rows (an update is two), 11 envelopes
     database.execute("UPDATE dbo.Orders SET id = id + 1 WHERE id BETWEEN 1 AND 10")
-    wait_for(captured_all(database, {"dbo_Orders": 10 + 3000 + 20, "dbo_Customers": 3000}), "the capture job")
+    wait_until(captured_all(database, {"dbo_Orders": 10 + 3000 + 20, "dbo_Customers": 3000}), "the capture job")
     config = {"connection_string": database.connection_string, "tables": ["dbo.Orders", "dbo.Customers"]}
     live = LiveInput({**config, "snapshot": "never", "batch_size": 1000, **FAST})
     try:
@@ -766,13 +768,13 @@ def test_a_checkpoint_older_than_cdc_retention_is_an_explicit_error_or_with_when
     out = tmp_path / "out.jsonl"
     hcl = task_file(local_task("purge", out, ["dbo.Orders"], 'snapshot = "never"'))
     database.execute("INSERT INTO dbo.Orders VALUES (1, N'a', 1.00, NULL)")
-    wait_for(captured_all(database, {"dbo_Orders": 1}), "the capture job")
+    wait_until(captured_all(database, {"dbo_Orders": 1}), "the capture job")
     proc = start_run("purge", hcl)
     wait_until(lambda: line_count(out) >= 2, "the schema envelope and the first change", proc)
     proc.send_signal(signal.SIGTERM)
     assert finish(proc)[0] == 0
     database.execute("INSERT INTO dbo.Orders VALUES (2, N'b', 2.00, NULL)")
-    wait_for(captured_all(database, {"dbo_Orders": 2}), "the capture job")
+    wait_until(captured_all(database, {"dbo_Orders": 2}), "the capture job")
     database.execute(
         "DECLARE @lsn binary(10) = sys.fn_cdc_get_max_lsn();"
         " EXEC sys.sp_cdc_cleanup_change_table @capture_instance = N'dbo_Orders', @low_water_mark = @lsn,"
@@ -802,7 +804,7 @@ def test_a_stopped_capture_job_is_reported(database: Database, caplog: pytest.Lo
     )
     database.enable_table("Ticks")
     database.execute("INSERT INTO dbo.Ticks DEFAULT VALUES")
-    wait_for(captured_all(database, {"dbo_Ticks": 1}), "the capture job")
+    wait_until(captured_all(database, {"dbo_Ticks": 1}), "the capture job")
     database.execute("EXEC sys.sp_cdc_stop_job @job_type = N'capture'")
     config = {
         "connection_string": database.connection_string,
@@ -826,10 +828,10 @@ def test_a_stopped_capture_job_is_reported(database: Database, caplog: pytest.Lo
         with caplog.at_level(logging.INFO, LOGGER):
             live.wait(lambda r: len(r.rows) >= 1, "the captured change")
             writer.start()
-            wait_for(lambda: "the CDC capture job is not running" in caplog.text, "the capture-job warning")
+            wait_until(lambda: "the CDC capture job is not running" in caplog.text, "the capture-job warning")
             assert "while the transaction log moved on" in caplog.text
             database.execute("EXEC sys.sp_cdc_start_job @job_type = N'capture'")
-            wait_for(lambda: "capturing changes again" in caplog.text, "the recovery")
+            wait_until(lambda: "capturing changes again" in caplog.text, "the recovery")
             live.wait(lambda r: len(r.rows) >= 3, "changes captured after the restart")
     finally:
         stop.set()

@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import pytest
 
 from dstream.sdk.testing import run_provider
+from tests.waiting import wait_until
 
 from .conftest import SKIP_REASON, STARTUP
-from .live import LiveInput, wait_for
+from .live import LiveInput
 from .scenarios import NOT_PORTED, SCENARIOS, START, Scenario, Simulation, batches
 from .server import RecordedProvider
 
@@ -217,10 +218,10 @@ def run_real(scenario: Scenario, database: Database) -> list[dict[str, Any]]:
         for step in steps:
             for sql in batches(step, tables):
                 database.execute(sql)
-        wait_for(lambda: _captured(database, sim.counts()), "the capture job", 300)
+        wait_until(lambda: _captured(database, sim.counts()), "the capture job", timeout=300)
 
     database.execute(f"INSERT INTO dbo.{TICK} VALUES (1)")  # noqa: S608 - a constant name
-    wait_for(lambda: _captured(database, {f"dbo_{TICK}": 1}), "the capture job", 300)
+    wait_until(lambda: _captured(database, {f"dbo_{TICK}": 1}), "the capture job", timeout=300)
     run(scenario.before)
     settings = {**config(scenario, database.connection_string), "poll_interval": "100ms", "max_poll_interval": "1s"}
     total = len(scenario.expected)
