@@ -69,7 +69,7 @@ def _root(
         raise typer.BadParameter("use debug, info, warning or error", param_hint="--log-level")
     log.setup(log_level, log_format.value)
     # Providers log at the same level (the SDK reads it; a failure's traceback shows at debug).
-    os.environ["DSTREAM_LOG_LEVEL"] = log_level.upper()
+    os.environ["DSTREAM_LOG_LEVEL"] = log_level
 
 
 def load_document(file: Path | None) -> Any:

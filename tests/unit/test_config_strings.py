@@ -47,7 +47,7 @@ def test_a_surrogate_escape_is_refused_at_load_with_its_line(
     with pytest.raises(ConfigError) as refused:
         load(path)
     expected = f"{path}:{LINES[where]}: {escape} is a UTF-16 surrogate, not a character"
-    assert any(problem.startswith(expected) for problem in refused.value.problems), refused.value.problems
+    assert any(str(problem).startswith(expected) for problem in refused.value.problems), refused.value.problems
     assert any(problem.startswith(expected) for problem in lint(path))
 
 
@@ -65,7 +65,7 @@ def test_malformed_unicode_escapes_are_refused(task_file: Callable[..., Path], e
     path = task_file(TEMPLATE % {**PLAIN, "config": f"a{escape}zzzzzzzz"})
     with pytest.raises(ConfigError) as refused:
         load(path)
-    assert any(p.startswith(f"{path}:10: bad escape") for p in refused.value.problems), refused.value.problems
+    assert any(str(p).startswith(f"{path}:10: bad escape") for p in refused.value.problems), refused.value.problems
 
 
 def test_an_environment_value_that_is_not_utf8_is_refused_without_showing_it(task_file: Callable[..., Path]) -> None:
@@ -74,7 +74,7 @@ def test_an_environment_value_that_is_not_utf8_is_refused_without_showing_it(tas
     value = b"pw\xff\xfesecret".decode("utf-8", "surrogateescape")
     with pytest.raises(ConfigError) as refused:
         load(path, {"DSN": value})
-    assert f"{path}:10: environment variable DSN is not valid UTF-8" in refused.value.problems
+    assert f"{path}:10: environment variable DSN is not valid UTF-8" in map(str, refused.value.problems)
     assert "secret" not in str(refused.value)
 
 
