@@ -172,15 +172,27 @@ def broken(draw: st.DrawFn) -> bytes:
 
 
 @st.composite
+def control_line(draw: st.DrawFn) -> bytes:
+    """A gauge (kept back from any stage) or a transform's rejection (kept back from a transform)."""
+    if draw(st.booleans()):
+        return protocol.gauge(draw(st.text(max_size=4)), draw(st.floats(-1e9, 1e9)), {"t": "x"})[:-1]
+    if draw(st.booleans()):
+        return b'{"dead_letter":"just a reason"}'
+    return protocol.dead_letter(draw(st.text(min_size=1, max_size=5)), {"data": draw(values)})[:-1]
+
+
+@st.composite
 def stream(draw: st.DrawFn) -> tuple[bytes, list[int]]:
     """The input's stdout after its handshake, and where its writes end."""
     parts: list[bytes] = []
     for n in range(draw(st.integers(0, 40))):
-        kind = draw(st.integers(0, 9))
+        kind = draw(st.integers(0, 10))
         if kind < 5:
             parts.append(draw(valid_line()))
         elif kind < 7:
             parts.append(protocol.checkpoint({"n": n})[:-1])
+        elif kind == 7:
+            parts.append(draw(control_line()))
         else:
             parts.append(draw(broken()))
     data = b"".join(part + b"\n" for part in parts)
@@ -193,13 +205,14 @@ def stream(draw: st.DrawFn) -> tuple[bytes, list[int]]:
 # -- the run ---------------------------------------------------------------------------------
 
 
-def expected(data: bytes) -> tuple[bytes, list[tuple[str, bytes, Any]], Any]:
-    """What the reference says: the bytes forwarded, the dead letters, the last checkpoint."""
+def expected(data: bytes, from_transform: bool = False) -> tuple[bytes, list[tuple[str, Any, Any]], Any]:
+    """What the reference says: the bytes forwarded, the dead letters (reason, raw bytes or
+    rejected envelope, checkpoint before), the last checkpoint."""
     lines = data.split(b"\n")
     if lines[-1] == b"":
         lines.pop()
     out = bytearray()
-    dead: list[tuple[str, bytes, Any]] = []
+    dead: list[tuple[str, Any, Any]] = []
     last: Any = None
     for line in lines:
         if len(line) > MAX_LINE:
@@ -212,6 +225,13 @@ def expected(data: bytes) -> tuple[bytes, list[tuple[str, bytes, Any]], Any]:
         if value is None:
             dead.append((reason, line, last))
             continue
+        if protocol.control_value(value, "gauge")[0]:
+            continue
+        is_rejected, rejected = protocol.control_value(value, "dead_letter")
+        if from_transform and is_rejected:
+            body = rejected if isinstance(rejected, dict) else {"reason": str(rejected)}
+            dead.append((str(body.get("reason") or "no reason given"), body.get("envelope"), last))
+            continue
         out += line + b"\n"
         is_cp, position = protocol.control_value(value, "checkpoint")
         if is_cp:
@@ -219,30 +239,52 @@ def expected(data: bytes) -> tuple[bytes, list[tuple[str, bytes, Any]], Any]:
     return bytes(out), dead, last
 
 
-def relay(tmp_path: Path, data: bytes, cuts: list[int]) -> tuple[bytes, list[dict[str, Any]], Any]:
+END = protocol.checkpoint({"n": "end"})
+
+
+def relay(
+    tmp_path: Path, data: bytes, cuts: list[int], stage: str = "input"
+) -> tuple[bytes, list[dict[str, Any]], Any]:
+    """Run ``data`` from ``stage`` (the input, or a transform after an input that sends only
+    the checkpoint :data:`END`, which the transform passes on after ``data``)."""
     dlq = tmp_path / "dead.jsonl"
-    task = Task.model_validate(
-        {
-            "name": "t",
-            "input": {"provider_path": "fake"},
-            "output": {"provider_path": "fake"},
-            "commit_interval": 0,
-            "max_line_bytes": MAX_LINE,
-            "on_error": "dead_letter",
-            "dead_letter": {"path": str(dlq)},
-        }
-    )
-    doc = Document(path=tmp_path / "dstream.hcl", tasks={"t": task})
+    fields: dict[str, Any] = {
+        "name": "t",
+        "input": {"provider_path": "fake"},
+        "output": {"provider_path": "fake"},
+        "commit_interval": 0,
+        "max_line_bytes": MAX_LINE,
+        "on_error": "dead_letter",
+        "dead_letter": {"path": str(dlq)},
+    }
+    if stage == "transform":
+        fields["transform"] = [{"provider_path": "fake"}]
+    doc = Document(path=tmp_path / "dstream.hcl", tasks={"t": Task.model_validate(fields)})
     received = bytearray()
 
-    async def source(io_: FakeIO) -> int:
-        await io_.read_message()
-        await io_.send({"status": "ready"})
+    async def write(io_: FakeIO) -> None:
         start = 0
         for cut in [*cuts, len(data)]:
             if cut > start:
                 await io_.write(data[start:cut])
                 start = cut
+
+    async def source(io_: FakeIO) -> int:
+        await io_.read_message()
+        await io_.send({"status": "ready"})
+        if stage == "input":
+            await write(io_)
+        else:
+            await io_.write(END)
+        return 0
+
+    async def transform(io_: FakeIO) -> int:
+        await io_.read_message()
+        await io_.send({"status": "ready", "features": ["transform"]})
+        while line := await io_.readline():
+            if line == END:
+                await write(io_)
+                await io_.write(b"\n" + END if data and not data.endswith(b"\n") else END)
         return 0
 
     async def sink(io_: FakeIO) -> int:
@@ -256,9 +298,8 @@ def relay(tmp_path: Path, data: bytes, cuts: list[int]) -> tuple[bytes, list[dic
                 await io_.send({"ack": position})
         return 0
 
-    runner = TaskRun(
-        doc, "t", LaunchOptions(runtimes={"local": FakeRuntime(input=source, output=sink)}), stdout=io.BytesIO()
-    )
+    runtime = FakeRuntime(input=source, output=sink, **({"transform-1": transform} if stage == "transform" else {}))
+    runner = TaskRun(doc, "t", LaunchOptions(runtimes={"local": runtime}), stdout=io.BytesIO())
     asyncio.run(asyncio.wait_for(runner.run(), 30))
     records = [json.loads(line) for line in dlq.read_bytes().splitlines()] if dlq.exists() else []
     store = SqliteStore(doc.base_dir / ".dstream" / "state.db")
@@ -286,6 +327,39 @@ def test_the_relay_forwards_exactly_what_the_reference_accepts(case: tuple[bytes
     got = [(r["reason"], base64.b64decode(r["raw_base64"]), r["after_checkpoint"]) for r in records]
     assert got == dead
     assert persisted == last
+
+
+def without_checkpoints(data: bytes) -> bytes:
+    """A transform passes on checkpoints and invents none: its own valid ones become gauges."""
+    gauge = protocol.gauge("g", 1, {})[:-1]
+    lines = data.split(b"\n")
+    return b"\n".join(
+        gauge if protocol.control_value(envelope.check_line(line)[2], "checkpoint")[0] else line for line in lines
+    )
+
+
+@FUZZ
+@given(stream())
+@example((b'{"dead_letter":{"reason":"r","envelope":{"data":1}}}\n{"data":{"msg":"a\nb"}}\n', [7]))
+@example((b'{"dead_letter":"just a reason"}\n{"gauge":{"name":"g","value":1,"labels":{}}}\n', []))
+def test_a_transforms_lines_meet_the_same_judge(case: tuple[bytes, list[int]]) -> None:
+    data, cuts = case
+    data = without_checkpoints(data)
+    with tempfile.TemporaryDirectory() as tmp:
+        forwarded, records, persisted = relay(Path(tmp), data, cuts, stage="transform")
+    want, dead, _ = expected(data, from_transform=True)
+    assert forwarded == want + END
+    got = [
+        (
+            r["reason"],
+            base64.b64decode(r["raw_base64"]) if "raw_base64" in r else r.get("envelope"),
+            r["after_checkpoint"],
+        )
+        for r in records
+    ]
+    assert got == dead
+    assert {r["stage"] for r in records} <= {"transform-1"}
+    assert persisted == {"n": "end"}
 
 
 @pytest.mark.parametrize(
