@@ -120,13 +120,10 @@ def valid_block(block: bytes, *, objects_checked: bool = False) -> int:
     body = block[:-1]
     members = body.replace(b"\n", b'\n,"":')
     lines = (len(members) - len(body)) // 4 + 1
+    parse = protocol.decode if _PARSER is None else _PARSER.parse  # without simdjson, orjson
     try:
-        if _PARSER is None:  # pragma: no cover - without simdjson, orjson does the same parses
-            protocol.decode(_ARRAY_OPEN + body.replace(b"\n", b"\n,") + _ARRAY_CLOSE)
-            protocol.decode(_OBJECT_OPEN + members + _OBJECT_CLOSE)
-        else:
-            _PARSER.parse(_ARRAY_OPEN + body.replace(b"\n", b"\n,") + _ARRAY_CLOSE)
-            _PARSER.parse(_OBJECT_OPEN + members + _OBJECT_CLOSE)
+        parse(b"".join((_ARRAY_OPEN, body.replace(b"\n", b"\n,"), _ARRAY_CLOSE)))
+        parse(b"".join((_OBJECT_OPEN, members, _OBJECT_CLOSE)))
     except Exception:  # noqa: BLE001 - any parser error (bad JSON, big integers, depth): line by line
         return -1
     return lines
