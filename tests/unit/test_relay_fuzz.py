@@ -178,7 +178,8 @@ def control_line(draw: st.DrawFn) -> bytes:
         return protocol.gauge(draw(st.text(max_size=4)), draw(st.floats(-1e9, 1e9)), {"t": "x"})[:-1]
     if draw(st.booleans()):
         return b'{"dead_letter":"just a reason"}'
-    return protocol.dead_letter(draw(st.text(min_size=1, max_size=5)), {"data": draw(values)})[:-1]
+    rejected = {"reason": draw(st.text(min_size=1, max_size=5)), "envelope": {"data": draw(values)}}
+    return encoded({"dead_letter": rejected}, draw(st.booleans()))
 
 
 @st.composite
