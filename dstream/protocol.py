@@ -74,34 +74,6 @@ def decode_object(line: bytes | str) -> dict[str, Any]:
     return value
 
 
-try:  # simdjson validates without building Python objects: ~5x cheaper on small envelopes
-    import simdjson as _simdjson
-
-    _PARSER: Any = _simdjson.Parser()
-except ImportError:  # pragma: no cover - an optional speed-up
-    _PARSER = None
-
-
-def valid_block(block: bytes, lines: int | None = None) -> int:
-    """How many lines ``block`` holds when each is exactly one JSON object, else -1.
-
-    The relay's hot path: one C-level parse and no Python objects. -1 means "look at the
-    lines one by one" (blank lines, non-objects, malformed JSON, invalid UTF-8). A caller
-    that has already split the block and seen every line start with ``{`` passes ``lines``.
-    """
-    if lines is None:
-        if not block.startswith(b"{"):
-            return -1
-        lines = block.count(b"\n{") + 1  # lines that start an object
-    joined = b"[" + block[:-1].replace(b"\n", b",") + b"]"
-    try:
-        # As many values as object-starting lines: no other line, no line with two values.
-        count = len(_PARSER.parse(joined)) if _PARSER is not None else len(orjson.loads(joined))
-    except ValueError:  # simdjson's and orjson's errors (invalid JSON or UTF-8) are ValueErrors
-        return -1
-    return lines if count == lines else -1
-
-
 def command_envelope(
     command: str,
     config: dict[str, Any],
@@ -162,12 +134,15 @@ def parse_handshake(line: bytes) -> Handshake | None:
         return None
     verbs = value.get("verbs")
     features = value.get("features") or []
+    version = value.get("protocol")
+    if not isinstance(version, int | float) or isinstance(version, bool):
+        version = PROTOCOL_VERSION  # absent or not a number: ignored, as malformed verbs are
     return Handshake(
         status=status,
         verbs=tuple(str(v) for v in verbs) if isinstance(verbs, list) else None,
         features=frozenset(str(f) for f in features) if isinstance(features, list) else frozenset(),
         message=str(value.get("message") or ""),
-        protocol=int(value.get("protocol") or PROTOCOL_VERSION),
+        protocol=int(version),
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from dstream import log, protocol
+from dstream import envelope, log, protocol
 from dstream.relay.framing import Block, LineFramer, Oversize
 from dstream.runtime.base import READ_CHUNK
 
@@ -59,16 +59,15 @@ class AckReader:
                 _log.warning("the output printed a stdout line over max_line_bytes; it was dropped")
 
     def _block(self, block: bytes) -> None:
-        if protocol.ACK_TOKEN not in block and protocol.GAUGE_TOKEN not in block:
+        hidden = envelope.may_hide_control_key(block)
+        if not hidden and protocol.ACK_TOKEN not in block and protocol.GAUGE_TOKEN not in block:
             self._passthrough(block)
             return
         other: list[bytes] = []
         for line in block.split(b"\n")[:-1]:
-            if protocol.ACK_TOKEN in line or protocol.GAUGE_TOKEN in line:
-                try:
-                    value = protocol.decode(line)
-                except protocol.DecodeError:
-                    value = None
+            if hidden or protocol.ACK_TOKEN in line or protocol.GAUGE_TOKEN in line:
+                # Only a valid envelope is an ack; anything else is passed through as text.
+                value = envelope.check_line(line)[2] if not envelope.is_blank(line) else None
                 is_ack, position = protocol.control_value(value, "ack")
                 if is_ack:
                     self.on_ack(position)

@@ -67,11 +67,14 @@ class LineFramer:
                 block = bytes(self._tail)
         else:
             block = chunk[: last + 1]
-        self._tail = bytearray(chunk[last + 1 :])
+        # The tail is the next line's start: set it only once the long lines before it are
+        # cut out (they begin their own skip, which would take the tail as theirs).
+        self._tail = bytearray()
         if len(block) > self.max_line_bytes:
             self._split_long_lines(block)
         elif block:
             self._emit(block)
+        self._tail = bytearray(chunk[last + 1 :])
         self._check_tail()
         return events
 

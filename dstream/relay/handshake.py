@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING, Any
 
-from dstream import protocol
+from dstream import envelope, protocol
 from dstream.errors import HandshakeError
 
 if TYPE_CHECKING:
@@ -81,21 +81,32 @@ async def open_provider(
         raise HandshakeError(
             f"{proc.description} exited{_status(code)} before its handshake." + stderr_excerpt(proc, redactor)
         )
+    reason, detail = _not_an_envelope(line, max_line_bytes)
+    if reason:
+        # Not an envelope (the grammar in dstream.envelope): neither a handshake nor data.
+        shown = redactor.shorten(line, 200).strip()
+        why = f" ({reason.replace('_', ' ')}: {redactor(detail)})" if detail else ""
+        raise HandshakeError(
+            f"{proc.description} printed {shown!r} instead of a handshake{why}; a provider's stdout "
+            f"carries only protocol lines (logs belong on stderr)." + await stopped_excerpt(proc, redactor)
+        )
     handshake = protocol.parse_handshake(line)
     if handshake is None:
-        try:
-            protocol.decode_object(line)
-        except protocol.DecodeError:
-            shown = redactor.shorten(line, 200).strip()
-            raise HandshakeError(
-                f"{proc.description} printed {shown!r} instead of a handshake; a provider's stdout "
-                f"carries only protocol lines (logs belong on stderr)." + await stopped_excerpt(proc, redactor)
-            ) from None
-        # A JSON object that is not a handshake: a legacy provider, and that line is data.
+        # A valid envelope that is not a handshake: a legacy provider, and that line is data.
         return protocol.LEGACY, line + rest
     if handshake.status == "error":
         raise HandshakeError(f"{proc.description} refused to start: {redactor(handshake.message) or 'no reason given'}")
     return handshake, rest
+
+
+def _not_an_envelope(line: bytes, max_line_bytes: int) -> tuple[str, str]:
+    """Why the first line is no envelope (``("", "")`` when it is one)."""
+    if not line.endswith(b"\n"):
+        return "oversized_line", f"longer than max_line_bytes ({max_line_bytes} bytes)"
+    if envelope.is_blank(line[:-1]):
+        return "blank_line", ""
+    reason, detail, _ = envelope.check_line(line[:-1])
+    return reason, detail
 
 
 async def _first_line(proc: ProviderProcess, max_line_bytes: int) -> tuple[bytes | None, bytes]:

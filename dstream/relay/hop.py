@@ -18,7 +18,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from dstream import log, protocol
+from dstream import envelope, log, protocol
 from dstream.errors import BadDataError
 from dstream.relay.exits import describe_exit
 from dstream.relay.framing import Block, LineFramer, Oversize
@@ -175,14 +175,17 @@ class Hop:
         """What to forward, its checkpoints (each with the envelopes and bytes of this hop's
         stream up to it) and its envelope count. Anything unusual goes to :meth:`_process_slowly`.
 
-        Two fast paths, both with one C-level parse of the whole block
-        (:func:`protocol.valid_block`), chosen by the stream's line length: for short lines
+        Two fast paths, both with one exact check of the whole block in C
+        (:func:`envelope.valid_block`), chosen by the stream's line length: for short lines
         (many per block) substring scans find the rare control lines without touching each
         line in Python; for longer lines one split and one ``startswith`` pass find every
         line that is not plain data, which is cheaper than a scan per kind of control line.
+        Every line the fast paths cannot vouch for is judged by :func:`envelope.check_line`.
         """
         if self._short_lines and not (
-            protocol.GAUGE_TOKEN in data or (self.from_transform and protocol.DEAD_LETTER_TOKEN in data)
+            protocol.GAUGE_TOKEN in data
+            or (self.from_transform and protocol.DEAD_LETTER_TOKEN in data)
+            or envelope.may_hide_control_key(data)
         ):
             return self._process_by_scanning(data)
         lines = data.split(b"\n")
@@ -192,7 +195,7 @@ class Hop:
         self._short_lines = len(data) < SHORT_LINE * len(lines)
         prefix = protocol.DATA_PREFIX
         other = [i for i, line in enumerate(lines) if not line.startswith(prefix)]
-        if any(not lines[i].startswith(b"{") for i in other) or protocol.valid_block(data, len(lines)) < 0:
+        if any(not lines[i].startswith(b"{") for i in other) or envelope.valid_block(data, objects_checked=True) < 0:
             return self._process_slowly(lines, first)
         checkpoints: list[tuple[Any, int, int]] = []
         sizes = list(map(len, lines)) if other else []
@@ -201,9 +204,11 @@ class Hop:
         for i in other:
             offset += sum(sizes[counted:i]) + i - counted
             counted = i
-            value = protocol.decode(lines[i])
-            if protocol.control_value(value, "gauge")[0] or (
-                self.from_transform and protocol.control_value(value, "dead_letter")[0]
+            value = envelope.check_line(lines[i])[2]
+            if (
+                value is None  # never, after valid_block; but no line may stop the relay
+                or protocol.control_value(value, "gauge")[0]
+                or (self.from_transform and protocol.control_value(value, "dead_letter")[0])
             ):
                 return self._process_slowly(lines, first)  # lines kept back: rebuild the block
             is_cp, position = protocol.control_value(value, "checkpoint")
@@ -211,20 +216,15 @@ class Hop:
                 end = offset + len(lines[i]) + 1
                 envelopes = self.stats.envelopes + i - len(checkpoints)
                 checkpoints.append((position, envelopes, self.stats.bytes + end))
-                self.last_checkpoint = position
+        if checkpoints:
+            self.last_checkpoint = checkpoints[-1][0]
         return data, checkpoints, len(lines) - len(checkpoints)
 
     def _process_by_scanning(self, data: bytes) -> tuple[bytes, list[tuple[Any, int, int]], int]:
-        """The fast path for short lines, with no gauge or rejection in the block."""
-        count = protocol.valid_block(data)
+        """The fast path for short lines, with no gauge, rejection or escaped key in the block."""
+        count = envelope.valid_block(data)
         if count < 0:
-            lines = data.split(b"\n")
-            lines.pop()
-            first = self._line
-            self._line += len(lines)
-            return self._process_slowly(lines, first)
-        self._line += count
-        self._short_lines = len(data) < SHORT_LINE * count
+            return self._split_and_process_slowly(data)
         checkpoints: list[tuple[Any, int, int]] = []
         token = protocol.CHECKPOINT_TOKEN
         at = data.find(token)
@@ -233,27 +233,41 @@ class Hop:
         while at >= 0:
             start = data.rfind(b"\n", 0, at) + 1
             end = data.index(b"\n", at)
-            is_cp, position = protocol.control_value(protocol.decode(data[start:end]), "checkpoint")
+            value = envelope.check_line(data[start:end])[2]
+            if value is None:  # never, after valid_block; but no line may stop the relay
+                return self._split_and_process_slowly(data)
+            is_cp, position = protocol.control_value(value, "checkpoint")
             if is_cp:
                 line_index += data.count(b"\n", counted_to, start)
                 counted_to = start
                 envelopes = self.stats.envelopes + line_index - len(checkpoints)
                 checkpoints.append((position, envelopes, self.stats.bytes + end + 1))
-                self.last_checkpoint = position
             at = data.find(token, end)
+        self._line += count
+        self._short_lines = len(data) < SHORT_LINE * count
+        if checkpoints:
+            self.last_checkpoint = checkpoints[-1][0]
         return data, checkpoints, count - len(checkpoints)
 
+    def _split_and_process_slowly(self, data: bytes) -> tuple[bytes, list[tuple[Any, int, int]], int]:
+        lines = data.split(b"\n")
+        lines.pop()
+        first = self._line
+        self._line += len(lines)
+        return self._process_slowly(lines, first)
+
     def _process_slowly(self, lines: list[bytes], first_line: int) -> tuple[bytes, list[tuple[Any, int, int]], int]:
+        """Each line judged by the reference (:func:`envelope.check_line`) on its own."""
         keep: list[bytes] = []
         checkpoints: list[tuple[Any, int, int]] = []
         envelopes = 0
         size = 0
         for offset, line in enumerate(lines):
-            if not line.strip():
+            if envelope.is_blank(line):
                 self.stats.skipped_blank += 1
                 continue
-            reason, detail, value = check_line(line)
-            if reason:
+            reason, detail, value = envelope.check_line(line)
+            if value is None:
                 self._fatal = self._bad_line(reason, detail, line, first_line + offset)
                 if self._fatal is not None:
                     break
@@ -309,17 +323,17 @@ class Hop:
         """A transform set a record aside: ``{"dead_letter": {"reason": …, "envelope": …}}``."""
         body = rejected if isinstance(rejected, dict) else {"reason": str(rejected)}
         reason = str(body.get("reason") or "no reason given")
-        envelope = body.get("envelope")
+        held = body.get("envelope")
         if self.dead_letters is None:
-            shown = self.redactor.shorten(protocol.encode(envelope), 120).strip()
+            shown = self.redactor.shorten(protocol.encode(held), 120).strip()
             return BadDataError(
                 f"{self.source.description} rejected an envelope: {self.redactor(reason)} (envelope: {shown}). "
                 f'The checkpoint stays before it. Set on_error = "dead_letter" to set such records aside and go on.',
                 "rejected",
-                protocol.encode(envelope),
+                protocol.encode(held),
                 number,
             )
-        self.dead_letters.write_rejected(reason, envelope, number, self.last_checkpoint, stage=self.role)
+        self.dead_letters.write_rejected(reason, held, number, self.last_checkpoint, stage=self.role)
         self.stats.dead_letters += 1
         _log.warning("%s rejected an envelope (%s); dead-lettered to %s", self.role, reason, self.dead_letters.path)
         return None
@@ -344,18 +358,3 @@ class Hop:
             self.dead_letters.end()
             self.stats.dead_letters += 1
             _log.warning("dead-lettered an oversized line (%d bytes) to %s", event.size, self.dead_letters.path)
-
-
-def check_line(line: bytes) -> tuple[str, str, Any]:
-    """``("", "", value)`` for a good line, else ``(reason, detail, None)``."""
-    try:
-        line.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return "invalid_utf8", f"{exc.reason} at byte {exc.start}", None
-    try:
-        value = protocol.decode(line)
-    except protocol.DecodeError as exc:
-        return "malformed_json", str(exc), None
-    if not isinstance(value, dict):
-        return "not_an_object", f"a JSON {type(value).__name__}, not an object", None
-    return "", "", value

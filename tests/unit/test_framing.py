@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
 from dstream.relay.framing import Block, LineFramer, Oversize
 
 
@@ -90,3 +93,35 @@ def test_docker_frames_demultiplex_across_any_split() -> None:
                 out[kind] += data
         assert out == {STDOUT: b"hello world\n", STDERR: b"log line\n"}
         assert demux.clean
+
+
+LIMIT = 20
+pieces = st.sampled_from([b"a" * 5, b"b" * LIMIT, b"c" * (LIMIT + 1), b"d" * 50, b""])
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(st.lists(pieces, max_size=8), st.booleans(), st.lists(st.integers(0, 400), max_size=8))
+@example([b"c" * (LIMIT + 1), b"a" * 5], False, [])  # found by this test: the next line's start was
+# taken into the oversized line before it when both came in one read
+def test_lines_come_out_whole_and_in_order_however_the_reads_fall(
+    lines: list[bytes], newline: bool, cuts: list[int]
+) -> None:
+    data = b"\n".join(lines) + (b"\n" if newline and lines else b"")
+    framer = LineFramer(LIMIT)
+    ends = sorted({c for c in cuts if c < len(data)} | {len(data)})
+    events = [e for start, end in zip([0, *ends[:-1]], ends, strict=True) for e in framer.feed(data[start:end])]
+    events += framer.finish()
+    got: list[tuple[bytes, bool]] = []
+    long = b""
+    for event in events:
+        if isinstance(event, Block):
+            got += [(line, False) for line in event.data.split(b"\n")[:-1]]
+        elif event.stage == "end":
+            got.append((long, True))
+            long = b""
+        else:
+            long += event.data
+    want = data.split(b"\n")
+    if want[-1] == b"":
+        want.pop()
+    assert got == [(line, len(line) > LIMIT) for line in want]

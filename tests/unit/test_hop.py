@@ -77,3 +77,49 @@ def test_gauge_lines_are_kept_back_on_both_paths(pad: int) -> None:
         assert count == 20
         assert len(checkpoints) == 2
     assert events.gauges == [{"name": "lag_seconds", "value": 1.5, "labels": {"table": "t"}}] * 2
+
+
+class _DeadLetters:
+    path = "dead.jsonl"
+
+    def __init__(self) -> None:
+        self.raw: list[tuple[str, bytes]] = []
+
+    def write(self, reason: str, raw: bytes, line: int, after: Any, detail: str = "", stage: str = "input") -> None:
+        self.raw.append((reason, raw))
+
+
+def dead_lettering_hop() -> tuple[Hop, _DeadLetters]:
+    dead = _DeadLetters()
+    one = Hop(
+        0, _Proc(), _Proc(), events=_Events(), leftover=b"", max_line_bytes=1 << 20, stop_timeout=1,  # type: ignore[arg-type]
+        from_transform=False, dead_letters=dead, redactor=Redactor(), resume_from=None,  # type: ignore[arg-type]
+    )  # fmt: skip
+    return one, dead
+
+
+SHORT = protocol.data({"n": 1}, {})
+
+
+@pytest.mark.parametrize(
+    ("torn", "pieces"),
+    [
+        (b'{"data":{"msg":"hello\nworld"}}\n', [b'{"data":{"msg":"hello', b'world"}}']),  # security review row 3
+        (b'{"checkpoint":{"a":"x\ny"}}\n', [b'{"checkpoint":{"a":"x', b'y"}}']),  # a torn checkpoint line
+        (b'{"a":[{}\n{}]},{"b":1}\n', [b'{"a":[{}', b'{}]},{"b":1}']),
+        (b'{"data":{"big":123456789012345678901234567890}}\n{"x":' + b"[" * 1100 + b"]" * 1100 + b"}\n", []),
+    ],
+)
+def test_torn_lines_are_dead_lettered_on_every_path(torn: bytes, pieces: list[bytes]) -> None:
+    """Each fast path first (a block of short lines, then of long lines), never an exception."""
+    for pad in (10, 600):
+        good = protocol.data({"n": 1, "pad": "x" * pad}, {})
+        one, dead = dead_lettering_hop()
+        one._process(good * 3)  # learn the line length: the next block takes that fast path
+        out, checkpoints, count = one._process(good + torn + good)
+        lines = torn.split(b"\n")[:-1]
+        accepted = [line for line in lines if b"big" in line]  # the big integer is valid JSON
+        assert out == good + b"".join(line + b"\n" for line in accepted) + good
+        assert checkpoints == []
+        assert count == 2 + len(accepted)
+        assert [raw for _, raw in dead.raw] == (pieces or [line for line in lines if b"big" not in line])

@@ -367,3 +367,35 @@ def test_secrets_are_redacted_from_errors(tmp_path: Path) -> None:
         run(doc, FakeRuntime(input=leaky, output=collector([])))
     assert "hunter2-canary" not in str(err.value)
     assert "password *** failed" in str(err.value)
+
+
+def test_ack_lines_meet_the_envelope_grammar_and_never_stop_the_reader() -> None:
+    """An ack is a valid envelope with an "ack" key, however escaped; anything else is text."""
+    from dstream.relay.acks import AckReader
+
+    class _Output:
+        def __init__(self, data: bytes) -> None:
+            self.chunks = [data[i : i + 7] for i in range(0, len(data), 7)]  # reads cut anywhere
+
+        async def read(self, n: int) -> bytes:
+            return self.chunks.pop(0) if self.chunks else b""
+
+    lines = [
+        b'{"ack":{"n":1}}',
+        b'{"ack":{"n":',  # torn
+        b"2}}",
+        b'{"\\u0061ck":{"n":3}}',  # escaped key: still an ack
+        b'{"ack":{"n":NaN}}',
+        b'{"ack":' + b"[" * 200 + b"]" * 200 + b"}",  # too deep
+        b'{"ack":{"n":"\xff"}}',
+        b"console output",
+    ]
+    acks: list[Any] = []
+    out = io.BytesIO()
+    reader = AckReader(
+        _Output(b"\n".join(lines) + b"\n"),  # type: ignore[arg-type]
+        leftover=b"", max_line_bytes=1 << 20, on_ack=acks.append, on_gauge=lambda g: None, stdout=out,
+    )  # fmt: skip
+    asyncio.run(reader.run())
+    assert acks == [{"n": 1}, {"n": 3}]
+    assert out.getvalue().splitlines() == [lines[i] for i in (1, 2, 4, 5, 6, 7)]

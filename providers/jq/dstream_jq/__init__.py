@@ -23,6 +23,7 @@ import jq
 from pydantic import Field, ValidationInfo, field_validator
 
 from dstream import protocol
+from dstream.envelope import valid_block
 from dstream.sdk import Envelope, ProviderConfig, Reject, TransformProvider
 
 __all__ = ["JqConfig", "JqTransformProvider", "main"]
@@ -107,7 +108,7 @@ class JqTransformProvider(TransformProvider[JqConfig]):
             return None
         raws = [envelope.raw for envelope in envelopes]
         # Each line exactly one JSON object (valid UTF-8), so libjq reads one input per line.
-        if protocol.valid_block(b"\n".join(raws) + b"\n") != len(raws):
+        if valid_block(b"\n".join(raws) + b"\n") != len(raws):
             return None
         results: list[Any] = []
         for start in range(0, len(envelopes), self.sub_batch):
