@@ -51,7 +51,15 @@ from dstream.sdk.cdc.positions import (
     parse_tables,
     tables_json,
 )
-from dstream.sdk.cdc.snapshots import SnapshotPlan, new_pass_id, plan_snapshots, read_chunks, read_metadata, row_key
+from dstream.sdk.cdc.snapshots import (
+    SnapshotPlan,
+    new_pass_id,
+    plan_snapshots,
+    read_chunks,
+    read_metadata,
+    restart_point,
+    row_key,
+)
 
 __all__ = [
     "DELETE",
@@ -75,6 +83,7 @@ __all__ = [
     "plan_snapshots",
     "read_chunks",
     "read_metadata",
+    "restart_point",
     "row_key",
     "tables_json",
 ]

@@ -6,12 +6,12 @@ import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from dstream.sdk.cdc.positions import READ, ChunkCursor
+from dstream.sdk.cdc.positions import READ, ChunkCursor, Position
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 
-    from dstream.sdk.cdc.positions import Position, SnapshotMode
+    from dstream.sdk.cdc.positions import SnapshotMode
 
 R = TypeVar("R")
 
@@ -58,6 +58,21 @@ def plan_snapshots(
         elif mode != "never" and (position is None or (mode == "when_needed" and table in expired)):
             start.append(table)
     return SnapshotPlan(tuple(start), tuple(resume))
+
+
+def restart_point(position: Position, point: int, resumable: bool) -> Position:
+    """Where a table's snapshot continues in a pass whose snapshot is taken at ``point``.
+
+    A table resumed after an emitted key (``resumable``, ``after`` set) keeps its position:
+    its stream still starts at the point of the rows already emitted. A table that reads
+    again from its first row (it has no key to resume by, or no row went out yet) is a new
+    snapshot taken at ``point``: its stream must start there too, or every change between
+    the old point and ``point`` would arrive twice (once in the rows, once as a change).
+    """
+    cursor = position.snapshot or ChunkCursor()
+    if resumable and cursor.after is not None:
+        return position
+    return Position(point, snapshot=ChunkCursor())
 
 
 def read_chunks(
