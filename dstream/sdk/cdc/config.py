@@ -7,7 +7,7 @@ from typing import Annotated, Any, Self
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from dstream.sdk import ProviderConfig  # this name: ruff knows pydantic reads the annotations at run time
-from dstream.sdk.cdc.positions import SnapshotMode
+from dstream.sdk.cdc.positions import BlockingSnapshotMode
 from dstream.sdk.units import Duration
 
 
@@ -21,7 +21,7 @@ class CdcConfig(ProviderConfig):
     tables: list[str] = Field(
         min_length=1, description='tables to capture, as "schema.table" (or "table" for the default schema)'
     )
-    snapshot: Annotated[SnapshotMode, BeforeValidator(_snapshot_mode)] = Field(
+    snapshot: Annotated[BlockingSnapshotMode, BeforeValidator(_snapshot_mode)] = Field(
         default="initial",
         description=(
             "initial: a table without a position in the checkpoint (all of them on the first run, tables added "
@@ -40,6 +40,24 @@ class CdcConfig(ProviderConfig):
         ge=1,
         le=1_000_000,
         description="changes read per poll and rows per snapshot chunk (a larger transaction comes whole)",
+    )
+    snapshot_chunk_size: int = Field(
+        default=1024,
+        ge=1,
+        le=1_000_000,
+        description="incremental snapshots: rows per chunk (one short read, held in memory until its watermark)",
+    )
+    snapshot_chunk_pause: Duration = Field(
+        default=0.0,
+        ge=0,
+        description='incremental snapshots: throttle, the least time between two chunks ("100ms"; 0: none)',
+    )
+    snapshot_where: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            'incremental snapshots: a filter per table ({"public.orders" = "created > now() - interval \'30 days\'"}),'
+            " an SQL condition on the table's columns, for a partial snapshot"
+        ),
     )
     reconnect_timeout: Duration = Field(
         default=60.0, ge=0, description='how long to keep reconnecting (with backoff) after losing the server ("1m")'

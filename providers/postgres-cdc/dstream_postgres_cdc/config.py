@@ -24,12 +24,14 @@ class PostgresCdcConfig(CdcConfig):
     # The default differs from CdcConfig's ("initial", Debezium's): `dstream init` creates the
     # slot, which already marks where the task's stream starts, and changing what a task without
     # `snapshot` emits would surprise its users. "initial" / "when_needed" add the rows.
-    snapshot: Annotated[SnapshotMode, BeforeValidator(_snapshot_mode)] = Field(
+    # PostgreSQL also takes "incremental" (the shared type has the blocking modes only).
+    snapshot: Annotated[SnapshotMode, BeforeValidator(_snapshot_mode)] = Field(  # type: ignore[assignment]
         default="never",
         description=(
             "never (default): changes only, from the slot's position; initial: a table without a position in the "
             "checkpoint (all on the first run, tables added later alone) first gets its rows (OperationType Read); "
-            "when_needed: also when the slot is past the checkpoint (instead of failing)"
+            "when_needed: also when the slot is past the checkpoint (instead of failing); incremental: such a "
+            "table streams at once and its rows come in key-ordered chunks between its changes (tables need a key)"
         ),
     )
     dsn: SecretStr = Field(
