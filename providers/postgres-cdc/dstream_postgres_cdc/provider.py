@@ -47,14 +47,15 @@ from dstream.sdk.cdc import (
     TransactionAssembler,
     plan_snapshots,
 )
-from dstream_postgres_cdc.checkpoint import Stored, parse_checkpoint, positions_json
+from dstream_postgres_cdc.checkpoint import Stored, parse_checkpoint
 from dstream_postgres_cdc.config import READER_SUFFIX, PostgresCdcConfig, Target, default_slot_name
 from dstream_postgres_cdc.decode import Decoder
 from dstream_postgres_cdc.errors import CdcError, ConnectionLost, slot_missing_error
+from dstream_postgres_cdc.incremental import Incremental
 from dstream_postgres_cdc.infra import Infrastructure
 from dstream_postgres_cdc.lsn import format_lsn, parse_lsn
 from dstream_postgres_cdc.snapshot import snapshot_pass
-from dstream_postgres_cdc.source import Session, SnapshotSession
+from dstream_postgres_cdc.source import ChunkSession, Session, SnapshotSession
 
 if TYPE_CHECKING:
     from collections.abc import Generator, Iterable, Iterator
@@ -92,6 +93,7 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
         self._snapshot: SnapshotSession | None = None
         self._options: list[str] = []
         self._reading = False
+        self._chunks: ChunkSession | None = None
 
     # -- lifecycle verbs --------------------------------------------------------------------
 
@@ -133,13 +135,23 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
             # read it again from its start (duplicates, never a skipped change).
             self.log.info("the checkpoint sits inside a transaction counted with %s: it comes again", ", ".join(gone))
             stream = Position(stream.lsn)
-        if plan:
+        self._refuse_keyless([t for t in tables if t.qualified in plan.incremental])
+        if plan.start or plan.resume:
             stream = yield from self._snapshot_all(tables, plan, positions, stream)
             if stream is None:
                 return  # stopped inside the snapshot
         for name in names:
             positions.setdefault(name, Position(0))  # snapshot = "never": every change of the stream
-        yield from self._stream(tables, stream, positions)
+        yield from self._stream(tables, stream, positions, plan.incremental)
+
+    def _refuse_keyless(self, tables: list[Table]) -> None:
+        keyless = [t.qualified for t in tables if not t.key]
+        if keyless:
+            raise CdcError(
+                f'snapshot = "incremental" reads each table in key order, and {", ".join(keyless)} has no primary '
+                f"key (nor REPLICA IDENTITY USING INDEX): add one, or snapshot such tables with "
+                f'snapshot = "initial" (a task of their own)'
+            )
 
     def _prepare(self, stored: Stored) -> tuple[list[Table], Stored]:
         """Check the source before emitting anything; move the slot to the resume position."""
@@ -198,12 +210,17 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
     # -- streaming --------------------------------------------------------------------------
 
     def _stream(
-        self, tables: list[Table], start: Position | None, positions: dict[str, Position]
+        self,
+        tables: list[Table],
+        start: Position | None,
+        positions: dict[str, Position],
+        incremental: tuple[str, ...] = (),
     ) -> Iterator[Record | Checkpoint]:
         cfg = self.config
         asm: TransactionAssembler[Record] = TransactionAssembler(start, format_lsn)
         starts = {name: position.lsn for name, position in positions.items()}
-        decoder = Decoder(tables, cfg.numeric_as_string, starts, positions_json(positions))
+        incr = self._incremental(tables, positions, incremental)
+        decoder = Decoder(tables, cfg.numeric_as_string, starts, incr.positions_json(), incr)
         polls = PollInterval(cfg.poll_interval, cfg.max_poll_interval)
         backoff = Backoff(cfg.reconnect_timeout)
         self.log.info(
@@ -225,10 +242,14 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
                     changes += decoder.feed(chunk, asm, batch)
                     yield from batch
                     batch.clear()
+                # An incremental snapshot's next chunk, read with the stream caught up to here
+                # (its low watermark); its rows go out when the next polls reach its high watermark.
+                chunked = incr.due() and incr.read_chunk()
                 backoff.reset()
             except ConnectionLost as exc:
                 batch.clear()
                 asm.abandon()
+                incr.chunks.close()
                 self._reading = False
                 self.db.close()  # PostgreSQL drops the reader slot when the session ends
                 if not backoff.wait(exc, lambda lost: self._gave_up(lost, backoff), self.log, self.ctx.sleep):
@@ -241,9 +262,35 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
             if position is not None:
                 yield Checkpoint(decoder.position(position))
             self._report_lag(tables, asm, decoder, upto, full)
-            wait = polls.after_poll(changes, full)
+            wait = polls.after_poll(changes, full or chunked)
             if wait and not self.ctx.sleep(wait):
                 return
+
+    def _incremental(self, tables: list[Table], positions: dict[str, Position], new: tuple[str, ...]) -> Incremental:
+        """Incremental snapshots: those under way (in the checkpoint), ``new`` ones, and signals."""
+        cfg = self.config
+        self._chunks = ChunkSession(cfg.dsn.get_secret_value(), self.target, self.application_name, cfg.timezone)
+        under_way = {name: p.incremental for name, p in positions.items() if p.incremental is not None}
+        incr = Incremental(
+            tables,
+            under_way,
+            positions,
+            self.slot,
+            self.db,
+            self._chunks,
+            cfg.snapshot_chunk_size,
+            cfg.snapshot_chunk_pause,
+            cfg.numeric_as_string,
+            self.log,
+            self.ctx.gauge,
+            self.ctx.sleep,
+        )
+        for name, cursor in under_way.items():
+            self.log.info("resuming the incremental snapshot of %s after %d rows", name, cursor.rows)
+        for name in new:
+            incr.start(name, cfg.snapshot_where.get(name))
+        incr.changed_positions = True  # the decoder starts from every table's position
+        return incr
 
     def _report_lag(
         self, tables: list[Table], asm: TransactionAssembler[Record], decoder: Decoder, upto: int, full: bool
@@ -364,6 +411,8 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
 
     def close(self) -> None:
         self._close_snapshot()
+        if self._chunks is not None:
+            self._chunks.close()
         self.db.close()
 
 
