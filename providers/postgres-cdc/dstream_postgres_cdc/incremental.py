@@ -246,7 +246,7 @@ class Incremental:
             return False
         if not table.key:
             self.log.error(
-                'snapshot signal for %s ignored: it has no primary key (nor REPLICA IDENTITY USING INDEX) to read '
+                "snapshot signal for %s ignored: it has no primary key (nor REPLICA IDENTITY USING INDEX) to read "
                 'it in key order; snapshot it with snapshot = "initial" (a new task) instead',
                 name,
             )
