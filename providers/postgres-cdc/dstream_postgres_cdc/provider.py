@@ -33,11 +33,12 @@ the checkpoint (the changes in between are gone) instead of failing.
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from dstream.sdk import Checkpoint, InfrastructureProvider, InputProvider, Record
+from dstream.sdk import Checkpoint, InfrastructureProvider, InputProvider, Record, Resource
 from dstream.sdk.cdc import (
     Backoff,
     LagReporter,
@@ -51,7 +52,7 @@ from dstream_postgres_cdc.checkpoint import Stored, parse_checkpoint
 from dstream_postgres_cdc.config import READER_SUFFIX, PostgresCdcConfig, Target, default_slot_name
 from dstream_postgres_cdc.decode import Decoder
 from dstream_postgres_cdc.errors import CdcError, ConnectionLost, slot_missing_error
-from dstream_postgres_cdc.incremental import Incremental
+from dstream_postgres_cdc.incremental import SIGNAL, Incremental, signal_content, signal_sql
 from dstream_postgres_cdc.infra import Infrastructure
 from dstream_postgres_cdc.lsn import format_lsn, parse_lsn
 from dstream_postgres_cdc.snapshot import snapshot_pass
@@ -60,7 +61,7 @@ from dstream_postgres_cdc.source import ChunkSession, Session, SnapshotSession
 if TYPE_CHECKING:
     from collections.abc import Generator, Iterable, Iterator
 
-    from dstream.sdk import Context, Resource
+    from dstream.sdk import Context
     from dstream.sdk.cdc import SnapshotPlan
     from dstream_postgres_cdc.source import Table
 
@@ -114,6 +115,58 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
 
     def destroy(self) -> Iterable[Resource]:
         return self.infra.destroy()
+
+    def snapshot(self) -> Iterable[Resource]:
+        """``dstream snapshot``: send an incremental snapshot signal into the source's stream.
+
+        The verb's arguments (``{"tables": [...], "where": {table: condition}, "stop": bool}``)
+        come in the command envelope's ``checkpoint`` slot, which no other verb but ``status``
+        uses. The signal is a transactional logical decoding message (incremental.py): the
+        running task (whatever runs it: a terminal, a detached run, a deployed replica) sees
+        it in order in its stream; a stopped task when it next runs. A refusal is the
+        lifecycle reply ``{"status": "Failed", "message": ...}``: one line for the user.
+        """
+        try:
+            return self._send_signal()
+        except CdcError as exc:
+            failed = {"status": "Failed", "resources": [], "message": str(exc)}
+            self.ctx.write_stdout(json.dumps(failed).encode() + b"\n")
+            return []
+
+    def _send_signal(self) -> list[Resource]:
+        args = self.ctx.checkpoint if isinstance(self.ctx.checkpoint, dict) else {}
+        asked = [str(t) for t in args.get("tables") or []]
+        where = {str(k): str(v) for k, v in (args.get("where") or {}).items()}
+        stop = bool(args.get("stop"))
+        if not asked:
+            raise CdcError("name at least one table to snapshot (--table)")
+        by_name: dict[str, Table] = {}
+        for table in self.infra.tables():
+            by_name[table.qualified] = by_name[table.name] = table
+        chosen: list[Table] = []
+        for name in asked:
+            found = by_name.get(name)
+            if found is None:
+                listed = ", ".join(self.config.tables)
+                raise CdcError(f"{name} is not one of the task's tables ({listed}): add it to `tables` first")
+            chosen.append(found)
+        if not stop:
+            self._refuse_keyless(chosen)
+        qualified = [t.qualified for t in chosen]
+        conditions = {by_name[name].qualified: cond for name, cond in where.items() if name in by_name}
+        unknown = sorted(set(where) - set(by_name))
+        if unknown:
+            raise CdcError(f"--where names {', '.join(unknown)}, which is not one of the tables to snapshot")
+        kind = "stop-snapshot" if stop else "execute-snapshot"
+        content = signal_content(self.slot, kind, qualified, conditions)
+        lsn = self.db.value(signal_sql(), (SIGNAL, content))
+        sent = []
+        for name in qualified:
+            details: dict[str, Any] = {"signal": kind, "lsn": lsn, "slot": self.slot}
+            if name in conditions:
+                details["where"] = conditions[name]
+            sent.append(Resource("snapshot_signal", name, "none", "stopped" if stop else "requested", details))
+        return sent
 
     # -- run --------------------------------------------------------------------------------
 

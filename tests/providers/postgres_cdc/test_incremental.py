@@ -19,11 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
+from dstream_postgres_cdc import PostgresCdcInputProvider
 
 from tests.conftest import run_cli
 from tests.faults import finish, kill, provider_pid, start_run, wait_until
 
-from .helpers import OutputReader, cdc_task, wait_for
+from .helpers import LiveInput, OutputReader, cdc_task, wait_for
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -276,3 +277,106 @@ def test_incremental_snapshot_under_writers_and_two_kill_9_replays_to_the_source
     }
     print("incremental snapshot figures:", json.dumps(report))
     (tmp_path.parent / "incremental-figures.json").write_text(json.dumps(report))
+
+
+def live_config(db: Db, tables: list[str], **extra: Any) -> dict[str, Any]:
+    return {
+        "dsn": db.dsn,
+        "tables": tables,
+        "slot_name": db.name("slot"),
+        "poll_interval": "50ms",
+        "max_poll_interval": "200ms",
+        **extra,
+    }
+
+
+def reads(live: LiveInput, table: str) -> list[Any]:
+    return [
+        m["data"]["id"]
+        for m in live.data
+        if m["metadata"]["OperationType"] == "Read" and table in m["metadata"]["TableName"]
+    ]
+
+
+def test_dstream_snapshot_signals_a_running_task_which_snapshots_the_filtered_rows_while_streaming(
+    db: Db, task_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    table = db.create_table("t", "id int PRIMARY KEY, v int")
+    db.execute(f"INSERT INTO {table} SELECT g, 0 FROM generate_series(1, 1000) g")
+    slot = db.name("slot")
+    hcl = task_file(cdc_task("sig", db.dsn, [table], slot, str(tmp_path / "unused.jsonl")))
+    assert run_cli("init", "sig", "-f", str(hcl)).returncode == 0
+    live = LiveInput(PostgresCdcInputProvider, live_config(db, [table], snapshot_chunk_size=30), task="sig")
+    db.execute(f"INSERT INTO {table} VALUES (5000, 1)")  # streaming: no snapshot (snapshot = "never")
+    live.wait(lambda lv: len(lv.data) == 1, "the live change")
+    result = run_cli("snapshot", "sig", "--table", table, "--where", "id <= 100 OR id = 5000", "-f", str(hcl), "--json")
+    assert result.returncode == 0, result.stderr
+    sent = json.loads(result.stdout)["resources"]
+    assert [(r["type"], r["name"], r["details"]["signal"]) for r in sent] == [
+        ("snapshot_signal", f"public.{table}", "execute-snapshot")
+    ]
+    live.wait(lambda lv: len(reads(lv, table)) == 101 and lv.checkpoints != [], "the filtered rows")
+    db.execute(f"INSERT INTO {table} VALUES (5001, 1)")
+    live.wait(lambda lv: any(m["data"]["id"] == 5001 for m in lv.data), "streaming after it")
+    assert live.stop() == 0
+    assert sorted(reads(live, table)) == [*range(1, 101), 5000]
+    assert all(m["metadata"]["Key"] == {"id": m["data"]["id"]} for m in live.data)
+    progress = {g["name"]: g["value"] for g in live.gauges if g["name"].startswith("snapshot_")}
+    assert progress["snapshot_rows"] == 101
+    assert progress["snapshot_chunks"] == 4  # 30 + 30 + 30 + 11 rows
+    assert progress["snapshot_percent"] == 100.0
+    assert "incremental" not in live.checkpoints[-1]["tables"][f"public.{table}"]  # done
+
+
+def test_stop_signal_and_status_show_an_incremental_snapshot_under_way(
+    db: Db, task_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    table = db.create_table("t", "id int PRIMARY KEY, v int")
+    db.execute(f"INSERT INTO {table} SELECT g, 0 FROM generate_series(1, 2000) g")
+    db.execute(f"ANALYZE {table}")
+    slot = db.name("slot")
+    hcl = task_file(cdc_task("stp", db.dsn, [table], slot, str(tmp_path / "unused.jsonl")))
+    assert run_cli("init", "stp", "-f", str(hcl)).returncode == 0
+    cfg = live_config(db, [table], snapshot="incremental", snapshot_chunk_size=100, snapshot_chunk_pause="200ms")
+    live = LiveInput(PostgresCdcInputProvider, cfg, task="stp")
+    name = f"public.{table}"
+
+    def under_way(lv: LiveInput) -> bool:
+        return any(c["tables"][name].get("incremental", {}).get("rows", 0) >= 200 for c in lv.checkpoints)
+
+    live.wait(under_way, "a checkpoint inside the incremental snapshot")
+    inside = next(c for c in live.checkpoints if c["tables"][name].get("incremental", {}).get("rows", 0) >= 200)
+    status = LiveInput(PostgresCdcInputProvider, cfg, inside, command="status")
+    assert status.wait_exit() == 0
+    details = {r["name"]: r for r in status.resources}[name]["details"]
+    assert details["snapshot_rows"] >= 200
+    assert details["snapshot_chunks"] >= 2
+    assert 0 < details["snapshot_percent"] < 100
+    result = run_cli("snapshot", "stp", "--table", table, "--stop", "-f", str(hcl))
+    assert result.returncode == 0, result.stderr
+    live.wait(lambda lv: "incremental" not in lv.checkpoints[-1]["tables"][name], "the stop signal")
+    count = len(reads(live, table))
+    db.execute(f"INSERT INTO {table} VALUES (-1, 0)")
+    live.wait(lambda lv: any(m["data"]["id"] == -1 for m in lv.data), "streaming on")
+    assert live.stop() == 0
+    assert 200 <= count < 2000
+    assert len(reads(live, table)) == count  # no chunk after the stop
+
+
+def test_keyless_tables_are_refused_for_incremental_with_the_fix(
+    db: Db, task_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    keyless = db.create_table("nk", "id int, v int")
+    db.execute(f"ALTER TABLE {keyless} REPLICA IDENTITY FULL")
+    db.create_slot(db.name("slot"))
+    failed = LiveInput(PostgresCdcInputProvider, live_config(db, [keyless], snapshot="incremental"))
+    assert failed.wait_exit() == 1
+    hcl = task_file(cdc_task("nk", db.dsn, [keyless], db.name("slot"), str(tmp_path / "unused.jsonl")))
+    result = run_cli("snapshot", "nk", "--table", keyless, "-f", str(hcl))
+    assert result.returncode != 0
+    assert f"public.{keyless} has no primary key" in result.stderr
+    assert 'snapshot = "initial"' in result.stderr
+    assert "Traceback" not in result.stderr
+    unknown = run_cli("snapshot", "nk", "--table", "public.nope", "-f", str(hcl))
+    assert unknown.returncode != 0
+    assert "public.nope is not one of the task's tables" in unknown.stderr
