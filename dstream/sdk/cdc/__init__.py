@@ -37,7 +37,7 @@ library, pydantic and ``dstream.sdk``: it ships in provider images):
 """
 
 from dstream.sdk.cdc.assembler import TransactionAssembler
-from dstream.sdk.cdc.config import CdcConfig
+from dstream.sdk.cdc.config import CdcConfig, IncrementalCdcConfig
 from dstream.sdk.cdc.incremental import Closed, IncrementalSnapshots, Key, key_of
 from dstream.sdk.cdc.lag import LagReporter
 from dstream.sdk.cdc.polling import Backoff, PollInterval
@@ -79,6 +79,7 @@ __all__ = [
     "CdcConfig",
     "ChunkCursor",
     "Closed",
+    "IncrementalCdcConfig",
     "IncrementalCursor",
     "IncrementalSnapshots",
     "Key",
