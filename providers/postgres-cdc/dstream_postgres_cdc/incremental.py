@@ -175,7 +175,7 @@ class Incremental:
         pass_id = watermark[:8]
         out: list[Record] = []
         for record, cursor in closed.rows:
-            record.metadata.update(read_metadata(name, commit_lsn, record.metadata.get("Key"), pass_id, cursor.rows))
+            record.metadata = read_metadata(name, commit_lsn, record.metadata.get("Key"), pass_id, cursor.rows)
             self.positions[name] = Position(start, incremental=cursor)
             record.position = {**stream, "tables": self._positions_json()}
             out.append(record)
