@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.postgres
 
 ROWS = int(os.environ.get("DSTREAM_INCREMENTAL_ROWS", "30000"))
+KILLS = int(os.environ.get("DSTREAM_INCREMENTAL_KILLS", "2"))  # 0: a latency measurement without outages
+CHUNK = int(os.environ.get("DSTREAM_INCREMENTAL_CHUNK", "0"))  # 0: about 60 chunks
 FAST = 'poll_interval = "50ms"\n      max_poll_interval = "500ms"'
 
 
@@ -53,6 +55,11 @@ def incremental_rows(checkpoint: Any, table: str) -> int:
         return -1
     position = checkpoint["tables"].get(table, {})
     return int(position["incremental"]["rows"]) if "incremental" in position else -1
+
+
+def snapshot_done(checkpoint: Any, table: str) -> bool:
+    """The table's incremental snapshot is over in this (persisted) checkpoint."""
+    return bool(checkpoint) and table in checkpoint["tables"] and "incremental" not in checkpoint["tables"][table]
 
 
 class Writers:
@@ -95,7 +102,8 @@ class Writers:
                         if kind < 0.25:
                             fresh += 1
                             conn.execute(
-                                f"INSERT INTO {self.big} VALUES (%s, 0, 'new')", (rng.choice([fresh, -fresh]),)
+                                f"INSERT INTO {self.big} VALUES (%s, 0, 'new') ON CONFLICT (id) DO NOTHING",
+                                (rng.choice([fresh, -fresh]),),
                             )
                         elif kind < 0.6:
                             conn.execute(f"UPDATE {self.big} SET v = v + 1 WHERE id = %s", (i,))
@@ -127,6 +135,7 @@ class XactSampler:
     def __init__(self, dsn: str, application_name: str) -> None:
         self.dsn, self.application_name = dsn, application_name
         self.longest = 0.0
+        self.longest_query = ""
         self.samples = 0
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -135,12 +144,14 @@ class XactSampler:
     def _run(self) -> None:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             while not self.stop.is_set():
-                age = conn.execute(
-                    "SELECT coalesce(max(extract(epoch from clock_timestamp() - xact_start)), 0)::float8"
-                    " FROM pg_stat_activity WHERE application_name = %s AND xact_start IS NOT NULL",
+                row = conn.execute(
+                    "SELECT extract(epoch from clock_timestamp() - xact_start)::float8, left(query, 60)"
+                    " FROM pg_stat_activity WHERE application_name = %s AND xact_start IS NOT NULL"
+                    " ORDER BY xact_start LIMIT 1",
                     (self.application_name,),
                 ).fetchone()
-                self.longest = max(self.longest, float(age[0]) if age else 0.0)
+                if row is not None and float(row[0]) > self.longest:
+                    self.longest, self.longest_query = float(row[0]), str(row[1])
                 self.samples += 1
                 time.sleep(0.005)  # sampling period
 
@@ -203,8 +214,9 @@ def test_incremental_snapshot_under_writers_and_two_kill_9_replays_to_the_source
     db.execute(f"INSERT INTO {big} SELECT g, 0, repeat('p', 100) FROM generate_series(1, {ROWS}) g")
     db.execute(f"ANALYZE {big}")
     slot, out = db.name("slot"), tmp_path / "out.jsonl"
-    chunk = max(500, ROWS // 60)
-    pause = "0" if ROWS > 100_000 else "100ms"  # throttled, so the kills land inside the snapshot
+    chunk = CHUNK or max(500, ROWS // 60)
+    # throttled, so the kills land inside the snapshot (the long mode: as DSTREAM_INCREMENTAL_PAUSE says)
+    pause = os.environ.get("DSTREAM_INCREMENTAL_PAUSE", "0s" if ROWS > 100_000 else "100ms")
     # A filter that holds for every row and sleeps once per chunk query (an InitPlan), after the
     # read's snapshot was taken: the writers get 50 ms per chunk to change rows the chunk read
     # as they were, which the stream then carries before the chunk's high watermark. Without the
@@ -228,7 +240,7 @@ def test_incremental_snapshot_under_writers_and_two_kill_9_replays_to_the_source
     try:
         proc = start_run("inc", hcl)
         floor = 0
-        for _ in range(2):  # kill -9 of the provider inside the snapshot, twice
+        for _ in range(KILLS):  # kill -9 of the provider inside the snapshot, twice
             past = floor + chunk
             wait_until(lambda: incremental_rows(state(hcl, "inc"), name_big) > past, "snapshot progress", proc)  # noqa: B023
             kill(provider_pid(proc, "postgres-cdc-input-provider"))
@@ -239,7 +251,11 @@ def test_incremental_snapshot_under_writers_and_two_kill_9_replays_to_the_source
             floor = acked
             proc = start_run("inc", hcl)
             last_start = time.time()
-        wait_until(lambda: incremental_rows(state(hcl, "inc"), name_big) == -1, "the end of the snapshot", proc)
+        deadline = time.monotonic() + max(120.0, ROWS / 2000)  # the long mode's 1M rows take minutes here
+        while not snapshot_done(state(hcl, "inc"), name_big):
+            assert proc.poll() is None, finish(proc)[1][-3000:]
+            assert time.monotonic() < deadline, "timed out waiting for the end of the snapshot"
+            time.sleep(0.5)  # polling the persisted checkpoint through the CLI
         took = time.monotonic() - started
     finally:
         writers.join()
@@ -250,7 +266,7 @@ def test_incremental_snapshot_under_writers_and_two_kill_9_replays_to_the_source
     proc.send_signal(signal.SIGTERM)
     code, err = finish(proc)
     assert code == 0, err
-    assert "resuming the incremental snapshot of" in err
+    assert "resuming the incremental snapshot of" in err or not KILLS
 
     replica = replay(reader, name_big)
     source = db.table_rows(big)
@@ -267,6 +283,7 @@ def test_incremental_snapshot_under_writers_and_two_kill_9_replays_to_the_source
     report = {
         "rows": ROWS,
         "chunk": chunk,
+        "pause": pause,
         "snapshot_seconds": round(took, 1),
         "rows_per_second": round(reads / took),
         "writes": writers.count,
@@ -274,6 +291,7 @@ def test_incremental_snapshot_under_writers_and_two_kill_9_replays_to_the_source
         "live_p99_seconds_whole_test": round(arrivals.p99(), 3),  # includes the two kill -9 outages
         "live_p99_seconds_last_run": round(arrivals.p99(last_start + 5.0), 3),  # from 5 s after its start
         "longest_transaction_seconds": round(longest, 3),
+        "longest_transaction_query": sampler.longest_query,
     }
     print("incremental snapshot figures:", json.dumps(report))
     (tmp_path.parent / "incremental-figures.json").write_text(json.dumps(report))
