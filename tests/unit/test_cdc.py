@@ -546,3 +546,11 @@ def test_a_table_restarting_from_its_first_row_takes_the_new_point() -> None:
     assert restart_point(Position(10, snapshot=ChunkCursor()), 20, resumable=True) == Position(
         20, snapshot=ChunkCursor()
     )
+
+
+def test_an_abandoned_chunk_is_read_again_from_the_cursor() -> None:
+    snaps: IncrementalSnapshots[str] = IncrementalSnapshots({"t": IncrementalCursor(("4",), 4, 1)})
+    snaps.open("w1", "t", [((5,), ("5",), "r5")], 2)
+    snaps.abandon()  # the connection dropped before its watermark was written
+    assert snaps.close("w1") is None
+    assert snaps.next_chunk() == ("t", IncrementalCursor(("4",), 4, 1))

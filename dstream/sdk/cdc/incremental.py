@@ -133,6 +133,11 @@ class IncrementalSnapshots(Generic[R]):
         if self._window is not None and self._window.table == table:
             self._window.rows.clear()
 
+    def abandon(self) -> None:
+        """Forget the open chunk (the connection dropped: its watermark may never come); the
+        chunk is read again from the table's cursor."""
+        self._window = None
+
     def close(self, watermark: str) -> Closed[R] | None:
         """The high watermark ``watermark`` was streamed: the chunk's rows left, with cursors.
 

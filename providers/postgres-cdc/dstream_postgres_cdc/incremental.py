@@ -184,6 +184,14 @@ class Incremental:
         self._report(name, closed.cursor, closed.finished)
         return out
 
+    def abandon(self) -> None:
+        """The connection dropped: the open chunk is read again, and the transaction cut
+        short (with its messages) is read again from its start."""
+        self.snaps.abandon()
+        self._closing = None
+        self._signals.clear()
+        self.chunks.close()
+
     # -- reading chunks (between polls) ----------------------------------------------------
 
     def due(self) -> bool:

@@ -29,6 +29,11 @@ table's rows come first (``OperationType = "Read"``), as of the point where the 
 starts; a table added to ``tables`` later is snapshotted alone, at its own point, before
 the stream resumes. ``when_needed`` also starts over with a snapshot when the slot is past
 the checkpoint (the changes in between are gone) instead of failing.
+
+Incremental snapshots (``snapshot = "incremental"``, and ``dstream snapshot`` signals; see
+incremental.py): the stream starts at once, and between polls a table's next key-ordered
+chunk is read in a short transaction of its own; its rows go out when the stream reaches the
+chunk's high watermark, minus those whose key changed meanwhile (DBLog).
 """
 
 from __future__ import annotations
@@ -302,7 +307,7 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
             except ConnectionLost as exc:
                 batch.clear()
                 asm.abandon()
-                incr.chunks.close()
+                incr.abandon()
                 self._reading = False
                 self.db.close()  # PostgreSQL drops the reader slot when the session ends
                 if not backoff.wait(exc, lambda lost: self._gave_up(lost, backoff), self.log, self.ctx.sleep):

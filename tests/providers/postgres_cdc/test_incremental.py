@@ -24,7 +24,7 @@ from dstream_postgres_cdc import PostgresCdcInputProvider
 from tests.conftest import run_cli
 from tests.faults import finish, kill, provider_pid, start_run, wait_until
 
-from .helpers import LiveInput, OutputReader, cdc_task, wait_for
+from .helpers import LiveInput, OutputReader, TcpProxy, cdc_task, wait_for
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -398,3 +398,33 @@ def test_keyless_tables_are_refused_for_incremental_with_the_fix(
     unknown = run_cli("snapshot", "nk", "--table", "public.nope", "-f", str(hcl))
     assert unknown.returncode != 0
     assert "public.nope is not one of the task's tables" in unknown.stderr
+
+
+def test_an_incremental_snapshot_survives_lost_connections(db: Db) -> None:
+    """Connections cut while chunks are read and watermarks written: the run reconnects, an
+    open chunk is read again (its watermark may never have been written), every row arrives."""
+    table = db.create_table("t", "id int PRIMARY KEY, v int")
+    db.execute(f"INSERT INTO {table} SELECT g, 0 FROM generate_series(1, 3000) g")
+    db.create_slot(db.name("slot"))
+    proxy = TcpProxy()
+    try:
+        dsn = db.user_dsn().replace(":5432/", f":{proxy.port}/")
+        cfg = {
+            **live_config(db, [table], snapshot="incremental", snapshot_chunk_size=100),
+            "dsn": dsn,
+            "snapshot_chunk_pause": "20ms",
+            "reconnect_timeout": "30s",
+        }
+        live = LiveInput(PostgresCdcInputProvider, cfg)
+        for cut in range(1, 6):
+            floor = cut * 400
+            live.wait(lambda lv: len(reads(lv, table)) >= floor, f"rows before cut {cut}")  # noqa: B023
+            proxy.cut()
+        live.wait(
+            lambda lv: any(g["name"] == "snapshot_percent" and g["value"] == 100.0 for g in lv.gauges),
+            "the end of the snapshot",
+        )
+        assert live.stop() == 0
+    finally:
+        proxy.close()
+    assert set(reads(live, table)) == set(range(1, 3001))
