@@ -428,3 +428,15 @@ def test_an_incremental_snapshot_survives_lost_connections(db: Db) -> None:
     finally:
         proxy.close()
     assert set(reads(live, table)) == set(range(1, 3001))
+
+
+def test_the_xid_check_of_a_chunk_read_follows_pg_current_snapshot() -> None:
+    """``xmin:xmax:xip`` (64-bit, epoch in the high half) against wal2json's 32-bit xids:
+    in progress (listed) or at/after xmax is not seen; below xmax and not listed is seen."""
+    from dstream_postgres_cdc.incremental import invisible
+
+    assert invisible("100:110:103,105", {99, 103, 104, 105, 110, 111}) == {103, 105, 110, 111}
+    epoch = 3 << 32
+    snapshot = f"{epoch - 5}:{epoch + 10}:{epoch - 2}"
+    # 2**32 - 2 is the previous epoch's xid (listed in progress); 3 and 12 are this epoch's.
+    assert invisible(snapshot, {(1 << 32) - 2, (1 << 32) - 3, 3, 12}) == {(1 << 32) - 2, 12}
