@@ -94,6 +94,8 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
             self.db, self.slot, self.reader, config.tables, self.plugin, config.replica_identity_full
         )
         self.lag = LagReporter(ctx.gauge, self.log)
+        if ctx.command == "run" and config.snapshot == "incremental":
+            self._refuse_keyless(self.infra.tables())  # an error handshake: one line, before anything runs
         self._release_to: int | None = None  # highest committed position not yet applied to the slot
         self._slot_at = 0  # the slot's confirmed position as last seen or set
         self._snapshot: SnapshotSession | None = None

@@ -389,6 +389,11 @@ def test_keyless_tables_are_refused_for_incremental_with_the_fix(
     db.create_slot(db.name("slot"))
     failed = LiveInput(PostgresCdcInputProvider, live_config(db, [keyless], snapshot="incremental"))
     assert failed.wait_exit() == 1
+    refusal = failed.handshake
+    assert refusal is not None
+    assert refusal["status"] == "error"  # before anything runs: one line, no traceback
+    assert f"public.{keyless} has no primary key" in refusal["message"]
+    assert 'snapshot = "initial"' in refusal["message"]
     hcl = task_file(cdc_task("nk", db.dsn, [keyless], db.name("slot"), str(tmp_path / "unused.jsonl")))
     result = run_cli("snapshot", "nk", "--table", keyless, "-f", str(hcl))
     assert result.returncode != 0
