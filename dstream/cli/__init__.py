@@ -10,12 +10,12 @@ import os
 import sys
 from pathlib import Path
 
-from dstream.cli import deploy, files, lifecycle, providers, run, state
+from dstream.cli import deploy, files, lifecycle, providers, run, snapshot, state
 from dstream.cli.app import app
 from dstream.errors import ConfigError, DStreamError
 
 __all__ = ["app", "main"]
-_COMMANDS = (deploy, files, lifecycle, providers, run, state)  # imported for their @app.command()s
+_COMMANDS = (deploy, files, lifecycle, providers, run, snapshot, state)  # imported for their @app.command()s
 
 
 def _load_secret_files() -> None:

@@ -167,8 +167,9 @@ class InfrastructureProvider:
 
 def supported_verbs(cls: type) -> list[str]:
     verbs = ["run"] if getattr(cls, "kind", "") else []
-    for verb in ("init", "plan", "status", "destroy"):
+    # "snapshot": an input's on-demand snapshot signal (`dstream snapshot`, CDC providers).
+    for verb in ("init", "plan", "status", "destroy", "snapshot"):
         method = getattr(cls, verb, None)
-        if method is not None and method is not getattr(InfrastructureProvider, verb):
+        if method is not None and method is not getattr(InfrastructureProvider, verb, None):
             verbs.append(verb)
     return verbs

@@ -7,12 +7,16 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from dstream.sdk.cdc import (
     Backoff,
     CdcConfig,
     ChunkCursor,
+    IncrementalCursor,
+    IncrementalSnapshots,
     LagReporter,
     PollInterval,
     Position,
@@ -23,6 +27,7 @@ from dstream.sdk.cdc import (
     plan_snapshots,
     read_chunks,
     read_metadata,
+    restart_point,
     row_key,
     tables_json,
 )
@@ -351,3 +356,201 @@ def test_cdc_config_validation() -> None:
         CdcConfig(tables=[])
     with pytest.raises(ValidationError):
         CdcConfig(tables=["a"], snapshot="always")
+
+
+# -- incremental snapshots (DBLog) against a reference --------------------------------------
+#
+# The reference is the source itself: a dict of key → value, a log of its changes in commit
+# order (the stream), and a consumer that applies every envelope in order. Whatever the
+# interleaving of writes, stream reads, chunk reads and restarts from an acknowledged
+# position, the consumer must end with the source's rows.
+
+
+class _Model:
+    """A source, its change log, and one IncrementalSnapshots fed the way a provider feeds it."""
+
+    def __init__(self, rows: int, chunk: int) -> None:
+        self.source = dict.fromkeys(range(0, rows * 2, 2), 0)  # even keys: inserts land between rows
+        self.log: list[tuple[Any, ...]] = []
+        self.chunk = chunk
+        self.out: list[tuple[Any, ...]] = []  # (op, old key, new key, value), then the position after it
+        self.positions: list[tuple[int, dict[str, IncrementalCursor]]] = []
+        self.restart((0, {"t": IncrementalCursor()}))
+        self.version = 0
+        self.next_key = rows * 2 + 1
+
+    def restart(self, position: tuple[int, dict[str, IncrementalCursor]]) -> None:
+        self.read, cursors = position
+        self.snaps: IncrementalSnapshots[tuple[int, int]] = IncrementalSnapshots(cursors)
+        self.watermarks = 0
+        self.pending: str | None = None
+
+    def write(self, kind: int, pick: int) -> None:
+        self.version += 1
+        keys = sorted(self.source)
+        if kind == 0 or not keys:
+            key, self.next_key = self.next_key if pick % 2 else pick * 2 + 1, self.next_key + 2
+            if key in self.source:
+                return
+            self.source[key] = self.version
+            self.log.append(("Insert", None, key, self.version))
+            return
+        key = keys[pick % len(keys)]
+        if kind == 1:
+            self.source[key] = self.version
+            self.log.append(("Update", key, key, self.version))
+        elif kind == 2:
+            del self.source[key]
+            self.log.append(("Delete", key, None, None))
+        else:  # a key update, to a key that may sort before or after the cursor
+            new = -(pick + 1) * 3 if pick % 2 else self.next_key
+            self.next_key += 2
+            if new in self.source:
+                return
+            del self.source[key]
+            self.source[new] = self.version
+            self.log.append(("Update", key, new, self.version))
+
+    def emit(self, item: tuple[Any, ...]) -> None:
+        self.out.append(item)
+        self.positions.append((self.read, dict(self.snaps.cursors)))
+
+    def stream(self, n: int) -> None:
+        for entry in self.log[self.read : self.read + n]:
+            self.read += 1
+            if entry[0] == "H":
+                closed = self.snaps.close(entry[1])
+                if closed is None:
+                    continue
+                for (key, value), cursor in closed.rows:
+                    self.snaps.cursors[closed.table] = cursor  # what a checkpoint after this row holds
+                    self.emit(("Read", None, key, value))
+                if closed.finished:
+                    self.snaps.cursors.pop(closed.table, None)
+                else:
+                    self.snaps.cursors[closed.table] = closed.cursor
+                continue
+            _, old, new, _ = entry
+            self.snaps.changed("t", [(old,), (new,)])
+            self.emit(entry)
+
+    def read_chunk(self) -> bool:
+        """Read a chunk from the source as it is now. The stream may be behind (changes
+        committed since its last read): what it has not handed out yet comes after the read."""
+        nxt = self.snaps.next_chunk()
+        if nxt is None:
+            return False
+        _, cursor = nxt
+        after = int(cursor.after[0]) if cursor.after is not None else None
+        keys = [k for k in sorted(self.source) if after is None or k > after][: self.chunk]
+        self.watermarks += 1
+        self.pending = f"{len(self.log)}:{self.watermarks}"
+        self.snaps.open(self.pending, "t", [((k,), (str(k),), (k, self.source[k])) for k in keys], self.chunk)
+        return True
+
+    def high_watermark(self) -> None:
+        """The read's transaction ended: its watermark goes into the log (writes may precede it)."""
+        if self.pending is not None:
+            self.log.append(("H", self.pending))
+            self.pending = None
+
+    def replica(self) -> dict[int, Any]:
+        rows: dict[int, Any] = {}
+        for op, old, new, value in self.out:
+            if old is not None:
+                rows.pop(old, None)
+            if op != "Delete":
+                rows[new] = value
+        return rows
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rows=st.integers(0, 30),
+    chunk=st.integers(1, 8),
+    steps=st.lists(st.tuples(st.integers(0, 6), st.integers(0, 40), st.integers(0, 3)), max_size=150),
+)
+def test_incremental_snapshot_replica_equals_source_whatever_the_interleaving(
+    rows: int, chunk: int, steps: list[tuple[int, int, int]]
+) -> None:
+    model = _Model(rows, chunk)
+    for action, pick, kind in steps:
+        if action <= 1:
+            model.write(kind, pick)
+        elif action == 2:
+            model.stream(pick % 7 + 1)
+        elif action == 3:
+            model.read_chunk()
+        elif action == 4:
+            model.high_watermark()
+        elif action == 5:
+            model.write(kind, pick)
+        elif model.positions:  # kill -9: the consumer has a prefix; resume from an acknowledged position in it
+            cut = pick % len(model.out) + 1
+            acked = cut - 1 - (kind % cut)
+            position = model.positions[acked]
+            del model.out[cut:], model.positions[cut:]
+            model.restart(position)
+    for _ in range(10_000):  # drain: stream everything, chunk until the table is done
+        model.high_watermark()
+        model.stream(len(model.log))
+        if not model.read_chunk() and model.snaps.window is None:
+            break
+    assert not model.snaps
+    assert model.replica() == model.source
+
+
+def test_incremental_snapshot_drops_a_row_changed_inside_its_window_and_releases_the_rest() -> None:
+    snaps: IncrementalSnapshots[str] = IncrementalSnapshots({"t": IncrementalCursor(where="v > 0", total=4)})
+    assert snaps.next_chunk() == ("t", IncrementalCursor(where="v > 0", total=4))
+    snaps.open("w1", "t", [((1,), ("1",), "r1"), ((2,), ("2",), "r2"), ((3,), ("3",), "r3")], 3)
+    assert snaps.next_chunk() is None  # one chunk at a time
+    snaps.changed("t", [(2,), None])
+    snaps.changed("other", [(1,)])  # another table's key 1: not this row
+    assert snaps.close("stale") is None  # an earlier run's watermark
+    closed = snaps.close("w1")
+    assert closed is not None
+    assert [(row, c.after, c.rows) for row, c in closed.rows] == [("r1", ("1",), 1), ("r3", ("3",), 2)]
+    assert closed.dropped == 1
+    assert closed.cursor == IncrementalCursor(("3",), 2, 1, "v > 0", 4)
+    assert not closed.finished
+    snaps.open("w2", "t", [], 3)
+    last = snaps.close("w2")
+    assert last is not None
+    assert last.finished
+    assert not snaps
+
+
+def test_incremental_cursor_round_trips_and_refuses_what_is_not_one() -> None:
+    cursor = IncrementalCursor(("a", "1"), 10, 2, "x > 1", 100)
+    position = Position(5, incremental=cursor)
+    assert Position.from_json(position.to_json(str), int) == position
+    assert cursor.percent == 10.0
+    for bad in ({"after": [1]}, {"rows": -1}, {"where": 3}, {"extra": 1}, "x"):
+        with pytest.raises(PositionError):
+            IncrementalCursor.from_json(bad)
+
+
+def test_incremental_mode_plans_tables_without_a_position_as_incremental() -> None:
+    stored = {"a": Position(1), "c": Position(1, snapshot=ChunkCursor())}
+    plan = plan_snapshots("incremental", ["a", "b", "c"], stored)
+    assert plan.incremental == ("b",)
+    assert plan.resume == ("c",)  # a blocking snapshot under way is finished as it began
+    assert plan.start == ()
+
+
+def test_a_table_restarting_from_its_first_row_takes_the_new_point() -> None:
+    keyed = Position(10, snapshot=ChunkCursor(("5",), 5))
+    assert restart_point(keyed, 20, resumable=True) == keyed
+    assert restart_point(keyed, 20, resumable=False) == Position(20, snapshot=ChunkCursor())
+    assert restart_point(Position(10, snapshot=ChunkCursor()), 20, resumable=True) == Position(
+        20, snapshot=ChunkCursor()
+    )
+
+
+def test_an_abandoned_chunk_is_read_again_from_the_cursor() -> None:
+    snaps: IncrementalSnapshots[str] = IncrementalSnapshots({"t": IncrementalCursor(("4",), 4, 1)})
+    snaps.open("w1", "t", [((5,), ("5",), "r5")], 2)
+    snaps.abandon()  # the connection dropped before its watermark was written
+    assert snaps.close("w1") is None
+    assert snaps.next_chunk() == ("t", IncrementalCursor(("4",), 4, 1))

@@ -27,6 +27,9 @@ library, pydantic and ``dstream.sdk``: it ships in provider images):
   each change with the position *after* it. It looks one change ahead, so the last change
   of a transaction carries the position past the whole transaction, and it turns
   transactions with no captured change (other tables) into heartbeats.
+- :class:`IncrementalSnapshots` (``snapshot = "incremental"``, and on-demand re-snapshots):
+  the DBLog watermark algorithm with no I/O; a table's rows come in chunks between its
+  changes, its progress (:class:`IncrementalCursor`) rides in its checkpoint position.
 - :class:`LagReporter`: per-table lag as provider gauges (``lag_seconds``, and
   ``lag_lsn_bytes`` where the engine's positions are byte offsets) and a periodic log line.
 - :class:`PollInterval` (adaptive polling), :class:`Backoff` (reconnect delays with a
@@ -34,7 +37,8 @@ library, pydantic and ``dstream.sdk``: it ships in provider images):
 """
 
 from dstream.sdk.cdc.assembler import TransactionAssembler
-from dstream.sdk.cdc.config import CdcConfig
+from dstream.sdk.cdc.config import CdcConfig, IncrementalCdcConfig
+from dstream.sdk.cdc.incremental import Closed, IncrementalSnapshots, Key, key_of
 from dstream.sdk.cdc.lag import LagReporter
 from dstream.sdk.cdc.polling import Backoff, PollInterval
 from dstream.sdk.cdc.positions import (
@@ -44,14 +48,24 @@ from dstream.sdk.cdc.positions import (
     SCHEMA_CHANGE,
     TRUNCATE,
     UPDATE,
+    BlockingSnapshotMode,
     ChunkCursor,
+    IncrementalCursor,
     Position,
     PositionError,
     SnapshotMode,
     parse_tables,
     tables_json,
 )
-from dstream.sdk.cdc.snapshots import SnapshotPlan, new_pass_id, plan_snapshots, read_chunks, read_metadata, row_key
+from dstream.sdk.cdc.snapshots import (
+    SnapshotPlan,
+    new_pass_id,
+    plan_snapshots,
+    read_chunks,
+    read_metadata,
+    restart_point,
+    row_key,
+)
 
 __all__ = [
     "DELETE",
@@ -61,8 +75,14 @@ __all__ = [
     "TRUNCATE",
     "UPDATE",
     "Backoff",
+    "BlockingSnapshotMode",
     "CdcConfig",
     "ChunkCursor",
+    "Closed",
+    "IncrementalCdcConfig",
+    "IncrementalCursor",
+    "IncrementalSnapshots",
+    "Key",
     "LagReporter",
     "PollInterval",
     "Position",
@@ -70,11 +90,13 @@ __all__ = [
     "SnapshotMode",
     "SnapshotPlan",
     "TransactionAssembler",
+    "key_of",
     "new_pass_id",
     "parse_tables",
     "plan_snapshots",
     "read_chunks",
     "read_metadata",
+    "restart_point",
     "row_key",
     "tables_json",
 ]

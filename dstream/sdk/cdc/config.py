@@ -7,7 +7,7 @@ from typing import Annotated, Any, Self
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from dstream.sdk import ProviderConfig  # this name: ruff knows pydantic reads the annotations at run time
-from dstream.sdk.cdc.positions import SnapshotMode
+from dstream.sdk.cdc.positions import BlockingSnapshotMode, SnapshotMode
 from dstream.sdk.units import Duration
 
 
@@ -21,7 +21,7 @@ class CdcConfig(ProviderConfig):
     tables: list[str] = Field(
         min_length=1, description='tables to capture, as "schema.table" (or "table" for the default schema)'
     )
-    snapshot: Annotated[SnapshotMode, BeforeValidator(_snapshot_mode)] = Field(
+    snapshot: Annotated[BlockingSnapshotMode, BeforeValidator(_snapshot_mode)] = Field(
         default="initial",
         description=(
             "initial: a table without a position in the checkpoint (all of them on the first run, tables added "
@@ -68,3 +68,35 @@ class CdcConfig(ProviderConfig):
                 f"({self.poll_interval:g}s)"
             )
         return self
+
+
+class IncrementalCdcConfig(CdcConfig):
+    """:class:`CdcConfig` plus ``snapshot = "incremental"`` and its settings, for a provider
+    that implements incremental snapshots (:mod:`dstream.sdk.cdc.incremental`)."""
+
+    # The shared field with the incremental mode added (a subclass may widen the choices).
+    snapshot: Annotated[SnapshotMode, BeforeValidator(_snapshot_mode)] = Field(  # type: ignore[assignment]
+        default="initial",
+        description=(
+            "initial, when_needed, never: as CdcConfig; incremental: a table without a position streams at once and "
+            "its rows come in key-ordered chunks between its changes (tables need a key)"
+        ),
+    )
+    snapshot_chunk_size: int = Field(
+        default=1024,
+        ge=1,
+        le=1_000_000,
+        description="incremental snapshots: rows per chunk (one short read, held in memory until its watermark)",
+    )
+    snapshot_chunk_pause: Duration = Field(
+        default=0.0,
+        ge=0,
+        description='incremental snapshots: throttle, the least time between two chunks ("100ms"; 0: none)',
+    )
+    snapshot_where: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            'incremental snapshots: a filter per table ({"public.orders" = "created > now() - interval \'30 days\'"}),'
+            " an SQL condition on the table's columns, for a partial snapshot"
+        ),
+    )

@@ -16,7 +16,9 @@ READ = "Read"  # a row of a snapshot
 TRUNCATE = "Truncate"
 SCHEMA_CHANGE = "SchemaChange"  # a table's captured columns changed (no row)
 
-SnapshotMode = Literal["initial", "when_needed", "never"]
+SnapshotMode = Literal["initial", "when_needed", "never", "incremental"]
+# The modes of an engine without incremental snapshots yet (its config's type refuses the other).
+BlockingSnapshotMode = Literal["initial", "when_needed", "never"]
 
 
 class PositionError(ValueError):
@@ -55,6 +57,60 @@ class ChunkCursor:
 
 
 @dataclass(frozen=True, slots=True)
+class IncrementalCursor:
+    """How far a table's incremental snapshot got (kept in the table's checkpoint position).
+
+    ``after``: the engine's text of the last key read (None: from the first row); ``rows``
+    emitted and ``chunks`` read so far; ``where``: the filter of a partial snapshot;
+    ``total``: the table's estimated row count when it started (for the percentage).
+    """
+
+    after: tuple[str, ...] | None = None
+    rows: int = 0
+    chunks: int = 0
+    where: str | None = None
+    total: int | None = None
+
+    @property
+    def percent(self) -> float | None:
+        if not self.total:
+            return None
+        return min(100.0, 100.0 * self.rows / self.total)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "after": None if self.after is None else list(self.after),
+            "rows": self.rows,
+            "chunks": self.chunks,
+        }
+        if self.where is not None:
+            out["where"] = self.where
+        if self.total is not None:
+            out["total"] = self.total
+        return out
+
+    @classmethod
+    def from_json(cls, value: Any) -> IncrementalCursor:
+        if not isinstance(value, dict) or set(value) - {"after", "rows", "chunks", "where", "total"}:
+            raise PositionError(f"incremental snapshot cursor {value!r} is not {{'after': [...], 'rows': n, ...}}")
+        after = value.get("after")
+        if after is not None and (not isinstance(after, list) or not all(isinstance(v, str) for v in after)):
+            raise PositionError(f"incremental snapshot cursor {value!r}: 'after' is not a key (a list of texts)")
+        counts = [value.get("rows", 0), value.get("chunks", 0)]
+        total = value.get("total")
+        if total is not None:
+            counts.append(total)
+        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts):
+            raise PositionError(f"incremental snapshot cursor {value!r}: counts must be non-negative integers")
+        where = value.get("where")
+        if where is not None and not isinstance(where, str):
+            raise PositionError(f"incremental snapshot cursor {value!r}: 'where' must be a text")
+        return cls(
+            None if after is None else tuple(after), counts[0], counts[1], where, total if total is not None else None
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Position:
     """A point in a CDC stream; see the module docstring for the meaning of each field.
 
@@ -67,6 +123,8 @@ class Position:
     lsn: int
     index: int | None = None
     snapshot: ChunkCursor | None = None
+    # Inside an incremental snapshot (the table streams meanwhile; dstream.sdk.cdc.incremental).
+    incremental: IncrementalCursor | None = None
 
     @property
     def key(self) -> tuple[int, int]:
@@ -79,6 +137,8 @@ class Position:
             out["index"] = self.index
         if self.snapshot is not None:
             out["snapshot"] = self.snapshot.to_json()
+        if self.incremental is not None:
+            out["incremental"] = self.incremental.to_json()
         return out
 
     @classmethod
@@ -94,7 +154,9 @@ class Position:
             raise PositionError(f"checkpoint {value!r}: 'index' must be a non-negative integer")
         snapshot = value.get("snapshot")
         cursor = ChunkCursor.from_json(snapshot) if snapshot is not None else None
-        return cls(lsn, index or None, cursor)
+        incremental = value.get("incremental")
+        chunks = IncrementalCursor.from_json(incremental) if incremental is not None else None
+        return cls(lsn, index or None, cursor, chunks)
 
 
 def parse_tables(value: Any, parse_lsn: Callable[[str], int]) -> dict[str, Position]:

@@ -6,12 +6,12 @@ import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from dstream.sdk.cdc.positions import READ, ChunkCursor
+from dstream.sdk.cdc.positions import READ, ChunkCursor, Position
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 
-    from dstream.sdk.cdc.positions import Position, SnapshotMode
+    from dstream.sdk.cdc.positions import SnapshotMode
 
 R = TypeVar("R")
 
@@ -23,6 +23,7 @@ class SnapshotPlan:
 
     start: tuple[str, ...] = ()
     resume: tuple[str, ...] = ()
+    incremental: tuple[str, ...] = ()  # snapshot = "incremental": read in chunks while streaming
 
     @property
     def tables(self) -> tuple[str, ...]:
@@ -45,19 +46,40 @@ def plan_snapshots(
     - ``when_needed``: the same, and also tables whose stored position the source no longer
       holds (``expired``: CDC retention purged it, a slot lost its WAL), instead of failing.
     - ``never``: none; the engine streams from its configured start.
+    - ``incremental``: the tables ``initial`` would snapshot go to ``incremental`` instead:
+      they stream at once and their rows come in chunks between their changes
+      (:mod:`dstream.sdk.cdc.incremental`).
 
     A table whose stored position is inside its snapshot resumes it in every mode: its
     stream starts at that snapshot's point, so leaving it unfinished would lose rows.
     """
     start: list[str] = []
     resume: list[str] = []
+    incremental: list[str] = []
     for table in tables:
         position = stored.get(table)
         if position is not None and position.snapshot is not None:
             resume.append(table)
+        elif mode == "incremental" and position is None:
+            incremental.append(table)
         elif mode != "never" and (position is None or (mode == "when_needed" and table in expired)):
             start.append(table)
-    return SnapshotPlan(tuple(start), tuple(resume))
+    return SnapshotPlan(tuple(start), tuple(resume), tuple(incremental))
+
+
+def restart_point(position: Position, point: int, resumable: bool) -> Position:
+    """Where a table's snapshot continues in a pass whose snapshot is taken at ``point``.
+
+    A table resumed after an emitted key (``resumable``, ``after`` set) keeps its position:
+    its stream still starts at the point of the rows already emitted. A table that reads
+    again from its first row (it has no key to resume by, or no row went out yet) is a new
+    snapshot taken at ``point``: its stream must start there too, or every change between
+    the old point and ``point`` would arrive twice (once in the rows, once as a change).
+    """
+    cursor = position.snapshot or ChunkCursor()
+    if resumable and cursor.after is not None:
+        return position
+    return Position(point, snapshot=ChunkCursor())
 
 
 def read_chunks(

@@ -10,7 +10,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import BeforeValidator, Field, SecretStr, field_validator
 
-from dstream.sdk.cdc import CdcConfig, SnapshotMode
+from dstream.sdk.cdc import IncrementalCdcConfig, SnapshotMode
 
 SLOT_NAME = r"^[a-z0-9_]{1,56}$"
 READER_SUFFIX = "_reader"  # the temporary slot a run reads through (see source.py)
@@ -20,7 +20,7 @@ def _snapshot_mode(value: object) -> object:
     return "never" if value == "none" else value  # "none": this setting's earlier name
 
 
-class PostgresCdcConfig(CdcConfig):
+class PostgresCdcConfig(IncrementalCdcConfig):
     # The default differs from CdcConfig's ("initial", Debezium's): `dstream init` creates the
     # slot, which already marks where the task's stream starts, and changing what a task without
     # `snapshot` emits would surprise its users. "initial" / "when_needed" add the rows.
@@ -29,7 +29,8 @@ class PostgresCdcConfig(CdcConfig):
         description=(
             "never (default): changes only, from the slot's position; initial: a table without a position in the "
             "checkpoint (all on the first run, tables added later alone) first gets its rows (OperationType Read); "
-            "when_needed: also when the slot is past the checkpoint (instead of failing)"
+            "when_needed: also when the slot is past the checkpoint (instead of failing); incremental: such a "
+            "table streams at once and its rows come in key-ordered chunks between its changes (tables need a key)"
         ),
     )
     dsn: SecretStr = Field(

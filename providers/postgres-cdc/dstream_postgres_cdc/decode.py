@@ -32,12 +32,13 @@ import orjson
 
 from dstream.sdk import Record
 from dstream.sdk.cdc import DELETE, INSERT, TRUNCATE, UPDATE, row_key
-from dstream_postgres_cdc.lsn import parse_lsn
+from dstream_postgres_cdc.lsn import format_lsn, parse_lsn
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from dstream.sdk.cdc import TransactionAssembler
+    from dstream_postgres_cdc.incremental import Incremental
     from dstream_postgres_cdc.source import Table
 
 ACTION_AT = len('{"action":"')
@@ -89,6 +90,7 @@ class Decoder:
         numeric_as_string: bool = False,
         starts: dict[str, int] | None = None,
         positions: dict[str, Any] | None = None,
+        incremental: Incremental | None = None,
     ) -> None:
         self.names = {(t.schema, t.name): t.qualified for t in tables}
         self.keys = {t.qualified: t.key for t in tables}
@@ -99,6 +101,8 @@ class Decoder:
         self._txn: tuple[str, Any, str | None] = ("", None, None)  # commit LSN text, xid, commit time
         self._commit = 0
         self.last_commit_time: str | None = None  # of the last transaction handed out (for lag)
+        self.incremental = incremental  # incremental snapshots: fed every change, message and commit
+        self._replayed = False  # the current transaction was handed out before (a restart or reconnect)
 
     def position(self, stream: dict[str, Any]) -> dict[str, Any]:
         return {**stream, "tables": self.positions}
@@ -124,27 +128,50 @@ class Decoder:
                     if not seq:
                         continue  # emitted before this restart or reconnect: not even decoded
                     row = self._loads(text)
-                ready = asm.change(self._record(kind, row, seq))
+                record = self._record(kind, row, seq)
+                if self.incremental is not None:
+                    self.incremental.change(self._txn[1], record)
+                ready = asm.change(record)
             elif kind == "B":
                 row = loads(text)
                 commit, end = row["lsn"], row["nextlsn"]
                 self._commit = parse_lsn(commit)
                 if self.starts and self._commit >= self._latest_start:
                     self.starts = {}  # the stream has passed every table's start
-                asm.begin(self._commit, parse_lsn(end), commit, end)
+                self._replayed = not asm.begin(self._commit, parse_lsn(end), commit, end)
                 self._txn = (commit, row.get("xid"), commit_time(row.get("timestamp")))
                 continue
             elif kind == "C":
+                if self.incremental is not None:
+                    self.incremental.apply_signals()  # the transaction's last change carries their effect
+                    self._sync_positions()
                 ready = asm.commit()
                 self.last_commit_time = self._txn[2]
             else:
-                continue  # "M": a logical decoding message, not a row change
+                if self.incremental is not None and kind == "M":
+                    message = loads(text)
+                    # Not one handed out before this restart or reconnect (its signal was applied then).
+                    replayed = self._replayed if asm.in_transaction else parse_lsn(message["lsn"]) < asm.done.lsn
+                    if not replayed:
+                        self.incremental.message(message)  # a watermark or a signal (else ignored)
+                continue
             if ready is not None:
                 record, position = ready
                 record.position = {**position, "tables": self.positions}
                 out.append(record)
                 emitted += 1
+            if kind == "C" and self.incremental is not None:
+                released = self.incremental.after_commit(asm.done.to_json(format_lsn), self._txn[0])
+                out.extend(released)
+                emitted += len(released)
+                self._sync_positions()
         return emitted
+
+    def _sync_positions(self) -> None:
+        assert self.incremental is not None
+        changed = self.incremental.positions_json()
+        if changed is not None:
+            self.positions = changed  # a new dict: records handed out keep the one they had
 
     def _table(self, row: dict[str, Any]) -> str:
         schema, name = row["schema"], row["table"]

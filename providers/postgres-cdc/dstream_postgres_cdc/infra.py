@@ -159,6 +159,12 @@ class Infrastructure:
             mine = stored.tables.get(table.qualified) if stored is not None else None
             if mine is not None and mine.snapshot is not None:
                 details["snapshot_rows"] = mine.snapshot.rows  # emitted so far of a snapshot under way
+            if mine is not None and mine.incremental is not None:  # an incremental snapshot under way
+                cursor = mine.incremental
+                details["snapshot_rows"] = cursor.rows
+                details["snapshot_chunks"] = cursor.chunks
+                if cursor.percent is not None:
+                    details["snapshot_percent"] = round(cursor.percent, 1)
             yield Resource(IDENTITY, table.qualified, "none", table.identity, details)
 
     def destroy(self) -> Iterator[Resource]:

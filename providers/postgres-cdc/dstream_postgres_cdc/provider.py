@@ -29,15 +29,21 @@ table's rows come first (``OperationType = "Read"``), as of the point where the 
 starts; a table added to ``tables`` later is snapshotted alone, at its own point, before
 the stream resumes. ``when_needed`` also starts over with a snapshot when the slot is past
 the checkpoint (the changes in between are gone) instead of failing.
+
+Incremental snapshots (``snapshot = "incremental"``, and ``dstream snapshot`` signals; see
+incremental.py): the stream starts at once, and between polls a table's next key-ordered
+chunk is read in a short transaction of its own; its rows go out when the stream reaches the
+chunk's high watermark, minus those whose key changed meanwhile (DBLog).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from dstream.sdk import Checkpoint, InfrastructureProvider, InputProvider, Record
+from dstream.sdk import Checkpoint, InfrastructureProvider, InputProvider, Record, Resource
 from dstream.sdk.cdc import (
     Backoff,
     LagReporter,
@@ -47,19 +53,20 @@ from dstream.sdk.cdc import (
     TransactionAssembler,
     plan_snapshots,
 )
-from dstream_postgres_cdc.checkpoint import Stored, parse_checkpoint, positions_json
+from dstream_postgres_cdc.checkpoint import Stored, parse_checkpoint
 from dstream_postgres_cdc.config import READER_SUFFIX, PostgresCdcConfig, Target, default_slot_name
 from dstream_postgres_cdc.decode import Decoder
 from dstream_postgres_cdc.errors import CdcError, ConnectionLost, slot_missing_error
+from dstream_postgres_cdc.incremental import SIGNAL, Incremental, signal_content, signal_sql
 from dstream_postgres_cdc.infra import Infrastructure
 from dstream_postgres_cdc.lsn import format_lsn, parse_lsn
 from dstream_postgres_cdc.snapshot import snapshot_pass
-from dstream_postgres_cdc.source import Session, SnapshotSession
+from dstream_postgres_cdc.source import ChunkSession, Session, SnapshotSession
 
 if TYPE_CHECKING:
     from collections.abc import Generator, Iterable, Iterator
 
-    from dstream.sdk import Context, Resource
+    from dstream.sdk import Context
     from dstream.sdk.cdc import SnapshotPlan
     from dstream_postgres_cdc.source import Table
 
@@ -87,11 +94,14 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
             self.db, self.slot, self.reader, config.tables, self.plugin, config.replica_identity_full
         )
         self.lag = LagReporter(ctx.gauge, self.log)
+        if ctx.command == "run" and config.snapshot == "incremental":
+            self._refuse_keyless(self.infra.tables())  # an error handshake: one line, before anything runs
         self._release_to: int | None = None  # highest committed position not yet applied to the slot
         self._slot_at = 0  # the slot's confirmed position as last seen or set
         self._snapshot: SnapshotSession | None = None
         self._options: list[str] = []
         self._reading = False
+        self._chunks: ChunkSession | None = None
 
     # -- lifecycle verbs --------------------------------------------------------------------
 
@@ -113,6 +123,58 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
     def destroy(self) -> Iterable[Resource]:
         return self.infra.destroy()
 
+    def snapshot(self) -> Iterable[Resource]:
+        """``dstream snapshot``: send an incremental snapshot signal into the source's stream.
+
+        The verb's arguments (``{"tables": [...], "where": {table: condition}, "stop": bool}``)
+        come in the command envelope's ``checkpoint`` slot, which no other verb but ``status``
+        uses. The signal is a transactional logical decoding message (incremental.py): the
+        running task (whatever runs it: a terminal, a detached run, a deployed replica) sees
+        it in order in its stream; a stopped task when it next runs. A refusal is the
+        lifecycle reply ``{"status": "Failed", "message": ...}``: one line for the user.
+        """
+        try:
+            return self._send_signal()
+        except CdcError as exc:
+            failed = {"status": "Failed", "resources": [], "message": str(exc)}
+            self.ctx.write_stdout(json.dumps(failed).encode() + b"\n")
+            return []
+
+    def _send_signal(self) -> list[Resource]:
+        args = self.ctx.checkpoint if isinstance(self.ctx.checkpoint, dict) else {}
+        asked = [str(t) for t in args.get("tables") or []]
+        where = {str(k): str(v) for k, v in (args.get("where") or {}).items()}
+        stop = bool(args.get("stop"))
+        if not asked:
+            raise CdcError("name at least one table to snapshot (--table)")
+        by_name: dict[str, Table] = {}
+        for table in self.infra.tables():
+            by_name[table.qualified] = by_name[table.name] = table
+        chosen: list[Table] = []
+        for name in asked:
+            found = by_name.get(name)
+            if found is None:
+                listed = ", ".join(self.config.tables)
+                raise CdcError(f"{name} is not one of the task's tables ({listed}): add it to `tables` first")
+            chosen.append(found)
+        if not stop:
+            self._refuse_keyless(chosen)
+        qualified = [t.qualified for t in chosen]
+        conditions = {by_name[name].qualified: cond for name, cond in where.items() if name in by_name}
+        unknown = sorted(set(where) - set(by_name))
+        if unknown:
+            raise CdcError(f"--where names {', '.join(unknown)}, which is not one of the tables to snapshot")
+        kind = "stop-snapshot" if stop else "execute-snapshot"
+        content = signal_content(self.slot, kind, qualified, conditions)
+        lsn = self.db.value(signal_sql(), (SIGNAL, content))
+        sent = []
+        for name in qualified:
+            details: dict[str, Any] = {"signal": kind, "lsn": lsn, "slot": self.slot}
+            if name in conditions:
+                details["where"] = conditions[name]
+            sent.append(Resource("snapshot_signal", name, "none", "stopped" if stop else "requested", details))
+        return sent
+
     # -- run --------------------------------------------------------------------------------
 
     def read(self, checkpoint: Any | None) -> Iterator[Record | Checkpoint]:
@@ -133,13 +195,23 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
             # read it again from its start (duplicates, never a skipped change).
             self.log.info("the checkpoint sits inside a transaction counted with %s: it comes again", ", ".join(gone))
             stream = Position(stream.lsn)
-        if plan:
+        self._refuse_keyless([t for t in tables if t.qualified in plan.incremental])
+        if plan.start or plan.resume:
             stream = yield from self._snapshot_all(tables, plan, positions, stream)
             if stream is None:
                 return  # stopped inside the snapshot
         for name in names:
             positions.setdefault(name, Position(0))  # snapshot = "never": every change of the stream
-        yield from self._stream(tables, stream, positions)
+        yield from self._stream(tables, stream, positions, plan.incremental)
+
+    def _refuse_keyless(self, tables: list[Table]) -> None:
+        keyless = [t.qualified for t in tables if not t.key]
+        if keyless:
+            raise CdcError(
+                f'snapshot = "incremental" reads each table in key order, and {", ".join(keyless)} has no primary '
+                f"key (nor REPLICA IDENTITY USING INDEX): add one, or snapshot such tables with "
+                f'snapshot = "initial" (a task of their own)'
+            )
 
     def _prepare(self, stored: Stored) -> tuple[list[Table], Stored]:
         """Check the source before emitting anything; move the slot to the resume position."""
@@ -198,12 +270,17 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
     # -- streaming --------------------------------------------------------------------------
 
     def _stream(
-        self, tables: list[Table], start: Position | None, positions: dict[str, Position]
+        self,
+        tables: list[Table],
+        start: Position | None,
+        positions: dict[str, Position],
+        incremental: tuple[str, ...] = (),
     ) -> Iterator[Record | Checkpoint]:
         cfg = self.config
         asm: TransactionAssembler[Record] = TransactionAssembler(start, format_lsn)
         starts = {name: position.lsn for name, position in positions.items()}
-        decoder = Decoder(tables, cfg.numeric_as_string, starts, positions_json(positions))
+        incr = self._incremental(tables, positions, incremental)
+        decoder = Decoder(tables, cfg.numeric_as_string, starts, incr.positions_json(), incr)
         polls = PollInterval(cfg.poll_interval, cfg.max_poll_interval)
         backoff = Backoff(cfg.reconnect_timeout)
         self.log.info(
@@ -225,10 +302,14 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
                     changes += decoder.feed(chunk, asm, batch)
                     yield from batch
                     batch.clear()
+                # An incremental snapshot's next chunk, read with the stream caught up to here
+                # (its low watermark); its rows go out when the next polls reach its high watermark.
+                chunked = incr.due() and incr.read_chunk()
                 backoff.reset()
             except ConnectionLost as exc:
                 batch.clear()
                 asm.abandon()
+                incr.abandon()
                 self._reading = False
                 self.db.close()  # PostgreSQL drops the reader slot when the session ends
                 if not backoff.wait(exc, lambda lost: self._gave_up(lost, backoff), self.log, self.ctx.sleep):
@@ -241,9 +322,35 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
             if position is not None:
                 yield Checkpoint(decoder.position(position))
             self._report_lag(tables, asm, decoder, upto, full)
-            wait = polls.after_poll(changes, full)
+            wait = polls.after_poll(changes, full or chunked)
             if wait and not self.ctx.sleep(wait):
                 return
+
+    def _incremental(self, tables: list[Table], positions: dict[str, Position], new: tuple[str, ...]) -> Incremental:
+        """Incremental snapshots: those under way (in the checkpoint), ``new`` ones, and signals."""
+        cfg = self.config
+        self._chunks = ChunkSession(cfg.dsn.get_secret_value(), self.target, self.application_name, cfg.timezone)
+        under_way = {name: p.incremental for name, p in positions.items() if p.incremental is not None}
+        incr = Incremental(
+            tables,
+            under_way,
+            positions,
+            self.slot,
+            self.db,
+            self._chunks,
+            cfg.snapshot_chunk_size,
+            cfg.snapshot_chunk_pause,
+            cfg.numeric_as_string,
+            self.log,
+            self.ctx.gauge,
+            self.ctx.sleep,
+        )
+        for name, cursor in under_way.items():
+            self.log.info("resuming the incremental snapshot of %s after %d rows", name, cursor.rows)
+        for name in new:
+            incr.start(name, cfg.snapshot_where.get(name))
+        incr.changed_positions = True  # the decoder starts from every table's position
+        return incr
 
     def _report_lag(
         self, tables: list[Table], asm: TransactionAssembler[Record], decoder: Decoder, upto: int, full: bool
@@ -364,6 +471,8 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
 
     def close(self) -> None:
         self._close_snapshot()
+        if self._chunks is not None:
+            self._chunks.close()
         self.db.close()
 
 

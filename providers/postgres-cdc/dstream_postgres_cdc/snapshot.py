@@ -22,7 +22,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from dstream.sdk import Checkpoint, Record
-from dstream.sdk.cdc import ChunkCursor, Position, new_pass_id, read_chunks, read_metadata, row_key
+from dstream.sdk.cdc import (
+    ChunkCursor,
+    Position,
+    new_pass_id,
+    read_chunks,
+    read_metadata,
+    restart_point,
+    row_key,
+)
 from dstream_postgres_cdc.checkpoint import checkpoint_json, positions_json
 from dstream_postgres_cdc.decode import converters
 from dstream_postgres_cdc.lsn import format_lsn
@@ -57,7 +65,9 @@ def snapshot_pass(
     wanted = set(plan.tables)
     for table in [t for t in tables if t.qualified in wanted]:
         name = table.qualified
-        start = positions[name]
+        # A table read again from its first row (no key, or nothing emitted yet) is snapshotted
+        # at this pass's point, and its changes start there (defect 7 of issue 22).
+        start = positions[name] = restart_point(positions[name], point, bool(table.key))
         cursor = start.snapshot or ChunkCursor()
         _log_start(log, table, start, cursor, point)
         yield from _table_rows(snap, table, start.lsn, cursor, positions, stream_json, batch_size, numeric_as_string)

@@ -282,38 +282,89 @@ class SnapshotSession:
         return consistent_point
 
     def rows(self, table: Table, after: tuple[str, ...] | None, limit: int) -> list[tuple[Any, ...]]:
-        """Up to ``limit`` rows after the key ``after``, in key order, every column as its output text.
-
-        The first ``len(table.key)`` values of each row are the key (as text); without a key
-        the first value is the row's ctid, which only orders rows inside this snapshot.
-        """
-        # Each value is its type's output text (what wal2json prints): format('%s', x), not
-        # x::text, which differs for bool ('true') and char(n) (padding stripped). Columns are
-        # qualified: ORDER BY "id" would otherwise sort by the output column "id" (its text).
-        columns = [_output_text(sql.Identifier("src", c.name)) for c in table.columns]
-        params: list[Any] = list(after or ())
-        order: sql.Composable
-        where: sql.Composable
-        if table.key:
-            key = [sql.Identifier("src", k) for k in table.key]
-            types = {c.name: c.type_name for c in table.columns}
-            order = sql.SQL(", ").join(key)
-            head = [_output_text(k) for k in key]
-            where = sql.SQL("")
-            if after is not None:
-                bound = sql.SQL(", ").join(sql.SQL("%s::{}").format(sql.SQL(types[k])) for k in table.key)
-                where = sql.SQL("WHERE ({}) > ({})").format(order, bound)
-        else:
-            order = sql.SQL("src.ctid")
-            head = [sql.SQL("src.ctid::text")]
-            where = sql.SQL("WHERE src.ctid > %s::tid") if after is not None else sql.SQL("")
-        query = sql.SQL("SELECT {} FROM ONLY {} AS src {} ORDER BY {} LIMIT {}").format(
-            sql.SQL(", ").join(head + columns), table.ident, where, order, sql.Literal(limit)
-        )
+        """Up to ``limit`` rows after the key ``after``, in key order (see :func:`chunk_query`)."""
+        query, params = chunk_query(table, after, limit)
         return self.session.query(query, params)
 
     def close(self) -> None:
         self._replication.close()
+        self.session.close()
+
+
+def chunk_query(
+    table: Table, after: tuple[str, ...] | None, limit: int, where: str | None = None
+) -> tuple[sql.Composable, list[Any]]:
+    """Up to ``limit`` rows after the key ``after``, in key order, every column as its output text.
+
+    The first ``len(table.key)`` values of each row are the key (as text); without a key
+    the first value is the row's ctid, which only orders rows inside one snapshot.
+    ``where`` (an incremental snapshot's filter, SQL from the task's operator) is ANDed in.
+    """
+    # Each value is its type's output text (what wal2json prints): format('%s', x), not
+    # x::text, which differs for bool ('true') and char(n) (padding stripped). Columns are
+    # qualified: ORDER BY "id" would otherwise sort by the output column "id" (its text).
+    columns = [_output_text(sql.Identifier("src", c.name)) for c in table.columns]
+    params: list[Any] = list(after or ())
+    order: sql.Composable
+    conditions: list[sql.Composable] = []
+    if table.key:
+        key = [sql.Identifier("src", k) for k in table.key]
+        types = {c.name: c.type_name for c in table.columns}
+        order = sql.SQL(", ").join(key)
+        head = [_output_text(k) for k in key]
+        if after is not None:
+            bound = sql.SQL(", ").join(sql.SQL("%s::{}").format(sql.SQL(types[k])) for k in table.key)
+            conditions.append(sql.SQL("({}) > ({})").format(order, bound))
+    else:
+        order = sql.SQL("src.ctid")
+        head = [sql.SQL("src.ctid::text")]
+        if after is not None:
+            conditions.append(sql.SQL("src.ctid > %s::tid"))
+    if where:
+        conditions.append(sql.SQL("({})").format(sql.SQL(where.replace("%", "%%"))))
+    filtered = sql.SQL("WHERE {}").format(sql.SQL(" AND ").join(conditions)) if conditions else sql.SQL("")
+    query = sql.SQL("SELECT {} FROM ONLY {} AS src {} ORDER BY {} LIMIT {}").format(
+        sql.SQL(", ").join(head + columns), table.ident, filtered, order, sql.Literal(limit)
+    )
+    return query, params
+
+
+class ChunkSession:
+    """Incremental snapshots: each chunk read in a short REPEATABLE READ transaction of its own.
+
+    The transaction's first statement takes its snapshot and returns it
+    (``pg_current_snapshot()``), so the caller can check which transactions it sees.
+    """
+
+    def __init__(self, dsn: str, target: Target, application_name: str, timezone: str) -> None:
+        self.session = Session(dsn, target, application_name, timezone)
+
+    def read(
+        self, table: Table, after: tuple[str, ...] | None, limit: int, where: str | None
+    ) -> tuple[str, list[tuple[Any, ...]]]:
+        """(the read's snapshot as ``xmin:xmax:xip,...``, the rows)."""
+        if not self.session.connected:
+            self.session.connect()
+        session = self.session
+        query, params = chunk_query(table, after, limit, where)
+        session.query("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        try:
+            snapshot = str(session.value("SELECT pg_current_snapshot()::text"))
+            rows = session.query(query, params)
+        finally:
+            if session.connected:
+                with contextlib.suppress(CdcError):
+                    session.query("ROLLBACK")  # read only: nothing to commit; ends it at once
+        return snapshot, rows
+
+    def estimate(self, table: Table) -> int | None:
+        """The planner's row count (``reltuples``; None when never analysed): the progress' 100%."""
+        if not self.session.connected:
+            self.session.connect()
+        value = self.session.value("SELECT reltuples::bigint FROM pg_class WHERE oid = %s", (table.oid,))
+        return int(value) if value is not None and int(value) >= 0 else None
+
+    def close(self) -> None:
         self.session.close()
 
 

@@ -131,7 +131,11 @@ def test_kill_9_inside_a_multi_chunk_snapshot_resumes_after_the_acknowledged_chu
     assert len([c for c in reads if c.table == name_nk]) >= 3000  # keyless: restarted from its first row
     # Every Read carries the snapshot's point, and the stream starts exactly there: the four
     # changes, once each, all committed at or after the point, none before.
-    assert {c.meta["LSN"] for c in reads} == {inside["tables"][name_k]["lsn"]}
+    # (the keyless table, read again from its first row, carries the resumed pass's point).
+    assert {c.meta["LSN"] for c in reads if c.table == name_k} == {inside["tables"][name_k]["lsn"]}
+    resumed_points = {parse_lsn(c.meta["LSN"]) for c in reads[-3000:] if c.table == name_nk}
+    assert len(resumed_points) == 1
+    assert resumed_points.pop() >= point
     assert [(c.table, c.op, c.data.get("id")) for c in changes] == [
         (name_k, "Insert", -1),
         (name_k, "Update", 7),
@@ -280,3 +284,41 @@ def test_a_table_removed_while_stopped_inside_a_transaction_reads_that_transacti
     inside = next(c for c in live.checkpoints if c.get("index") == 2)  # after a1 and b1
     resumed = run_until(config(db, [a]), lambda lv: len(lv.data) >= 2, inside)
     assert [m["data"]["v"] for m in resumed.data] == ["a1", "a2"]  # a2 is not skipped
+
+
+def test_a_keyless_table_read_again_at_a_new_snapshot_point_streams_from_that_point(db: Db) -> None:
+    """Issue 22, defect 7: a run stopped (kill -9) inside a multi-table snapshot resumes with a
+    new snapshot at P2; a table without a key is read again from its first row as of P2, so its
+    changes must start at P2, not at the first pass's point P: each change committed between P
+    and P2 is in those rows and must not arrive a second time as a change."""
+    keyed = db.create_table("k", "id int PRIMARY KEY, v int")
+    keyless = db.create_table("nk", "id int, v text")
+    db.execute(f"ALTER TABLE {keyless} REPLICA IDENTITY FULL")
+    db.execute(f"INSERT INTO {keyed} SELECT g, 0 FROM generate_series(1, 5000) g")
+    db.execute(f"INSERT INTO {keyless} SELECT g, 'old' FROM generate_series(1, 300) g")
+    db.create_slot(db.name("slot"))
+    cfg = config(db, [keyed, keyless], snapshot="initial", batch_size=500)
+    name_k, name_nk = f"public.{keyed}", f"public.{keyless}"
+    first = LiveInput(EveryRecord, cfg)
+    first.wait(lambda lv: any(snapshot_rows(c, name_k) >= 1000 for c in lv.checkpoints), "a checkpoint inside")
+    assert first.stop() == 0
+    # What a kill -9 right after it was persisted leaves: inside the keyed table, the keyless one not begun.
+    inside = next(c for c in first.checkpoints if snapshot_rows(c, name_k) >= 1000)
+    assert inside["tables"][name_nk]["snapshot"]["after"] is None
+    # Changes while the task is down: after the first pass's point P, before the resumed pass's P2.
+    db.execute(f"INSERT INTO {keyless} SELECT g, 'new' FROM generate_series(10001, 10200) g")
+    db.execute(f"UPDATE {keyless} SET v = 'changed' WHERE id <= 50")
+    second = LiveInput(EveryRecord, cfg, checkpoint=inside)
+    db.execute(f"INSERT INTO {keyed} VALUES (-1, -1)")  # a marker, committed after P2
+    second.wait(lambda lv: any(m["data"].get("id") == -1 for m in lv.data), "the marker")
+    assert second.stop() == 0
+    of_keyless = [(m["metadata"]["OperationType"], m["data"]["id"], m["data"]["v"]) for m in second.data]
+    of_keyless = [row for row, m in zip(of_keyless, second.data, strict=True) if m["metadata"]["TableName"] == name_nk]
+    # Each row once, as a Read of the new pass with its current value; no Insert/Update repeats it.
+    assert sorted(of_keyless) == sorted(
+        [("Read", i, "changed") for i in range(1, 51)]
+        + [("Read", i, "old") for i in range(51, 301)]
+        + [("Read", i, "new") for i in range(10001, 10201)]
+    )
+    handed = second.checkpoints[-1]["tables"]
+    assert parse_lsn(handed[name_nk]["lsn"]) > parse_lsn(handed[name_k]["lsn"])  # the keyless table starts at P2
