@@ -134,3 +134,29 @@ def destroy(
             checkpoints.when(kept),
             task,
         )
+
+
+@app.command()
+def check(task: str, file: FileOption = None, as_json: JsonOption = False) -> None:
+    """Open each provider's connections with its config and say, per stage, whether they
+    answered, and why not (as Airbyte's check): nothing is created or changed."""
+    import asyncio
+
+    from dstream.task.lifecycle import check_report, run_verb, to_json
+
+    document = load_document(file)
+    outcomes = asyncio.run(run_verb(document, task, "check"))
+    lines, notes = check_report(document, task, outcomes)
+    if as_json:
+        doc = to_json(outcomes, "check", task)
+        for entry, outcome in zip(doc["providers"], outcomes, strict=True):
+            entry["seconds"] = round(outcome.seconds, 3)
+        print_json({**doc, "notes": notes})
+    else:
+        for line in lines:
+            typer.echo(line)
+        for note in notes:
+            log.get("lifecycle").warning("%s", note)
+    failed = [o for o in outcomes if o.status == "failed"]
+    if failed:
+        raise DStreamError(f"check failed for task {task}: " + "; ".join(f"{o.role}: {o.reason}" for o in failed))

@@ -70,6 +70,14 @@ class Provider(Generic[C]):
     def close(self) -> None:
         """Release resources; called once when the provider stops (also after errors)."""
 
+    def check(self) -> Iterable[Resource]:
+        """``dstream check``: open what the provider works with, using its config, and say what
+        answered, changing nothing (raise ``ActionableError`` with the reason when it does not).
+        This default says only that the config is valid: the host checked it before."""
+        from dstream.protocol import Resource
+
+        yield Resource("config", self.name, state="valid", details={"connection": "not checked by this provider"})
+
     @classmethod
     def verbs(cls) -> list[str]:
         """The verbs this class implements (its handshake lists them)."""
@@ -166,7 +174,9 @@ class InfrastructureProvider:
 
 
 def supported_verbs(cls: type) -> list[str]:
-    verbs = ["run"] if getattr(cls, "kind", "") else []
+    # Every SDK provider answers `check` (Provider.check): its config is valid, and what it
+    # connects to answers, where the provider checks that.
+    verbs = ["run", "check"] if getattr(cls, "kind", "") else []
     # "snapshot": an input's on-demand snapshot signal (`dstream snapshot`, CDC providers).
     for verb in ("init", "plan", "status", "destroy", "snapshot"):
         method = getattr(cls, verb, None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,7 @@ class ProviderOutcome:
     reply: protocol.LifecycleReply = field(default_factory=protocol.LifecycleReply)
     reason: str = ""
     verbs: str = ""  # what a skipped provider supports instead
+    seconds: float = 0.0  # how long the provider took, start to exit
 
 
 async def _one(
@@ -117,10 +119,13 @@ async def run_verb(
     log.set_redactor(redactor)
     outcomes = []
     for role, block, _ in document.task(task_name).stages:
+        started = time.monotonic()
         try:
-            outcomes.append(await _one(document, task_name, role, verb, options, redactor))
+            outcome = await _one(document, task_name, role, verb, options, redactor)
         except DStreamError as exc:
-            outcomes.append(ProviderOutcome(role, block.source, "failed", reason=redactor(str(exc))))
+            outcome = ProviderOutcome(role, block.source, "failed", reason=redactor(str(exc)))
+        outcome.seconds = time.monotonic() - started
+        outcomes.append(outcome)
     return outcomes
 
 
@@ -211,3 +216,33 @@ def to_json(outcomes: list[ProviderOutcome], verb: str, task: str) -> dict[str, 
         "providers": providers,
         "resources": resources,
     }
+
+
+def check_report(document: Document, task_name: str, outcomes: list[ProviderOutcome]) -> tuple[list[str], list[str]]:
+    """``dstream check``: a line per stage (what answered, in how long) and warnings that
+    explain a failure before it happens (a loopback address a container cannot reach)."""
+    from dstream.runtime import reach
+
+    lines = [f"dstream check {task_name}"]
+    for outcome in outcomes:
+        took = f"{outcome.seconds:.1f}s"
+        head = f"  {outcome.role} {outcome.source}"
+        if outcome.status == "failed":
+            lines.append(f"{head}: failed in {took}: {outcome.reason}")
+        elif outcome.status == "skipped":
+            lines.append(f"{head}: not checked ({outcome.reason})")
+        else:
+            found = "; ".join(
+                f"{res.type} {res.name} {res.state}"
+                + (" (" + ", ".join(f"{k}={v}" for k, v in res.details.items()) + ")" if res.details else "")
+                for res in outcome.reply.resources
+            )
+            lines.append(f"{head}: ok in {took}" + (f": {found}" if found else ""))
+    notes = []
+    for role, block, _ in document.task(task_name).stages:
+        if block.provider_ref:
+            notes += [f"{role} (as an image): {text}" for text in reach.warnings(block.container, block.config)]
+    ok = sum(o.status == "ok" for o in outcomes)
+    failed = sum(o.status == "failed" for o in outcomes)
+    lines.append(f"Check: {ok} ok, {failed} failed, {len(outcomes) - ok - failed} not checked.")
+    return lines, notes

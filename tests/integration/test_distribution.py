@@ -159,5 +159,5 @@ def test_providers_list_json_names_images_and_verbs() -> None:
     assert result.returncode == 0, result.stderr
     entries = {e["name"]: e for e in json.loads(result.stdout)["providers"]}
     assert entries["counter-input-provider"]["image"] == "127.0.0.1:5000/dstream/counter-input-provider:0.1.0"
-    assert entries["console-output-provider"]["verbs"] == ["run"]
+    assert entries["console-output-provider"]["verbs"] == ["run", "check"]
     assert entries["file-output-provider"]["config_schema"]["properties"]["path"]["type"] == "string"

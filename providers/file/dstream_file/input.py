@@ -7,13 +7,14 @@ reading as the file grows (like ``tail -f``).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from pydantic import Field
 
-from dstream.sdk import Checkpoint, Duration, InputProvider, ProviderConfig, Raw, Record
+from dstream.sdk import ActionableError, Checkpoint, Duration, InputProvider, ProviderConfig, Raw, Record, Resource
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -38,7 +39,15 @@ class FileInputProvider(InputProvider[FileInputConfig]):
         self.checkpoint_every = config.checkpoint_every
         self.path = Path(config.path)
         if not self.path.exists() and not config.follow:
-            raise FileNotFoundError(f"{self.path} does not exist")
+            raise ActionableError(f"{self.path} does not exist (follow = true waits for it to appear)")
+
+    def check(self) -> Iterator[Resource]:
+        """The file can be read (or, with follow = true, may appear later)."""
+        if self.path.exists() and not os.access(self.path, os.R_OK):
+            raise ActionableError(f"cannot read {self.path}: not readable by this user")
+        present = self.path.exists()
+        details = {"bytes": self.path.stat().st_size} if present else {"follow": "waits for it to appear"}
+        yield Resource("file", str(self.path), state="present" if present else "absent", details=details)
 
     def read(self, checkpoint: Any | None) -> Iterator[Record | Raw | Checkpoint]:
         offset = int(checkpoint.get("offset", 0)) if isinstance(checkpoint, dict) else 0

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from pydantic import Field
 
-from dstream.sdk import Envelope, OutputProvider, ProviderConfig
+from dstream.sdk import ActionableError, Envelope, OutputProvider, ProviderConfig, Resource
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 
 class FileOutputConfig(ProviderConfig):
@@ -28,11 +31,27 @@ class FileOutputProvider(OutputProvider[FileOutputConfig]):
 
     def __init__(self, config: FileOutputConfig, ctx: Any) -> None:
         super().__init__(config, ctx)
-        path = Path(config.path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._repair_torn_tail(path)
-        self.file = path.open("ab")
-        self.log.info("appending to %s", path)
+        self.path = Path(config.path)
+        self._file: BinaryIO | None = None  # opened by the first write: `check` changes nothing
+
+    @property
+    def file(self) -> BinaryIO:
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._repair_torn_tail(self.path)
+            self._file = self.path.open("ab")
+            self.log.info("appending to %s", self.path)
+        return self._file
+
+    def check(self) -> Iterator[Resource]:
+        """The file can be appended to: it, or the first folder of its path that exists, is writable."""
+        target = self.path if self.path.exists() else next(p for p in self.path.parents if p.exists())
+        if not os.access(target, os.W_OK) or (target != self.path and not target.is_dir()):
+            raise ActionableError(f"cannot write {self.path}: {target} is not writable by this user")
+        size = self.path.stat().st_size if self.path.exists() else 0
+        yield Resource(
+            "file", str(self.path), state="present" if self.path.exists() else "absent", details={"bytes": size}
+        )
 
     def _repair_torn_tail(self, path: Path) -> None:
         """Cut a last line left unfinished by a crash (kill -9 can stop a write midway).
@@ -69,7 +88,8 @@ class FileOutputProvider(OutputProvider[FileOutputConfig]):
             os.fsync(self.file.fileno())
 
     def close(self) -> None:
-        self.file.close()
+        if self._file is not None:
+            self._file.close()
 
 
 main = FileOutputProvider.main
