@@ -60,3 +60,36 @@ def test_a_stage_that_cannot_work_says_why_in_one_line(task_file: Callable[..., 
     assert f"cannot write {blocker / 'o.jsonl'}: {blocker} is not writable by this user" in result.stdout
     assert "Traceback" not in result.stderr
     assert "Check: 1 ok, 2 failed, 0 not checked." in result.stdout
+
+
+QUEUE_TASK = """
+task "q" {{
+  input {{ provider_path = "counter-input-provider" }}
+  output {{
+    provider_path = "azure-queue-output-provider"
+    config {{
+      connection_string = "{connection}"
+      queue             = "dstream-check-test"
+    }}
+  }}
+}}
+"""
+
+
+def test_a_storage_account_that_answers_and_one_that_does_not(
+    task_file: Callable[..., Path], azurite_connection_string: str
+) -> None:
+    good = task_file(QUEUE_TASK.format(connection=azurite_connection_string), name="good.hcl")
+    result = run_cli("check", "q", "-f", str(good))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "output azure-queue-output-provider: ok in" in result.stdout
+    assert "storage_queue dstream-check-test" in result.stdout
+    # Nothing listens on port 9: the SDK's retries would take a minute; check says so at once.
+    wrong = azurite_connection_string.replace("127.0.0.1:10001", "127.0.0.1:9")
+    bad = task_file(QUEUE_TASK.format(connection=wrong), name="bad.hcl")
+    refused = run_cli("check", "q", "-f", str(bad), timeout=60)
+    assert refused.returncode == 1
+    (line,) = [line for line in refused.stdout.splitlines() if "output azure-queue-output-provider" in line]
+    assert ": failed in " in line
+    assert "the storage account did not answer:" in line
+    assert "Traceback" not in refused.stdout + refused.stderr

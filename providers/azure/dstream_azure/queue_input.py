@@ -26,6 +26,7 @@ from dstream.sdk import (
     Duration,
     InfrastructureProvider,
 )
+from dstream_azure import checks
 from dstream_azure.inputs import Held, Poison, QueueInput, QueueInputConfig, to_envelope_lines
 from dstream_azure.lifecycle import status
 from dstream_azure.naming import storage_name
@@ -177,8 +178,16 @@ class AzureQueueInputProvider(QueueInput[StorageQueueInputConfig, QueueMessage],
     # -- lifecycle: the input only reports; the writing task owns the queue ------------
 
     def status(self) -> Iterator[Resource]:
+        yield from self._status(self.service)
+
+    def check(self) -> Iterator[Resource]:
+        """The account answers these credentials; the queue this input reads, present or not."""
+        with checks.answered("the storage account"):
+            yield from self._status(service_client(self.config.connection_string, 1, **checks.QUICK))
+
+    def _status(self, service: Any) -> Iterator[Resource]:
         wanted: dict[str, list[str]] = {self.queue_name: [], self.poison_name: []}
-        for res in status(StorageQueueAdmin(self.service), wanted, None):
+        for res in status(StorageQueueAdmin(service), wanted, None):
             if res.name != self.poison_name or res.state == "present":
                 yield res
 

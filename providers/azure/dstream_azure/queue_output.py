@@ -21,7 +21,7 @@ from pydantic import Field, field_validator
 
 from dstream.sdk import InfrastructureProvider, OutputProvider
 from dstream.sdk.units import DURATION_PATTERN, parse_duration
-from dstream_azure import lifecycle
+from dstream_azure import checks, lifecycle
 from dstream_azure.naming import storage_name
 from dstream_azure.routing import Router, RoutingConfig
 from dstream_azure.storage_queues import (
@@ -176,6 +176,12 @@ class AzureQueueOutputProvider(OutputProvider[StorageQueueOutputConfig], Infrast
 
     def status(self) -> Iterator[Resource]:
         return lifecycle.status(self.admin, self.router.wanted(), self.ctx.task)
+
+    def check(self) -> Iterator[Resource]:
+        """The account answers these credentials; each queue the task writes to, present or not."""
+        quick = service_client(self.config.connection_string, 1, **checks.QUICK)
+        with checks.answered("the storage account"):
+            yield from lifecycle.status(StorageQueueAdmin(quick), self.router.wanted(), self.ctx.task)
 
     def destroy(self) -> Iterator[Resource]:
         return lifecycle.destroy(self.admin, self.router.wanted(), self.ctx.task)
