@@ -42,7 +42,8 @@ def run(
     ] = False,
 ) -> None:
     """Run a task until its input ends or you stop it (Ctrl-C stops gracefully)."""
-    from dstream.task import background
+    from dstream.task import detach as detaching
+    from dstream.task import runs
     from dstream.task.foreground import run_task
     from dstream.task.launch import LaunchOptions
     from dstream.task.statusline import human_size
@@ -51,11 +52,11 @@ def run(
     document = load_document(file)
     refuse_invalid_configs(document, task)  # before anything starts, as lint would say
     if detach:
-        record = background.start(document, task, sys.argv[1:])
+        record = detaching.start(document, task, sys.argv[1:])
         typer.echo(f"task {task} runs in the background (pid {record.pid}); log: {record.log}")
         typer.echo(f"  dstream logs {task} -f  |  dstream stop {task}  |  dstream ps", err=True)
         return
-    with background.registered(document, task):
+    with runs.registered(document, task):
         summary = run_task(
             document,
             task,
@@ -90,9 +91,9 @@ def ps(
     no_trunc: Annotated[bool, typer.Option("--no-trunc", help="Do not cut values to fit the terminal.")] = False,
 ) -> None:
     """Running tasks on this machine, and the provider containers of dstream runs."""
-    from dstream.task import background
+    from dstream.task.runs import records
 
-    runs = [vars(r) for r in background.records()]
+    runs = [vars(r) for r in records()]
     containers: list[dict[str, str]] = []
     try:
         from dstream.runtime.docker import DockerEngine
@@ -141,20 +142,20 @@ def logs(
     ] = False,
 ) -> None:
     """Print the log of a task started with --detach (as docker logs)."""
-    from dstream.task import background
+    from dstream.task import logs as run_logs
 
     if tail != "all" and not (tail.isdigit()):
         raise typer.BadParameter("a number of lines, or all", param_hint="--tail")
     document = None
     with contextlib.suppress(DStreamError):
         document = load_document(file)
-    path = background.log_path(task, document)
+    path = run_logs.log_path(task, document)
 
     def out(data: bytes) -> None:
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
 
-    background.show(path, out, None if tail == "all" else int(tail), timestamps, follow)
+    run_logs.show(path, out, None if tail == "all" else int(tail), timestamps, follow)
 
 
 @app.command()
@@ -164,10 +165,10 @@ def stop(
     as_json: JsonOption = False,
 ) -> None:
     """Stop a running task gracefully (SIGTERM: drain, checkpoint, exit)."""
-    from dstream.task import background
+    from dstream.task import runs
 
     failed, stopped_pids = [], []
-    for record, stopped in background.stop(task, timeout):
+    for record, stopped in runs.stop(task, timeout):
         if stopped:
             stopped_pids.append(record.pid)
             if not as_json:

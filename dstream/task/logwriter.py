@@ -6,7 +6,7 @@ way the docker engine keeps a container's log. ``dstream logs`` shows the lines 
 or with the times (``-t``). A separate process, so that a ``kill -9`` of the run loses
 nothing it printed: the pipe still holds it and the writer drains it before it exits.
 
-The writer holds an exclusive ``flock`` on the log file (taken by ``background.start``
+The writer holds an exclusive ``flock`` on the log file (taken by ``detach.start``
 before the run begins and inherited), so ``dstream logs -f`` knows that more may come.
 """
 

@@ -82,11 +82,11 @@ def test_state_dead_letters_logs_and_leases_are_private(
 
 
 def test_a_run_record_is_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from dstream.task import background
+    from dstream.task import runs
 
     monkeypatch.setenv("DSTREAM_RUNS_DIR", str(tmp_path / "runs"))
-    record = background.RunRecord("t", os.getpid(), "f.hcl", "now", None, False, 0.0)
-    written = background._write(record)
+    record = runs.RunRecord("t", os.getpid(), "f.hcl", "now", None, False, 0.0)
+    written = runs.write(record)
     assert mode(written) == 0o600
     assert mode(written.parent) == 0o700
 

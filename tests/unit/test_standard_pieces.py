@@ -34,13 +34,13 @@ def test_one_size_function_for_the_live_line_and_the_summary() -> None:
 def test_xdg_directories_are_honoured_everywhere(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from dstream.config import treecache
     from dstream.distribution import artifacts
-    from dstream.task import background
+    from dstream.task import runs
 
     for name in ("DSTREAM_CACHE", "DSTREAM_RUNS_DIR"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
-    assert background.runs_dir() == tmp_path / "state" / "dstream" / "runs"
+    assert runs.runs_dir() == tmp_path / "state" / "dstream" / "runs"
     assert artifacts.artifact_cache() == tmp_path / "cache" / "dstream" / "artifacts"
     assert treecache._folder() == tmp_path / "cache" / "dstream" / "hcl"
     monkeypatch.setenv("DSTREAM_CACHE", str(tmp_path / "mine"))
