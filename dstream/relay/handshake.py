@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from dstream import envelope, protocol
 from dstream.errors import HandshakeError
+from dstream.relay.exits import describe_exit
 
 if TYPE_CHECKING:
     from dstream.redact import Redactor
@@ -63,7 +64,7 @@ async def open_provider(
     except (BrokenPipeError, ConnectionError):
         code = await _exit_code(proc)
         raise HandshakeError(
-            f"{proc.description} exited{_status(code)} before reading its command." + stderr_excerpt(proc, redactor)
+            f"{proc.description} {_ended(code)} before reading its command." + stderr_excerpt(proc, redactor)
         ) from None
     if not expect_handshake:
         return protocol.LEGACY, b""
@@ -79,7 +80,7 @@ async def open_provider(
     if line is None:
         code = await _exit_code(proc)
         raise HandshakeError(
-            f"{proc.description} exited{_status(code)} before its handshake." + stderr_excerpt(proc, redactor)
+            f"{proc.description} {_ended(code)} before its handshake." + stderr_excerpt(proc, redactor)
         )
     reason, detail = _not_an_envelope(line, max_line_bytes)
     if reason:
@@ -129,9 +130,6 @@ async def _exit_code(proc: ProviderProcess) -> int | None:
     return None
 
 
-def _status(code: int | None) -> str:
-    if code is None:
-        return ""
-    if code < 0:
-        return f" (killed by signal {-code})"
-    return f" with code {code}"
+def _ended(code: int | None) -> str:
+    """The one phrasing of an exit status (relay.exits), or plain "exited" when it is not known."""
+    return "exited" if code is None else describe_exit(code)
