@@ -7,8 +7,6 @@ Every problem is collected as a :class:`~dstream.errors.Problem` (file, line, me
 
 from __future__ import annotations
 
-import difflib
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,9 +29,10 @@ from dstream.config.models import (
 from dstream.config.secrets import secret_values
 from dstream.errors import ConfigError, Problem
 from dstream.redact import Redactor
+from dstream.sdk.validation import describe_error
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Mapping
 
 DEFAULT_FILE = "dstream.hcl"
 
@@ -274,17 +273,7 @@ def _nest_labels(labels: list[str], value: dict[str, Any]) -> dict[str, Any]:
 
 
 def _describe(error: Any) -> str:
-    loc = ".".join(str(p) for p in error["loc"] if p not in ("function-after",))
-    loc = re.sub(r"\.(\d+)(?=\.|$)", r"[\1]", loc)  # transform.1.config → transform[1].config
-    kind = error["type"]
-    if kind == "extra_forbidden":
-        return f"unknown attribute or block '{loc}'{did_you_mean(str(error['loc'][-1]), _KNOWN_NAMES)}"
-    if kind == "missing":
-        return f"missing required '{loc}'"
-    message = str(error["msg"]).removeprefix("Value error, ")
-    if kind == "literal_error":
-        return f"{loc}: {message}, got {error['input']!r}"
-    return f"{loc}: {message}" if loc else message
+    return describe_error(error, known=_KNOWN_NAMES)
 
 
 def _field_names(*models: type[BaseModel]) -> frozenset[str]:
@@ -297,12 +286,6 @@ def _field_names(*models: type[BaseModel]) -> frozenset[str]:
 _KNOWN_NAMES = _field_names(
     Task, ProviderBlock, ContainerSettings, RestartPolicy, DeadLetterSettings, StateSettings, LeaseSettings
 ) | frozenset(_TOP_LEVEL_BLOCKS)
-
-
-def did_you_mean(name: str, known: Iterable[str]) -> str:
-    """`` (did you mean 'transform'?)`` for a close known name, else ``""``."""
-    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
-    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def _stage_blocks(task: str, raw: dict[str, Any]) -> list[StageBlock]:

@@ -104,7 +104,7 @@ class Host:
         try:
             config = self.cls.Config.model_validate(envelope.get("config") or {})
         except ValidationError as exc:
-            return self._refuse(describe_validation_error(exc), 1)
+            return self._refuse(describe_validation_error(exc, self.cls.Config.model_fields), 1)
         try:
             provider = self.cls(config, ctx)
         except Exception as exc:  # a provider's own start-up failure → error handshake

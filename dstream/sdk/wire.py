@@ -6,7 +6,11 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, BinaryIO
 
+from dstream.sdk.validation import describe_error
+
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from pydantic import ValidationError
 
 READ_CHUNK = 1024 * 1024
@@ -84,14 +88,7 @@ class Wire:
             self.idle = False
 
 
-def describe_validation_error(exc: ValidationError) -> str:
-    problems = []
-    for error in exc.errors():
-        where = ".".join(str(p) for p in error["loc"])
-        message = str(error["msg"]).removeprefix("Value error, ")
-        if error["type"] == "extra_forbidden":
-            message = "unknown setting"
-        elif error["type"] == "missing":
-            message = "required setting is missing"
-        problems.append(f"config.{where}: {message}" if where else message)
-    return "invalid config: " + "; ".join(problems)
+def describe_validation_error(exc: ValidationError, known: Iterable[str] = ()) -> str:
+    """A provider config the provider refuses, in the task file's wording (``known``: its
+    settings, for "did you mean")."""
+    return "invalid config: " + "; ".join(describe_error(error, "config", known) for error in exc.errors())

@@ -111,8 +111,9 @@ def check_stages(
     that holds it (``lines``: the loader's); and notes on providers without a known schema."""
     from jsonschema import Draft202012Validator
 
-    from dstream.config.loader import by_line, did_you_mean
+    from dstream.config.loader import by_line
     from dstream.redact import Redactor
+    from dstream.sdk.validation import did_you_mean
 
     problems: list[Problem] = []
     notes: list[str] = []

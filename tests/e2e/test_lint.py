@@ -46,13 +46,13 @@ def test_every_problem_once_with_hints(task_file: Callable[..., Path]) -> None:
     assert result.stdout.splitlines() == [
         "typos.hcl:3: environment variable DSTREAM_TEST_SURELY_UNSET is not set (set it, or give a default: "
         'env("DSTREAM_TEST_SURELY_UNSET", "...") / {{ env "DSTREAM_TEST_SURELY_UNSET" "..." }})',
-        "typos.hcl:6: unknown attribute or block 'on_eror' (did you mean 'on_error'?)",
+        "typos.hcl:6: unknown setting 'on_eror' (did you mean 'on_error'?)",
         "typos.hcl:11: orders-filter input config: Additional properties are not allowed ('checkpoint_evry' was "
         "unexpected) (did you mean 'checkpoint_every'?) (schema from the provider catalogue)",
         "typos.hcl:15: provider_path 'jq-transfrom-provider' was not found on PATH nor beside "
         + result.stdout.split("nor beside ")[1].split(";")[0]
         + "; install the provider or give a path relative to the task file",
-        "typos.hcl:17: unknown attribute or block 'transfrom' (did you mean 'transform'?)",
+        "typos.hcl:17: unknown setting 'transfrom' (did you mean 'transform'?)",
     ]
     listed = json.loads(run_cli("lint", "-f", "typos.hcl", "--json", cwd=path.parent).stdout)
     assert [(p["file"], p["line"]) for p in listed["problems"]] == [("typos.hcl", n) for n in (3, 6, 11, 15, 17)]

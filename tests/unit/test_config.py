@@ -155,12 +155,12 @@ LINT_CASES = [
     (
         'task "t" {\n  input {\n    provider_path = "x"\n    colour = 1\n  }\n  output { provider_path = "y" }\n}\n',
         4,
-        "unknown attribute or block 'input.colour'",
+        "unknown setting 'input.colour'",
     ),
     (
         'task "t" {\n  input { provider_path = "x" }\n  output { provider_path = "y" }\n  wheels { }\n}\n',
         4,
-        "unknown attribute or block 'wheels'",
+        "unknown setting 'wheels'",
     ),
     ("gadget {\n}\n", 1, "unknown block 'gadget'"),
     (

@@ -93,7 +93,7 @@ def test_an_invalid_config_gets_an_error_handshake_that_never_shows_the_secret()
         ({"poll_interval": 2, "max_poll_interval": 1}, "max_poll_interval (1s) is shorter than poll_interval (2s)"),
         ({"batch_size": 0}, "config.batch_size"),
         ({"parallelism": 0}, "config.parallelism"),
-        ({"table": ["dbo.Orders"]}, "config.table: unknown setting"),
+        ({"table": ["dbo.Orders"]}, "unknown setting 'config.table' (did you mean 'tables'?)"),
     ],
 )
 def test_config_errors_name_the_setting(config: dict[str, Any], message: str) -> None:
@@ -164,7 +164,7 @@ def test_the_provider_module_imports_without_pyodbc() -> None:
         "print(supported_verbs(P), len(P.Config.model_json_schema()['properties']))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.startswith("['run', 'init', 'plan', 'status', 'destroy']")
+    assert out.startswith("['run', 'check', 'init', 'plan', 'status', 'destroy']")
 
 
 # -- ODBC errors ---------------------------------------------------------------------------------
