@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from dstream import log
@@ -43,6 +43,33 @@ if TYPE_CHECKING:
     from dstream.task.launch import Opened
 
 _log = log.get("relay")
+
+
+@dataclass
+class _Supervision:
+    """What the supervisor of one attempt tracks: the hops still running, what else it waits
+    for, the first failure (the one reported) and the drain deadline, once there is one."""
+
+    hop_tasks: dict[asyncio.Task[None], Hop]
+    out_exit: asyncio.Task[int]
+    failure: DStreamError | None = None
+    drain_deadline: float | None = None
+    remaining: set[asyncio.Task[None]] = field(default_factory=set)
+    watched: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.remaining = set(self.hop_tasks)
+        self.watched = {self.out_exit}
+
+    def fail(self, failure: DStreamError) -> None:
+        self.failure = self.failure or failure  # the first one is the cause; the rest follow from it
+
+    def start_drain(self, seconds: float) -> None:
+        if self.drain_deadline is None:
+            self.drain_deadline = time.monotonic() + seconds
+
+    def time_left(self) -> float | None:
+        return None if self.drain_deadline is None else max(self.drain_deadline - time.monotonic(), 0)
 
 
 @dataclass
@@ -213,67 +240,79 @@ class Attempt:
         forced: asyncio.Task[Any],
         ack_task: asyncio.Task[None],
     ) -> DStreamError | None:
-        failure: DStreamError | None = None
-        drain_deadline: float | None = None
-        remaining = set(hop_tasks)
-        watched = {out_exit, forced}
-        while remaining:
-            timeout = None if drain_deadline is None else max(drain_deadline - time.monotonic(), 0)
-            done, _ = await asyncio.wait(remaining | watched, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        """Until every hop has ended: hand each event to the method that handles it (a hop done,
+        the output gone, the drain deadline passed), then let the output finish."""
+        run = _Supervision(hop_tasks, out_exit)
+        while run.remaining:
+            done, _ = await asyncio.wait(
+                run.remaining | run.watched | {forced}, timeout=run.time_left(), return_when=asyncio.FIRST_COMPLETED
+            )
             if forced in done:
                 raise _Forced
             if not done:  # the drain deadline passed with data still in the pipeline
-                failure = failure or failures.drain_timeout(self.output, self.task.drain_timeout, self.redactor)
-                await self._cut(len(self.procs) - 2, remaining, hop_tasks)
+                await self._on_deadline(run)
                 break
-            for finished in sorted(done & remaining, key=lambda t: hop_tasks[t].index):
-                remaining.discard(finished)
-                hop = hop_tasks[finished]
-                exc = None if finished.cancelled() else finished.exception()
-                if exc is None:
-                    if hop.index == 0 and drain_deadline is None:
-                        drain_deadline = time.monotonic() + self.task.drain_timeout
-                    upstream = [t for t in remaining if hop_tasks[t].index == hop.index - 1]
-                    if upstream:
-                        # A transform closed its stdout while its input was still coming.
-                        failure = failure or await failures.died(
-                            hop.source, self.hops[0].stats.envelopes, self.redactor
-                        )
-                        drain_deadline = drain_deadline or time.monotonic() + self.task.drain_timeout
-                        await self._cut(hop.index - 1, remaining, hop_tasks)
-                    continue
-                if isinstance(exc, LeaseLost):
-                    self.abort(self._redacted(exc))
-                    raise _Forced
-                if isinstance(exc, BadDataError):
-                    found: DStreamError = self._redacted(exc)
-                elif isinstance(exc, SinkGone):
-                    found = await self._died(self.procs[hop.index + 1])
-                elif isinstance(exc, OrderViolation):
-                    found = failures.out_of_order(self.procs[exc.hop], exc)
-                else:
-                    raise exc
-                failure = failure or found
-                if drain_deadline is None:
-                    drain_deadline = time.monotonic() + self.task.drain_timeout
-                await self._cut(hop.index, remaining, hop_tasks)
+            for finished in sorted(done & run.remaining, key=lambda t: hop_tasks[t].index):
+                await self._on_hop_done(run, finished)
             if out_exit in done:
-                watched.discard(out_exit)
-                if remaining and not self.hops[-1].sink_closed:
-                    # The output exited while data was still on its way to it.
-                    failure = failure or await self._died(self.output)
-                    await self._cut(len(self.procs) - 2, remaining, hop_tasks)
-        if self.output.returncode is None:
-            left = self.task.drain_timeout if drain_deadline is None else max(drain_deadline - time.monotonic(), 0)
-            done, _ = await asyncio.wait({out_exit, forced}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
-            if forced in done:
-                raise _Forced
-            if out_exit not in done:
-                failure = failure or failures.drain_timeout(self.output, self.task.drain_timeout, self.redactor)
-                await self._stop(self.output)
+                await self._on_output_exit(run)
+        await self._let_output_finish(run, forced)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(ack_task), 10)
-        return failure
+        return run.failure
+
+    async def _on_deadline(self, run: _Supervision) -> None:
+        run.fail(failures.drain_timeout(self.output, self.task.drain_timeout, self.redactor))
+        await self._cut(len(self.procs) - 2, run.remaining, run.hop_tasks)
+
+    async def _on_hop_done(self, run: _Supervision, finished: asyncio.Task[None]) -> None:
+        """A hop ended: its source finished (the input's end starts the drain deadline; a
+        transform ending before its input did is a failure), or it failed: cut upstream."""
+        run.remaining.discard(finished)
+        hop = run.hop_tasks[finished]
+        exc = None if finished.cancelled() else finished.exception()
+        if exc is None:
+            if hop.index == 0:
+                run.start_drain(self.task.drain_timeout)
+            if any(run.hop_tasks[t].index == hop.index - 1 for t in run.remaining):
+                # A transform closed its stdout while its input was still coming.
+                run.fail(await failures.died(hop.source, self.hops[0].stats.envelopes, self.redactor))
+                run.start_drain(self.task.drain_timeout)
+                await self._cut(hop.index - 1, run.remaining, run.hop_tasks)
+            return
+        if isinstance(exc, LeaseLost):
+            self.abort(self._redacted(exc))
+            raise _Forced
+        if isinstance(exc, BadDataError):
+            found: DStreamError = self._redacted(exc)
+        elif isinstance(exc, SinkGone):
+            found = await self._died(self.procs[hop.index + 1])
+        elif isinstance(exc, OrderViolation):
+            found = failures.out_of_order(self.procs[exc.hop], exc)
+        else:
+            raise exc
+        run.fail(found)
+        run.start_drain(self.task.drain_timeout)
+        await self._cut(hop.index, run.remaining, run.hop_tasks)
+
+    async def _on_output_exit(self, run: _Supervision) -> None:
+        run.watched.discard(run.out_exit)
+        if run.remaining and not self.hops[-1].sink_closed:
+            # The output exited while data was still on its way to it.
+            run.fail(await self._died(self.output))
+            await self._cut(len(self.procs) - 2, run.remaining, run.hop_tasks)
+
+    async def _let_output_finish(self, run: _Supervision, forced: asyncio.Task[Any]) -> None:
+        """Every hop has ended: the output gets what is left of the drain deadline to exit."""
+        if self.output.returncode is not None:
+            return
+        left = self.task.drain_timeout if run.drain_deadline is None else run.time_left()
+        done, _ = await asyncio.wait({run.out_exit, forced}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+        if forced in done:
+            raise _Forced
+        if run.out_exit not in done:
+            run.fail(failures.drain_timeout(self.output, self.task.drain_timeout, self.redactor))
+            await self._stop(self.output)
 
     async def _cut(
         self, index: int, remaining: set[asyncio.Task[None]], hop_tasks: dict[asyncio.Task[None], Hop]
