@@ -51,20 +51,22 @@ class LockFile:
     def load(cls, path: Path) -> LockFile:
         if not path.exists():
             return cls(path)
-        from dstream.config.evaluate import EvalError, Evaluator
-        from dstream.config.hcl import parse
-        from dstream.errors import ConfigError
+        import hcl2
+        from lark.exceptions import LarkError
 
         try:
-            body = parse(path.read_text(), str(path))
-            evaluator = Evaluator({}, {})
             entries = {}
-            for block in body.blocks_of("provider"):
-                values = {name: evaluator.eval(attr.expr) for name, attr in block.body.attributes.items()}
-                entries[block.labels[0]] = _entry(
-                    block.labels[0], values["digest"], values.get("kind", "image"), str(values.get("locked_at", ""))
-                )
-        except (ConfigError, EvalError, DistributionError, KeyError, IndexError) as exc:
+            # python-hcl2 keeps strings quoted, which is what lets dumps() write them back.
+            for block in hcl2.loads(path.read_text()).get("provider", []):
+                for label, values in block.items():
+                    ref = _unquote(label)
+                    entries[ref] = _entry(
+                        ref,
+                        _unquote(values["digest"]),
+                        _unquote(values.get("kind", '"image"')),
+                        _unquote(values.get("locked_at", '""')),
+                    )
+        except (LarkError, DistributionError, KeyError, TypeError, AttributeError, ValueError) as exc:
             raise DistributionError(
                 f"{path} is not a valid lock file ({exc}); delete it and run `dstream lock`"
             ) from None
@@ -85,19 +87,37 @@ class LockFile:
             self.save()
 
     def save(self) -> None:
-        with self._mutex:  # one writer at a time: the temporary file's name is shared
-            blocks = []
-            for ref in sorted(self.entries):
-                entry = self.entries[ref]
-                blocks.append(
-                    f'provider "{ref}" {{\n'
-                    f'  digest    = "{entry.digest}"\n'
-                    f'  kind      = "{entry.kind}"\n'
-                    f'  locked_at = "{entry.locked_at}"\n'
-                    "}\n"
-                )
+        import hcl2
+
+        with self._mutex:  # one writer at a time
+            document = {
+                "provider": [
+                    {
+                        _quote(ref): {
+                            "digest": _quote(entry.digest),
+                            "kind": _quote(entry.kind),
+                            "locked_at": _quote(entry.locked_at),
+                            "__is_block__": True,  # python-hcl2's mark of a block (not an object value)
+                        }
+                    }
+                    for ref, entry in sorted(self.entries.items())
+                ]
+            }
             # Meant to be committed beside the task file: readable as any source file.
-            private.write_atomically(self.path, _HEADER + "\n" + "\n".join(blocks), mode=0o644)
+            private.write_atomically(self.path, _HEADER + "\n" + hcl2.dumps(document), mode=0o644)
+
+
+def _quote(text: str) -> str:
+    """An HCL string literal: references, digests, kinds and times hold no quote or backslash
+    (_entry checks every value before it is stored)."""
+    return f'"{text}"'
+
+
+def _unquote(value: object) -> str:
+    text = str(value)
+    if len(text) < 2 or text[0] != '"' or text[-1] != '"' or '"' in text[1:-1] or "\\" in text:
+        raise ValueError(f"{text!r} is not a plain string")
+    return text[1:-1]
 
 
 def _entry(ref: str, digest: object, kind: object, locked_at: str) -> Locked:
