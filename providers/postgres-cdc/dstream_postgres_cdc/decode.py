@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from dstream.sdk import Record
-from dstream.sdk.cdc import DELETE, INSERT, TRUNCATE, UPDATE, row_key
+from dstream.sdk.cdc import DELETE, INSERT, TRUNCATE, UPDATE
 from dstream_postgres_cdc.lsn import format_lsn, parse_lsn
 
 if TYPE_CHECKING:
@@ -110,6 +110,14 @@ class Decoder:
     def feed(self, rows: list[tuple[str]], asm: TransactionAssembler[Record], out: list[Record]) -> int:
         """Decode ``rows`` into ``out`` (records with their positions); return how many."""
         emitted = 0
+        # Bound once per chunk: this loop runs once per change of a backlog.
+        next_change, change, parse, build, incremental = (
+            asm.next_change,
+            asm.change,
+            self._loads,
+            self._record,
+            self.incremental,
+        )
         for (text,) in rows:
             kind = text[ACTION_AT]
             if kind in "IUDT":
@@ -117,21 +125,21 @@ class Decoder:
                     # A table snapshotted after this commit has it in its rows: drop it before
                     # it is counted, so the transaction's change numbers stay what they were
                     # before the table joined (a checkpoint's index counts them).
-                    row = self._loads(text)
+                    row = parse(text)
                     if self._commit < self.starts.get(self._table(row), 0):
                         continue
-                    seq = asm.next_change()
+                    seq = next_change()
                     if not seq:
                         continue
                 else:
-                    seq = asm.next_change()
+                    seq = next_change()
                     if not seq:
                         continue  # emitted before this restart or reconnect: not even decoded
-                    row = self._loads(text)
-                record = self._record(kind, row, seq)
-                if self.incremental is not None:
-                    self.incremental.change(self._txn[1], record)
-                ready = asm.change(record)
+                    row = parse(text)
+                record = build(kind, row, seq)
+                if incremental is not None:
+                    incremental.change(self._txn[1], record)
+                ready = change(record)
             elif kind == "B":
                 row = loads(text)
                 commit, end = row["lsn"], row["nextlsn"]
@@ -178,8 +186,11 @@ class Decoder:
         return self.names.get((schema, name)) or f"{schema}.{name}"
 
     def _record(self, kind: str, row: dict[str, Any], seq: int) -> Record:
+        # The hot path of a backlog (py-spy, docs/performance.md): one call per change, so
+        # lookups are local and the key is built inline (what row_key does: value or None).
         commit, xid, when = self._txn
-        table = self._table(row)
+        schema, name = row["schema"], row["table"]
+        table = self.names.get((schema, name)) or f"{schema}.{name}"
         meta: dict[str, Any] = {
             "TableName": table,
             "OperationType": _OPERATIONS[kind],
@@ -191,33 +202,31 @@ class Decoder:
         key = self.keys.get(table, ())
         if kind == "I":
             data = {c["name"]: c["value"] for c in row["columns"]}
-            _set_key(meta, data, key)
+            if key:
+                meta["Key"] = {k: data.get(k) for k in key}
             return Record(data, meta)
         if kind == "U":
             data = {c["name"]: c["value"] for c in row["columns"]}
             identity = row.get("identity")
-            before: dict[str, Any] = {}
-            if identity is not None:
-                before = {c["name"]: c["value"] for c in identity}
-                if len(before) > len(data):  # unchanged TOAST values: the old row has them
-                    for column, value in before.items():
-                        data.setdefault(column, value)
-            _set_key(meta, {**before, **data}, key)  # the new key (a key column is never left out)
-            if identity is not None:
-                meta["Before"] = before
+            if identity is None:
+                if key:
+                    meta["Key"] = {k: data.get(k) for k in key}
+                return Record(data, meta)
+            before = {c["name"]: c["value"] for c in identity}
+            if len(before) > len(data):  # unchanged TOAST values: the old row has them
+                for column, value in before.items():
+                    data.setdefault(column, value)
+            if key:  # the new key (a key column is never left out), else the old row's value
+                meta["Key"] = {k: data[k] if k in data else before.get(k) for k in key}
+            meta["Before"] = before
             return Record(data, meta)
         if kind == "D":
             before = {c["name"]: c["value"] for c in row.get("identity") or ()}
-            _set_key(meta, before, key)
+            if key:
+                meta["Key"] = {k: before.get(k) for k in key}
             meta["Before"] = before
             return Record(before, meta)
         return Record({}, meta)  # "T": the table was truncated
-
-
-def _set_key(meta: dict[str, Any], values: dict[str, Any], key: tuple[str, ...]) -> None:
-    found = row_key(values, key)
-    if found is not None:
-        meta["Key"] = found
 
 
 def converters(table: Table, numeric_as_string: bool) -> list[Callable[[str], Any] | None]:
