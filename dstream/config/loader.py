@@ -181,8 +181,24 @@ class _Loader:
         evaluator: Evaluator,
         kind: str,
     ) -> dict[str, Any]:
-        """Evaluate a block body into a dict, recording the line of every key."""
+        """Evaluate a block body into a dict, recording the line of every key. ``kind`` is what
+        the body belongs to: "task", "provider", "config" (free-form: labelled and repeated
+        blocks allowed) or a settings block ("container", "state" …)."""
         self._report_duplicates(body)
+        out = self._attributes(body, path, lines, evaluator)
+        seen: dict[str, int] = {}
+        for inner in body.blocks:
+            if kind == "task" and inner.type == "transform":
+                self._add_transform(inner, out, path, lines, evaluator)
+            elif kind == "config":
+                self._add_config_block(inner, out, seen, path, lines, evaluator)
+            else:
+                self._add_settings_block(inner, out, seen, path, lines, evaluator, kind)
+        return out
+
+    def _attributes(
+        self, body: Body, path: tuple[Any, ...], lines: dict[tuple[Any, ...], int], evaluator: Evaluator
+    ) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for name, attr in body.attributes.items():
             lines[(*path, name)] = attr.line
@@ -191,52 +207,94 @@ class _Loader:
             except EvalError as exc:
                 self.problem(exc.line or attr.line, str(exc))
                 self._failed.add((*path, name))
-        seen: dict[str, int] = {}
-        for inner in body.blocks:
-            key = (*path, inner.type)
-            if kind == "task" and inner.type == "transform":  # repeated: a list, in file order
-                if inner.labels:
-                    self.problem(inner.line, "block 'transform' takes no labels")
-                    continue
-                stages = out.setdefault("transform", [])
-                if not isinstance(stages, list):
-                    self.problem(
-                        inner.line, f"'transform' is given both as an attribute (line {lines[key]}) and as a block"
-                    )
-                    continue
-                key = (*key, len(stages))
-                lines[key] = inner.line
-                stages.append(self._body_dict(inner.body, key, lines, evaluator, "provider"))
-                continue
-            inner_kind = "provider" if kind == "task" and inner.type in ("input", "output") else inner.type
-            if kind == "config" or inner.type == "config":
-                inner_kind = "config"
-            if inner.labels and kind != "config":
-                self.problem(inner.line, f"block '{inner.type}' takes no labels")
-                continue
-            value = self._body_dict(inner.body, key, lines, evaluator, inner_kind)
-            if inner.type in out and inner.type not in seen:
-                self.problem(
-                    inner.line,
-                    f"'{inner.type}' is given both as an attribute (line {lines[key]}) and as a block",
-                )
-                continue
-            if inner.type in seen:
-                if kind != "config":
-                    self.problem(
-                        inner.line,
-                        f"only one '{inner.type}' block is allowed here (first at line {seen[inner.type]})",
-                    )
-                    continue
-                previous = out[inner.type]
-                out[inner.type] = [*previous, value] if isinstance(previous, list) else [previous, value]
-            else:
-                if kind == "config" and inner.labels:
-                    value = _nest_labels(inner.labels, value)
-                out[inner.type] = value
-                seen[inner.type] = inner.line
-                lines[key] = inner.line
         return out
+
+    def _add_transform(
+        self,
+        inner: Block,
+        out: dict[str, Any],
+        path: tuple[Any, ...],
+        lines: dict[tuple[Any, ...], int],
+        evaluator: Evaluator,
+    ) -> None:
+        """``transform { }`` repeats: a list, in file order."""
+        key = (*path, inner.type)
+        if inner.labels:
+            self.problem(inner.line, "block 'transform' takes no labels")
+            return
+        stages = out.setdefault("transform", [])
+        if not isinstance(stages, list):
+            self.problem(inner.line, f"'transform' is given both as an attribute (line {lines[key]}) and as a block")
+            return
+        key = (*key, len(stages))
+        lines[key] = inner.line
+        stages.append(self._body_dict(inner.body, key, lines, evaluator, "provider"))
+
+    def _add_config_block(
+        self,
+        inner: Block,
+        out: dict[str, Any],
+        seen: dict[str, int],
+        path: tuple[Any, ...],
+        lines: dict[tuple[Any, ...], int],
+        evaluator: Evaluator,
+    ) -> None:
+        """A block inside ``config``: labels nest (``a "b" { }`` is ``{a: {b: …}}``), repeats are a list."""
+        key = (*path, inner.type)
+        value = self._body_dict(inner.body, key, lines, evaluator, "config")
+        if self._also_an_attribute(inner, out, seen, lines.get(key)):
+            return
+        if inner.type in seen:
+            previous = out[inner.type]
+            out[inner.type] = [*previous, value] if isinstance(previous, list) else [previous, value]
+            return
+        out[inner.type] = _nest_labels(inner.labels, value) if inner.labels else value
+        seen[inner.type] = inner.line
+        lines[key] = inner.line
+
+    def _add_settings_block(
+        self,
+        inner: Block,
+        out: dict[str, Any],
+        seen: dict[str, int],
+        path: tuple[Any, ...],
+        lines: dict[tuple[Any, ...], int],
+        evaluator: Evaluator,
+        kind: str,
+    ) -> None:
+        """A block of the task file's own structure: no labels, at most one of each."""
+        key = (*path, inner.type)
+        if inner.labels:
+            self.problem(inner.line, f"block '{inner.type}' takes no labels")
+            return
+        if inner.type == "config":
+            inner_kind = "config"
+        elif kind == "task" and inner.type in ("input", "output"):
+            inner_kind = "provider"
+        else:
+            inner_kind = inner.type
+        value = self._body_dict(inner.body, key, lines, evaluator, inner_kind)
+        if self._also_an_attribute(inner, out, seen, lines.get(key)):
+            return
+        if inner.type in seen:
+            self.problem(
+                inner.line, f"only one '{inner.type}' block is allowed here (first at line {seen[inner.type]})"
+            )
+            return
+        out[inner.type] = value
+        seen[inner.type] = inner.line
+        lines[key] = inner.line
+
+    def _also_an_attribute(
+        self, inner: Block, out: dict[str, Any], seen: dict[str, int], attribute_line: int | None
+    ) -> bool:
+        """A block whose name an attribute of the same body already set."""
+        if inner.type in out and inner.type not in seen:
+            self.problem(
+                inner.line, f"'{inner.type}' is given both as an attribute (line {attribute_line}) and as a block"
+            )
+            return True
+        return False
 
     def _validation_problems(
         self,

@@ -97,7 +97,8 @@ class Host:
         ctx._gauges = protocol.FEATURE_GAUGE in (envelope.get("features") or ())
         verbs = self.cls.verbs()
         if command not in verbs:
-            ctx.log.info("verb %r is not supported by %s (supports: %s)", command, self.cls.name, verbs)
+            # The orchestrator says so once, for every such provider ("not sent to: …").
+            ctx.log.debug("verb %r is not supported by %s (supports: %s)", command, self.cls.name, verbs)
             wire.send(protocol.handshake_ready(verbs, self._features()))
             wire.flush()
             return 0

@@ -156,10 +156,13 @@ def render(outcomes: list[ProviderOutcome], verb: str, task: str) -> list[str]:
             continue
         lines += ["", f"[bold]{who}[/bold]"]
         for res in outcome.reply.resources:
-            sign, colour = _SIGNS.get(res.action, (" ", ""))
-            action = f"[{colour}]{sign} {res.action}[/{colour}]" if colour else f"{sign} {res.action}"
             state = f" ({_escape(res.state)})" if res.state else ""
-            lines.append(f"  {action} {_escape(res.type)} {_escape(res.name)}{state}")
+            if verb == "status":  # status changes nothing: no action column
+                lines.append(f"  {_escape(res.type)} {_escape(res.name)}{state}")
+            else:
+                sign, colour = _SIGNS.get(res.action, (" ", ""))
+                action = f"[{colour}]{sign} {res.action}[/{colour}]" if colour else f"{sign} {res.action}"
+                lines.append(f"  {action} {_escape(res.type)} {_escape(res.name)}{state}")
             if res.details:
                 lines.append("      " + _escape(", ".join(f"{k}={v}" for k, v in res.details.items())))
         if outcome.status == "failed":
@@ -172,6 +175,8 @@ def render(outcomes: list[ProviderOutcome], verb: str, task: str) -> list[str]:
     counted = changes(outcomes)
     if verb == "plan":
         lines += ["", "Plan: {create} to create, {update} to update, {delete} to delete.".format(**counted)]
+    elif verb == "destroy":  # destroy only deletes
+        lines += ["", "Destroy: {delete} deleted.".format(**counted)]
     elif verb != "status":
         done = "{create} created, {update} updated, {delete} deleted.".format(**counted)
         lines += ["", f"{verb.capitalize()}: {done}"]

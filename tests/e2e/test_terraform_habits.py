@@ -114,7 +114,7 @@ def test_destroy_on_a_terminal_asks(marker_task: Path, tmp_path: Path) -> None:
     code, text = on_a_terminal(["destroy", "t", "-f", str(marker_task)], answer=b"yes")
     assert code == 0, text
     assert not marker.exists()
-    assert "Destroy: 0 created, 0 updated, 1 deleted." in text
+    assert "Destroy: 1 deleted." in text
 
 
 def test_plan_detailed_exitcode(marker_task: Path, tmp_path: Path) -> None:
@@ -155,6 +155,8 @@ def test_destroy_and_init_say_what_happens_to_the_checkpoint(marker_task: Path, 
     marker_task.write_text(text)
     assert run_cli("run", "t", "-f", str(marker_task)).returncode == 0
     marker.write_text("x" * 30)  # the queue now holds 30 messages
+    status = run_cli("status", "t", "-f", str(marker_task), env={"COLUMNS": "200"})
+    assert f"  queue {LONG_NAME} (present)" in status.stdout.splitlines()  # status shows no action column
     destroyed = run_cli("destroy", "t", "-f", str(marker_task), "--yes")
     assert destroyed.returncode == 0, destroyed.stderr
     assert f"queue {LONG_NAME} holds 30 messages: destroy deletes it with its contents" in destroyed.stderr
