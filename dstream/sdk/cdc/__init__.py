@@ -32,12 +32,15 @@ library, pydantic and ``dstream.sdk``: it ships in provider images):
   changes, its progress (:class:`IncrementalCursor`) rides in its checkpoint position.
 - :class:`LagReporter`: per-table lag as provider gauges (``lag_seconds``, and
   ``lag_lsn_bytes`` where the engine's positions are byte offsets) and a periodic log line.
+- :class:`CdcError` and :class:`ConnectionLost`: what a CDC provider raises (its message is
+  what the user sees, in one line; a lost connection is retried).
 - :class:`PollInterval` (adaptive polling), :class:`Backoff` (reconnect delays with a
   total time budget) and :class:`CdcConfig` (the settings every CDC provider shares).
 """
 
 from dstream.sdk.cdc.assembler import TransactionAssembler
 from dstream.sdk.cdc.config import CdcConfig, IncrementalCdcConfig
+from dstream.sdk.cdc.errors import CdcError, ConnectionLost
 from dstream.sdk.cdc.incremental import Closed, IncrementalSnapshots, Key, key_of
 from dstream.sdk.cdc.lag import LagReporter
 from dstream.sdk.cdc.polling import Backoff, PollInterval
@@ -77,8 +80,10 @@ __all__ = [
     "Backoff",
     "BlockingSnapshotMode",
     "CdcConfig",
+    "CdcError",
     "ChunkCursor",
     "Closed",
+    "ConnectionLost",
     "IncrementalCdcConfig",
     "IncrementalCursor",
     "IncrementalSnapshots",

@@ -1,16 +1,24 @@
-"""Errors the user can act on, and the one place psycopg errors are translated into them.
-
-::
-
-    CdcError                 a problem with the source; the message says what to do
-     └── ConnectionLost      the server went away (retried with backoff, then a CdcError)
-"""
+"""The one place psycopg errors are translated into the SDK's CDC errors
+(:class:`~dstream.sdk.cdc.CdcError`, :class:`~dstream.sdk.cdc.ConnectionLost`), whose
+messages name the cause and the fix."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 import psycopg
+
+from dstream.sdk.cdc import CdcError, ConnectionLost
+
+__all__ = [
+    "CdcError",
+    "ConnectionLost",
+    "first_line",
+    "is_connection_error",
+    "slot_missing_error",
+    "translate",
+    "wal_level_error",
+]
 
 if TYPE_CHECKING:
     from dstream_postgres_cdc.config import Target
@@ -20,12 +28,6 @@ if TYPE_CHECKING:
 _TRANSIENT = ("57P01", "57P02", "57P03", "53300")
 
 
-class CdcError(Exception):
-    """A problem with the source database or its set-up; the message says how to fix it."""
-
-
-class ConnectionLost(CdcError):
-    """The connection to the server failed or was cut; reconnecting may help."""
 
 
 def is_connection_error(exc: psycopg.Error, conn: psycopg.Connection[object] | None = None) -> bool:

@@ -111,6 +111,11 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
     def plan(self) -> Iterable[Resource]:
         return self.infra.plan()
 
+    def check(self) -> Iterable[Resource]:
+        """``dstream check``: the server answers these credentials and its settings allow CDC;
+        the slot and the tables as ``plan`` sees them (nothing is created or changed)."""
+        return self.infra.plan()
+
     def status(self) -> Iterable[Resource]:
         stored = None
         if self.ctx.checkpoint is not None:
