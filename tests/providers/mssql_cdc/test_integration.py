@@ -346,6 +346,64 @@ def test_a_snapshot_of_three_tables_killed_inside_resumes_and_then_streams(
     assert ("dbo.Alpha", "Insert", -1) not in changes  # committed before the snapshot: in its rows only
 
 
+def test_a_keyless_table_killed_inside_its_snapshot_is_read_again_and_streams_from_the_new_point(
+    database: Database,
+    task_file: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    script: Callable[[str, str], Path],
+) -> None:
+    """Issue 22, defect 7: the re-read's rows are as of the new snapshot M2, so the changes
+    made while the task was down are in them and must not come again as changes."""
+    monkeypatch.setenv(CONN_ENV, database.connection_string)
+    database.execute("CREATE TABLE dbo.Heap (id int NOT NULL, v nvarchar(20) NOT NULL, pad nchar(500) NULL)")
+    database.execute(
+        "INSERT INTO dbo.Heap SELECT TOP (50000) ROW_NUMBER() OVER (ORDER BY (SELECT NULL)), N'x', N'p'"
+        " FROM sys.all_columns a CROSS JOIN sys.all_columns b"
+    )
+    database.enable_table("Heap")
+    database.execute("INSERT INTO dbo.Heap VALUES (-1, N'seen by capture', NULL)")
+    wait_until(captured_all(database, {"dbo_Heap": 1}), "the capture job")
+    out = tmp_path / "out.jsonl"
+    extra = "batch_size = 5000\n      enable_cdc = true"
+    hcl = task_file(local_task("heap", out, ["dbo.Heap"], extra))
+    slow = script("slow-output-provider", SLOW_OUTPUT)
+    slow_hcl = task_file(local_task("heap", out, ["dbo.Heap"], extra, f'provider_path = "{slow}"'), name="slow.hcl")
+    assert run_cli("init", "heap", "-f", str(hcl), timeout=300).returncode == 0
+
+    proc = start_run("heap", slow_hcl)
+    wait_until(lambda: line_count(out) >= 10_000, "10000 snapshot rows in the output", proc)
+    children = psutil.Process(proc.pid).children(recursive=True)
+    kill(provider_pid(proc, "mssql-cdc-input-provider"))
+    assert finish(proc)[0] == 1
+    wait_until(lambda: all(gone(c) for c in children), "the killed run's providers to exit")
+    inside = snapshot_state(hcl, "heap")
+    assert inside_snapshot(inside), inside
+    database.execute("UPDATE dbo.Heap SET v = N'changed' WHERE id BETWEEN 1 AND 10")  # while the task is down
+    wait_until(captured_all(database, {"dbo_Heap": 1 + 2 * 10}), "the capture job to harvest the updates")
+    proc = start_run("heap", hcl)
+    wait_until(lambda: not inside_snapshot(snapshot_state(hcl, "heap")), "the end of the snapshot", proc)
+    database.execute("INSERT INTO dbo.Heap VALUES (60000, N'after', NULL)")
+    wait_until(lambda: '"id":60000' in out.read_text(), "the change after the snapshot", proc)
+    proc.send_signal(signal.SIGTERM)
+    code, err = finish(proc)
+    assert code == 0, err
+    assert "restarting the snapshot of dbo.Heap from its first row" in err
+    envelopes = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    last_read = {
+        e["data"]["id"]: e["data"]["v"] for e in envelopes if e["metadata"]["OperationType"] == "Read"
+    }  # the re-read's rows come after the first pass's
+    assert set(range(1, 50_001)) <= set(last_read)
+    assert {last_read[i] for i in range(1, 11)} == {"changed"}  # the re-read is as of M2
+    changes = [
+        (e["metadata"]["OperationType"], e["data"]["id"])
+        for e in envelopes
+        if e["metadata"]["OperationType"] not in ("Read", "SchemaChange")
+    ]
+    assert not [c for c in changes if c[0] == "Update"], changes[:20]  # in the rows already: not again
+    assert ("Insert", 60000) in changes
+
+
 def summary_line(text: str) -> None:
     """A line of the workflow's job summary (GitHub Actions), and of the test log."""
     logging.getLogger(LOGGER).info("%s", text)
