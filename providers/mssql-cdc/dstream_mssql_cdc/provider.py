@@ -25,16 +25,22 @@ the capture job, infra.py has the lifecycle verbs, db.py and sql.py the SQL):
 
 from __future__ import annotations
 
+import json
 import time
+import uuid
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from dstream.sdk import Checkpoint, InfrastructureProvider, InputProvider
 from dstream.sdk.cdc import Backoff, LagReporter, PollInterval, Position, PositionError
+from dstream_mssql_cdc.catalog import ServerState
 from dstream_mssql_cdc.changes import Layout, RecordBuilder, Values
 from dstream_mssql_cdc.config import MssqlCdcConfig, Target
 from dstream_mssql_cdc.errors import CdcError, ConnectionLost, InstanceGone, Purged
 from dstream_mssql_cdc.health import CaptureMonitor, lag_warning
+from dstream_mssql_cdc.incremental import EXECUTE, STOP, signal_data, signal_insert_sql
+from dstream_mssql_cdc.increments import Incremental, SignalTable, keyless_error
 from dstream_mssql_cdc.lsn import format_lsn, to_bytes
+from dstream_mssql_cdc.names import parse_table_name, table_key
 from dstream_mssql_cdc.setup import ORDER_COMMAND, ORDER_SEQVAL, Setup, prepare
 from dstream_mssql_cdc.snapshot import SnapshotRuns
 from dstream_mssql_cdc.sql import changes_query, function_pages
@@ -46,7 +52,7 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from dstream.sdk import Context, Record, Resource
-    from dstream_mssql_cdc.catalog import CaptureInstance, ServerState
+    from dstream_mssql_cdc.catalog import CaptureInstance
     from dstream_mssql_cdc.db import Pages, Rows, Session
     from dstream_mssql_cdc.infra import Infrastructure
     from dstream_mssql_cdc.readers import Readers
@@ -85,6 +91,9 @@ class MssqlCdcInputProvider(SnapshotRuns, InputProvider[MssqlCdcConfig], Infrast
         self.slowest_query = 0.0  # seconds: the longest a poll's change queries took to start streaming
         self.changes = 0
         self._started = time.monotonic()
+        self.incr: Incremental | None = None
+        self._last_state: ServerState | None = None
+        self._object_ids: dict[str, int] = {}
 
     def _session(self) -> Session:
         """A new (unconnected) session. pyodbc, and the ODBC driver manager it loads, are
@@ -97,10 +106,16 @@ class MssqlCdcInputProvider(SnapshotRuns, InputProvider[MssqlCdcConfig], Infrast
     # -- lifecycle verbs --------------------------------------------------------------------
 
     def init(self) -> Iterable[Resource]:
-        return self.infra.init()
+        out = list(self.infra.init())
+        if self.config.snapshot == "incremental":
+            out.append(SignalTable(self.db, self.config.signal_table).init())
+        return out
 
     def plan(self) -> Iterable[Resource]:
-        return self.infra.plan()
+        out = list(self.infra.plan())
+        if self.config.snapshot == "incremental":
+            out.append(SignalTable(self.db, self.config.signal_table).state("create"))
+        return out
 
     def status(self) -> Iterable[Resource]:
         positions = None
@@ -112,7 +127,74 @@ class MssqlCdcInputProvider(SnapshotRuns, InputProvider[MssqlCdcConfig], Infrast
         return self.infra.status(positions)
 
     def destroy(self) -> Iterable[Resource]:
-        return self.infra.destroy()
+        out = list(self.infra.destroy())
+        if self.config.snapshot == "incremental":
+            out.append(SignalTable(self.db, self.config.signal_table).destroy())
+        return out
+
+    def snapshot(self) -> Iterable[Resource]:
+        """``dstream snapshot``: INSERT an ``execute-snapshot`` (or ``stop-snapshot``) row into
+        the signal table, which the running task reads in commit order with its tables (a
+        stopped task when it next runs). Arguments: the command envelope's ``checkpoint`` slot,
+        ``{"tables": [...], "where": {table: condition}, "stop": bool}``. A refusal is the
+        lifecycle reply ``{"status": "Failed", "message": ...}``."""
+        try:
+            return self._send_signal()
+        except CdcError as exc:
+            failed = {"status": "Failed", "resources": [], "message": str(exc)}
+            self.ctx.write_stdout(json.dumps(failed).encode() + b"\n")
+            return []
+
+    def _send_signal(self) -> list[Resource]:
+        from dstream.sdk import Resource
+
+        if self.config.snapshot != "incremental":
+            raise CdcError(
+                'dstream snapshot needs snapshot = "incremental" (its signal table carries the request): set it and '
+                f"run `dstream init {self.target.task_hint}`"
+            )
+        args = self.ctx.checkpoint if isinstance(self.ctx.checkpoint, dict) else {}
+        asked = [str(t) for t in args.get("tables") or []]
+        where = {str(k): str(v) for k, v in (args.get("where") or {}).items()}
+        stop = bool(args.get("stop"))
+        if not asked:
+            raise CdcError("name at least one table to snapshot (--table)")
+        listed = {table_key(t): t for t in self.config.tables or []}
+        chosen: list[str] = []
+        for name in asked:
+            found = listed.get(table_key(name)) or next(
+                (t for k, t in listed.items() if k[1] == table_key(name)[1] and table_key(name)[0] is None), None
+            )
+            if found is None:
+                raise CdcError(f"{name} is not one of the task's tables ({', '.join(listed.values())})")
+            chosen.append(found)
+        unknown = sorted(set(where) - set(asked) - set(chosen))
+        if unknown:
+            raise CdcError(f"--where names {', '.join(unknown)}, which is not one of the tables to snapshot")
+        if not stop:
+            state = ServerState(self.db.max_lsn(), self.db.instances(), None)
+            keyless = []
+            for name in chosen:
+                schema, table = parse_table_name(name)
+                source = self.db.table(schema, table)
+                instances = state.of_table(source.object_id) if source is not None else []
+                if instances and not instances[-1].key:
+                    keyless.append(name)
+            if keyless:
+                raise keyless_error(keyless)
+        conditions: dict[str, str] = {}
+        for alias, table in zip(asked, chosen, strict=True):
+            condition = where.get(table) or where.get(alias)
+            if condition:
+                conditions[table] = condition
+        kind = STOP if stop else EXECUTE
+        row_id = f"dstream-{uuid.uuid4().hex}"
+        self._signal_name()  # the table exists
+        self.db.execute(signal_insert_sql(self.config.signal_table), row_id, kind, signal_data(chosen, conditions))
+        details: dict[str, Any] = {"signal": kind, "id": row_id, "signal_table": self.config.signal_table}
+        return [
+            Resource("snapshot_signal", name, "none", "stopped" if stop else "requested", details) for name in chosen
+        ]
 
     # -- shapes: how each capture instance is read ------------------------------------------
 
@@ -151,19 +233,89 @@ class MssqlCdcInputProvider(SnapshotRuns, InputProvider[MssqlCdcConfig], Infrast
             stored = parse_checkpoint(checkpoint)
         except PositionError as exc:
             raise CdcError(f"{exc}: was the task's state written by another provider?") from None
+        signal = self._signal_name() if self.config.snapshot == "incremental" else None
+        signal_at = stored.pop(signal, None) if signal is not None else None
         setup = prepare(self.db, self.config, self.target, stored, self.log)
         self.direct = setup.direct
         order = ORDER_COMMAND if setup.direct else ORDER_SEQVAL
         if checkpoint is not None:
             self._reorder(setup, checkpoint_order(checkpoint), order)
         stream = Stream(self.config.batch_size, self.shape, order)
-        for name, (object_id, position) in setup.streaming.items():
+        for name, (object_id, stored_at) in setup.streaming.items():
+            position = stored_at
+            if position is not None and position.incremental is not None:  # the cursor lives in self.incr
+                position = Position(position.lsn, position.index)
             stream.add(TableCursor(name, object_id, position, self.target.task_hint), announced=position is not None)
+        if signal is not None:
+            self.incr = self._incremental(setup, stream, signal, signal_at)
         if setup.plan:
             done = yield from self._snapshots(setup, stream, setup.plan)
             if not done:
                 return
         yield from self._poll(stream, setup, first=checkpoint is None)
+
+    # -- incremental snapshots (increments.py) ----------------------------------------------
+
+    def _signal_name(self) -> str:
+        schema, table = parse_table_name(self.config.signal_table)
+        found = self.db.table(schema, table)
+        if found is None:
+            raise CdcError(
+                f'snapshot = "incremental" needs the signal table {self.config.signal_table}, which does not exist in '
+                f"{self.target} (or this login may not see it): run `dstream init {self.target.task_hint}`"
+            )
+        return found.qualified
+
+    def _instance_now(self, table: str) -> CaptureInstance:
+        state = self._last_state
+        if state is None:
+            state = self._last_state = ServerState(self.db.max_lsn(), self.db.instances(), None)
+        oid = self._object_ids[table]
+        instances = [i for i in state.of_table(oid) if i.min_lsn > 0] or state.of_table(oid)
+        if not instances:
+            raise CdcError(f"{table} has no capture instance any more (CDC was disabled on it)")
+        return instances[-1]
+
+    def _incremental(self, setup: Setup, stream: Stream, signal: str, signal_at: Position | None) -> Incremental:
+
+        cfg = self.config
+        schema, table = parse_table_name(signal)
+        source = self.db.table(schema, table)
+        assert source is not None
+        self._object_ids = {**setup.object_ids, signal: source.object_id}
+        instances = [i for i in self.db.instances() if i.object_id == source.object_id]
+        if not instances:
+            raise CdcError(
+                f"the signal table {signal} has no CDC capture instance this login may read: run "
+                f"`dstream init {self.target.task_hint}` (it enables CDC on it)"
+            )
+        keyless = [n for n in setup.plan.incremental if not self._instance_now(n).key]
+        if keyless:
+            raise keyless_error(keyless)
+        if signal_at is None:  # signals from now on: older rows were for earlier runs
+            signal_at = initial_position(ServerState(self.db.max_lsn(), tuple(instances), None), instances, "latest")
+        stream.add(TableCursor(signal, source.object_id, signal_at, self.target.task_hint))
+        under_way = {n: p.incremental for n, p in setup.stored.items() if p.incremental is not None}
+        incr = Incremental(
+            self.db,
+            signal,
+            lambda name: self.shape(self._instance_now(name)),
+            self.values,
+            under_way,
+            cfg.snapshot_chunk_size,
+            cfg.snapshot_chunk_pause,
+            self.log,
+            self.ctx.gauge,
+        )
+        incr.tables = set(setup.object_ids)
+        for name, cursor in under_way.items():
+            self.log.info("resuming the incremental snapshot of %s after %d rows", name, cursor.rows)
+        for name in setup.plan.incremental:
+            where = cfg.snapshot_where.get(name) or cfg.snapshot_where.get(name.split(".", 1)[-1])
+            incr.start(name, where)
+        stream.incremental = incr.cursors_json()
+        stream.report()
+        return incr
 
     def _reorder(self, setup: Setup, stored: str, order: str) -> None:
         positions = {name: p for name, (_, p) in setup.streaming.items() if p is not None}
@@ -187,11 +339,13 @@ class MssqlCdcInputProvider(SnapshotRuns, InputProvider[MssqlCdcConfig], Infrast
         backoff = Backoff(cfg.reconnect_timeout)
         monitor = CaptureMonitor(cfg.capture_job_timeout)
         next_health = time.monotonic() + self.health_interval
+        incr = self.incr
         while True:
             opened: list[Rows] = []
             changes = 0
+            chunked = False
             try:
-                state = self.db.state()
+                state = self._last_state = self.db.state()
                 self._watch(monitor, state)
                 yield from self._follow_tables(stream, setup, state)
                 self._start_positions(stream, state)
@@ -201,7 +355,7 @@ class MssqlCdcInputProvider(SnapshotRuns, InputProvider[MssqlCdcConfig], Infrast
                     if start is not None:
                         yield Checkpoint(start)
                         first = False
-                yield from poll.schema
+                yield from (r for r in poll.schema if incr is None or r.metadata.get("TableName") != incr.signal_table)
                 self._check_direct(poll)
                 began = time.monotonic()
                 opened = self.readers.open(poll.windows, self._query)
@@ -209,13 +363,24 @@ class MssqlCdcInputProvider(SnapshotRuns, InputProvider[MssqlCdcConfig], Infrast
                 merged = [(w, self._changes(w, rows)) for w, rows in zip(poll.windows, opened, strict=True)]
                 yield from self._retyped(stream, poll, opened)
                 for record in stream.merge(merged):
+                    if incr is not None:
+                        if record.metadata.get("TableName") == incr.signal_table:
+                            released = incr.signal_row(record)  # a watermark or a signal: not emitted
+                            stream.incremental = incr.cursors_json()
+                            stream.report()
+                            changes += len(released) + 1
+                            yield from released
+                            continue
+                        incr.change(record)
                     changes += 1
                     self.changes += 1
                     self._passed(stream, record)
                     yield record
+                # The next chunk of an incremental snapshot, read between polls (increments.py).
+                chunked = incr is not None and incr.read_chunk()
                 backoff.reset()
             except InstanceGone as exc:
-                self._abandon(stream, opened)
+                self._abandon(stream, opened, incr)
                 self.log.warning(
                     "%s: it was dropped between planning and querying (error 208); reading the capture instances "
                     "again and going on",
@@ -226,7 +391,7 @@ class MssqlCdcInputProvider(SnapshotRuns, InputProvider[MssqlCdcConfig], Infrast
                     return
                 continue
             except ConnectionLost as exc:
-                self._abandon(stream, opened)
+                self._abandon(stream, opened, incr)
                 self.db.close()
                 if not backoff.wait(
                     exc, lambda lost: CdcError(f"{lost}; {backoff.summary()}"), self.log, self.ctx.sleep
@@ -234,7 +399,7 @@ class MssqlCdcInputProvider(SnapshotRuns, InputProvider[MssqlCdcConfig], Infrast
                     return
                 continue
             except Purged:
-                self._abandon(stream, opened)
+                self._abandon(stream, opened, incr)
                 stream_check(stream, self.db.state())  # CDC cleanup ran meanwhile: say which table lost what
                 raise
             heartbeat = stream.finish(poll)
@@ -245,7 +410,7 @@ class MssqlCdcInputProvider(SnapshotRuns, InputProvider[MssqlCdcConfig], Infrast
                 self._check_retention(stream, state)
                 next_health = time.monotonic() + self.health_interval
             self._times.clear()
-            if not self.ctx.sleep(polls.after_poll(changes, poll.full)):
+            if not self.ctx.sleep(polls.after_poll(changes, poll.full or chunked)):
                 return
 
     def _timed(self, seconds: float, poll: Poll) -> None:
@@ -312,7 +477,9 @@ class MssqlCdcInputProvider(SnapshotRuns, InputProvider[MssqlCdcConfig], Infrast
 
             cursor.commit_time = self._times.get(parse_lsn(lsn), cursor.commit_time)
 
-    def _abandon(self, stream: Stream, opened: Sequence[Rows]) -> None:
+    def _abandon(self, stream: Stream, opened: Sequence[Rows], incr: Incremental | None = None) -> None:
+        if incr is not None:
+            incr.abandon()  # the chunk in flight is read again
         for rows in opened:
             rows.close()
         for cursor in stream.cursors.values():
