@@ -45,8 +45,9 @@ if TYPE_CHECKING:
 
 def keyless_error(tables: list[str]) -> CdcError:
     return CdcError(
-        f'snapshot = "incremental" reads each table in key order, and {", ".join(tables)} has no key (CDC was '
-        'enabled without a primary key or unique index): add one, or snapshot it with snapshot = "initial"'
+        f'snapshot = "incremental" reads each table in key order, and {", ".join(tables)} has no key to page by '
+        "(CDC was enabled without a primary key or unique index, or the key's type has no exact text): add one, or "
+        'snapshot it with snapshot = "initial"'
     )
 
 
@@ -178,7 +179,9 @@ class Incremental:
         return None
 
     def start(self, table: str, where: str | None = None) -> bool:
-        if not self.shapes(table).instance.key:
+        from dstream_mssql_cdc.snapshot import resumable_by_key
+
+        if not resumable_by_key(self.shapes(table)):
             self.log.error("%s", keyless_error([table]))
             return False
         self.marks.start(table, where)

@@ -289,7 +289,10 @@ class MssqlCdcInputProvider(SnapshotRuns, InputProvider[MssqlCdcConfig], Infrast
                 f"the signal table {signal} has no CDC capture instance this login may read: run "
                 f"`dstream init {self.target.task_hint}` (it enables CDC on it)"
             )
-        keyless = [n for n in setup.plan.incremental if not self._instance_now(n).key]
+        from dstream_mssql_cdc.snapshot import resumable_by_key
+
+        # no key, or one without an exact text to page by (sql.RESUMABLE_KEY_TYPES)
+        keyless = [n for n in setup.plan.incremental if not resumable_by_key(self.shape(self._instance_now(n)))]
         if keyless:
             raise keyless_error(keyless)
         if signal_at is None:  # signals from now on: older rows were for earlier runs
