@@ -124,7 +124,14 @@ class MssqlCdcInputProvider(SnapshotRuns, InputProvider[MssqlCdcConfig], Infrast
                 positions = parse_checkpoint(self.ctx.checkpoint)
             except PositionError as exc:
                 self.log.warning("the task's checkpoint is not this provider's: %s", exc)
-        return self.infra.status(positions)
+        out = list(self.infra.status(positions))
+        if self.config.snapshot == "incremental":
+            table = SignalTable(self.db, self.config.signal_table).state("none")
+            table.details["snapshots"] = {
+                name: p.incremental.to_json() for name, p in (positions or {}).items() if p.incremental is not None
+            }
+            out.append(table)
+        return out
 
     def destroy(self) -> Iterable[Resource]:
         out = list(self.infra.destroy())

@@ -230,3 +230,15 @@ def test_init_creates_the_signal_table_with_cdc_and_destroy_drops_it() -> None:
         "EXEC sys.sp_cdc_disable_table @source_schema = ?, @source_name = ?, @capture_instance = N'all'",
         "DROP TABLE [dbo].[dstream_signals]",
     ]
+
+
+def test_status_shows_the_signal_table_and_each_snapshot_under_way() -> None:
+    full = run(server_with(10), every=True)
+    inside = next(c for c in full.checkpoints if "incremental" in c["tables"].get("dbo.Orders", {}))
+    status = run(server_with(10), inside, command="status")
+    rows = [m["resource"] for m in status.messages if m.get("resource", {}).get("type") == "signal_table"]
+    assert rows, status.messages
+    assert rows[0]["name"] == "dbo.dstream_signals"
+    assert (
+        rows[0]["details"]["snapshots"]["dbo.Orders"]["rows"] == inside["tables"]["dbo.Orders"]["incremental"]["rows"]
+    )
