@@ -242,3 +242,25 @@ def test_status_shows_the_signal_table_and_each_snapshot_under_way() -> None:
     assert (
         rows[0]["details"]["snapshots"]["dbo.Orders"]["rows"] == inside["tables"]["dbo.Orders"]["incremental"]["rows"]
     )
+
+
+def test_a_stop_snapshot_row_stops_it_after_the_chunks_already_closed() -> None:
+    from dstream_mssql_cdc.incremental import signal_data, signal_insert_sql
+
+    from .server import RecordedSession
+
+    server = server_with(10)
+    sent: list[bool] = []
+
+    def stop_after_first_close(target: Server, values: dict[str, Any]) -> None:
+        if sent or values.get("type") != "snapshot-window-close":
+            return
+        sent.append(True)  # a DBA's INSERT, committed right after the first chunk's close row
+        insert = signal_insert_sql("dbo.dstream_signals")
+        RecordedSession(target).execute(insert, "dba-stop", "stop-snapshot", signal_data(["dbo.Orders"]))
+
+    server.on_insert.append(stop_after_first_close)
+    result = run(server)
+    assert result.exit_code == 0
+    assert out(result) == [("Read", 1), ("Read", 2), ("Read", 3), ("Read", 4)]
+    assert "incremental" not in result.checkpoints[-1]["tables"]["dbo.Orders"]  # stopped: not resumed later
