@@ -3,7 +3,8 @@ delete that CDC captured.
 
 A run, in short (setup.py checks the source, snapshot.py takes snapshots, stream.py and
 windows.py plan and merge the windows, changes.py builds the envelopes, health.py watches
-the capture job, infra.py has the lifecycle verbs, db.py and sql.py the SQL):
+the capture job, infra.py has the lifecycle verbs, db.py and sql.py the SQL; incremental
+snapshots: incremental.py, increments.py and signals.py):
 
 1. Connect (a clear error handshake when the server cannot be reached), check that CDC is
    on, resolve the tables and what this login may read of them (a table CDC captures but
