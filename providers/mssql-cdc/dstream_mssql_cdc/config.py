@@ -13,7 +13,7 @@ from typing import Literal, Self
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from dstream.sdk import Duration  # noqa: TC001 - pydantic reads the annotation at runtime
-from dstream.sdk.cdc import CdcConfig
+from dstream.sdk.cdc import IncrementalCdcConfig
 from dstream_mssql_cdc.names import parse_connection_string, parse_table_name, quote_name, table_key
 
 __all__ = ["MssqlCdcConfig", "Target", "parse_connection_string", "parse_table_name", "quote_name"]
@@ -23,7 +23,7 @@ _DATABASE_KEYS = ("database", "initial catalog")
 UNAVAILABLE = "__dstream_unavailable_value"
 
 
-class MssqlCdcConfig(CdcConfig):
+class MssqlCdcConfig(IncrementalCdcConfig):
     connection_string: SecretStr = Field(
         description=(
             "ODBC connection string (a secret), e.g. DRIVER={FreeTDS};SERVER=db;PORT=1433;DATABASE=Sales;"
@@ -86,6 +86,14 @@ class MssqlCdcConfig(CdcConfig):
             "disables only what this task enabled"
         ),
     )
+    signal_table: str = Field(
+        default="dbo.dstream_signals",
+        description=(
+            'snapshot = "incremental": the CDC-enabled table (schema.table) that init creates, which carries the '
+            "chunks' watermarks and the execute-snapshot / stop-snapshot signals (an INSERT by dstream snapshot or "
+            "a DBA); destroy drops it"
+        ),
+    )
     parallelism: int = Field(default=4, ge=1, le=32, description="tables queried at the same time (connections)")
     numeric_as_string: bool = Field(
         default=False, description="decimal, numeric and money values as strings (default: exact JSON numbers)"
@@ -136,6 +144,20 @@ class MssqlCdcConfig(CdcConfig):
             if len(set(lowered)) != len(lowered):
                 raise ValueError(f"{table}: a column is listed twice")
         return {table: [n.strip() for n in names] for table, names in value.items()}
+
+    @field_validator("signal_table")
+    @classmethod
+    def _signal_table(cls, value: str) -> str:
+        table_key(value)  # a valid table name
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _incremental(self) -> Self:
+        if self.snapshot == "incremental" and self.tables is None:
+            raise ValueError('snapshot = "incremental" needs the tables listed in `tables`')
+        if self.tables is not None and table_key(self.signal_table) in {table_key(t) for t in self.tables}:
+            raise ValueError(f"{self.signal_table} is the signal table: it cannot be one of `tables`")
+        return self
 
     @model_validator(mode="after")
     def _column_options(self) -> Self:

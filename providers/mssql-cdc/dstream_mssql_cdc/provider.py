@@ -3,7 +3,8 @@ delete that CDC captured.
 
 A run, in short (setup.py checks the source, snapshot.py takes snapshots, stream.py and
 windows.py plan and merge the windows, changes.py builds the envelopes, health.py watches
-the capture job, infra.py has the lifecycle verbs, db.py and sql.py the SQL):
+the capture job, infra.py has the lifecycle verbs, db.py and sql.py the SQL; incremental
+snapshots: incremental.py, increments.py and signals.py):
 
 1. Connect (a clear error handshake when the server cannot be reached), check that CDC is
    on, resolve the tables and what this login may read of them (a table CDC captures but
@@ -34,8 +35,10 @@ from dstream_mssql_cdc.changes import Layout, RecordBuilder, Values
 from dstream_mssql_cdc.config import MssqlCdcConfig, Target
 from dstream_mssql_cdc.errors import CdcError, ConnectionLost, InstanceGone, Purged
 from dstream_mssql_cdc.health import CaptureMonitor, lag_warning
+from dstream_mssql_cdc.increments import Incremental, SignalTable
 from dstream_mssql_cdc.lsn import format_lsn, to_bytes
 from dstream_mssql_cdc.setup import ORDER_COMMAND, ORDER_SEQVAL, Setup, prepare
+from dstream_mssql_cdc.signals import IncrementalRuns
 from dstream_mssql_cdc.snapshot import SnapshotRuns
 from dstream_mssql_cdc.sql import changes_query, function_pages
 from dstream_mssql_cdc.stream import Shape, Stream
@@ -56,7 +59,7 @@ if TYPE_CHECKING:
 HEALTH_INTERVAL = 60.0  # seconds between lag checks against the cleanup retention
 
 
-class MssqlCdcInputProvider(SnapshotRuns, InputProvider[MssqlCdcConfig], InfrastructureProvider):
+class MssqlCdcInputProvider(SnapshotRuns, IncrementalRuns, InputProvider[MssqlCdcConfig], InfrastructureProvider):
     name = "mssql-cdc-input-provider"
     version = "0.1.0"
     Config = MssqlCdcConfig
@@ -85,6 +88,9 @@ class MssqlCdcInputProvider(SnapshotRuns, InputProvider[MssqlCdcConfig], Infrast
         self.slowest_query = 0.0  # seconds: the longest a poll's change queries took to start streaming
         self.changes = 0
         self._started = time.monotonic()
+        self.incr: Incremental | None = None
+        self._last_state: ServerState | None = None
+        self._object_ids: dict[str, int] = {}
 
     def _session(self) -> Session:
         """A new (unconnected) session. pyodbc, and the ODBC driver manager it loads, are
@@ -97,10 +103,16 @@ class MssqlCdcInputProvider(SnapshotRuns, InputProvider[MssqlCdcConfig], Infrast
     # -- lifecycle verbs --------------------------------------------------------------------
 
     def init(self) -> Iterable[Resource]:
-        return self.infra.init()
+        out = list(self.infra.init())
+        if self.config.snapshot == "incremental":
+            out.append(SignalTable(self.db, self.config.signal_table).init())
+        return out
 
     def plan(self) -> Iterable[Resource]:
-        return self.infra.plan()
+        out = list(self.infra.plan())
+        if self.config.snapshot == "incremental":
+            out.append(SignalTable(self.db, self.config.signal_table).state("create"))
+        return out
 
     def status(self) -> Iterable[Resource]:
         positions = None
@@ -109,10 +121,20 @@ class MssqlCdcInputProvider(SnapshotRuns, InputProvider[MssqlCdcConfig], Infrast
                 positions = parse_checkpoint(self.ctx.checkpoint)
             except PositionError as exc:
                 self.log.warning("the task's checkpoint is not this provider's: %s", exc)
-        return self.infra.status(positions)
+        out = list(self.infra.status(positions))
+        if self.config.snapshot == "incremental":
+            table = SignalTable(self.db, self.config.signal_table).state("none")
+            table.details["snapshots"] = {
+                name: p.incremental.to_json() for name, p in (positions or {}).items() if p.incremental is not None
+            }
+            out.append(table)
+        return out
 
     def destroy(self) -> Iterable[Resource]:
-        return self.infra.destroy()
+        out = list(self.infra.destroy())
+        if self.config.snapshot == "incremental":
+            out.append(SignalTable(self.db, self.config.signal_table).destroy())
+        return out
 
     # -- shapes: how each capture instance is read ------------------------------------------
 
@@ -151,14 +173,21 @@ class MssqlCdcInputProvider(SnapshotRuns, InputProvider[MssqlCdcConfig], Infrast
             stored = parse_checkpoint(checkpoint)
         except PositionError as exc:
             raise CdcError(f"{exc}: was the task's state written by another provider?") from None
+        signal = self._signal_name() if self.config.snapshot == "incremental" else None
+        signal_at = stored.pop(signal, None) if signal is not None else None
         setup = prepare(self.db, self.config, self.target, stored, self.log)
         self.direct = setup.direct
         order = ORDER_COMMAND if setup.direct else ORDER_SEQVAL
         if checkpoint is not None:
             self._reorder(setup, checkpoint_order(checkpoint), order)
         stream = Stream(self.config.batch_size, self.shape, order)
-        for name, (object_id, position) in setup.streaming.items():
+        for name, (object_id, stored_at) in setup.streaming.items():
+            position = stored_at
+            if position is not None and position.incremental is not None:  # the cursor lives in self.incr
+                position = Position(position.lsn, position.index)
             stream.add(TableCursor(name, object_id, position, self.target.task_hint), announced=position is not None)
+        if signal is not None:
+            self.incr = self._incremental(setup, stream, signal, signal_at)
         if setup.plan:
             done = yield from self._snapshots(setup, stream, setup.plan)
             if not done:
@@ -187,11 +216,13 @@ class MssqlCdcInputProvider(SnapshotRuns, InputProvider[MssqlCdcConfig], Infrast
         backoff = Backoff(cfg.reconnect_timeout)
         monitor = CaptureMonitor(cfg.capture_job_timeout)
         next_health = time.monotonic() + self.health_interval
+        incr = self.incr
         while True:
             opened: list[Rows] = []
             changes = 0
+            chunked = False
             try:
-                state = self.db.state()
+                state = self._last_state = self.db.state()
                 self._watch(monitor, state)
                 yield from self._follow_tables(stream, setup, state)
                 self._start_positions(stream, state)
@@ -201,7 +232,7 @@ class MssqlCdcInputProvider(SnapshotRuns, InputProvider[MssqlCdcConfig], Infrast
                     if start is not None:
                         yield Checkpoint(start)
                         first = False
-                yield from poll.schema
+                yield from (r for r in poll.schema if incr is None or r.metadata.get("TableName") != incr.signal_table)
                 self._check_direct(poll)
                 began = time.monotonic()
                 opened = self.readers.open(poll.windows, self._query)
@@ -209,13 +240,24 @@ class MssqlCdcInputProvider(SnapshotRuns, InputProvider[MssqlCdcConfig], Infrast
                 merged = [(w, self._changes(w, rows)) for w, rows in zip(poll.windows, opened, strict=True)]
                 yield from self._retyped(stream, poll, opened)
                 for record in stream.merge(merged):
+                    if incr is not None:
+                        if record.metadata.get("TableName") == incr.signal_table:
+                            released = incr.signal_row(record)  # a watermark or a signal: not emitted
+                            stream.incremental = incr.cursors_json()
+                            stream.report()
+                            changes += len(released) + 1
+                            yield from released
+                            continue
+                        incr.change(record)
                     changes += 1
                     self.changes += 1
                     self._passed(stream, record)
                     yield record
+                # The next chunk of an incremental snapshot, read between polls (increments.py).
+                chunked = incr is not None and incr.read_chunk()
                 backoff.reset()
             except InstanceGone as exc:
-                self._abandon(stream, opened)
+                self._abandon(stream, opened, incr)
                 self.log.warning(
                     "%s: it was dropped between planning and querying (error 208); reading the capture instances "
                     "again and going on",
@@ -226,7 +268,7 @@ class MssqlCdcInputProvider(SnapshotRuns, InputProvider[MssqlCdcConfig], Infrast
                     return
                 continue
             except ConnectionLost as exc:
-                self._abandon(stream, opened)
+                self._abandon(stream, opened, incr)
                 self.db.close()
                 if not backoff.wait(
                     exc, lambda lost: CdcError(f"{lost}; {backoff.summary()}"), self.log, self.ctx.sleep
@@ -234,7 +276,7 @@ class MssqlCdcInputProvider(SnapshotRuns, InputProvider[MssqlCdcConfig], Infrast
                     return
                 continue
             except Purged:
-                self._abandon(stream, opened)
+                self._abandon(stream, opened, incr)
                 stream_check(stream, self.db.state())  # CDC cleanup ran meanwhile: say which table lost what
                 raise
             heartbeat = stream.finish(poll)
@@ -245,7 +287,7 @@ class MssqlCdcInputProvider(SnapshotRuns, InputProvider[MssqlCdcConfig], Infrast
                 self._check_retention(stream, state)
                 next_health = time.monotonic() + self.health_interval
             self._times.clear()
-            if not self.ctx.sleep(polls.after_poll(changes, poll.full)):
+            if not self.ctx.sleep(polls.after_poll(changes, poll.full or chunked)):
                 return
 
     def _timed(self, seconds: float, poll: Poll) -> None:
@@ -312,7 +354,9 @@ class MssqlCdcInputProvider(SnapshotRuns, InputProvider[MssqlCdcConfig], Infrast
 
             cursor.commit_time = self._times.get(parse_lsn(lsn), cursor.commit_time)
 
-    def _abandon(self, stream: Stream, opened: Sequence[Rows]) -> None:
+    def _abandon(self, stream: Stream, opened: Sequence[Rows], incr: Incremental | None = None) -> None:
+        if incr is not None:
+            incr.abandon()  # the chunk in flight is read again
         for rows in opened:
             rows.close()
         for cursor in stream.cursors.values():

@@ -36,6 +36,7 @@ from dstream.sdk.cdc import (
     plan_snapshots,
     read_chunks,
     read_metadata,
+    restart_point,
 )
 from dstream_mssql_cdc.errors import CdcError, ConnectionLost
 from dstream_mssql_cdc.lsn import format_lsn, increment_lsn
@@ -101,7 +102,7 @@ class Snapshot:
         pass_id = new_pass_id()
         names = [c.name for c in shape.columns]
         cursor = start.snapshot or ChunkCursor()
-        resumable = bool(keys) and all(k.type in RESUMABLE_KEY_TYPES for k in keys)
+        resumable = resumable_by_key(shape)
         self._log(name, start, cursor, resumable)
         for values, done in self._rows(source, shape, keys, cursor, resumable):
             data = self.values.row(names, values)
@@ -154,6 +155,12 @@ class Snapshot:
             )
 
 
+def resumable_by_key(shape: Shape) -> bool:
+    """Whether a table's snapshot pages (and resumes) by its key: it has one, of exact text."""
+    keys = _key_columns(shape)
+    return bool(keys) and all(k.type in RESUMABLE_KEY_TYPES for k in keys)
+
+
 def _key_columns(shape: Shape) -> list[Column]:
     by_name = {c.name.lower(): c for c in shape.columns}
     keys = [by_name.get(k.lower()) for k in shape.instance.key]
@@ -177,7 +184,11 @@ def run_pass(
         shape = shapes[name]
         if name in plan.start:
             yield schema_change(name, shape, positions[name].lsn)
-        start = positions[name]
+        # A table read again from its first row (no key to resume by, or nothing emitted yet) is
+        # snapshotted as of this pass, so its changes start after this pass's max LSN; keeping the
+        # old point would deliver every change in between twice (issue 22, defect 7).
+        point = snapshot.start_position(shape).lsn
+        start = positions[name] = restart_point(positions[name], point, resumable_by_key(shape))
         for record, done in snapshot.table(name, shape, start):
             positions[name] = Position(start.lsn, snapshot=done)
             yield record

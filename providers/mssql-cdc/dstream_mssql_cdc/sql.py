@@ -204,8 +204,11 @@ def keyset_params(after: Sequence[str]) -> list[str]:
     return params
 
 
-def snapshot_query(table: str, columns: Sequence[Column], keys: Sequence[Column], resume: bool) -> str:
-    """Keyed: ``TOP (?)`` rows after a key (``resume``), key texts first, in key order.
+def snapshot_query(
+    table: str, columns: Sequence[Column], keys: Sequence[Column], resume: bool, where: str | None = None
+) -> str:
+    """Keyed: ``TOP (?)`` rows after a key (``resume``), key texts first, in key order;
+    ``where``: a condition of an incremental snapshot's (a DBA's SQL, ANDed in parentheses).
     Keyless (``keys`` empty): every row, in one statement."""
     data = select_list(columns)
     if not keys:
@@ -215,5 +218,8 @@ def snapshot_query(table: str, columns: Sequence[Column], keys: Sequence[Column]
     # Clause), and converted columns (hierarchyid → text) are aliased to their own names, so
     # ``ORDER BY [h]`` would sort the text while the keyset compares hierarchy order.
     order = ", ".join(f"{SOURCE}.{quote_name(k.name)}" for k in keys)
-    where = f" WHERE {keyset(keys)}" if resume else ""
-    return f"SELECT TOP (?) {head}, {data} FROM {table} AS {SOURCE}{where} ORDER BY {order}"  # noqa: S608
+    terms = ([keyset(keys)] if resume else []) + ([where] if where else [])
+    if len(terms) > 1:
+        terms = [f"({t})" for t in terms]
+    condition = f" WHERE {' AND '.join(terms)}" if terms else ""
+    return f"SELECT TOP (?) {head}, {data} FROM {table} AS {SOURCE}{condition} ORDER BY {order}"  # noqa: S608

@@ -85,6 +85,8 @@ class Stream:
         self._positions: dict[str, dict[str, Any]] = {}
         self._extra: dict[str, dict[str, Any]] = {}  # positions of tables not streaming now (inside a snapshot)
         self._unreported = False
+        # table → its incremental snapshot cursor (JSON), added to its position in every checkpoint
+        self.incremental: dict[str, dict[str, Any]] = {}
         self._announced: set[str] = set()  # tables whose first SchemaChange went out
         self._known: dict[str, Shape] = {}  # the shape each capture instance was last read with
 
@@ -114,7 +116,18 @@ class Stream:
         self._extra[table] = position
 
     def checkpoint(self, **override: dict[str, Any]) -> dict[str, Any]:
-        return {"tables": {**self._extra, **self._positions, **override}, "order": self.order}
+        return {"tables": {**self._tables(self._positions), **override}, "order": self.order}
+
+    def report(self) -> None:
+        """Something the checkpoint holds moved without a record (a signal row, a chunk's cursor)."""
+        self._unreported = True
+
+    def _tables(self, positions: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        tables = {**self._extra, **positions}
+        for table, cursor in self.incremental.items():
+            if table in tables:
+                tables[table] = {**tables[table], "incremental": cursor}
+        return tables
 
     # -- a poll -----------------------------------------------------------------------------
 
@@ -215,7 +228,7 @@ class Stream:
         positions = self._positions
         for _key, _rank, record, position, table in heapq.merge(*streams, key=lambda item: (item[0], item[1])):
             positions[table] = position
-            record.position = {"tables": {**self._extra, **positions}, "order": self.order}
+            record.position = {"tables": self._tables(positions), "order": self.order}
             yield record
 
     def heartbeat(self) -> dict[str, Any] | None:

@@ -52,6 +52,13 @@ integration test that asserts it against a real server, debezium/debezium at aad
   quotes Microsoft's page; not read at the source).
 - Key updates (fixtures.py, scenarios.py): several rows through Split/Sort/Collapse (D, U, I);
   one row as a delete and an insert (KB3030352).
+- An INSERT into a CDC-enabled table (the signal table) is a change row with ``__$operation``
+  2 at its transaction's commit LSN, above every earlier commit (cdc.<capture_instance>_CT,
+  ``__$operation``: "2 = insert", ``__$start_lsn``: "Log sequence number (LSN) associated with
+  the commit transaction for the change"); Debezium's IncrementalSnapshotIT (before(): CREATE
+  TABLE debezium_signal, TestHelper.enableTableCdc) runs its incremental snapshots on exactly
+  that. ``execute`` harvests it at once: the capture job's lag is not modelled here
+  (tests/providers/mssql_cdc/test_incremental_model.py lets the stream lag arbitrarily).
 """
 
 from __future__ import annotations
@@ -180,6 +187,9 @@ class Server:
     snapshot_at: int | None = None
     snapshots_done: int = 0  # snapshot transactions ended
     signature: dict[str, Any] = field(default_factory=dict)  # instance → what the driver describes its result as
+    # run after each INSERT into a table (table, its values): a concurrent writer's turn
+    on_insert: list[Callable[[Server, dict[str, Any]], None]] = field(default_factory=list)
+    executed: list[str] = field(default_factory=list)  # statements run by execute()
     ctx: Context | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -231,6 +241,24 @@ class RecordedSession:
 
     def optional(self, read: Callable[[], Any]) -> Any:
         return read()
+
+    def execute(self, sql: str, *params: Any) -> None:
+        """INSERT INTO [schema].[table] (...) VALUES (?, ...): a row, and its change at a new commit LSN."""
+        self._call("execute")
+        server = self.server
+        server.executed.append(sql)
+        found = _INSERT.match(sql)
+        assert found is not None, f"the recorded server executes single-row INSERTs only: {sql}"
+        table = server.table(found.group(1), found.group(2))
+        assert table is not None
+        columns = [c.strip() for c in found.group(3).split(",")]
+        values = dict(zip(columns, params, strict=True))
+        table.rows.append(values)
+        instance = next(i for i in server.instances if i.table is table)
+        at = (server.max_lsn or 0) + (1 << 16)  # the next log block: after every earlier commit
+        server.commit(instance.name, [Change(at, at, 2, b"\xff", 1, values)])
+        for hook in list(server.on_insert):
+            hook(server, values)
 
     # -- catalog --------------------------------------------------------------------------
 
@@ -432,7 +460,9 @@ class RecordedSession:
         assert found is not None, f"the recorded server answers snapshot chunks only: {sql}"
         keys = len(re.findall(r"__\$dstream_key_\d+", sql))
         limit = params[0]
-        bound = tuple(params[len(params) - keys :]) if "WHERE" in sql else None
+        # a keyset bound has parameters after the limit; an incremental chunk's own condition
+        # (snapshot_where) is SQL the recorded server does not evaluate: every row passes it
+        bound = tuple(params[len(params) - keys :]) if len(params) > 1 else None
         return ResultSet((), self._snapshot_rows(sql, found, bound, limit))
 
     def _snapshot_rows(
@@ -518,6 +548,7 @@ SNAPSHOT_OFF = (
     "(3952) (SQLExecDirectW)",
 )
 _TARGET: Any = type("T", (), {"__str__": lambda self: "db,1433/shop", "task_hint": "orders", "database": "shop"})()
+_INSERT = re.compile(r"INSERT INTO \[([^\]]+)\]\.\[([^\]]+)\] \(([^)]*)\) VALUES")
 _SNAPSHOT_FROM = re.compile(r"FROM \[([^\]]+)\]\.\[([^\]]+)\]")
 _FUNCTION = re.compile(r"cdc\.\[fn_cdc_get_all_changes_([^\]]+)\]")
 _TABLE = re.compile(r"cdc\.\[([^\]]+)_CT\]")

@@ -77,7 +77,9 @@ def test_an_invalid_config_gets_an_error_handshake_that_never_shows_the_secret()
         ({"tables": ["shop.dbo.Orders"]}, "has 3 parts: use schema.table"),
         ({"tables": ["dbo."]}, "has an empty part"),
         ({"start": "now"}, "config.start: Input should be 'earliest' or 'latest'"),
-        ({"snapshot": "always"}, "config.snapshot: Input should be 'initial', 'when_needed' or 'never'"),
+        ({"snapshot": "always"}, "config.snapshot: Input should be 'initial', 'when_needed', 'never' or 'incremental'"),
+        ({"snapshot": "incremental", "tables": None}, 'snapshot = "incremental" needs the tables listed in `tables`'),
+        ({"tables": ["dbo.dstream_signals"]}, "dbo.dstream_signals is the signal table: it cannot be one of `tables`"),
         ({"query_mode": "table"}, "config.query_mode: Input should be 'auto', 'function' or 'direct'"),
         ({"columns": {"dbo.Orders": []}}, "dbo.Orders: the column list must name at least one column"),
         ({"columns": {"dbo.Orders": ["a", "A"]}}, "dbo.Orders: a column is listed twice"),
@@ -164,7 +166,7 @@ def test_the_provider_module_imports_without_pyodbc() -> None:
         "print(supported_verbs(P), len(P.Config.model_json_schema()['properties']))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.startswith("['run', 'check', 'init', 'plan', 'status', 'destroy']")
+    assert out.startswith("['run', 'check', 'init', 'plan', 'status', 'destroy', 'snapshot']")
 
 
 # -- ODBC errors ---------------------------------------------------------------------------------

@@ -346,6 +346,174 @@ def test_a_snapshot_of_three_tables_killed_inside_resumes_and_then_streams(
     assert ("dbo.Alpha", "Insert", -1) not in changes  # committed before the snapshot: in its rows only
 
 
+def test_a_keyless_table_killed_inside_its_snapshot_is_read_again_and_streams_from_the_new_point(
+    database: Database,
+    task_file: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    script: Callable[[str, str], Path],
+) -> None:
+    """Issue 22, defect 7: the re-read's rows are as of the new snapshot M2, so the changes
+    made while the task was down are in them and must not come again as changes."""
+    monkeypatch.setenv(CONN_ENV, database.connection_string)
+    database.execute("CREATE TABLE dbo.Heap (id int NOT NULL, v nvarchar(20) NOT NULL, pad nchar(500) NULL)")
+    database.execute(
+        "INSERT INTO dbo.Heap SELECT TOP (50000) ROW_NUMBER() OVER (ORDER BY (SELECT NULL)), N'x', N'p'"
+        " FROM sys.all_columns a CROSS JOIN sys.all_columns b"
+    )
+    database.enable_table("Heap")
+    database.execute("INSERT INTO dbo.Heap VALUES (-1, N'seen by capture', NULL)")
+    wait_until(captured_all(database, {"dbo_Heap": 1}), "the capture job")
+    out = tmp_path / "out.jsonl"
+    extra = "batch_size = 5000\n      enable_cdc = true"
+    hcl = task_file(local_task("heap", out, ["dbo.Heap"], extra))
+    slow = script("slow-output-provider", SLOW_OUTPUT)
+    slow_hcl = task_file(local_task("heap", out, ["dbo.Heap"], extra, f'provider_path = "{slow}"'), name="slow.hcl")
+    assert run_cli("init", "heap", "-f", str(hcl), timeout=300).returncode == 0
+
+    proc = start_run("heap", slow_hcl)
+    wait_until(lambda: line_count(out) >= 10_000, "10000 snapshot rows in the output", proc)
+    children = psutil.Process(proc.pid).children(recursive=True)
+    kill(provider_pid(proc, "mssql-cdc-input-provider"))
+    assert finish(proc)[0] == 1
+    wait_until(lambda: all(gone(c) for c in children), "the killed run's providers to exit")
+    inside = snapshot_state(hcl, "heap")
+    assert inside_snapshot(inside), inside
+    database.execute("UPDATE dbo.Heap SET v = N'changed' WHERE id BETWEEN 1 AND 10")  # while the task is down
+    wait_until(captured_all(database, {"dbo_Heap": 1 + 2 * 10}), "the capture job to harvest the updates")
+    proc = start_run("heap", hcl)
+    wait_until(lambda: not inside_snapshot(snapshot_state(hcl, "heap")), "the end of the snapshot", proc)
+    database.execute("INSERT INTO dbo.Heap VALUES (60000, N'after', NULL)")
+    wait_until(lambda: '"id":60000' in out.read_text(), "the change after the snapshot", proc)
+    proc.send_signal(signal.SIGTERM)
+    code, err = finish(proc)
+    assert code == 0, err
+    assert "restarting the snapshot of dbo.Heap from its first row" in err
+    envelopes = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    last_read = {
+        e["data"]["id"]: e["data"]["v"] for e in envelopes if e["metadata"]["OperationType"] == "Read"
+    }  # the re-read's rows come after the first pass's
+    assert set(range(1, 50_001)) <= set(last_read)
+    assert {last_read[i] for i in range(1, 11)} == {"changed"}  # the re-read is as of M2
+    changes = [
+        (e["metadata"]["OperationType"], e["data"]["id"])
+        for e in envelopes
+        if e["metadata"]["OperationType"] not in ("Read", "SchemaChange")
+    ]
+    assert not [c for c in changes if c[0] == "Update"], changes[:20]  # in the rows already: not again
+    assert ("Insert", 60000) in changes
+
+
+def apply_in_order(envelopes: list[dict[str, Any]]) -> dict[int, Any]:
+    """A replica built by applying the output in order, by Key: Read/Insert/Update upsert (an
+    update's old key removed), Delete removes."""
+    rows: dict[int, Any] = {}
+    for e in envelopes:
+        meta, data = e["metadata"], e["data"]
+        op = meta["OperationType"]
+        if op == "SchemaChange":
+            continue
+        if op == "Delete":
+            rows.pop(meta["Key"]["id"], None)
+            continue
+        before = meta.get("Before")
+        if op == "Update" and before is not None:
+            rows.pop(before["id"], None)
+        rows[data["id"]] = data["v"]
+    return rows
+
+
+@pytest.mark.timeout(int(STARTUP) + 2400)  # each chunk waits for the capture job to harvest its close row
+def test_an_incremental_snapshot_killed_inside_under_concurrent_writes_ends_with_the_sources_rows(
+    database: Database,
+    task_file: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    script: Callable[[str, str], Path],
+) -> None:
+    """Issue 24 on SQL Server: 100K rows snapshotted in chunks between the changes (watermark
+    rows in the CDC-enabled signal table init creates), updates, key updates, inserts and
+    deletes throughout, kill -9 inside the snapshot; the output applied in order equals the table."""
+    monkeypatch.setenv(CONN_ENV, database.connection_string)
+    database.execute("CREATE TABLE dbo.Big (id int PRIMARY KEY, v int NOT NULL, pad nchar(200) NULL)")
+    database.execute(
+        "INSERT INTO dbo.Big SELECT TOP (100000) ROW_NUMBER() OVER (ORDER BY (SELECT NULL)), 0, N'p'"
+        " FROM sys.all_columns a CROSS JOIN sys.all_columns b"
+    )
+    database.enable_table("Big")
+    out = tmp_path / "out.jsonl"
+    extra = 'snapshot = "incremental"\n      snapshot_chunk_size = 2000\n      enable_cdc = true'
+    hcl = task_file(local_task("incr", out, ["dbo.Big"], extra))
+    slow = script("slow-output-provider", SLOW_OUTPUT)
+    slow_hcl = task_file(local_task("incr", out, ["dbo.Big"], extra, f'provider_path = "{slow}"'), name="slow.hcl")
+    assert run_cli("init", "incr", "-f", str(hcl), timeout=300).returncode == 0  # creates the signal table
+    assert (
+        database.value(
+            "SELECT COUNT(*) FROM cdc.change_tables WHERE source_object_id = OBJECT_ID(N'dbo.dstream_signals')"
+        )
+        == 1
+    )
+    stop = threading.Event()
+
+    def writer() -> None:  # through the whole snapshot, both runs and the kill
+        conn = database.server.connect(database.name)
+        n = 0
+        while not stop.is_set():
+            n += 1
+            key = 1 + (n * 7919) % 100_000
+            cur = conn.cursor()
+            if n % 10 == 0:
+                cur.execute("DELETE FROM dbo.Big WHERE id = ?", key)
+            elif n % 10 == 1:
+                cur.execute("UPDATE dbo.Big SET id = ? WHERE id = ?", 200_000 + n, key)  # a key update
+            elif n % 10 == 2:
+                cur.execute("INSERT INTO dbo.Big (id, v) VALUES (?, ?)", 300_000 + n, n)
+            else:
+                cur.execute("UPDATE dbo.Big SET v = ? WHERE id = ?", n, key)
+            time.sleep(0.005)  # pacing: a steady stream of writes, not a race fix
+        conn.close()
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    try:
+        proc = start_run("incr", slow_hcl)
+        wait_until(lambda: line_count(out) >= 20_000, "20000 lines in the output", proc)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        kill(provider_pid(proc, "mssql-cdc-input-provider"))
+        assert finish(proc)[0] == 1
+        wait_until(lambda: all(gone(c) for c in children), "the killed run's providers to exit")
+        inside = snapshot_state(hcl, "incr")
+        assert "incremental" in inside["tables"]["dbo.Big"], inside  # killed inside the snapshot
+        proc = start_run("incr", hcl)
+        wait_until(
+            lambda: "incremental" not in snapshot_state(hcl, "incr")["tables"]["dbo.Big"],
+            "the end of the incremental snapshot",
+            proc,
+            timeout=1500,
+            interval=2.0,
+        )
+    finally:
+        stop.set()
+        thread.join()
+    expected = {int(i): int(v) for i, v in database.execute("SELECT id, v FROM dbo.Big")}
+
+    def caught_up() -> bool:
+        lines = [json.loads(x) for x in out.read_text().splitlines() if x.strip()]
+        return apply_in_order(lines) == expected
+
+    wait_until(caught_up, "the replica to equal the table", proc, timeout=600, interval=2.0)
+    proc.send_signal(signal.SIGTERM)
+    code, err = finish(proc)
+    assert code == 0, err
+    assert "resuming the incremental snapshot of dbo.Big" in err
+    envelopes = [json.loads(x) for x in out.read_text().splitlines() if x.strip()]
+    reads = sum(1 for e in envelopes if e["metadata"]["OperationType"] == "Read")
+    assert reads < 2 * 100_000  # resumed after the acknowledged chunks, not from the first row
+    summary_line(f"mssql incremental snapshot: {reads} Read envelopes for 100000 rows across a kill -9")
+    assert run_cli("destroy", "incr", "-f", str(hcl), timeout=300).returncode == 0
+    assert database.value("SELECT OBJECT_ID(N'dbo.dstream_signals')") is None
+
+
 def summary_line(text: str) -> None:
     """A line of the workflow's job summary (GitHub Actions), and of the test log."""
     logging.getLogger(LOGGER).info("%s", text)

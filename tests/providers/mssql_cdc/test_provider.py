@@ -53,7 +53,7 @@ def test_a_run_emits_every_change_once_in_commit_order_with_the_starting_positio
     result = run(server)
     assert result.exit_code == 0
     assert result.handshake is not None
-    assert result.handshake["verbs"] == ["run", "check", "init", "plan", "status", "destroy"]
+    assert result.handshake["verbs"] == ["run", "check", "init", "plan", "status", "destroy", "snapshot"]
     assert result.handshake["features"] == []  # no commit feature: CDC keeps changes by time, not by reader
     assert rows(result) == EXPECTED
     start = {"lsn": format_lsn(START)}

@@ -311,3 +311,27 @@ def test_the_snapshot_in_a_database_without_snapshot_isolation_is_the_named_erro
     assert not rows(result)
     committed = run(shop(snapshot_isolation=False), tables=["dbo.Orders"], snapshot_isolation="read_committed")
     assert rows(committed) == [("dbo.Orders", "Read", 3), ("dbo.Orders", "Read", 4)]
+
+
+def test_a_table_without_a_key_restarted_from_its_first_row_streams_from_the_new_snapshots_point() -> None:
+    """Issue 22, defect 7: a kill -9 inside a keyless table's snapshot reads it again from its
+    first row as of a new snapshot (max LSN M2); its changes must start above M2, or every
+    change between the first pass's point and M2 arrives twice (in the rows and as a change).
+    A SNAPSHOT transaction sees every transaction committed before it began (server.py's
+    docstring: "Isolation Element (ASSL)"), and the capture job harvested every change <= M2."""
+    server = shop()
+    log = Table("dbo", "Log", 404, rows=[{"msg": "a"}, {"msg": "b"}])
+    server.instances.append(Instance("dbo_Log", log, START, [Column("msg", "nvarchar", 20, ordinal=1)]))
+    first = run(server, tables=["dbo.Log"], every=True)
+    inside = next(c for c in first.checkpoints if "snapshot" in c["tables"].get("dbo.Log", {}))
+    assert inside["tables"]["dbo.Log"]["lsn"] == format_lsn(increment_lsn(T5))
+    between = lsn(0x50, 0x10, 1)  # committed after the first pass's point, before the second's
+    log.rows.append({"msg": "c"})
+    server.commit("dbo_Log", [Change(between, lsn(0x50, 0x8, 1), 2, b"\x01", 1, {"msg": "c"})])
+    again = run(server, inside, tables=["dbo.Log"])
+    assert again.exit_code == 0
+    out = [(m["metadata"]["OperationType"], m["data"]["msg"]) for m in again.data if m["data"]]
+    assert out == [("Read", "a"), ("Read", "b"), ("Read", "c")]  # "c" once: no Insert after its Read
+    handoff = format_lsn(increment_lsn(between))
+    assert {m["metadata"]["LSN"] for m in again.data if m["metadata"]["OperationType"] == "Read"} == {handoff}
+    assert again.checkpoints[-1]["tables"]["dbo.Log"] == {"lsn": handoff}

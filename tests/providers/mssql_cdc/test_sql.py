@@ -133,3 +133,13 @@ def test_snapshot_chunks_page_by_key_with_exact_key_texts() -> None:
     # qualified: an unqualified name would bind to the select-list alias (review row 2)
     assert after.endswith("ORDER BY [__$dstream_source].[region], [__$dstream_source].[at]")
     assert snapshot_query("[dbo].[Log]", [Column("v", "int")], [], resume=False) == "SELECT [v] AS [v] FROM [dbo].[Log]"
+
+
+def test_an_incremental_chunk_ands_its_where_condition_with_the_keyset_in_parentheses() -> None:
+    two = KEYS[:2]
+    first = snapshot_query("[dbo].[Sales]", [Column("v", "int")], two, resume=False, where="v > 1 OR v < -1")
+    assert " AS [__$dstream_source] WHERE v > 1 OR v < -1 ORDER BY [__$dstream_source].[region]," in first
+    after = snapshot_query("[dbo].[Sales]", [Column("v", "int")], two, resume=True, where="v > 1 OR v < -1")
+    # an OR in either part must not escape it: (keyset) AND (condition)
+    assert " WHERE (([region] > CONVERT(nvarchar(10), ?)) OR ([region] = " in after
+    assert ")) AND (v > 1 OR v < -1) ORDER BY [__$dstream_source].[region]" in after

@@ -1,0 +1,234 @@
+"""The provider's incremental snapshots at run time: the signal table's rows fed to the
+watermarks, chunks read between polls (incremental.py has the algorithm's SQL Server side).
+
+Between two polls, with the stream caught up to the poll's end, the next chunk is read:
+INSERT the open row, one ``SELECT TOP (n)`` after the table's cursor, INSERT the close row
+(each autocommitted, db.Session). The polls that follow read the signal table's change
+table with the captured tables, merged in commit order; its rows are not emitted: the open
+row opens the chunk's window, the changes of the table drop its keys, the close row
+releases the rest as ``Read`` envelopes, each with the table's cursor after it in the
+checkpoint (``{"lsn": ..., "incremental": {"after": [...], "rows": n, "chunks": c}}``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from dstream.sdk import Record, Resource
+from dstream.sdk.cdc import IncrementalCursor, key_of, read_metadata
+from dstream_mssql_cdc.errors import CdcError
+from dstream_mssql_cdc.incremental import (
+    CLOSE,
+    EXECUTE,
+    OPEN,
+    STOP,
+    Watermarks,
+    disable_signal_cdc_sql,
+    drop_signal_table_sql,
+    enable_signal_cdc_sql,
+    parse_signal,
+    signal_insert_sql,
+    signal_table_ddl,
+)
+from dstream_mssql_cdc.names import parse_table_name, quote_name
+from dstream_mssql_cdc.sql import keyset_params, snapshot_query
+
+if TYPE_CHECKING:
+    import logging
+    from collections.abc import Callable
+
+    from dstream_mssql_cdc.changes import Values
+    from dstream_mssql_cdc.db import Session
+    from dstream_mssql_cdc.stream import Shape
+
+
+def keyless_error(tables: list[str]) -> CdcError:
+    return CdcError(
+        f'snapshot = "incremental" reads each table in key order, and {", ".join(tables)} has no key to page by '
+        "(CDC was enabled without a primary key or unique index, or the key's type has no exact text): add one, or "
+        'snapshot it with snapshot = "initial"'
+    )
+
+
+class SignalTable:
+    """init / plan / status / destroy of the signal table (the lifecycle verbs, db_owner)."""
+
+    def __init__(self, db: Session, name: str) -> None:
+        self.db = db
+        self.name = name
+        self.schema, self.table = parse_table_name(name)
+
+    def _exists(self) -> bool:
+        return self.db.table(self.schema, self.table) is not None
+
+    def state(self, missing: str) -> Resource:
+        found = self._exists()
+        details = {"ddl": signal_table_ddl(self.name), "cdc": "enabled with no gating role"}
+        return Resource(
+            "signal_table", self.name, "none" if found else missing, "present" if found else "absent", details
+        )
+
+    def init(self) -> Resource:
+        if self._exists():
+            return Resource("signal_table", self.name, "none", "present")
+        schema = self.schema or "dbo"
+        self.db.execute(signal_table_ddl(self.name))
+        self.db.execute(enable_signal_cdc_sql(), schema, self.table)
+        return Resource("signal_table", self.name, "create", "present", {"cdc": "enabled"})
+
+    def destroy(self) -> Resource:
+        if not self._exists():
+            return Resource("signal_table", self.name, "none", "absent")
+        schema = self.schema or "dbo"
+        self.db.execute(disable_signal_cdc_sql(), schema, self.table)
+        self.db.execute(drop_signal_table_sql(self.name))
+        return Resource("signal_table", self.name, "delete", "absent")
+
+
+class Incremental:
+    """Incremental snapshots of one run: fed by the merged stream, read between polls."""
+
+    def __init__(
+        self,
+        db: Session,
+        signal_table: str,
+        shapes: Callable[[str], Shape],
+        values: Values,
+        cursors: dict[str, IncrementalCursor],
+        chunk_size: int,
+        pause: float,
+        log: logging.Logger,
+        gauge: Callable[..., None],
+    ) -> None:
+        self.db = db
+        self.signal_table = signal_table
+        self.shapes = shapes  # table → how it is read now
+        self.values = values
+        self.marks: Watermarks[Record] = Watermarks(cursors, chunk_size)
+        self.chunk_size = chunk_size
+        self.pause = pause
+        self.log = log
+        self.gauge = gauge
+        self.tables: set[str] = set()  # the task's tables (signals name them)
+        self._last_chunk = 0.0
+
+    # -- checkpoint ------------------------------------------------------------------------
+
+    def cursors_json(self) -> dict[str, dict[str, Any]]:
+        return {table: cursor.to_json() for table, cursor in self.marks.snaps.cursors.items()}
+
+    # -- the stream ------------------------------------------------------------------------
+
+    def change(self, record: Record) -> None:
+        """A change of a captured table, as the merged stream hands it out."""
+        table = record.metadata.get("TableName")
+        if not isinstance(table, str) or self.marks.snaps.window != table:
+            return
+        key = self.shapes(table).instance.key
+        self.marks.changed(table, [key_of(record.metadata.get("Before"), key), key_of(record.data, key)])
+
+    def signal_row(self, record: Record) -> list[Record]:
+        """A row of the signal table (the stream reached it): what it releases, as Read envelopes."""
+        if record.metadata.get("OperationType") != "Insert":
+            return []
+        row_id, kind = str(record.data.get("id") or ""), str(record.data.get("type") or "")
+        if kind in (OPEN, CLOSE):
+            closed = self.marks.signal(row_id, kind)
+            if closed is None:
+                return []
+            name = closed.table
+            lsn = str(record.metadata.get("LSN"))
+            instance = self.shapes(name).instance.name
+            base = record.position if isinstance(record.position, dict) else {"tables": {}}
+            out = []
+            for row, cursor in closed.rows:
+                row.metadata = {
+                    **read_metadata(name, lsn, row.metadata.get("Key"), row_id[:8], cursor.rows),
+                    "CaptureInstance": instance,
+                }
+                tables = {**base.get("tables", {}), **self._decorated(base, name, cursor)}
+                row.position = {**base, "tables": tables}
+                out.append(row)
+            self._report(name, closed.cursor, closed.finished)
+            return out
+        signal = parse_signal(kind, record.data.get("data"))
+        if signal is None:
+            self.log.warning("ignoring signal row %r of type %r", row_id, kind)
+            return []
+        for name in signal.tables:
+            table = self._table(name)
+            if table is None:
+                self.log.error("%s signal for %s ignored: the task does not capture it", kind, name)
+            elif kind == EXECUTE:
+                self.start(table, signal.where.get(name) or signal.where.get(table))
+            elif kind == STOP and self.marks.stop(table):
+                self.log.info("incremental snapshot of %s stopped by a signal", table)
+        return []
+
+    def _decorated(self, base: dict[str, Any], name: str, cursor: IncrementalCursor) -> dict[str, Any]:
+        position = dict(base.get("tables", {}).get(name) or {})
+        position["incremental"] = cursor.to_json()
+        return {name: position}
+
+    def _table(self, name: str) -> str | None:
+        wanted = name.lower()
+        for table in self.tables:
+            if table.lower() == wanted or table.split(".", 1)[-1].lower() == wanted:
+                return table
+        return None
+
+    def start(self, table: str, where: str | None = None) -> bool:
+        from dstream_mssql_cdc.snapshot import resumable_by_key
+
+        if not resumable_by_key(self.shapes(table)):
+            self.log.error("%s", keyless_error([table]))
+            return False
+        self.marks.start(table, where)
+        self.log.info("incremental snapshot of %s%s starts", table, f" where {where}" if where else "")
+        return True
+
+    def abandon(self) -> None:
+        self.marks.abandon()
+
+    # -- reading chunks (between polls) ----------------------------------------------------
+
+    def read_chunk(self) -> bool:
+        """Open, read and close the next chunk; False when there is none to read now."""
+        if time.monotonic() - self._last_chunk < self.pause:
+            return False
+        nxt = self.marks.next_chunk()
+        if nxt is None:
+            return False
+        chunk, table, cursor = nxt
+        shape = self.shapes(table)
+        insert = signal_insert_sql(self.signal_table)
+        self.db.execute(insert, f"{chunk}-open", OPEN, table)
+        rows = self._rows(shape, cursor)
+        self.marks.read(chunk, table, rows)
+        self.db.execute(insert, f"{chunk}-close", CLOSE, table)
+        self._last_chunk = time.monotonic()
+        return True
+
+    def _rows(self, shape: Shape, cursor: IncrementalCursor) -> list[tuple[Any, tuple[str, ...], Record]]:
+        by_name = {c.name.lower(): c for c in shape.columns}
+        keys = [by_name[k.lower()] for k in shape.instance.key]
+        source = f"{quote_name(shape.instance.schema)}.{quote_name(shape.instance.table)}"
+        sql = snapshot_query(source, shape.columns, keys, resume=cursor.after is not None, where=cursor.where)
+        params = keyset_params(cursor.after) if cursor.after is not None else []
+        found = self.db.query(sql, self.chunk_size, *params).rows
+        names = [c.name for c in shape.columns]
+        width = len(keys)
+        out = []
+        for row in found:
+            data = self.values.row(names, tuple(row[width:]))
+            key = {k: data.get(k) for k in shape.instance.key}
+            text = tuple(str(v) for v in row[:width])
+            out.append((key_of(data, shape.instance.key), text, Record(data, {"Key": key})))
+        return out
+
+    def _report(self, name: str, cursor: IncrementalCursor, finished: bool) -> None:
+        self.gauge("snapshot_rows", float(cursor.rows), table=name)
+        self.gauge("snapshot_chunks", float(cursor.chunks), table=name)
+        if finished:
+            self.log.info("incremental snapshot of %s done: %d rows in %d chunks", name, cursor.rows, cursor.chunks)
