@@ -18,4 +18,5 @@ class CdcError(ActionableError):
 
 
 class ConnectionLost(CdcError):
-    """The connection to the server failed or was cut; reconnecting may help."""
+    """The connection failed or was cut, or the statement may succeed when retried: the
+    provider reconnects with backoff (within its reconnect_timeout) before giving up."""

@@ -34,7 +34,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from pydantic import Field, SecretStr, model_validator
 
 from dstream.sdk import Duration, InfrastructureProvider, Resource
-from dstream_azure import limits
+from dstream_azure import checks, limits
 from dstream_azure.asb_locks import MessageLockKeeper
 from dstream_azure.asb_sessions import ACCEPT_WAIT, Item, SessionPool
 from dstream_azure.inputs import Held, QueueInput, QueueInputConfig, to_envelope_lines
@@ -322,6 +322,12 @@ class AsbInputProvider(QueueInput[AsbInputConfig, Item], InfrastructureProvider)
             self._receiver.close()
         if self._client is not None:
             self._client.close()
+
+    def check(self) -> Iterator[Resource]:
+        """``dstream check``: the namespace answers these credentials; the queue or subscription
+        as ``status`` sees it (nothing is changed)."""
+        with checks.answered("the Service Bus namespace"):
+            yield from self.status()
 
     def status(self) -> Iterator[Resource]:
         cfg = self.config

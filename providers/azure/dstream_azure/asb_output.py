@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, SecretStr, model_validator
 
 from dstream.sdk import ByteSize, Duration, InfrastructureProvider, OutputProvider
-from dstream_azure import emulator, lifecycle, limits, pulumi_engine
+from dstream_azure import checks, emulator, lifecycle, limits, pulumi_engine
 from dstream_azure.message_ids import MessageIds
 from dstream_azure.naming import servicebus_name
 from dstream_azure.pulumi_engine import Infrastructure
@@ -236,6 +236,12 @@ class AsbOutputProvider(OutputProvider[AsbOutputConfig], InfrastructureProvider)
 
     def status(self) -> Iterator[Resource]:
         return self._lifecycle("status")
+
+    def check(self) -> Iterator[Resource]:
+        """``dstream check``: the namespace answers these credentials; each queue or topic as
+        ``plan`` sees it (nothing is created or changed)."""
+        with checks.answered("the Service Bus namespace"):
+            yield from self._lifecycle("plan")
 
     def destroy(self) -> Iterator[Resource]:
         return self._lifecycle("destroy")

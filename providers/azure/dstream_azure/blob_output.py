@@ -22,7 +22,7 @@ from azure.storage.blob import BlobServiceClient, ContainerClient
 from pydantic import Field, field_validator
 
 from dstream.sdk import InfrastructureProvider, OutputProvider
-from dstream_azure import lifecycle
+from dstream_azure import checks, lifecycle
 from dstream_azure.naming import parse_table, storage_name
 from dstream_azure.routing import TABLE_KEYS, AzureConfig, first_string
 
@@ -207,6 +207,12 @@ class AzureBlobOutputProvider(OutputProvider[BlobOutputConfig], InfrastructurePr
 
     def status(self) -> Iterator[Resource]:
         return lifecycle.status(self.admin, self._wanted(), self.ctx.task)
+
+    def check(self) -> Iterator[Resource]:
+        """``dstream check``: the account answers these credentials; the container as ``plan``
+        sees it (nothing is created or changed)."""
+        with checks.answered("the storage account"):
+            yield from lifecycle.plan(self.admin, self._wanted(), self.ctx.task)
 
     def destroy(self) -> Iterator[Resource]:
         return lifecycle.destroy(self.admin, self._wanted(), self.ctx.task)

@@ -1,7 +1,8 @@
 """Errors the user can act on, and how ODBC errors become them (pure: db.py passes in the
 SQLSTATE and the driver's message of a ``pyodbc.Error``).
 
-::
+``CdcError`` and ``ConnectionLost`` are the SDK's (:mod:`dstream.sdk.cdc`), shared with every CDC
+provider; the others are SQL Server's::
 
     CdcError            a problem with the source; the message says what to do
      ├── ConnectionLost the server went away, a timeout, a deadlock: retried with backoff
@@ -15,6 +16,10 @@ from __future__ import annotations
 
 import re
 from typing import TYPE_CHECKING
+
+from dstream.sdk.cdc import CdcError, ConnectionLost
+
+__all__ = ["CdcError", "ConnectionLost", "Denied", "InstanceGone", "Purged", "clean_message", "translate"]
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -35,14 +40,6 @@ _TRANSIENT_STATES = ("HYT00", "HYT01", "40001")
 _VERSION_STORE = frozenset({3966, 3967})
 _PREFIX = re.compile(r"^(?:\s*\[[^\]]*\])+\s*")
 _SUFFIX = re.compile(r"\s*\((-?\d+)\)\s*(?:\(SQL\w+\))?\s*$")
-
-
-class CdcError(Exception):
-    """A problem with the source database or its set-up; the message says how to fix it."""
-
-
-class ConnectionLost(CdcError):
-    """The connection failed or was cut, or the query may succeed when retried."""
 
 
 class Purged(CdcError):

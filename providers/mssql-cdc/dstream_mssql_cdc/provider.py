@@ -114,6 +114,11 @@ class MssqlCdcInputProvider(SnapshotRuns, IncrementalRuns, InputProvider[MssqlCd
             out.append(SignalTable(self.db, self.config.signal_table).state("create"))
         return out
 
+    def check(self) -> Iterable[Resource]:
+        """``dstream check``: the server answers this login, and CDC, the capture instances and
+        the login's rights as ``plan`` sees them (nothing is created or changed)."""
+        return self.plan()
+
     def status(self) -> Iterable[Resource]:
         positions = None
         if self.ctx.checkpoint is not None:

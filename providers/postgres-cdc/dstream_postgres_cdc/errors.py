@@ -28,8 +28,6 @@ if TYPE_CHECKING:
 _TRANSIENT = ("57P01", "57P02", "57P03", "53300")
 
 
-
-
 def is_connection_error(exc: psycopg.Error, conn: psycopg.Connection[object] | None = None) -> bool:
     if conn is not None and conn.closed:
         return True
