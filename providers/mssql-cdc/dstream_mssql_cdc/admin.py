@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from dstream_mssql_cdc.catalog import PROPERTY_PREFIX, Tag
 from dstream_mssql_cdc.errors import CdcError, ConnectionLost
-from dstream_mssql_cdc.infra import PROPERTY_PREFIX, Tag
 from dstream_mssql_cdc.lsn import from_bytes, parse_log_lsn, to_bytes
 from dstream_mssql_cdc.names import quote_name
 

@@ -29,6 +29,29 @@ ALWAYS_NULL_OLD = frozenset({"text", "ntext", "image"})  # NULL in every delete 
 BYTE_TYPES = frozenset({"binary", "varbinary"})  # no character_maximum_length: sizes from sys.columns
 
 
+# Extended properties of ours (which task enabled what) are named with this prefix.
+PROPERTY_PREFIX = "dstream:cdc:"
+
+
+@dataclass(frozen=True)
+class DatabaseInfo:
+    name: str
+    cdc_enabled: bool
+    version: str
+    snapshot_isolation: bool = False  # ALLOW_SNAPSHOT_ISOLATION ON
+
+
+@dataclass(frozen=True)
+class Tag:
+    """An extended property of ours: which task enabled what."""
+
+    object_id: int  # 0 for the database
+    schema: str
+    table: str
+    name: str
+    value: dict[str, Any]
+
+
 @dataclass(frozen=True)
 class Column:
     """A captured column (``sys.sp_cdc_get_captured_columns``)."""

@@ -25,10 +25,17 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pyodbc
 
 from dstream_mssql_cdc.admin import OFFSET_TIME, AdminQueries
-from dstream_mssql_cdc.catalog import BYTE_TYPES, CaptureInstance, Column, Login, ServerState, SourceTable
+from dstream_mssql_cdc.catalog import (
+    BYTE_TYPES,
+    CaptureInstance,
+    Column,
+    DatabaseInfo,
+    Login,
+    ServerState,
+    SourceTable,
+)
 from dstream_mssql_cdc.changes import ResultSet, datetimeoffset
 from dstream_mssql_cdc.errors import CdcError, ConnectionLost, Denied, InstanceGone, translate
-from dstream_mssql_cdc.infra import DatabaseInfo
 from dstream_mssql_cdc.lsn import from_bytes, to_bytes
 from dstream_mssql_cdc.names import quote_name, split_column_list
 from dstream_mssql_cdc.sql import window_end_query

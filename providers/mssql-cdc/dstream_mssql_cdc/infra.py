@@ -26,7 +26,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from dstream.sdk import Resource
-from dstream_mssql_cdc.catalog import SourceTable
+from dstream_mssql_cdc.catalog import PROPERTY_PREFIX, DatabaseInfo, SourceTable, Tag
 from dstream_mssql_cdc.errors import CdcError
 from dstream_mssql_cdc.lsn import decrement_lsn, format_lsn
 from dstream_mssql_cdc.names import parse_table_name
@@ -38,31 +38,11 @@ if TYPE_CHECKING:
     from dstream_mssql_cdc.catalog import CaptureInstance
     from dstream_mssql_cdc.db import Session
 
-PROPERTY_PREFIX = "dstream:cdc:"
 DATABASE_PROPERTY = PROPERTY_PREFIX + "database"
 DATABASE = "cdc_database"
 INSTANCE = "capture_instance"
 TABLE = "table"
 ISOLATION = "snapshot_isolation"
-
-
-@dataclass(frozen=True)
-class DatabaseInfo:
-    name: str
-    cdc_enabled: bool
-    version: str
-    snapshot_isolation: bool = False  # ALLOW_SNAPSHOT_ISOLATION ON
-
-
-@dataclass(frozen=True)
-class Tag:
-    """An extended property of ours: which task enabled what."""
-
-    object_id: int  # 0 for the database
-    schema: str
-    table: str
-    name: str
-    value: dict[str, Any]
 
 
 @dataclass(frozen=True)

@@ -70,11 +70,10 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from dstream_mssql_cdc import MssqlCdcInputProvider
-from dstream_mssql_cdc.catalog import CaptureInstance, Column, Login, ServerState, SourceTable
+from dstream_mssql_cdc.catalog import CaptureInstance, Column, DatabaseInfo, Login, ServerState, SourceTable
 from dstream_mssql_cdc.changes import ResultSet
 from dstream_mssql_cdc.db import PagedRows, Pages
 from dstream_mssql_cdc.errors import ConnectionLost, InstanceGone, translate
-from dstream_mssql_cdc.infra import DatabaseInfo
 from dstream_mssql_cdc.lsn import from_bytes, to_bytes
 
 if TYPE_CHECKING:

@@ -22,6 +22,7 @@ from psycopg import sql
 
 from dstream import protocol
 from dstream.sdk.host import Host
+from tests.waiting import wait_until
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -30,15 +31,6 @@ if TYPE_CHECKING:
     from dstream.sdk.base import Provider
 
 WAIT = 90.0
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    """Poll a condition (a measurement, not a race fix) with a bounded wait."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.02)
 
 
 class Db:
@@ -339,7 +331,7 @@ class LiveInput:
                 raise AssertionError(f"the provider exited ({self.exit_code}) before {what}")
             return condition(self)
 
-        wait_for(check, what, timeout)
+        wait_until(check, what, timeout=timeout)
 
     def wait_exit(self, timeout: float = WAIT) -> int:
         self._runner.join(timeout)

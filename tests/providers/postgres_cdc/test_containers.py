@@ -17,7 +17,7 @@ from tests.conftest import run_cli
 from tests.faults import finish, line_count, start_run, wait_until
 from tests.integration.conftest import REGISTRY, _in_registry, engine, registry, task_containers  # noqa: F401
 
-from .helpers import OutputReader, Workload, cdc_task, wait_for
+from .helpers import OutputReader, Workload, cdc_task
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -121,7 +121,7 @@ def test_kill_9_in_containers_then_resume_loses_nothing(
     workload.join()
     proc = start_run(task_name, hcl)
     reader = OutputReader(out)
-    wait_for(lambda: _complete(reader, workload), "every change in the output")
+    wait_until(lambda: _complete(reader, workload), "every change in the output")
     proc.send_signal(signal.SIGTERM)
     code, err = finish(proc)
     assert code == 0, err
@@ -154,7 +154,7 @@ def test_sigterm_in_containers_then_resume_has_no_duplicates(
     workload.join()
     proc = start_run(task_name, hcl)
     reader = OutputReader(out)
-    wait_for(lambda: _complete(reader, workload), "every change in the output")
+    wait_until(lambda: _complete(reader, workload), "every change in the output")
     proc.send_signal(signal.SIGTERM)
     code, err = finish(proc)
     assert code == 0, err

@@ -15,7 +15,7 @@ from tests.conftest import run_cli
 from tests.faults import finish, line_count, start_run, wait_until
 
 from .conftest import _free_port
-from .helpers import OutputReader, TcpProxy, cdc_task, wait_for
+from .helpers import OutputReader, TcpProxy, cdc_task
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -158,7 +158,7 @@ def test_server_going_away_is_retried_then_fails(db: Db, task_file: Callable[...
         proxy.accept()
         proc = start_run("cdc", hcl)
         db.execute(f"INSERT INTO {table} VALUES (2001, 0)")
-        wait_for(lambda: reader.poll() >= 2001, "the change after the outage")
+        wait_until(lambda: reader.poll() >= 2001, "the change after the outage")
         proc.send_signal(signal.SIGTERM)
         assert finish(proc)[0] == 0
         assert [c.data["id"] for c in reader.changes] == list(range(1, 2002))

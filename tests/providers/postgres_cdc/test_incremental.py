@@ -24,7 +24,7 @@ from dstream_postgres_cdc import PostgresCdcInputProvider
 from tests.conftest import run_cli
 from tests.faults import finish, kill, provider_pid, start_run, wait_until
 
-from .helpers import LiveInput, OutputReader, TcpProxy, cdc_task, wait_for
+from .helpers import LiveInput, OutputReader, TcpProxy, cdc_task
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -260,7 +260,7 @@ def test_incremental_snapshot_under_writers_and_two_kill_9_replays_to_the_source
     finally:
         writers.join()
     db.execute(f"INSERT INTO {live} VALUES (-1, 0)")  # a marker after the last write
-    wait_for(lambda: any(c.table == name_live and c.data["id"] == -1 for c in reader.changes), "the marker")
+    wait_until(lambda: any(c.table == name_live and c.data["id"] == -1 for c in reader.changes), "the marker")
     arrivals.close()
     longest = sampler.close()
     proc.send_signal(signal.SIGTERM)

@@ -13,8 +13,9 @@ from dstream_postgres_cdc.lsn import format_lsn, parse_lsn
 
 from tests.conftest import run_cli
 from tests.faults import finish, start_run
+from tests.waiting import wait_until
 
-from .helpers import cdc_task, wait_for
+from .helpers import cdc_task
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -86,7 +87,7 @@ def test_plan_init_status_destroy(db: Db, task_file: Callable[..., Path], tmp_pa
 
     # While a run reads the slot: active, with the reader's backend; destroy refuses.
     proc = start_run("cdc", hcl)
-    wait_for(lambda: db.slot_ready(f"{slot}_reader"), "the run to read the slot")
+    wait_until(lambda: db.slot_ready(f"{slot}_reader"), "the run to read the slot")
     running = verb("status", hcl)[0]["details"]
     assert running["active"] is True
     assert running["reader_pid"] == db.slot(f"{slot}_reader")["active_pid"]
@@ -115,7 +116,7 @@ def test_status_lag_falls_as_heartbeats_release_wal(db: Db, task_file: Callable[
     before = verb("status", hcl)[0]["details"]["lag_bytes"]
     assert before > 2_000_000  # the other table's WAL is held back by the slot
     proc = start_run("cdc", hcl)
-    wait_for(lambda: db.slot_at_least(slot, flushed), "heartbeats to advance the slot")
+    wait_until(lambda: db.slot_at_least(slot, flushed), "heartbeats to advance the slot")
     after = verb("status", hcl)[0]["details"]
     assert parse_lsn(after["confirmed_flush_lsn"]) >= flushed
     assert after["lag_bytes"] < before

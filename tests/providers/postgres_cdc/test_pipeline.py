@@ -21,7 +21,7 @@ from dstream_postgres_cdc.lsn import parse_lsn
 from tests.conftest import run_cli
 from tests.faults import finish, gone, kill, line_count, provider_pid, slow_file_output, start_run, wait_until
 
-from .helpers import OutputReader, Workload, cdc_task, wait_for
+from .helpers import OutputReader, Workload, cdc_task
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -105,9 +105,9 @@ def test_three_tables_multi_statement_transactions_and_a_50k_row_transaction_in_
     transactions = [1, 3, 5, 50_000, 1, 2]
 
     proc = start_run("cdc", hcl)
-    wait_for(lambda: line_count(out) >= len(expected), f"{len(expected)} envelopes")
+    wait_until(lambda: line_count(out) >= len(expected), f"{len(expected)} envelopes")
     # The slot moves once the orchestrator reports the data as committed.
-    wait_for(lambda: db.slot_at_least(slot, last_lsn), "the slot to be advanced")
+    wait_until(lambda: db.slot_at_least(slot, last_lsn), "the slot to be advanced")
     proc.send_signal(signal.SIGTERM)
     code, err = finish(proc)
     assert code == 0, err
@@ -177,7 +177,7 @@ def test_sigterm_mid_stream_then_resume_has_no_duplicates(
     workload.join()
     proc = start_run("cdc", hcl)
     reader = OutputReader(out)
-    wait_for(lambda: _complete(reader, workload), "every change in the output")
+    wait_until(lambda: _complete(reader, workload), "every change in the output")
     proc.send_signal(signal.SIGTERM)
     code, err = finish(proc)
     assert code == 0, err
@@ -208,7 +208,7 @@ def test_kill_9_at_random_points_then_resume_loses_nothing(
             kill(proc.pid)
             code, _ = finish(proc)
             assert code == -signal.SIGKILL
-            wait_for(lambda c=children: all(gone(x) for x in c), "the providers to exit")
+            wait_until(lambda c=children: all(gone(x) for x in c), "the providers to exit")
         else:
             name = "postgres-cdc-input-provider" if target == "input" else "file-output-provider"
             kill(provider_pid(proc, name))
@@ -218,7 +218,7 @@ def test_kill_9_at_random_points_then_resume_loses_nothing(
     workload.join()
     proc = start_run("cdc", hcl)
     reader = OutputReader(out)
-    wait_for(lambda: _complete(reader, workload), "every change in the output")
+    wait_until(lambda: _complete(reader, workload), "every change in the output")
     proc.send_signal(signal.SIGTERM)
     code, err = finish(proc)
     assert code == 0, err
@@ -238,7 +238,7 @@ def test_restart_inside_a_large_transaction_neither_skips_nor_repeats(
     commit_lsn = None
     for point in (20_000, 70_000):
         proc = start_run("cdc", hcl)
-        wait_for(lambda p=point: line_count(out) >= p, f"{point} lines")
+        wait_until(lambda p=point: line_count(out) >= p, f"{point} lines")
         proc.send_signal(signal.SIGTERM)
         code, err = finish(proc)
         assert code == 0, err
@@ -249,12 +249,12 @@ def test_restart_inside_a_large_transaction_neither_skips_nor_repeats(
         assert checkpoint["index"] == line_count(out)  # exactly what the output holds
     # kill -9 of the input inside the transaction: at-least-once, then the rest.
     proc = start_run("cdc", hcl)
-    wait_for(lambda: line_count(out) >= 100_000, "100000 lines")
+    wait_until(lambda: line_count(out) >= 100_000, "100000 lines")
     kill(provider_pid(proc, "postgres-cdc-input-provider"))
     assert finish(proc)[0] == 1
     proc = start_run("cdc", hcl)
     reader = OutputReader(out)
-    wait_for(lambda: reader.poll() >= 150_000 and len(reader.seen) == 150_000, "the whole transaction")
+    wait_until(lambda: reader.poll() >= 150_000 and len(reader.seen) == 150_000, "the whole transaction")
     proc.send_signal(signal.SIGTERM)
     assert finish(proc)[0] == 0
     ids = [c.data["id"] for c in reader.first_occurrences()]
@@ -321,7 +321,7 @@ def test_initial_snapshot_while_writes_continue_replays_to_the_table_state(
         thread.join(30)
     db.execute(f"INSERT INTO {single} VALUES (-1, -1)")  # a marker after the last write
     reader = OutputReader(out)
-    wait_for(lambda: reader.poll() > 0 and ("public." + single, "Insert", -1, -1) in reader.seen, "the marker")
+    wait_until(lambda: reader.poll() > 0 and ("public." + single, "Insert", -1, -1) in reader.seen, "the marker")
     proc.send_signal(signal.SIGTERM)
     code, err = finish(proc)
     assert code == 0, err

@@ -22,7 +22,7 @@ from dstream_postgres_cdc.lsn import parse_lsn
 from tests.conftest import run_cli
 from tests.faults import finish, gone, kill, line_count, provider_pid, slow_file_output, start_run, wait_until
 
-from .helpers import LiveInput, OutputReader, cdc_task, wait_for
+from .helpers import LiveInput, OutputReader, cdc_task
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -98,7 +98,7 @@ def test_kill_9_inside_a_multi_chunk_snapshot_resumes_after_the_acknowledged_chu
     children = psutil.Process(proc.pid).children(recursive=True)
     kill(provider_pid(proc, "postgres-cdc-input-provider"))
     assert finish(proc)[0] == 1
-    wait_for(lambda: all(gone(c) for c in children), "the killed run's providers to exit")  # the output is done
+    wait_until(lambda: all(gone(c) for c in children), "the killed run's providers to exit")  # the output is done
     inside = state(hcl, "cdc")
     acked = snapshot_rows(inside, name_k)
     assert 1000 <= acked < 30_000, inside  # chunks were acknowledged, the table is not done
@@ -114,7 +114,7 @@ def test_kill_9_inside_a_multi_chunk_snapshot_resumes_after_the_acknowledged_chu
     db.execute(f"DELETE FROM {keyed} WHERE id = 8")
     db.execute(f"INSERT INTO {keyless} VALUES (5000, 'new')")
     reader = OutputReader(out)
-    wait_for(lambda: reader.poll() > 0 and (name_nk, "Insert", 5000, "new") in reader.seen, "the changes after it")
+    wait_until(lambda: reader.poll() > 0 and (name_nk, "Insert", 5000, "new") in reader.seen, "the changes after it")
     proc.send_signal(signal.SIGTERM)
     code, err = finish(proc)
     assert code == 0, err

@@ -14,7 +14,9 @@ import pytest
 from dstream_postgres_cdc import PostgresCdcInputProvider
 from dstream_postgres_cdc.lsn import parse_lsn
 
-from .helpers import LiveInput, wait_for
+from tests.waiting import wait_until
+
+from .helpers import LiveInput
 
 if TYPE_CHECKING:
     from .helpers import Db
@@ -186,16 +188,16 @@ def test_the_slot_moves_only_to_committed_positions(db: Db) -> None:
     assert db.slot(slot)["confirmed"] == start  # checkpoints alone release nothing
     first = live.checkpoints[0]
     live.commit(first)
-    wait_for(lambda: db.slot(slot)["confirmed"] == parse_lsn(first["lsn"]), "the slot at the committed position")
+    wait_until(lambda: db.slot(slot)["confirmed"] == parse_lsn(first["lsn"]), "the slot at the committed position")
     last = live.checkpoints[-1]  # later (idle) checkpoints may follow: commit this one
     live.commit(last)
-    wait_for(lambda: db.slot(slot)["confirmed"] == parse_lsn(last["lsn"]), "the slot to follow")
+    wait_until(lambda: db.slot(slot)["confirmed"] == parse_lsn(last["lsn"]), "the slot to follow")
     reader = db.slot(db.name("slot_reader"))
     assert reader is not None
     assert reader["temporary"]
     assert reader["active_pid"]
     assert live.stop() == 0
-    wait_for(lambda: db.slot(db.name("slot_reader")) is None, "the temporary reader slot to go with its session")
+    wait_until(lambda: db.slot(db.name("slot_reader")) is None, "the temporary reader slot to go with its session")
 
 
 def test_heartbeats_advance_the_checkpoint_and_the_slot_while_the_captured_table_is_idle(db: Db) -> None:
@@ -208,7 +210,7 @@ def test_heartbeats_advance_the_checkpoint_and_the_slot_while_the_captured_table
         db.execute(f"INSERT INTO {busy} VALUES (%s, 'other table')", (i,))
     after = db.flush_lsn()
     live.wait(lambda lv: any(parse_lsn(c["lsn"]) >= after for c in lv.checkpoints), "a heartbeat past the writes")
-    wait_for(lambda: db.slot_at_least(slot, after), "the slot to follow the heartbeats")
+    wait_until(lambda: db.slot_at_least(slot, after), "the slot to follow the heartbeats")
     assert db.slot(slot)["confirmed"] > start
     assert live.data == []
     assert live.stop() == 0
