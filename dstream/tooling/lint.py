@@ -66,12 +66,17 @@ def missing_executables(found: Inspection) -> list[Problem]:
 
 def refuse_invalid_configs(document: Document, task_name: str) -> None:
     """Before ``run`` starts anything: a config its provider's schema refuses is a ConfigError
-    (with FILE:LINE), not a provider that starts and then refuses its handshake."""
+    (with FILE:LINE), not a provider that starts and then refuses its handshake.
+
+    Only local providers (``provider_path``, their schema from the catalogue): an image's schema
+    is read once its reference is resolved, and that resolution checks the lock file and the
+    digest first (a moved tag must be reported as such, not as the other image's schema); the
+    provider refuses a bad config in its handshake then, before any data moves."""
     from dstream.config.models import StageBlock
     from dstream.tooling.schemas import check_stages
 
     task = document.task(task_name)
-    stages = [StageBlock(task.name, role, block, at) for role, block, at in task.stages]
+    stages = [StageBlock(task.name, role, block, at) for role, block, at in task.stages if block.provider_path]
     problems, _ = check_stages(stages, document.lines, str(document.path), document.secrets)
     if problems:
         count = len(problems)
