@@ -3,7 +3,7 @@
 ::
 
     DStreamError                      exit code 1 unless stated
-    ├── ConfigError                   HCL syntax, validation, lint problems (carry file:line)
+    ├── ConfigError                   HCL syntax, validation, lint problems (Problem records)
     ├── DistributionError             provider_ref resolution, registry, lock file
     │   ├── LockMismatchError         locked digest differs from the registry's
     │   ├── ContentMismatch           received bytes do not hash to the digest that names them
@@ -15,7 +15,7 @@
     │   └── HandshakeError            a provider failed before or during its handshake
     ├── StateError                    checkpoint store problems
     │   └── LeaseLost                 this replica no longer holds the task lease
-    └── Interrupted                   the user stopped the run before it could finish cleanly
+    └── Interrupted                   the user stopped the run before it could finish (exit 130)
 
 Foreign exceptions (docker, requests, hcl2, pydantic, sqlite) are translated where those
 libraries are called, never further up.

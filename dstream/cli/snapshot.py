@@ -2,11 +2,11 @@
 
 The command does not talk to the running task: it runs the task's *input* provider once
 with the verb ``snapshot``, which writes a signal into the source (PostgreSQL: a logical
-decoding message; see the provider's README). The task's running provider, wherever it
-runs (a terminal, a detached run, a deployed replica), sees the signal in its change stream,
-in order, and snapshots the tables in chunks while it keeps streaming; a stopped task acts
-on it when it next runs. The verb's arguments travel in the command envelope's
-``checkpoint`` slot (a lifecycle verb has no checkpoint of its own).
+decoding message; SQL Server: a row in the signal table; see the provider's README). The
+task's running provider, wherever it runs (a terminal, a detached run, a deployed replica),
+sees the signal in its change stream, in order, and snapshots the tables in chunks while it
+keeps streaming; a stopped task acts on it when it next runs. The verb's arguments travel
+in the command envelope's ``checkpoint`` slot (a lifecycle verb has no checkpoint of its own).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Azure Service Bus data plane (azure-servicebus): envelopes → messages → sends, and back.
 
-With servicebus_admin.py, the only module that imports ``azure.servicebus``.
+With servicebus_admin.py, where the ``azure.servicebus`` clients are made (asb_sessions.py
+imports session names and errors, ledger.py a rule filter).
 
 **Sending.** A message's body is the envelope line exactly as received. Messages of one
 target go out in stream order, in SDK message batches within the broker's limits:

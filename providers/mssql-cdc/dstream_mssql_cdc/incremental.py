@@ -13,7 +13,7 @@ SQL Server needs, with no I/O (the provider runs the statements and feeds the ch
   ``snapshot-window-close``, at debezium/debezium aad5519902):
 
   1. INSERT ``(<id>-open, 'snapshot-window-open', ...)`` into the signal table, committed;
-  2. read the chunk (:func:`chunk_sql`; one statement, its own short transaction);
+  2. read the chunk (``sql.snapshot_query``; one statement, its own short transaction);
   3. INSERT ``(<id>-close, 'snapshot-window-close', ...)``, committed.
 
   The signal table's change table is read with the captured tables, merged in commit order
