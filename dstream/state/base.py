@@ -1,4 +1,5 @@
-"""The checkpoint store interface, and choosing a store from the task file."""
+"""The checkpoint store interface, and where the default (SQLite) store lives; the store a task
+file asks for is picked in :mod:`dstream.state`."""
 
 from __future__ import annotations
 

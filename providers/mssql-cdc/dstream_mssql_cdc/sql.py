@@ -1,6 +1,7 @@
 """The SQL the provider runs to read changes and snapshots, built from the capture
 instance's columns. Pure: every identifier is bracket-quoted (``quote_name``), every value
-a parameter; the only literals spliced in are column ordinals the server gave us (ints).
+a parameter; the only literals spliced in are column ordinals the server gave us (ints) and
+an incremental snapshot's ``where`` condition (SQL the task's author or a DBA wrote).
 
 Columns are listed explicitly (never ``*``), and the types pyodbc cannot read as they
 come are converted in SQL (FreeTDS reports ``sql_variant`` as SQL_SS_VARIANT, which
@@ -24,8 +25,9 @@ Change queries (Microsoft: cdc.fn_cdc_get_all_changes_<capture_instance>, cdc.<c
   __$seqval, __$operation`` (its clustered key: Debezium's GET_ALL_CHANGES_FOR_TABLE_FROM_DIRECT_ORDER_BY,
   DBZ-8858) — the order Microsoft documents for changes inside a transaction.
 
-Both read one bounded LSN window ``[@from, @to]`` whole, in one statement whose rows are
-streamed: windows end at a transaction boundary, so a transaction is never split.
+Both read one bounded LSN window ``[@from, @to]`` whole, direct mode in one statement whose
+rows are streamed, function mode in pages of ``batch_size`` rows (:func:`function_pages`):
+windows end at a transaction boundary, so a transaction is never split between windows.
 ``window_end`` finds how far a window may reach: the LSN of the n-th change from ``@from``
 (``TOP (n)`` ordered by ``__$start_lsn`` alone, the leading column of the change table's
 clustered index, so it reads n index entries and sorts nothing).

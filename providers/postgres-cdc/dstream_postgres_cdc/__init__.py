@@ -1,7 +1,8 @@
 """postgres-cdc-input-provider: PostgreSQL change data capture through logical decoding (wal2json).
 
-See provider.py for positions, heartbeats, polling and the initial snapshot, source.py for
-the slots, decode.py for the envelopes, infra.py for init/plan/status/destroy.
+See provider.py for positions, heartbeats and polling, snapshot.py and incremental.py for
+snapshots, checkpoint.py for the checkpoint, source.py for the slots, decode.py for the
+envelopes, infra.py for init/plan/status/destroy.
 """
 
 from dstream_postgres_cdc.config import PostgresCdcConfig

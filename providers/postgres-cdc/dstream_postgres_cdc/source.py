@@ -1,4 +1,5 @@
-"""Everything that talks to PostgreSQL (the only psycopg user besides errors.py).
+"""Everything that talks to PostgreSQL (psycopg's other users: errors.py, and config.py,
+which parses the DSN).
 
 Sessions are autocommit and render values the same way, so that wal2json's text (produced
 by the output functions of the session that calls ``pg_logical_slot_get_changes``) and a
