@@ -3,8 +3,9 @@
 This is the only module that calls orjson. Message kinds:
 
 - command envelope (orchestrator → provider, first stdin line):
-  ``{"command": "run"|"init"|"plan"|"status"|"destroy"|"snapshot", "config": {...}, "checkpoint": ..., "protocol": 1,
-  "task": "NAME", "features": ["gauge"]}`` (to every stage; ``checkpoint`` is where the input resumes)
+  ``{"command": "run"|"init"|"plan"|"status"|"destroy"|"check"|"snapshot", "config": {...},
+  "checkpoint": ..., "protocol": 1, "task": "NAME", "features": ["gauge"]}`` (to every stage;
+  ``checkpoint`` is where the input resumes)
 - handshake (provider → orchestrator, first stdout line):
   ``{"status": "ready", "verbs": [...], "features": [...]}`` or ``{"status": "error", "message": ...}``
 - data: ``{"data": {...}, "metadata": {...}}`` (extra top-level fields are relayed untouched)

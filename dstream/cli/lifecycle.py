@@ -1,4 +1,4 @@
-"""``init``, ``plan``, ``status``, ``destroy``: lifecycle verbs routed to the providers.
+"""``init``, ``plan``, ``status``, ``destroy``, ``check``: lifecycle verbs routed to the providers.
 
 Terraform's habits: ``destroy`` asks for confirmation on a terminal and refuses off one
 unless ``--yes``; ``plan --detailed-exitcode`` exits 0 (no changes), 2 (changes) or 1

@@ -1,4 +1,4 @@
-"""``dstream init|plan|status|destroy TASK``: route a verb to the task's providers.
+"""``dstream init|plan|status|destroy|check TASK``: route a verb to the task's providers.
 
 Each provider gets the verb in its command envelope and answers with its handshake
 (listing the verbs it supports) and result lines. A provider that does not list the

@@ -64,7 +64,7 @@ def describe(progress: Progress, rate: float, byte_rate: float) -> str:
 
 
 class StatusReporter:
-    """Samples the run twice a second; draws a line on a terminal or logs every 30 s."""
+    """Samples the run twice a second; draws a line on a terminal or logs every 30 s (by default)."""
 
     def __init__(self, run: Source, live: bool | None = None) -> None:
         self.run = run

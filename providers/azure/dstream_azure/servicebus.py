@@ -72,7 +72,7 @@ MAX_BATCH_MESSAGES = 4500
 # Room for what the SDK adds to a batch's envelope after counting (the first message's id and
 # session id, 128 characters each at most, up to 4 UTF-8 bytes a character, with their AMQP
 # framing): measured with the 7.15.0 encoder, 283 bytes for two 128-character ASCII ids and 545
-# for two-byte characters (tests/providers/azure/test_servicebus_units.py checks the bound).
+# for two-byte characters (tests/providers/azure/test_servicebus_batches.py checks the bound).
 ENVELOPE_RESERVE = 1280
 
 
