@@ -79,7 +79,7 @@ def show(path: Path, out: Callable[[bytes], None], tail: int | None, timestamps:
             chunk = f.read(65536)
             if not chunk:
                 if follow and _writing(f):
-                    time.sleep(0.2)  # tail -f's polling period
+                    time.sleep(0.2)  # polling period while the writer holds the log
                     continue
                 chunk = f.read()  # what arrived before the writer let go
                 if not chunk:
