@@ -32,7 +32,7 @@ READ_CHUNK = 256 * 1024
 class ProviderSpec:
     """Everything a runtime needs to start one provider."""
 
-    role: str  # "input" | "output"
+    role: str  # "input", "transform-1" … "transform-N", "output"
     task: str
     run_id: str
     block: ProviderBlock

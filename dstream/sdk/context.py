@@ -17,7 +17,7 @@ class Context:
 
     def __init__(self, name: str) -> None:
         self.task: str | None = None  # the dstream task running this provider, when told
-        self.command = "run"  # the verb: run, init, plan, status or destroy
+        self.command = "run"  # the verb: run, check, init, plan, status, destroy or snapshot
         # The task's last persisted checkpoint, the one its input resumes from (None on a first
         # run). Every stage gets it, so an output can derive ids that are the same on a replay.
         self.checkpoint: Any = None

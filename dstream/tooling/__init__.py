@@ -1,2 +1,2 @@
 """For provider authors and operators: conformance suite, scaffold, catalogue, image
-builds, config schemas, Swarm/Kubernetes deploy."""
+builds, config schemas, ``dstream lint``, Swarm/Kubernetes deploy."""
