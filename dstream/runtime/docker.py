@@ -3,10 +3,11 @@
 Every engine operation dstream needs is a method of :class:`DockerEngine` that takes and
 returns plain Python values, so the modules built on it (:mod:`~dstream.runtime.container`
 for provider containers, :mod:`~dstream.runtime.leftovers`, :mod:`~dstream.runtime.swarm`,
-``dstream deploy``) never see docker-py. docker-py's exceptions are translated in one place,
-:func:`engine_errors`, a context manager around each call (as httpx's
-``map_httpcore_exceptions`` in ``httpx/_transports/default.py``); a method catches a
-specific error itself only where it means something (a 404 that is "not there").
+``dstream deploy``) never see docker-py. docker-py's exceptions are translated here: most
+calls run inside :func:`engine_errors`, a context manager (as httpx's
+``map_httpcore_exceptions`` in ``httpx/_transports/default.py``); other methods catch
+docker-py's errors themselves, where one means something (a 404 that is "not there") or to
+say which operation failed.
 """
 
 from __future__ import annotations
