@@ -1,6 +1,6 @@
-"""The one place psycopg errors are translated into the SDK's CDC errors
-(:class:`~dstream.sdk.cdc.CdcError`, :class:`~dstream.sdk.cdc.ConnectionLost`), whose
-messages name the cause and the fix."""
+"""How psycopg errors become the SDK's CDC errors (:class:`~dstream.sdk.cdc.CdcError`,
+:class:`~dstream.sdk.cdc.ConnectionLost`), whose messages name the cause and the fix (a
+failed connect is a ConnectionLost raised in source.py)."""
 
 from __future__ import annotations
 
