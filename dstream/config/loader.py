@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
+from dstream.config.bodies import BodyReader
 from dstream.config.evaluate import EvalError, Evaluator, default_environ
-from dstream.config.hcl import Block, Body, parse
+from dstream.config.hcl import Block, parse
 from dstream.config.models import (
     ContainerSettings,
     DeadLetterSettings,
@@ -45,7 +46,7 @@ class _Loader:
         self.name = str(path)
         self.environ = environ
         self.problems: list[Problem] = []
-        self._failed: set[tuple[Any, ...]] = set()
+        self.bodies = BodyReader(self.problem)
         self.lines: dict[str, int] = {}
         # Every provider block that is valid on its own, its task valid or not: so lint can
         # check configs against provider schemas in the same pass as the file's structure.
@@ -76,7 +77,7 @@ class _Loader:
                 )
             elif block.type == "locals":
                 self._check_labels(block, 0)
-                self._report_duplicates(block.body)
+                self.bodies.report_duplicates(block.body)
                 for name, attr in block.body.attributes.items():
                     if name in locals_attrs:
                         self.problem(attr.line, f"local '{name}' is defined twice")
@@ -117,7 +118,7 @@ class _Loader:
             self.problem(extra.line, "only one state block is allowed")
         if state_blocks:
             lines: dict[tuple[Any, ...], int] = {}
-            raw = self._body_dict(state_blocks[0].body, (), lines, evaluator, "state")
+            raw = self.bodies.read(state_blocks[0].body, (), lines, evaluator, "state")
             try:
                 state = StateSettings.model_validate(raw)
             except ValidationError as exc:
@@ -143,21 +144,16 @@ class _Loader:
             return False
         return True
 
-    def _report_duplicates(self, body: Body) -> None:
-        for dup in body.duplicates:
-            first = body.attributes[dup.name].line
-            self.problem(dup.line, f"attribute '{dup.name}' is set twice (first at line {first})")
-
     def _task(self, block: Block, evaluator: Evaluator) -> Task | None:
         lines: dict[tuple[Any, ...], int] = {}
-        self._failed = set()
-        raw = self._body_dict(block.body, (), lines, evaluator, "task")
+        self.bodies.failed = set()
+        raw = self.bodies.read(block.body, (), lines, evaluator, "task")
         raw["name"] = block.labels[0]
         self.secrets |= secret_values(raw)
         for path, line in lines.items():  # kept so later checks (provider schemas) can cite lines
             self.lines["/".join([block.labels[0], *map(str, path)])] = line
         # A block with a value that failed to evaluate is left out: its config is not what the file says.
-        failed = {path[:2] if path[0] == "transform" else path[:1] for path in self._failed}
+        failed = {path[:2] if path[0] == "transform" else path[:1] for path in self.bodies.failed}
         self.stages.extend(
             stage for stage in _stage_blocks(block.labels[0], raw) if _stage_key(stage.path) not in failed
         )
@@ -171,130 +167,7 @@ class _Loader:
         except ValidationError as exc:
             self._validation_problems(exc, lines, block.line, skip_missing=missing_role)
             return None
-        return None if self._failed else task
-
-    def _body_dict(
-        self,
-        body: Body,
-        path: tuple[Any, ...],
-        lines: dict[tuple[Any, ...], int],
-        evaluator: Evaluator,
-        kind: str,
-    ) -> dict[str, Any]:
-        """Evaluate a block body into a dict, recording the line of every key. ``kind`` is what
-        the body belongs to: "task", "provider", "config" (free-form: labelled and repeated
-        blocks allowed) or a settings block ("container", "state" …)."""
-        self._report_duplicates(body)
-        out = self._attributes(body, path, lines, evaluator)
-        seen: dict[str, int] = {}
-        for inner in body.blocks:
-            if kind == "task" and inner.type == "transform":
-                self._add_transform(inner, out, path, lines, evaluator)
-            elif kind == "config":
-                self._add_config_block(inner, out, seen, path, lines, evaluator)
-            else:
-                self._add_settings_block(inner, out, seen, path, lines, evaluator, kind)
-        return out
-
-    def _attributes(
-        self, body: Body, path: tuple[Any, ...], lines: dict[tuple[Any, ...], int], evaluator: Evaluator
-    ) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for name, attr in body.attributes.items():
-            lines[(*path, name)] = attr.line
-            try:
-                out[name] = evaluator.eval(attr.expr)
-            except EvalError as exc:
-                self.problem(exc.line or attr.line, str(exc))
-                self._failed.add((*path, name))
-        return out
-
-    def _add_transform(
-        self,
-        inner: Block,
-        out: dict[str, Any],
-        path: tuple[Any, ...],
-        lines: dict[tuple[Any, ...], int],
-        evaluator: Evaluator,
-    ) -> None:
-        """``transform { }`` repeats: a list, in file order."""
-        key = (*path, inner.type)
-        if inner.labels:
-            self.problem(inner.line, "block 'transform' takes no labels")
-            return
-        stages = out.setdefault("transform", [])
-        if not isinstance(stages, list):
-            self.problem(inner.line, f"'transform' is given both as an attribute (line {lines[key]}) and as a block")
-            return
-        key = (*key, len(stages))
-        lines[key] = inner.line
-        stages.append(self._body_dict(inner.body, key, lines, evaluator, "provider"))
-
-    def _add_config_block(
-        self,
-        inner: Block,
-        out: dict[str, Any],
-        seen: dict[str, int],
-        path: tuple[Any, ...],
-        lines: dict[tuple[Any, ...], int],
-        evaluator: Evaluator,
-    ) -> None:
-        """A block inside ``config``: labels nest (``a "b" { }`` is ``{a: {b: …}}``), repeats are a list."""
-        key = (*path, inner.type)
-        value = self._body_dict(inner.body, key, lines, evaluator, "config")
-        if self._also_an_attribute(inner, out, seen, lines.get(key)):
-            return
-        if inner.type in seen:
-            previous = out[inner.type]
-            out[inner.type] = [*previous, value] if isinstance(previous, list) else [previous, value]
-            return
-        out[inner.type] = _nest_labels(inner.labels, value) if inner.labels else value
-        seen[inner.type] = inner.line
-        lines[key] = inner.line
-
-    def _add_settings_block(
-        self,
-        inner: Block,
-        out: dict[str, Any],
-        seen: dict[str, int],
-        path: tuple[Any, ...],
-        lines: dict[tuple[Any, ...], int],
-        evaluator: Evaluator,
-        kind: str,
-    ) -> None:
-        """A block of the task file's own structure: no labels, at most one of each."""
-        key = (*path, inner.type)
-        if inner.labels:
-            self.problem(inner.line, f"block '{inner.type}' takes no labels")
-            return
-        if inner.type == "config":
-            inner_kind = "config"
-        elif kind == "task" and inner.type in ("input", "output"):
-            inner_kind = "provider"
-        else:
-            inner_kind = inner.type
-        value = self._body_dict(inner.body, key, lines, evaluator, inner_kind)
-        if self._also_an_attribute(inner, out, seen, lines.get(key)):
-            return
-        if inner.type in seen:
-            self.problem(
-                inner.line, f"only one '{inner.type}' block is allowed here (first at line {seen[inner.type]})"
-            )
-            return
-        out[inner.type] = value
-        seen[inner.type] = inner.line
-        lines[key] = inner.line
-
-    def _also_an_attribute(
-        self, inner: Block, out: dict[str, Any], seen: dict[str, int], attribute_line: int | None
-    ) -> bool:
-        """A block whose name an attribute of the same body already set."""
-        if inner.type in out and inner.type not in seen:
-            self.problem(
-                inner.line, f"'{inner.type}' is given both as an attribute (line {attribute_line}) and as a block"
-            )
-            return True
-        return False
+        return None if self.bodies.failed else task
 
     def _validation_problems(
         self,
@@ -306,7 +179,7 @@ class _Loader:
         for error in exc.errors():
             loc = tuple(error["loc"])
             # Already reported: a value that failed to evaluate, or a missing input/output block.
-            if any(loc[: len(f)] == f or f[:-1] == loc for f in self._failed):
+            if any(loc[: len(f)] == f or f[:-1] == loc for f in self.bodies.failed):
                 continue
             if skip_missing and error["type"] == "missing" and loc in (("input",), ("output",)):
                 continue
@@ -322,12 +195,6 @@ class _Loader:
                         line = lines[loc[:size]]
                         break
             self.problem(line, _describe(error))
-
-
-def _nest_labels(labels: list[str], value: dict[str, Any]) -> dict[str, Any]:
-    for label in reversed(labels):
-        value = {label: value}
-    return value
 
 
 def _describe(error: Any) -> str:
