@@ -82,8 +82,6 @@ def document_warnings(document: Document) -> list[str]:
     notes = []
     for task in document.tasks.values():
         for role, block, _ in task.stages:
-            texts = list(warnings(block.container, document.base_dir))
-            if block.provider_ref:  # an image (an ORAS executable runs on this machine: no warning there)
-                texts += [f"(as an image) {t}" for t in reach.warnings(block.container, block.config)]
+            texts = [*warnings(block.container, document.base_dir), *reach.image_warnings(block)]
             notes += [f"{task.name} {role}: warning: {text}" for text in texts]
     return notes

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from dstream.config.models import ContainerSettings
+    from dstream.config.models import ContainerSettings, ProviderBlock
 
 # A loopback host as connection strings and URLs write it: 127.x.x.x, localhost, [::1].
 _LOOPBACK = re.compile(r"(?<![\w.-])(localhost|127(?:\.\d{1,3}){3}|\[::1\])(?![\w-]|\.\w)", re.IGNORECASE)
@@ -48,3 +48,11 @@ def warnings(settings: ContainerSettings, config: Any) -> Iterator[str]:
             f"{setting} names {host}, which in a container on the bridge network is the container itself, "
             f'not this machine: for a server on this machine add container {{ network = "host" }}'
         )
+
+
+def image_warnings(block: ProviderBlock) -> list[str]:
+    """``warnings`` for a block that runs as an image (a pulled executable runs on this machine,
+    where loopback is this machine): what ``lint`` and ``check`` say before a run finds out."""
+    if not block.provider_ref:
+        return []
+    return [f"(as an image) {text}" for text in warnings(block.container, block.config)]

@@ -245,8 +245,7 @@ def check_report(document: Document, task_name: str, outcomes: list[ProviderOutc
             lines.append(f"{head}: ok in {took}" + (f": {found}" if found else ""))
     notes = []
     for role, block, _ in document.task(task_name).stages:
-        if block.provider_ref:
-            notes += [f"{role} (as an image): {text}" for text in reach.warnings(block.container, block.config)]
+        notes += [f"{role}: {text}" for text in reach.image_warnings(block)]
     ok = sum(o.status == "ok" for o in outcomes)
     failed = sum(o.status == "failed" for o in outcomes)
     lines.append(f"Check: {ok} ok, {failed} failed, {len(outcomes) - ok - failed} not checked.")
