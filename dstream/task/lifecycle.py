@@ -94,10 +94,10 @@ async def _one(
 
 
 def _stored_checkpoint(document: Document, task_name: str) -> Any:
-    from dstream.state import open_store
+    from dstream.task import checkpoints
 
     try:
-        stored = open_store(document).load(task_name)
+        stored = checkpoints.stored(document, task_name)  # the store is closed again
     except DStreamError as exc:
         log.get("lifecycle").warning("status without the task's checkpoint: %s", exc)
         return None
