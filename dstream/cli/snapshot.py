@@ -45,48 +45,20 @@ def parse_where(tables: list[str], where: list[str]) -> dict[str, str]:
 
 
 async def _signal(document: Any, task_name: str, arguments: dict[str, Any]) -> Any:
-    """Run the task's input with the ``snapshot`` verb; its result lines, as lifecycle outcomes."""
-    import asyncio
+    """Run the task's input with the ``snapshot`` verb (arguments in the ``checkpoint`` slot);
+    its answer as a lifecycle outcome."""
+    from dstream.task.lifecycle import run_on
 
-    from dstream import protocol
-    from dstream.redact import Redactor
-    from dstream.relay.handshake import stderr_excerpt
-    from dstream.task.launch import LaunchOptions, new_run_id, start_and_open
-    from dstream.task.lifecycle import LIFECYCLE_TIMEOUT, ProviderOutcome
-
-    task = document.task(task_name)
-    block = task.stage("input").block
-    redactor = Redactor(document.secrets)
-    if not block.handshake:
-        raise DStreamError(f"the input of task {task_name} is a legacy provider: it takes no snapshot signal")
-    opened = await start_and_open(document, task, "input", new_run_id(), VERB, arguments, LaunchOptions(), redactor)
-    proc = opened.proc
-    try:
-        await proc.close_stdin()
-        if not opened.handshake.supports(VERB):
-            verbs = ", ".join(opened.handshake.verbs or ()) or "none"
-            raise DStreamError(
-                f"the input of task {task_name} ({block.source}) does not take snapshot signals (it supports: {verbs})"
-            )
-        reply = protocol.LifecycleReply()
-        buffer = opened.leftover
-        while True:
-            chunk = await asyncio.wait_for(proc.read(), LIFECYCLE_TIMEOUT)
-            if not chunk:
-                break
-            buffer += chunk
-        for line in buffer.split(b"\n"):
-            if line.strip():
-                reply.feed(line)
-        code = await asyncio.wait_for(proc.wait(), LIFECYCLE_TIMEOUT)
-        outcome = ProviderOutcome("input", block.source, "ok", reply)
-        if code != 0 or reply.failed:
-            outcome.status = "failed"
-            why = redactor(reply.message) if reply.failed else f"exited with code {code}"
-            outcome.reason = why + stderr_excerpt(proc, redactor)
-        return outcome
-    finally:
-        await proc.cleanup()
+    outcome = await run_on(document, task_name, "input", VERB, arguments)
+    if outcome.status == "skipped":
+        block = document.task(task_name).stage("input").block
+        if not block.handshake:
+            raise DStreamError(f"the input of task {task_name} is a legacy provider: it takes no snapshot signal")
+        raise DStreamError(
+            f"the input of task {task_name} ({block.source}) does not take snapshot signals "
+            f"(it supports: {outcome.verbs or 'none'})"
+        )
+    return outcome
 
 
 @app.command()

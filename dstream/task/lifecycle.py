@@ -38,16 +38,24 @@ class ProviderOutcome:
 
 
 async def _one(
-    document: Document, task_name: str, role: str, verb: str, options: LaunchOptions, redactor: Redactor
+    document: Document,
+    task_name: str,
+    role: str,
+    verb: str,
+    options: LaunchOptions,
+    redactor: Redactor,
+    arguments: Any = None,
 ) -> ProviderOutcome:
+    """One stage's answer to ``verb``. ``arguments`` travel in the command envelope's
+    ``checkpoint`` slot (``dstream snapshot``'s tables); ``status`` gets the task's persisted
+    checkpoint there instead, as ``run`` does, so a provider can report its lag."""
     task = document.task(task_name)
     block = task.stage(role).block
     if role != "output" and not block.handshake:
         return ProviderOutcome(
             role, block.source, "skipped", reason="legacy provider: lifecycle verbs go to outputs only"
         )
-    # status gets the task's persisted checkpoint, as run does, so a provider can report its lag.
-    checkpoint = _stored_checkpoint(document, task_name) if verb == "status" else None
+    checkpoint = _stored_checkpoint(document, task_name) if verb == "status" else arguments
     opened = await start_and_open(document, task, role, new_run_id(), verb, checkpoint, options, redactor)
     proc = opened.proc
     try:
@@ -250,3 +258,17 @@ def check_report(document: Document, task_name: str, outcomes: list[ProviderOutc
     failed = sum(o.status == "failed" for o in outcomes)
     lines.append(f"Check: {ok} ok, {failed} failed, {len(outcomes) - ok - failed} not checked.")
     return lines, notes
+
+
+async def run_on(document: Document, task_name: str, role: str, verb: str, arguments: Any = None) -> ProviderOutcome:
+    """``verb`` sent to one stage only (``dstream snapshot`` talks to the input)."""
+    redactor = Redactor(document.secrets)
+    log.set_redactor(redactor)
+    block = document.task(task_name).stage(role).block
+    started = time.monotonic()
+    try:
+        outcome = await _one(document, task_name, role, verb, LaunchOptions(), redactor, arguments)
+    except DStreamError as exc:
+        outcome = ProviderOutcome(role, block.source, "failed", reason=redactor(str(exc)))
+    outcome.seconds = time.monotonic() - started
+    return outcome
