@@ -74,3 +74,51 @@ def test_an_unexpected_failure_names_its_type_and_debug_shows_the_traceback(fail
     assert "Traceback" not in result.stderr
     debug = run_cli("--log-level", "debug", "init", "t", "-f", str(failing_task))
     assert "Traceback" in debug.stderr
+
+
+LEAKY = """
+from dstream.sdk import ActionableError, InputProvider, ProviderConfig
+from dstream.sdk.host import main
+
+
+class Config(ProviderConfig):
+    dsn: str
+
+
+class Leaky(InputProvider[Config]):
+    name = "leaky-input-provider"
+    version = "0.1.0"
+    Config = Config
+
+    def read(self, checkpoint):
+        raise ActionableError(f"cannot connect with {self.config.dsn}")
+        yield
+
+
+main(Leaky)
+"""
+
+
+def test_the_one_line_failure_never_shows_a_secret(
+    task_file: Callable[..., Path], script: Callable[[str, str], Path]
+) -> None:
+    script("leaky.py", LEAKY)
+    path = task_file(
+        """
+        task "t" {
+          input {
+            provider_path = "./leaky.py"
+            config { dsn = "postgresql://app:Sup3rSecretPw@db:5432/x" }
+          }
+          output {
+            provider_path = "file-output-provider"
+            config { path = "out.jsonl" }
+          }
+        }
+        """
+    )
+    for args in (["run", "t"], ["--log-level", "debug", "run", "t"]):  # debug: the traceback too
+        result = run_cli(*args, "-f", str(path))
+        assert result.returncode == 1
+        assert "It reported: cannot connect with ***" in result.stderr, result.stderr
+        assert "Sup3rSecretPw" not in result.stderr + result.stdout
