@@ -63,6 +63,11 @@ class Context:
     def should_stop(self) -> bool:
         return self.stopping.is_set()
 
+    @property
+    def receives_commits(self) -> bool:
+        """The host delivers ``committed`` positions to the input's ``on_committed``."""
+        return self._on_committed is not None
+
     def deliver_commits(self) -> None:
         if self._on_committed is None or self._committed.empty():
             return

@@ -34,8 +34,9 @@ from typing import TYPE_CHECKING, Any
 
 from dstream.sdk import Record
 from dstream.sdk.cdc import IncrementalCursor, IncrementalSnapshots, Position, key_of, read_metadata, row_key
+from dstream.sdk.cdc.pacing import ChunkPacer
 from dstream_postgres_cdc.decode import converters
-from dstream_postgres_cdc.lsn import format_lsn
+from dstream_postgres_cdc.lsn import format_lsn, parse_lsn
 
 if TYPE_CHECKING:
     import logging
@@ -102,7 +103,7 @@ class Incremental:
         self.db = db
         self.chunks = chunks
         self.chunk_size = chunk_size
-        self.pause = pause
+        self.pacer = ChunkPacer(pause, log=log)
         self.numeric_as_string = numeric_as_string
         self.log = log
         self.gauge = gauge
@@ -110,7 +111,6 @@ class Incremental:
         self.recent_xids: set[int] = set()  # transactions with captured changes decoded since the last read
         self._closing: str | None = None
         self._signals: list[dict[str, Any]] = []
-        self._last_chunk = 0.0
         self._started: dict[str, tuple[float, int]] = {}  # table → (monotonic start, rows then): the rate
         self.changed_positions = False
 
@@ -181,8 +181,15 @@ class Incremental:
             out.append(record)
         self.positions[name] = Position(start) if closed.finished else Position(start, incremental=closed.cursor)
         self.changed_positions = True
+        self.pacer.released((parse_lsn(stream["lsn"]), int(stream.get("index") or 0)), name, closed.cursor.rows)
         self._report(name, closed.cursor, closed.finished)
         return out
+
+    def committed(self, position: dict[str, Any]) -> None:
+        """The orchestrator persisted ``position`` (one of ours, its ``lsn`` already checked)."""
+        tables = position.get("tables")
+        stream = (parse_lsn(position["lsn"]), int(position.get("index") or 0))
+        self.pacer.committed(stream, tables if isinstance(tables, dict) else {})
 
     def abandon(self) -> None:
         """The connection dropped: the open chunk is read again, and the transaction cut
@@ -195,10 +202,9 @@ class Incremental:
     # -- reading chunks (between polls) ----------------------------------------------------
 
     def due(self) -> bool:
-        """A chunk can be read now (one is not open, a table waits, the throttle allows)."""
-        if self.snaps.next_chunk() is None:
-            return False
-        return time.monotonic() - self._last_chunk >= self.pause
+        """A chunk can be read now: none is open, a table waits, and the pacer allows it
+        (the throttle, and fewer than two released chunks unacknowledged by the output)."""
+        return self.snaps.next_chunk() is not None and self.pacer.ready()
 
     def read_chunk(self) -> bool:
         """Read the next chunk and write its high watermark; False when there is nothing to do."""
@@ -227,7 +233,7 @@ class Incremental:
             "SELECT pg_logical_emit_message(true, %s, %s)",
             (WATERMARK, json.dumps({"slot": self.slot, "id": watermark})),
         )
-        self._last_chunk = time.monotonic()
+        self.pacer.read()
         return True
 
     def _records(self, table: Table, rows: list[tuple[Any, ...]]) -> list[tuple[Any, tuple[str, ...], Record]]:

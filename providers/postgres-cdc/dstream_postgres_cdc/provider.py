@@ -102,6 +102,7 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
         self._options: list[str] = []
         self._reading = False
         self._chunks: ChunkSession | None = None
+        self._incr: Incremental | None = None
 
     # -- lifecycle verbs --------------------------------------------------------------------
 
@@ -350,6 +351,9 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
             self.ctx.gauge,
             self.ctx.sleep,
         )
+        if self.ctx.receives_commits:
+            incr.pacer.expect_commits()  # chunks wait for the output to acknowledge earlier ones
+        self._incr = incr
         for name, cursor in under_way.items():
             self.log.info("resuming the incremental snapshot of %s after %d rows", name, cursor.rows)
         for name in new:
@@ -418,6 +422,8 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
             self.log.warning("ignoring a committed position that is not ours: %r", position)
             return
         self._release(lsn)
+        if self._incr is not None:
+            self._incr.committed(position)
 
     def _release(self, lsn: int) -> None:
         if self._release_to is None or lsn > self._release_to:

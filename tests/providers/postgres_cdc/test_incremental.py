@@ -381,6 +381,32 @@ def test_stop_signal_and_status_show_an_incremental_snapshot_under_way(
     assert len(reads(live, table)) == count  # no chunk after the stop
 
 
+def test_chunks_wait_for_the_output_to_acknowledge_earlier_ones(db: Db) -> None:
+    """Ack pacing: with nothing acknowledged, two released chunks and no third (snapshot rows
+    cannot pile up in the pipeline ahead of live changes); live changes still flow; each
+    acknowledgement lets the next chunk go, and the snapshot ends."""
+    table = db.create_table("t", "id int PRIMARY KEY, v int")
+    db.execute(f"INSERT INTO {table} SELECT g, 0 FROM generate_series(1, 1000) g")
+    db.create_slot(db.name("slot"))
+    cfg = live_config(db, [table], snapshot="incremental", snapshot_chunk_size=100)
+    live = LiveInput(PostgresCdcInputProvider, cfg, auto_commit=False)
+    live.wait(lambda lv: len(reads(lv, table)) == 200, "two chunks")
+    db.execute(f"INSERT INTO {table} VALUES (-1, 0)")
+    live.wait(lambda lv: any(m["data"]["id"] == -1 for m in lv.data), "a live change meanwhile")
+    live.wait(lambda lv: len(lv.checkpoints) > 0, "a checkpoint after the live change")
+    assert len(reads(live, table)) == 200  # no third chunk: the first two are unacknowledged
+    name = f"public.{table}"
+
+    def acknowledge_all(lv: LiveInput) -> bool:
+        if lv.checkpoints and lv.checkpoints[-1] not in lv.committed:
+            lv.commit(lv.checkpoints[-1])
+        return "incremental" not in (lv.checkpoints[-1]["tables"][name] if lv.checkpoints else {"incremental": 1})
+
+    live.wait(acknowledge_all, "the end of the snapshot, acknowledged chunk by chunk")
+    assert live.stop() == 0
+    assert sorted(reads(live, table)) == list(range(1, 1001))
+
+
 def test_keyless_tables_are_refused_for_incremental_with_the_fix(
     db: Db, task_file: Callable[..., Path], tmp_path: Path
 ) -> None:
