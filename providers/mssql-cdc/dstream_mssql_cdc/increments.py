@@ -16,7 +16,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from dstream.sdk import Record, Resource
-from dstream.sdk.cdc import IncrementalCursor, key_of, read_metadata
+from dstream.sdk.cdc import IncrementalCursor, SnapshotProgress, key_of, read_metadata
 from dstream_mssql_cdc.errors import CdcError
 from dstream_mssql_cdc.incremental import (
     CLOSE,
@@ -109,7 +109,9 @@ class Incremental:
         self.chunk_size = chunk_size
         self.pause = pause
         self.log = log
-        self.gauge = gauge
+        self.progress = SnapshotProgress(gauge, log)
+        for name, cursor in cursors.items():
+            self.progress.started(name, cursor.rows)  # resumed: the rate counts this run's rows
         self.tables: set[str] = set()  # the task's tables (signals name them)
         self._last_chunk = 0.0
 
@@ -150,7 +152,7 @@ class Incremental:
                 tables = {**base.get("tables", {}), **self._decorated(base, name, cursor)}
                 row.position = {**base, "tables": tables}
                 out.append(row)
-            self._report(name, closed.cursor, closed.finished)
+            self.progress.report(name, closed.cursor, closed.finished)
             return out
         signal = parse_signal(kind, record.data.get("data"))
         if signal is None:
@@ -184,7 +186,10 @@ class Incremental:
         if not resumable_by_key(self.shapes(table)):
             self.log.error("%s", keyless_error([table]))
             return False
-        self.marks.start(table, where)
+        shape = self.shapes(table)
+        total = self.db.optional(lambda: self.db.row_estimate(shape.instance.object_id))
+        self.marks.start(table, where, total)
+        self.progress.started(table)
         self.log.info("incremental snapshot of %s%s starts", table, f" where {where}" if where else "")
         return True
 
@@ -226,9 +231,3 @@ class Incremental:
             text = tuple(str(v) for v in row[:width])
             out.append((key_of(data, shape.instance.key), text, Record(data, {"Key": key})))
         return out
-
-    def _report(self, name: str, cursor: IncrementalCursor, finished: bool) -> None:
-        self.gauge("snapshot_rows", float(cursor.rows), table=name)
-        self.gauge("snapshot_chunks", float(cursor.chunks), table=name)
-        if finished:
-            self.log.info("incremental snapshot of %s done: %d rows in %d chunks", name, cursor.rows, cursor.chunks)

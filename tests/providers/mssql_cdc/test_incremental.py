@@ -264,3 +264,56 @@ def test_a_stop_snapshot_row_stops_it_after_the_chunks_already_closed() -> None:
     assert result.exit_code == 0
     assert out(result) == [("Read", 1), ("Read", 2), ("Read", 3), ("Read", 4)]
     assert "incremental" not in result.checkpoints[-1]["tables"]["dbo.Orders"]  # stopped: not resumed later
+
+
+def snapshot_gauges(result: Any) -> list[tuple[str, float]]:
+    return [(g["name"], g["value"]) for g in result.gauges if g["name"].startswith("snapshot_")]
+
+
+def test_progress_gauges_give_rows_chunks_percent_of_the_partition_estimate_and_a_rate() -> None:
+    server = server_with(10)
+    server.instances[0].table.estimate = 20  # sys.partitions' count is approximate: not the rows read
+    result = run(server)
+    assert result.exit_code == 0
+    assert "row_estimate" in server.calls
+    gauges = snapshot_gauges(result)
+    percents = [v for n, v in gauges if n == "snapshot_percent"]
+    assert percents == [20.0, 40.0, 100.0]  # 4 and 8 of 20 rows, then done (a short chunk)
+    assert [v for n, v in gauges if n == "snapshot_rows"] == [4.0, 8.0, 10.0]
+    assert [v for n, v in gauges if n == "snapshot_chunks"] == [1.0, 2.0, 3.0]
+    rates = [v for n, v in gauges if n == "snapshot_rows_per_second"]
+    assert len(rates) == 3
+    assert rates[-1] > 0
+    assert all(g["labels"] == {"table": "dbo.Orders"} for g in result.gauges if g["name"].startswith("snapshot_"))
+    # the estimate rides in the cursor, so `dstream status` shows the percentage from the checkpoint
+    inside = next(c for c in result.checkpoints if "incremental" in c["tables"].get("dbo.Orders", {}))
+    assert inside["tables"]["dbo.Orders"]["incremental"]["total"] == 20
+
+
+def test_without_a_permission_on_the_table_there_is_no_estimate_and_no_percentage() -> None:
+    server = server_with(10)
+    server.instances[0].table.permitted = False  # sys.partitions shows it no partition
+    result = run(server)
+    assert result.exit_code == 0
+    names = {n for n, _ in snapshot_gauges(result)}
+    assert "snapshot_rows_per_second" in names
+    percents = [v for n, v in snapshot_gauges(result) if n == "snapshot_percent"]
+    assert percents == [100.0]  # only once done; never a made-up fraction
+    assert replica(result) == source(server)
+
+
+def test_status_shows_each_tables_snapshot_rows_chunks_and_percent() -> None:
+    server = server_with(10)
+    server.instances[0].table.estimate = 10
+    full = run(server, every=True)
+    inside = next(c for c in full.checkpoints if c["tables"].get("dbo.Orders", {}).get("incremental", {}).get("rows"))
+    cursor = inside["tables"]["dbo.Orders"]["incremental"]
+    status = run(server_with(10), inside, command="status")
+    table = next(
+        m["resource"]
+        for m in status.messages
+        if m.get("resource", {}).get("type") == "table" and m["resource"]["name"] == "dbo.Orders"
+    )
+    assert table["details"]["snapshot_rows"] == cursor["rows"]
+    assert table["details"]["snapshot_chunks"] == cursor["chunks"]
+    assert table["details"]["snapshot_percent"] == round(100.0 * cursor["rows"] / 10, 1)
