@@ -310,6 +310,13 @@ class Session(AdminQueries):
         )
         return int(value) if value is not None else None
 
+    def signal_row(self, table: str, row_id: str) -> str | None:
+        """The ``data`` of the signal table's row ``row_id`` (a task's mark), None when absent."""
+        from dstream_mssql_cdc.incremental import signal_select_sql
+
+        rows = self.query(signal_select_sql(table), row_id).rows
+        return str(rows[0][0]) if rows and rows[0][0] is not None else None
+
     def min_lsn(self, instance: str) -> int:
         raw = self.value("SELECT sys.fn_cdc_get_min_lsn(?)", instance)
         return from_bytes(raw) if raw is not None else 0

@@ -12,7 +12,9 @@ checkpoint (``{"lsn": ..., "incremental": {"after": [...], "rows": n, "chunks": 
 
 from __future__ import annotations
 
+import json
 import time
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from dstream.sdk import Record, Resource
@@ -21,16 +23,21 @@ from dstream_mssql_cdc.errors import CdcError
 from dstream_mssql_cdc.incremental import (
     CLOSE,
     EXECUTE,
+    MARK,
     OPEN,
+    RUN,
     STOP,
     Watermarks,
     disable_signal_cdc_sql,
     drop_signal_table_sql,
     enable_signal_cdc_sql,
+    mark_data,
+    mark_id,
     parse_signal,
     signal_insert_sql,
     signal_table_ddl,
 )
+from dstream_mssql_cdc.lsn import format_lsn
 from dstream_mssql_cdc.names import parse_table_name, quote_name
 from dstream_mssql_cdc.sql import keyset_params, snapshot_query
 
@@ -69,13 +76,25 @@ class SignalTable:
             "signal_table", self.name, "none" if found else missing, "present" if found else "absent", details
         )
 
-    def init(self) -> Resource:
-        if self._exists():
-            return Resource("signal_table", self.name, "none", "present")
-        schema = self.schema or "dbo"
-        self.db.execute(signal_table_ddl(self.name))
-        self.db.execute(enable_signal_cdc_sql(), schema, self.table)
-        return Resource("signal_table", self.name, "create", "present", {"cdc": "enabled"})
+    def init(self, task: str | None) -> Resource:
+        """Create the table and enable CDC on it (when absent), and record ``task``'s mark: the
+        signals sent after it reach the task, even before its first run (incremental.py)."""
+        details: dict[str, Any] = {}
+        op = "none"
+        if not self._exists():
+            schema = self.schema or "dbo"
+            self.db.execute(signal_table_ddl(self.name))
+            self.db.execute(enable_signal_cdc_sql(), schema, self.table)
+            details["cdc"] = "enabled"
+            op = "create"
+        if task:
+            row_id = mark_id(task)
+            if self.db.signal_row(self.name, row_id) is None:  # a task's first init: its signals start here
+                lsn = format_lsn(self.db.max_lsn() or 0)
+                self.db.execute(signal_insert_sql(self.name), row_id, MARK, mark_data(task, lsn))
+                details["signals_from"] = lsn
+                op = "create" if op == "create" else "update"
+        return Resource("signal_table", self.name, op, "present", details)
 
     def destroy(self) -> Resource:
         if not self._exists():
@@ -114,6 +133,19 @@ class Incremental:
             self.progress.started(name, cursor.rows)  # resumed: the rate counts this run's rows
         self.tables: set[str] = set()  # the task's tables (signals name them)
         self._last_chunk = 0.0
+        # This run's RUN row, until the stream reaches it: the signals before it were sent before
+        # the run, and for the tables it snapshots from their first row (``planned``) that
+        # snapshot, planned after them, stands (incremental.py's docstring).
+        self.run_row: str | None = None
+        self.planned: set[str] = set()
+
+    def begin_run(self, planned: list[str]) -> None:
+        """This run snapshots ``planned`` from their first row: mark where it starts in the stream."""
+        if not planned:
+            return
+        self.planned = set(planned)
+        self.run_row = f"dstream-run-{uuid.uuid4().hex}"
+        self.db.execute(signal_insert_sql(self.signal_table), self.run_row, RUN, json.dumps({"tables": planned}))
 
     # -- checkpoint ------------------------------------------------------------------------
 
@@ -135,6 +167,10 @@ class Incremental:
         if record.metadata.get("OperationType") != "Insert":
             return []
         row_id, kind = str(record.data.get("id") or ""), str(record.data.get("type") or "")
+        if kind in (MARK, RUN):  # a task's mark, a run's start: no request
+            if row_id == self.run_row:
+                self.run_row = None
+            return []
         if kind in (OPEN, CLOSE):
             closed = self.marks.signal(row_id, kind)
             if closed is None:
@@ -162,6 +198,14 @@ class Incremental:
             table = self._table(name)
             if table is None:
                 self.log.error("%s signal for %s ignored: the task does not capture it", kind, name)
+            elif self.run_row is not None and table in self.planned:
+                self.log.info(
+                    "%s signal %r for %s was sent before this run, which snapshots the table from its first row "
+                    "anyway: that snapshot stands",
+                    kind,
+                    row_id,
+                    table,
+                )
             elif kind == EXECUTE:
                 self.start(table, signal.where.get(name) or signal.where.get(table))
             elif kind == STOP and self.marks.stop(table):

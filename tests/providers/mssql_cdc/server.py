@@ -346,6 +346,16 @@ class RecordedSession:
         self._call("can_select")
         return any(i.info().change_table == securable and i.readable for i in self.server.instances)
 
+    def signal_row(self, table: str, row_id: str) -> str | None:
+        """SELECT data FROM <signal table> WHERE id = ?: the row an earlier INSERT put there."""
+        self._call("signal_row")
+        schema, _, name = table.rpartition(".")
+        found = self.server.table(schema or None, name)
+        if found is None:  # error 208, Invalid object name; db.Session.optional makes it None
+            return None
+        row = next((r for r in found.rows if r.get("id") == row_id), None)
+        return None if row is None else row.get("data")
+
     def row_estimate(self, object_id: int) -> int | None:
         self._call("row_estimate")
         found = next((i.table for i in self.server.instances if i.table.object_id == object_id), None)

@@ -121,8 +121,9 @@ def test_chunks_stream_between_changes_and_a_change_inside_a_window_drops_its_ro
         ("Read", 10),
     ]
     assert replica(result) == source(server)
-    opens = [s for s in server.executed if "INSERT INTO [dbo].[dstream_signals]" in s]
-    assert len(opens) == 2 * 3  # three chunks (4 + 4 + 2 rows), an open and a close row each
+    kinds = [r["type"] for r in server.instances[1].table.rows]
+    # three chunks (4 + 4 + 2 rows), an open and a close row each, after the run's start row
+    assert kinds == ["dstream-run-start"] + ["snapshot-window-open", "snapshot-window-close"] * 3
     chunks = [s for s in server.statements if "FROM [dbo].[Orders]" in s]
     assert all(s.startswith("SELECT TOP (?)") and "ORDER BY [__$dstream_source].[id]" in s for s in chunks)
     assert server.snapshots_done == 0  # no snapshot transaction: each chunk is one statement
@@ -205,14 +206,14 @@ def test_init_creates_the_signal_table_with_cdc_and_destroy_drops_it() -> None:
     original = RecordedSession.execute
 
     def record(self: Any, sql: str, *params: Any) -> None:
-        if sql.startswith("INSERT"):
+        if sql.startswith("INSERT") and self.server.table("dbo", "dstream_signals") is not None:
             original(self, sql, *params)
             return
         calls.append(sql)
 
     RecordedSession.execute = record  # type: ignore[method-assign]
     try:
-        run(server, command="init")
+        assert run(server, command="init").exit_code == 0
     finally:
         RecordedSession.execute = original  # type: ignore[method-assign]
     assert any(c.startswith("CREATE TABLE [dbo].[dstream_signals] (id VARCHAR(64) NOT NULL PRIMARY KEY") for c in calls)
@@ -317,3 +318,100 @@ def test_status_shows_each_tables_snapshot_rows_chunks_and_percent() -> None:
     assert table["details"]["snapshot_rows"] == cursor["rows"]
     assert table["details"]["snapshot_chunks"] == cursor["chunks"]
     assert table["details"]["snapshot_percent"] == round(100.0 * cursor["rows"] / 10, 1)
+
+
+# -- signals sent before a task's first run ------------------------------------------------
+
+
+def dba_signal(server: Server, row_id: str, kind: str, tables: list[str], where: dict[str, str] | None = None) -> None:
+    """A DBA's INSERT into the signal table (its own transaction: a change at a new commit LSN)."""
+    from dstream_mssql_cdc.incremental import signal_data, signal_insert_sql
+
+    from .server import RecordedSession
+
+    RecordedSession(server).execute(signal_insert_sql("dbo.dstream_signals"), row_id, kind, signal_data(tables, where))
+
+
+def streaming_checkpoint() -> dict[str, Any]:
+    """A task that streamed dbo.Orders up to T5 before it took snapshot = "incremental" on."""
+    from dstream_mssql_cdc.lsn import format_lsn, increment_lsn
+
+    return {"tables": {"dbo.Orders": {"lsn": format_lsn(increment_lsn(T5))}}, "order": "seqval"}
+
+
+def test_init_records_the_tasks_mark_once() -> None:
+    from dstream_mssql_cdc.lsn import format_lsn
+
+    server = server_with(1)
+    first = run(server, command="init")
+    assert first.exit_code == 0
+    marks = [r for r in server.instances[1].table.rows if r["type"] == "dstream-task-init"]
+    assert [m["id"] for m in marks] == ["dstream-init-orders"]
+    assert json.loads(marks[0]["data"]) == {"task": "orders", "lsn": format_lsn(T5)}  # the max LSN then
+    assert run(server, command="init").exit_code == 0  # again: the first mark stays, no second one
+    assert [r["id"] for r in server.instances[1].table.rows if r["type"] == "dstream-task-init"] == [marks[0]["id"]]
+
+
+def test_a_snapshot_asked_for_after_init_and_before_the_first_incremental_run_is_done_by_it() -> None:
+    """`dstream snapshot` (and a DBA's INSERT) on a task that has not read the signal table yet:
+    it reads the signals sent since `dstream init`, as a stopped task reads those sent meanwhile."""
+    server = server_with(5)
+    assert run(server, command="init").exit_code == 0
+    sent = run(server, {"tables": ["dbo.Orders"], "where": {"dbo.Orders": "id > 2"}}, command="snapshot")
+    assert sent.exit_code == 0
+    result = run(server, streaming_checkpoint())
+    assert result.exit_code == 0
+    assert out(result) == [("Read", i) for i in range(1, 6)]  # the recorded server does not evaluate `where`
+    chunk = next(s for s in server.statements[::-1] if "FROM [dbo].[Orders]" in s)
+    assert "id > 2" in chunk
+    again = run(server, result.checkpoints[-1])
+    assert out(again) == []  # the signal is behind the stored position now: not acted on twice
+
+
+def test_without_a_mark_the_signal_table_is_read_from_its_latest_change_and_the_log_says_why(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = server_with(5)  # the signal table exists (created by hand, or by another task's init)
+    dba_signal(server, "dba-1", "execute-snapshot", ["dbo.Orders"])
+    with caplog.at_level(logging.INFO, LOGGER):
+        result = run(server, streaming_checkpoint())
+    assert result.exit_code == 0
+    assert out(result) == []
+    assert "signals sent before this run are not seen" in caplog.text
+    assert "dstream init orders" in caplog.text
+
+
+def test_signals_sent_before_a_first_run_leave_its_own_snapshot_of_a_table_whole(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A first run snapshots every table from its first row, planned after the signals sent
+    before it: a partial (where) request or a stop sent before it does not cut that snapshot short."""
+    server = server_with(10)
+    assert run(server, command="init").exit_code == 0
+    dba_signal(server, "dba-where", "execute-snapshot", ["dbo.Orders"], {"dbo.Orders": "id > 8"})
+    dba_signal(server, "dba-stop", "stop-snapshot", ["dbo.Orders"])
+    with caplog.at_level(logging.INFO, LOGGER):
+        result = run(server)
+    assert result.exit_code == 0
+    assert out(result) == [("Read", i) for i in range(1, 11)]
+    chunks = [s for s in server.statements if "FROM [dbo].[Orders]" in s]
+    assert chunks
+    assert not any("id > 8" in s for s in chunks)
+    assert "'dba-stop' for dbo.Orders was sent before this run" in caplog.text
+    assert "reading the signals sent to dbo.dstream_signals since `dstream init`" in caplog.text
+
+
+def test_a_mark_older_than_the_signal_tables_cdc_retention_starts_at_its_oldest_change_and_warns(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from .server import lsn
+
+    server = server_with(5)
+    assert run(server, command="init").exit_code == 0
+    dba_signal(server, "dba-1", "execute-snapshot", ["dbo.Orders"])
+    server.instances[1].min_lsn = lsn(0x2B, 0x31, 1)  # the cleanup job ran: above the mark (T5), below the signal
+    with caplog.at_level(logging.WARNING, LOGGER):
+        result = run(server, streaming_checkpoint())
+    assert result.exit_code == 0
+    assert out(result) == [("Read", i) for i in range(1, 6)]
+    assert "were purged by CDC retention before this task's first run" in caplog.text
