@@ -34,8 +34,9 @@ SQL Server needs, with no I/O (the provider runs the statements and feeds the ch
   ...}]}``), act in stream order.
 - **Signals sent before a task's first run** (a DBA's INSERT, or ``dstream snapshot`` on a task
   that never ran): ``dstream init`` writes the task's mark row (``MARK``, data ``{"task": ...,
-  "lsn": <max LSN then>}``), and a run with no stored position for the signal table reads its
-  changes from there, so every signal sent after ``init`` reaches the task, as one sent while
+  "lsn": <the first LSN a later signal can have>}``), and a run with no stored position for the
+  signal table reads its changes from there, so every signal sent after ``init`` reaches the
+  task, as one sent while
   it was stopped does. (Debezium does not: its first start streams from the max LSN,
   SqlServerSnapshotChangeEventSource.determineSnapshotOffset, and its initial snapshot skips
   the signal table, RelationalSnapshotChangeEventSource.prepareTables.) A run that snapshots

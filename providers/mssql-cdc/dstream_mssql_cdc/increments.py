@@ -37,7 +37,7 @@ from dstream_mssql_cdc.incremental import (
     signal_insert_sql,
     signal_table_ddl,
 )
-from dstream_mssql_cdc.lsn import format_lsn
+from dstream_mssql_cdc.lsn import format_lsn, increment_lsn
 from dstream_mssql_cdc.names import parse_table_name, quote_name
 from dstream_mssql_cdc.sql import keyset_params, snapshot_query
 
@@ -90,11 +90,21 @@ class SignalTable:
         if task:
             row_id = mark_id(task)
             if self.db.signal_row(self.name, row_id) is None:  # a task's first init: its signals start here
-                lsn = format_lsn(self.db.max_lsn() or 0)
+                lsn = format_lsn(0 if op == "create" else self._now())
                 self.db.execute(signal_insert_sql(self.name), row_id, MARK, mark_data(task, lsn))
                 details["signals_from"] = lsn
                 op = "create" if op == "create" else "update"
         return Resource("signal_table", self.name, op, "present", details)
+
+    def _now(self) -> int:
+        """The first LSN a signal sent from now on can commit at: the log's end (db_owner reads
+        sys.dm_db_log_stats), else past the capture job's last harvested LSN. A table init just
+        created gets 0 instead: every signal it will ever hold was sent after this init."""
+        end = self.db.log_end()
+        if end is not None:
+            return end
+        harvested = self.db.max_lsn()
+        return increment_lsn(harvested) if harvested else 0
 
     def destroy(self) -> Resource:
         if not self._exists():

@@ -14,7 +14,7 @@ from dstream_mssql_cdc.catalog import ServerState
 from dstream_mssql_cdc.errors import CdcError
 from dstream_mssql_cdc.incremental import EXECUTE, STOP, mark_id, mark_lsn, signal_data, signal_insert_sql
 from dstream_mssql_cdc.increments import Incremental, keyless_error
-from dstream_mssql_cdc.lsn import format_lsn, increment_lsn, parse_lsn
+from dstream_mssql_cdc.lsn import format_lsn, parse_lsn
 from dstream_mssql_cdc.names import parse_table_name, table_key
 from dstream_mssql_cdc.snapshot import resumable_by_key
 from dstream_mssql_cdc.windows import TableCursor, initial_position
@@ -134,9 +134,10 @@ class IncrementalRuns:
         return instances[-1]
 
     def _signals_start(self, signal: str, instances: list[CaptureInstance]) -> Position | None:
-        """Where a task's first reading of the signal table starts: after its mark, the max LSN when
-        `dstream init` ran for it (incremental.py), so a signal sent since reaches it even before
-        its first run; without a mark, at the latest change (what came before is not the task's)."""
+        """Where a task's first reading of the signal table starts: at its mark, the first LSN a
+        signal sent after `dstream init` ran for it can have (increments.SignalTable), so such a
+        signal reaches it even before its first run; without a mark, at the latest change (what
+        came before is not the task's)."""
         from dstream.sdk.cdc import Position
 
         task = self.ctx.task
@@ -155,8 +156,8 @@ class IncrementalRuns:
         if not established:
             self._signals_earliest = True  # capture of the signal table starts after the mark: all of it
             return None
-        start = max(increment_lsn(mark) if mark else 0, min(established))
-        if mark and start > increment_lsn(mark):
+        start = max(mark, min(established))
+        if mark and start > mark:
             self.log.warning(
                 "signals sent to %s between `dstream init` (LSN %s) and LSN %s were purged by CDC retention before "
                 "this task's first run: they are not seen",

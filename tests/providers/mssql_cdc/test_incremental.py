@@ -340,14 +340,15 @@ def streaming_checkpoint() -> dict[str, Any]:
 
 
 def test_init_records_the_tasks_mark_once() -> None:
-    from dstream_mssql_cdc.lsn import format_lsn
+    from dstream_mssql_cdc.lsn import format_lsn, increment_lsn
 
     server = server_with(1)
     first = run(server, command="init")
     assert first.exit_code == 0
     marks = [r for r in server.instances[1].table.rows if r["type"] == "dstream-task-init"]
     assert [m["id"] for m in marks] == ["dstream-init-orders"]
-    assert json.loads(marks[0]["data"]) == {"task": "orders", "lsn": format_lsn(T5)}  # the max LSN then
+    mark = json.loads(marks[0]["data"])
+    assert mark == {"task": "orders", "lsn": format_lsn(increment_lsn(T5))}  # past the max LSN then
     assert run(server, command="init").exit_code == 0  # again: the first mark stays, no second one
     assert [r["id"] for r in server.instances[1].table.rows if r["type"] == "dstream-task-init"] == [marks[0]["id"]]
 
