@@ -542,6 +542,8 @@ def test_incremental_snapshot_progress_reaches_100_percent_with_a_rate_for_a_log
         " FROM sys.all_columns a CROSS JOIN sys.all_columns b"
     )
     database.enable_table("Prog")
+    database.execute("CREATE TABLE dbo.Hidden (id int PRIMARY KEY)")
+    database.execute("INSERT INTO dbo.Hidden VALUES (1), (2)")
     admin = {"connection_string": database.connection_string, "tables": ["dbo.Prog"], "snapshot": "incremental"}
     verb({**admin, "enable_cdc": True}, "init", "progress")  # the signal table, CDC on it, the task's mark
     reader = database.login(
@@ -558,6 +560,8 @@ def test_incremental_snapshot_progress_reaches_100_percent_with_a_rate_for_a_log
         estimate = session.row_estimate(int(database.value("SELECT OBJECT_ID(N'dbo.Prog')")))
         assert estimate is not None
         assert estimate > 0
+        # the recorded server's rule (server.py): no permission on a table, no partition of it visible
+        assert session.row_estimate(int(database.value("SELECT OBJECT_ID(N'dbo.Hidden')"))) is None
     finally:
         session.close()
     config = {**admin, "connection_string": reader, "snapshot_chunk_size": 500, **FAST}
