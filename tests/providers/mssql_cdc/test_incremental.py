@@ -416,3 +416,34 @@ def test_a_mark_older_than_the_signal_tables_cdc_retention_starts_at_its_oldest_
     assert result.exit_code == 0
     assert out(result) == [("Read", i) for i in range(1, 6)]
     assert "were purged by CDC retention before this task's first run" in caplog.text
+
+
+def test_an_init_that_creates_the_signal_table_marks_all_of_it_as_the_tasks(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every signal a table holds was sent after the init that created it: the mark is 0 and the
+    first run reads from the capture instance's start (no purge warning: nothing was purged)."""
+    from dstream_mssql_cdc.lsn import format_lsn
+
+    from .server import RecordedSession, lsn
+
+    server = server_with(5, signal=False)
+    original = RecordedSession.execute
+
+    def execute(self: Any, sql: str, *params: Any) -> None:
+        if sql.startswith("CREATE TABLE [dbo].[dstream_signals]"):  # CDC enabled right after: starts past T5
+            signals = Table("dbo", "dstream_signals", 909, key=("id",))
+            self.server.instances.append(Instance("dbo_dstream_signals", signals, lsn(0x2B, 0x30, 2), SIGNAL_COLUMNS))
+        elif not sql.startswith("EXEC sys.sp_cdc_enable_table"):
+            original(self, sql, *params)
+
+    monkeypatch.setattr(RecordedSession, "execute", execute)
+    assert run(server, command="init").exit_code == 0
+    mark = next(r for r in server.instances[1].table.rows if r["type"] == "dstream-task-init")
+    assert json.loads(mark["data"])["lsn"] == format_lsn(0)
+    dba_signal(server, "dba-1", "execute-snapshot", ["dbo.Orders"])
+    with caplog.at_level(logging.INFO, LOGGER):
+        result = run(server, streaming_checkpoint())
+    assert result.exit_code == 0
+    assert out(result) == [("Read", i) for i in range(1, 6)]
+    assert "purged" not in caplog.text
