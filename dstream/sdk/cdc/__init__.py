@@ -30,6 +30,8 @@ library, pydantic and ``dstream.sdk``: it ships in provider images):
 - :class:`IncrementalSnapshots` (``snapshot = "incremental"``, and on-demand re-snapshots):
   the DBLog watermark algorithm with no I/O; a table's rows come in chunks between its
   changes, its progress (:class:`IncrementalCursor`) rides in its checkpoint position.
+- :class:`SnapshotProgress`: an incremental snapshot's progress gauges per table (rows,
+  chunks, percent of the engine's row estimate, rows/s), the same for every engine.
 - :class:`LagReporter`: per-table lag as provider gauges (``lag_seconds``, and
   ``lag_lsn_bytes`` where the engine's positions are byte offsets) and a periodic log line.
 - :class:`CdcError` and :class:`ConnectionLost`: what a CDC provider raises (its message is
@@ -60,6 +62,7 @@ from dstream.sdk.cdc.positions import (
     parse_tables,
     tables_json,
 )
+from dstream.sdk.cdc.progress import SnapshotProgress
 from dstream.sdk.cdc.snapshots import (
     SnapshotPlan,
     new_pass_id,
@@ -94,6 +97,7 @@ __all__ = [
     "PositionError",
     "SnapshotMode",
     "SnapshotPlan",
+    "SnapshotProgress",
     "TransactionAssembler",
     "key_of",
     "new_pass_id",

@@ -32,10 +32,23 @@ SQL Server needs, with no I/O (the provider runs the statements and feeds the ch
   Debezium's ``data`` (``signalling.adoc``, "Ad hoc snapshot signals": ``{"data-collections":
   [...], "type": "incremental", "additional-conditions": [{"data-collection": ..., "filter":
   ...}]}``), act in stream order.
+- **Signals sent before a task's first run** (a DBA's INSERT, or ``dstream snapshot`` on a task
+  that never ran): ``dstream init`` writes the task's mark row (``MARK``, data ``{"task": ...,
+  "lsn": <the first LSN a later signal can have>}``), and a run with no stored position for the
+  signal table reads its changes from there, so every signal sent after ``init`` reaches the
+  task, as one sent while
+  it was stopped does. (Debezium does not: its first start streams from the max LSN,
+  SqlServerSnapshotChangeEventSource.determineSnapshotOffset, and its initial snapshot skips
+  the signal table, RelationalSnapshotChangeEventSource.prepareTables.) A run that snapshots
+  tables from their first row (``snapshot = "incremental"``: a first run, tables added) also
+  INSERTs a ``RUN`` row as it starts: a signal the stream hands out before it was sent before
+  the run, and for such a table the run's own snapshot, planned after it, covers (execute) or
+  overrides (stop) it, as if the signals had been read in order before the run started.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from dataclasses import dataclass
@@ -55,6 +68,8 @@ OPEN = "snapshot-window-open"  # Debezium's OpenIncrementalSnapshotWindow.NAME
 CLOSE = "snapshot-window-close"  # Debezium's CloseIncrementalSnapshotWindow.NAME
 EXECUTE = "execute-snapshot"
 STOP = "stop-snapshot"
+MARK = "dstream-task-init"  # a task's mark: the signals after it are the task's, even before its first run
+RUN = "dstream-run-start"  # a run that snapshots tables from their first row started here
 DEFAULT_SIGNAL_TABLE = "dbo.dstream_signals"
 
 
@@ -100,6 +115,31 @@ def drop_signal_table_sql(table: str) -> str:
 def signal_insert_sql(table: str) -> str:
     schema, name = _parts(table)
     return f"INSERT INTO {quote_name(schema)}.{quote_name(name)} (id, type, data) VALUES (?, ?, ?)"  # noqa: S608
+
+
+def mark_id(task: str) -> str:
+    """The id of a task's mark row (the signal table's ``id`` is 64 wide)."""
+    text = f"dstream-init-{task}"
+    return text if len(text) <= 64 else "dstream-init-" + hashlib.sha256(task.encode()).hexdigest()[:48]
+
+
+def mark_data(task: str, lsn: str) -> str:
+    return json.dumps({"task": task, "lsn": lsn})
+
+
+def mark_lsn(data: str | None) -> str | None:
+    """The LSN text a mark row holds (None: not a mark this provider wrote)."""
+    try:
+        body = json.loads(data or "")
+    except ValueError:
+        return None
+    lsn = body.get("lsn") if isinstance(body, dict) else None
+    return lsn if isinstance(lsn, str) else None
+
+
+def signal_select_sql(table: str) -> str:
+    schema, name = _parts(table)
+    return f"SELECT data FROM {quote_name(schema)}.{quote_name(name)} WHERE id = ?"  # noqa: S608
 
 
 def signal_data(tables: list[str], where: Mapping[str, str] | None = None) -> str:

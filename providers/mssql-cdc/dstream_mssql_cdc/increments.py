@@ -12,25 +12,32 @@ checkpoint (``{"lsn": ..., "incremental": {"after": [...], "rows": n, "chunks": 
 
 from __future__ import annotations
 
+import json
 import time
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from dstream.sdk import Record, Resource
-from dstream.sdk.cdc import IncrementalCursor, key_of, read_metadata
+from dstream.sdk.cdc import IncrementalCursor, SnapshotProgress, key_of, read_metadata
 from dstream_mssql_cdc.errors import CdcError
 from dstream_mssql_cdc.incremental import (
     CLOSE,
     EXECUTE,
+    MARK,
     OPEN,
+    RUN,
     STOP,
     Watermarks,
     disable_signal_cdc_sql,
     drop_signal_table_sql,
     enable_signal_cdc_sql,
+    mark_data,
+    mark_id,
     parse_signal,
     signal_insert_sql,
     signal_table_ddl,
 )
+from dstream_mssql_cdc.lsn import format_lsn, increment_lsn
 from dstream_mssql_cdc.names import parse_table_name, quote_name
 from dstream_mssql_cdc.sql import keyset_params, snapshot_query
 
@@ -69,13 +76,35 @@ class SignalTable:
             "signal_table", self.name, "none" if found else missing, "present" if found else "absent", details
         )
 
-    def init(self) -> Resource:
-        if self._exists():
-            return Resource("signal_table", self.name, "none", "present")
-        schema = self.schema or "dbo"
-        self.db.execute(signal_table_ddl(self.name))
-        self.db.execute(enable_signal_cdc_sql(), schema, self.table)
-        return Resource("signal_table", self.name, "create", "present", {"cdc": "enabled"})
+    def init(self, task: str | None) -> Resource:
+        """Create the table and enable CDC on it (when absent), and record ``task``'s mark: the
+        signals sent after it reach the task, even before its first run (incremental.py)."""
+        details: dict[str, Any] = {}
+        op = "none"
+        if not self._exists():
+            schema = self.schema or "dbo"
+            self.db.execute(signal_table_ddl(self.name))
+            self.db.execute(enable_signal_cdc_sql(), schema, self.table)
+            details["cdc"] = "enabled"
+            op = "create"
+        if task:
+            row_id = mark_id(task)
+            if self.db.signal_row(self.name, row_id) is None:  # a task's first init: its signals start here
+                lsn = format_lsn(0 if op == "create" else self._now())
+                self.db.execute(signal_insert_sql(self.name), row_id, MARK, mark_data(task, lsn))
+                details["signals_from"] = lsn
+                op = "create" if op == "create" else "update"
+        return Resource("signal_table", self.name, op, "present", details)
+
+    def _now(self) -> int:
+        """The first LSN a signal sent from now on can commit at: the log's end (db_owner reads
+        sys.dm_db_log_stats), else past the capture job's last harvested LSN. A table init just
+        created gets 0 instead: every signal it will ever hold was sent after this init."""
+        end = self.db.log_end()
+        if end is not None:
+            return end
+        harvested = self.db.max_lsn()
+        return increment_lsn(harvested) if harvested else 0
 
     def destroy(self) -> Resource:
         if not self._exists():
@@ -109,9 +138,24 @@ class Incremental:
         self.chunk_size = chunk_size
         self.pause = pause
         self.log = log
-        self.gauge = gauge
+        self.progress = SnapshotProgress(gauge, log)
+        for name, cursor in cursors.items():
+            self.progress.started(name, cursor.rows)  # resumed: the rate counts this run's rows
         self.tables: set[str] = set()  # the task's tables (signals name them)
         self._last_chunk = 0.0
+        # This run's RUN row, until the stream reaches it: the signals before it were sent before
+        # the run, and for the tables it snapshots from their first row (``planned``) that
+        # snapshot, planned after them, stands (incremental.py's docstring).
+        self.run_row: str | None = None
+        self.planned: set[str] = set()
+
+    def begin_run(self, planned: list[str]) -> None:
+        """This run snapshots ``planned`` from their first row: mark where it starts in the stream."""
+        if not planned:
+            return
+        self.planned = set(planned)
+        self.run_row = f"dstream-run-{uuid.uuid4().hex}"
+        self.db.execute(signal_insert_sql(self.signal_table), self.run_row, RUN, json.dumps({"tables": planned}))
 
     # -- checkpoint ------------------------------------------------------------------------
 
@@ -133,6 +177,10 @@ class Incremental:
         if record.metadata.get("OperationType") != "Insert":
             return []
         row_id, kind = str(record.data.get("id") or ""), str(record.data.get("type") or "")
+        if kind in (MARK, RUN):  # a task's mark, a run's start: no request
+            if row_id == self.run_row:
+                self.run_row = None
+            return []
         if kind in (OPEN, CLOSE):
             closed = self.marks.signal(row_id, kind)
             if closed is None:
@@ -150,7 +198,7 @@ class Incremental:
                 tables = {**base.get("tables", {}), **self._decorated(base, name, cursor)}
                 row.position = {**base, "tables": tables}
                 out.append(row)
-            self._report(name, closed.cursor, closed.finished)
+            self.progress.report(name, closed.cursor, closed.finished)
             return out
         signal = parse_signal(kind, record.data.get("data"))
         if signal is None:
@@ -160,6 +208,14 @@ class Incremental:
             table = self._table(name)
             if table is None:
                 self.log.error("%s signal for %s ignored: the task does not capture it", kind, name)
+            elif self.run_row is not None and table in self.planned:
+                self.log.info(
+                    "%s signal %r for %s was sent before this run, which snapshots the table from its first row "
+                    "anyway: that snapshot stands",
+                    kind,
+                    row_id,
+                    table,
+                )
             elif kind == EXECUTE:
                 self.start(table, signal.where.get(name) or signal.where.get(table))
             elif kind == STOP and self.marks.stop(table):
@@ -184,7 +240,10 @@ class Incremental:
         if not resumable_by_key(self.shapes(table)):
             self.log.error("%s", keyless_error([table]))
             return False
-        self.marks.start(table, where)
+        shape = self.shapes(table)
+        total = self.db.optional(lambda: self.db.row_estimate(shape.instance.object_id))
+        self.marks.start(table, where, total)
+        self.progress.started(table)
         self.log.info("incremental snapshot of %s%s starts", table, f" where {where}" if where else "")
         return True
 
@@ -226,9 +285,3 @@ class Incremental:
             text = tuple(str(v) for v in row[:width])
             out.append((key_of(data, shape.instance.key), text, Record(data, {"Key": key})))
         return out
-
-    def _report(self, name: str, cursor: IncrementalCursor, finished: bool) -> None:
-        self.gauge("snapshot_rows", float(cursor.rows), table=name)
-        self.gauge("snapshot_chunks", float(cursor.chunks), table=name)
-        if finished:
-            self.log.info("incremental snapshot of %s done: %d rows in %d chunks", name, cursor.rows, cursor.chunks)

@@ -343,6 +343,12 @@ class Infrastructure:
         if position.snapshot is not None:
             details["snapshot_rows"] = position.snapshot.rows
             return Resource(TABLE, table, "none", "snapshot", details)
+        if position.incremental is not None:  # an incremental snapshot under way (the table streams meanwhile)
+            cursor = position.incremental
+            details["snapshot_rows"] = cursor.rows
+            details["snapshot_chunks"] = cursor.chunks
+            if cursor.percent is not None:
+                details["snapshot_percent"] = round(cursor.percent, 1)
         if max_lsn is None or position.lsn > max_lsn:
             details["lag_seconds"] = 0.0
             return Resource(TABLE, table, "none", "streaming", details)

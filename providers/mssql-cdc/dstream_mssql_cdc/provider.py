@@ -105,7 +105,7 @@ class MssqlCdcInputProvider(SnapshotRuns, IncrementalRuns, InputProvider[MssqlCd
     def init(self) -> Iterable[Resource]:
         out = list(self.infra.init())
         if self.config.snapshot == "incremental":
-            out.append(SignalTable(self.db, self.config.signal_table).init())
+            out.append(SignalTable(self.db, self.config.signal_table).init(self.ctx.task))
         return out
 
     def plan(self) -> Iterable[Resource]:
@@ -391,7 +391,10 @@ class MssqlCdcInputProvider(SnapshotRuns, IncrementalRuns, InputProvider[MssqlCd
     def _start_positions(self, stream: Stream, state: ServerState) -> None:
         for cursor in stream.cursors.values():
             if cursor.asm is None:
-                position = initial_position(state, state.of_table(cursor.object_id), self.config.start)
+                mode = self.config.start
+                if self._signals_earliest and self.incr is not None and cursor.table == self.incr.signal_table:
+                    mode = "earliest"  # every signal since the task's mark (signals.py)
+                position = initial_position(state, state.of_table(cursor.object_id), mode)
                 if position is not None:
                     cursor.start_at(position)
 

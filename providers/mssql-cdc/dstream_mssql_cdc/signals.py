@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 from dstream_mssql_cdc.catalog import ServerState
 from dstream_mssql_cdc.errors import CdcError
-from dstream_mssql_cdc.incremental import EXECUTE, STOP, signal_data, signal_insert_sql
+from dstream_mssql_cdc.incremental import EXECUTE, STOP, mark_id, mark_lsn, signal_data, signal_insert_sql
 from dstream_mssql_cdc.increments import Incremental, keyless_error
+from dstream_mssql_cdc.lsn import format_lsn, parse_lsn
 from dstream_mssql_cdc.names import parse_table_name, table_key
 from dstream_mssql_cdc.snapshot import resumable_by_key
 from dstream_mssql_cdc.windows import TableCursor, initial_position
@@ -43,6 +44,7 @@ class IncrementalRuns:
     target: Target
     _last_state: ServerState | None
     _object_ids: dict[str, int]
+    _signals_earliest: bool = False  # the signal table's capture starts after the task's mark: read all of it
 
     def shape(self, instance: CaptureInstance) -> Shape:
         raise NotImplementedError
@@ -131,6 +133,41 @@ class IncrementalRuns:
             raise CdcError(f"{table} has no capture instance any more (CDC was disabled on it)")
         return instances[-1]
 
+    def _signals_start(self, signal: str, instances: list[CaptureInstance]) -> Position | None:
+        """Where a task's first reading of the signal table starts: at its mark, the first LSN a
+        signal sent after `dstream init` ran for it can have (increments.SignalTable), so such a
+        signal reaches it even before its first run; without a mark, at the latest change (what
+        came before is not the task's)."""
+        from dstream.sdk.cdc import Position
+
+        task = self.ctx.task
+        data = self.db.optional(lambda: self.db.signal_row(signal, mark_id(task))) if task else None
+        marked = mark_lsn(data)
+        if marked is None:
+            self.log.info(
+                "reading the signal table %s from its latest change: signals sent before this run are not seen, as "
+                "no `dstream init %s` recorded where this task's signals start (or this login may not SELECT it)",
+                signal,
+                self.target.task_hint,
+            )
+            return initial_position(ServerState(self.db.max_lsn(), tuple(instances), None), instances, "latest")
+        mark = parse_lsn(marked)
+        established = [i.min_lsn for i in instances if i.min_lsn > 0]
+        if not established:
+            self._signals_earliest = True  # capture of the signal table starts after the mark: all of it
+            return None
+        start = max(mark, min(established))
+        if mark and start > mark:
+            self.log.warning(
+                "signals sent to %s between `dstream init` (LSN %s) and LSN %s were purged by CDC retention before "
+                "this task's first run: they are not seen",
+                signal,
+                marked,
+                format_lsn(start),
+            )
+        self.log.info("reading the signals sent to %s since `dstream init` (LSN %s)", signal, marked)
+        return Position(start)
+
     def _incremental(self, setup: Setup, stream: Stream, signal: str, signal_at: Position | None) -> Incremental:
         cfg = self.config
         schema, table = parse_table_name(signal)
@@ -147,8 +184,8 @@ class IncrementalRuns:
         keyless = [n for n in setup.plan.incremental if not resumable_by_key(self.shape(self._instance_now(n)))]
         if keyless:
             raise keyless_error(keyless)
-        if signal_at is None:  # signals from now on: older rows were for earlier runs
-            signal_at = initial_position(ServerState(self.db.max_lsn(), tuple(instances), None), instances, "latest")
+        if signal_at is None:  # no run read the signals yet: from the task's mark (dstream init)
+            signal_at = self._signals_start(signal, instances)
         stream.add(TableCursor(signal, source.object_id, signal_at, self.target.task_hint))
         under_way = {n: p.incremental for n, p in setup.stored.items() if p.incremental is not None}
         incr = Incremental(
@@ -165,6 +202,7 @@ class IncrementalRuns:
         incr.tables = set(setup.object_ids)
         for name, cursor in under_way.items():
             self.log.info("resuming the incremental snapshot of %s after %d rows", name, cursor.rows)
+        incr.begin_run(list(setup.plan.incremental))
         for name in setup.plan.incremental:
             where = cfg.snapshot_where.get(name) or cfg.snapshot_where.get(name.split(".", 1)[-1])
             incr.start(name, where)

@@ -28,12 +28,19 @@ PostgreSQL's side:
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
 from dstream.sdk import Record
-from dstream.sdk.cdc import IncrementalCursor, IncrementalSnapshots, Position, key_of, read_metadata, row_key
+from dstream.sdk.cdc import (
+    IncrementalCursor,
+    IncrementalSnapshots,
+    Position,
+    SnapshotProgress,
+    key_of,
+    read_metadata,
+    row_key,
+)
 from dstream.sdk.cdc.pacing import ChunkPacer
 from dstream_postgres_cdc.decode import converters
 from dstream_postgres_cdc.lsn import format_lsn, parse_lsn
@@ -111,7 +118,7 @@ class Incremental:
         self.recent_xids: set[int] = set()  # transactions with captured changes decoded since the last read
         self._closing: str | None = None
         self._signals: list[dict[str, Any]] = []
-        self._started: dict[str, tuple[float, int]] = {}  # table → (monotonic start, rows then): the rate
+        self.progress = SnapshotProgress(gauge, log)
         self.changed_positions = False
 
     # -- the stream ------------------------------------------------------------------------
@@ -182,7 +189,7 @@ class Incremental:
         self.positions[name] = Position(start) if closed.finished else Position(start, incremental=closed.cursor)
         self.changed_positions = True
         self.pacer.released((parse_lsn(stream["lsn"]), int(stream.get("index") or 0)), name, closed.cursor.rows)
-        self._report(name, closed.cursor, closed.finished)
+        self.progress.report(name, closed.cursor, closed.finished)
         return out
 
     def committed(self, position: dict[str, Any]) -> None:
@@ -268,7 +275,7 @@ class Incremental:
         total = self.chunks.estimate(table)
         self.snaps.start(name, where, total)
         self.positions[name] = Position(self.positions.get(name, Position(0)).lsn, incremental=self.snaps.cursors[name])
-        self._started[name] = (time.monotonic(), 0)
+        self.progress.started(name)
         self.changed_positions = True
         self.log.info("incremental snapshot of %s%s starts", name, f" where {where}" if where else "")
         return True
@@ -292,25 +299,6 @@ class Incremental:
             else:
                 self.log.warning("ignoring a signal of unknown type %r", kind)
                 return
-
-    def _report(self, name: str, cursor: IncrementalCursor, finished: bool) -> None:
-        began, rows_then = self._started.setdefault(name, (time.monotonic(), cursor.rows))
-        elapsed = time.monotonic() - began
-        rate = (cursor.rows - rows_then) / elapsed if elapsed > 0 else 0.0
-        self.gauge("snapshot_rows", float(cursor.rows), table=name)
-        self.gauge("snapshot_chunks", float(cursor.chunks), table=name)
-        self.gauge("snapshot_rows_per_second", rate, table=name)
-        percent = 100.0 if finished else cursor.percent
-        if percent is not None:
-            self.gauge("snapshot_percent", percent, table=name)
-        if finished:
-            self.log.info(
-                "incremental snapshot of %s done: %d rows in %d chunks (%.0f rows/s)",
-                name,
-                cursor.rows,
-                cursor.chunks,
-                rate,
-            )
 
     def _positions_json(self) -> dict[str, Any]:
         return {name: position.to_json(format_lsn) for name, position in self.positions.items()}

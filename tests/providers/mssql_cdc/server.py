@@ -59,6 +59,16 @@ integration test that asserts it against a real server, debezium/debezium at aad
   TABLE debezium_signal, TestHelper.enableTableCdc) runs its incremental snapshots on exactly
   that. ``execute`` harvests it at once: the capture job's lag is not modelled here
   (tests/providers/mssql_cdc/test_incremental_model.py lets the stream lag arbitrarily).
+- ``row_estimate`` stands for ``SELECT SUM(rows) FROM sys.partitions WHERE object_id = ? AND
+  index_id IN (0, 1)``: ``rows`` is the "Approximate number of rows in this partition", index_id
+  "0 = heap, 1 = clustered index" (Microsoft, "sys.partitions (Transact-SQL)", column table), so
+  one row per partition of the table's data; the view "Requires membership in the public role.
+  For more information, see Metadata Visibility Configuration" (its "Permissions"), and that page
+  says "The visibility of metadata is limited to securables that a user either owns or on which
+  the user has been granted some permission" and "Queries on system views might only return a
+  subset of rows, or sometimes an empty result set": a table the login has no permission on has
+  no rows there, and SUM over no rows is NULL (None). The count it answers is
+  ``Table.estimate`` (approximate: a test sets it apart from the real rows), else the rows now.
 """
 
 from __future__ import annotations
@@ -114,6 +124,8 @@ class Table:
     denied: list[str] = field(default_factory=list)  # columns this login may not SELECT
     dropped_columns: list[str] = field(default_factory=list)  # captured, then dropped from the table
     tracked: bool = True
+    estimate: int | None = None  # sys.partitions' approximate row count (None: len(rows))
+    permitted: bool = True  # the login holds some permission on the table (metadata visibility)
 
     @property
     def qualified(self) -> str:
@@ -333,6 +345,23 @@ class RecordedSession:
     def can_select(self, securable: str) -> bool:
         self._call("can_select")
         return any(i.info().change_table == securable and i.readable for i in self.server.instances)
+
+    def signal_row(self, table: str, row_id: str) -> str | None:
+        """SELECT data FROM <signal table> WHERE id = ?: the row an earlier INSERT put there."""
+        self._call("signal_row")
+        schema, _, name = table.rpartition(".")
+        found = self.server.table(schema or None, name)
+        if found is None:  # error 208, Invalid object name; db.Session.optional makes it None
+            return None
+        row = next((r for r in found.rows if r.get("id") == row_id), None)
+        return None if row is None else row.get("data")
+
+    def row_estimate(self, object_id: int) -> int | None:
+        self._call("row_estimate")
+        found = next((i.table for i in self.server.instances if i.table.object_id == object_id), None)
+        if found is None or not found.permitted:
+            return None  # no visible partition: SUM over no rows (module docstring)
+        return found.estimate if found.estimate is not None else len(found.rows)
 
     def min_lsn(self, instance: str) -> int:
         self._call("min_lsn")

@@ -121,8 +121,9 @@ def test_chunks_stream_between_changes_and_a_change_inside_a_window_drops_its_ro
         ("Read", 10),
     ]
     assert replica(result) == source(server)
-    opens = [s for s in server.executed if "INSERT INTO [dbo].[dstream_signals]" in s]
-    assert len(opens) == 2 * 3  # three chunks (4 + 4 + 2 rows), an open and a close row each
+    kinds = [r["type"] for r in server.instances[1].table.rows]
+    # three chunks (4 + 4 + 2 rows), an open and a close row each, after the run's start row
+    assert kinds == ["dstream-run-start"] + ["snapshot-window-open", "snapshot-window-close"] * 3
     chunks = [s for s in server.statements if "FROM [dbo].[Orders]" in s]
     assert all(s.startswith("SELECT TOP (?)") and "ORDER BY [__$dstream_source].[id]" in s for s in chunks)
     assert server.snapshots_done == 0  # no snapshot transaction: each chunk is one statement
@@ -205,14 +206,14 @@ def test_init_creates_the_signal_table_with_cdc_and_destroy_drops_it() -> None:
     original = RecordedSession.execute
 
     def record(self: Any, sql: str, *params: Any) -> None:
-        if sql.startswith("INSERT"):
+        if sql.startswith("INSERT") and self.server.table("dbo", "dstream_signals") is not None:
             original(self, sql, *params)
             return
         calls.append(sql)
 
     RecordedSession.execute = record  # type: ignore[method-assign]
     try:
-        run(server, command="init")
+        assert run(server, command="init").exit_code == 0
     finally:
         RecordedSession.execute = original  # type: ignore[method-assign]
     assert any(c.startswith("CREATE TABLE [dbo].[dstream_signals] (id VARCHAR(64) NOT NULL PRIMARY KEY") for c in calls)
@@ -264,3 +265,185 @@ def test_a_stop_snapshot_row_stops_it_after_the_chunks_already_closed() -> None:
     assert result.exit_code == 0
     assert out(result) == [("Read", 1), ("Read", 2), ("Read", 3), ("Read", 4)]
     assert "incremental" not in result.checkpoints[-1]["tables"]["dbo.Orders"]  # stopped: not resumed later
+
+
+def snapshot_gauges(result: Any) -> list[tuple[str, float]]:
+    return [(g["name"], g["value"]) for g in result.gauges if g["name"].startswith("snapshot_")]
+
+
+def test_progress_gauges_give_rows_chunks_percent_of_the_partition_estimate_and_a_rate() -> None:
+    server = server_with(10)
+    server.instances[0].table.estimate = 20  # sys.partitions' count is approximate: not the rows read
+    result = run(server)
+    assert result.exit_code == 0
+    assert "row_estimate" in server.calls
+    gauges = snapshot_gauges(result)
+    percents = [v for n, v in gauges if n == "snapshot_percent"]
+    assert percents == [20.0, 40.0, 100.0]  # 4 and 8 of 20 rows, then done (a short chunk)
+    assert [v for n, v in gauges if n == "snapshot_rows"] == [4.0, 8.0, 10.0]
+    assert [v for n, v in gauges if n == "snapshot_chunks"] == [1.0, 2.0, 3.0]
+    rates = [v for n, v in gauges if n == "snapshot_rows_per_second"]
+    assert len(rates) == 3
+    assert rates[-1] > 0
+    assert all(g["labels"] == {"table": "dbo.Orders"} for g in result.gauges if g["name"].startswith("snapshot_"))
+    # the estimate rides in the cursor, so `dstream status` shows the percentage from the checkpoint
+    inside = next(c for c in result.checkpoints if "incremental" in c["tables"].get("dbo.Orders", {}))
+    assert inside["tables"]["dbo.Orders"]["incremental"]["total"] == 20
+
+
+def test_without_a_permission_on_the_table_there_is_no_estimate_and_no_percentage() -> None:
+    server = server_with(10)
+    server.instances[0].table.permitted = False  # sys.partitions shows it no partition
+    result = run(server)
+    assert result.exit_code == 0
+    names = {n for n, _ in snapshot_gauges(result)}
+    assert "snapshot_rows_per_second" in names
+    percents = [v for n, v in snapshot_gauges(result) if n == "snapshot_percent"]
+    assert percents == [100.0]  # only once done; never a made-up fraction
+    assert replica(result) == source(server)
+
+
+def test_status_shows_each_tables_snapshot_rows_chunks_and_percent() -> None:
+    server = server_with(10)
+    server.instances[0].table.estimate = 10
+    full = run(server, every=True)
+    inside = next(c for c in full.checkpoints if c["tables"].get("dbo.Orders", {}).get("incremental", {}).get("rows"))
+    cursor = inside["tables"]["dbo.Orders"]["incremental"]
+    status = run(server_with(10), inside, command="status")
+    table = next(
+        m["resource"]
+        for m in status.messages
+        if m.get("resource", {}).get("type") == "table" and m["resource"]["name"] == "dbo.Orders"
+    )
+    assert table["details"]["snapshot_rows"] == cursor["rows"]
+    assert table["details"]["snapshot_chunks"] == cursor["chunks"]
+    assert table["details"]["snapshot_percent"] == round(100.0 * cursor["rows"] / 10, 1)
+
+
+# -- signals sent before a task's first run ------------------------------------------------
+
+
+def dba_signal(server: Server, row_id: str, kind: str, tables: list[str], where: dict[str, str] | None = None) -> None:
+    """A DBA's INSERT into the signal table (its own transaction: a change at a new commit LSN)."""
+    from dstream_mssql_cdc.incremental import signal_data, signal_insert_sql
+
+    from .server import RecordedSession
+
+    RecordedSession(server).execute(signal_insert_sql("dbo.dstream_signals"), row_id, kind, signal_data(tables, where))
+
+
+def streaming_checkpoint() -> dict[str, Any]:
+    """A task that streamed dbo.Orders up to T5 before it took snapshot = "incremental" on."""
+    from dstream_mssql_cdc.lsn import format_lsn, increment_lsn
+
+    return {"tables": {"dbo.Orders": {"lsn": format_lsn(increment_lsn(T5))}}, "order": "seqval"}
+
+
+def test_init_records_the_tasks_mark_once() -> None:
+    from dstream_mssql_cdc.lsn import format_lsn, increment_lsn
+
+    server = server_with(1)
+    first = run(server, command="init")
+    assert first.exit_code == 0
+    marks = [r for r in server.instances[1].table.rows if r["type"] == "dstream-task-init"]
+    assert [m["id"] for m in marks] == ["dstream-init-orders"]
+    mark = json.loads(marks[0]["data"])
+    assert mark == {"task": "orders", "lsn": format_lsn(increment_lsn(T5))}  # past the max LSN then
+    assert run(server, command="init").exit_code == 0  # again: the first mark stays, no second one
+    assert [r["id"] for r in server.instances[1].table.rows if r["type"] == "dstream-task-init"] == [marks[0]["id"]]
+
+
+def test_a_snapshot_asked_for_after_init_and_before_the_first_incremental_run_is_done_by_it() -> None:
+    """`dstream snapshot` (and a DBA's INSERT) on a task that has not read the signal table yet:
+    it reads the signals sent since `dstream init`, as a stopped task reads those sent meanwhile."""
+    server = server_with(5)
+    assert run(server, command="init").exit_code == 0
+    sent = run(server, {"tables": ["dbo.Orders"], "where": {"dbo.Orders": "id > 2"}}, command="snapshot")
+    assert sent.exit_code == 0
+    result = run(server, streaming_checkpoint())
+    assert result.exit_code == 0
+    assert out(result) == [("Read", i) for i in range(1, 6)]  # the recorded server does not evaluate `where`
+    chunk = next(s for s in server.statements[::-1] if "FROM [dbo].[Orders]" in s)
+    assert "id > 2" in chunk
+    again = run(server, result.checkpoints[-1])
+    assert out(again) == []  # the signal is behind the stored position now: not acted on twice
+
+
+def test_without_a_mark_the_signal_table_is_read_from_its_latest_change_and_the_log_says_why(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = server_with(5)  # the signal table exists (created by hand, or by another task's init)
+    dba_signal(server, "dba-1", "execute-snapshot", ["dbo.Orders"])
+    with caplog.at_level(logging.INFO, LOGGER):
+        result = run(server, streaming_checkpoint())
+    assert result.exit_code == 0
+    assert out(result) == []
+    assert "signals sent before this run are not seen" in caplog.text
+    assert "dstream init orders" in caplog.text
+
+
+def test_signals_sent_before_a_first_run_leave_its_own_snapshot_of_a_table_whole(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A first run snapshots every table from its first row, planned after the signals sent
+    before it: a partial (where) request or a stop sent before it does not cut that snapshot short."""
+    server = server_with(10)
+    assert run(server, command="init").exit_code == 0
+    dba_signal(server, "dba-where", "execute-snapshot", ["dbo.Orders"], {"dbo.Orders": "id > 8"})
+    dba_signal(server, "dba-stop", "stop-snapshot", ["dbo.Orders"])
+    with caplog.at_level(logging.INFO, LOGGER):
+        result = run(server)
+    assert result.exit_code == 0
+    assert out(result) == [("Read", i) for i in range(1, 11)]
+    chunks = [s for s in server.statements if "FROM [dbo].[Orders]" in s]
+    assert chunks
+    assert not any("id > 8" in s for s in chunks)
+    assert "'dba-stop' for dbo.Orders was sent before this run" in caplog.text
+    assert "reading the signals sent to dbo.dstream_signals since `dstream init`" in caplog.text
+
+
+def test_a_mark_older_than_the_signal_tables_cdc_retention_starts_at_its_oldest_change_and_warns(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from .server import lsn
+
+    server = server_with(5)
+    assert run(server, command="init").exit_code == 0
+    dba_signal(server, "dba-1", "execute-snapshot", ["dbo.Orders"])
+    server.instances[1].min_lsn = lsn(0x2B, 0x31, 1)  # the cleanup job ran: above the mark (T5), below the signal
+    with caplog.at_level(logging.WARNING, LOGGER):
+        result = run(server, streaming_checkpoint())
+    assert result.exit_code == 0
+    assert out(result) == [("Read", i) for i in range(1, 6)]
+    assert "were purged by CDC retention before this task's first run" in caplog.text
+
+
+def test_an_init_that_creates_the_signal_table_marks_all_of_it_as_the_tasks(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every signal a table holds was sent after the init that created it: the mark is 0 and the
+    first run reads from the capture instance's start (no purge warning: nothing was purged)."""
+    from dstream_mssql_cdc.lsn import format_lsn
+
+    from .server import RecordedSession, lsn
+
+    server = server_with(5, signal=False)
+    original = RecordedSession.execute
+
+    def execute(self: Any, sql: str, *params: Any) -> None:
+        if sql.startswith("CREATE TABLE [dbo].[dstream_signals]"):  # CDC enabled right after: starts past T5
+            signals = Table("dbo", "dstream_signals", 909, key=("id",))
+            self.server.instances.append(Instance("dbo_dstream_signals", signals, lsn(0x2B, 0x30, 2), SIGNAL_COLUMNS))
+        elif not sql.startswith("EXEC sys.sp_cdc_enable_table"):
+            original(self, sql, *params)
+
+    monkeypatch.setattr(RecordedSession, "execute", execute)
+    assert run(server, command="init").exit_code == 0
+    mark = next(r for r in server.instances[1].table.rows if r["type"] == "dstream-task-init")
+    assert json.loads(mark["data"])["lsn"] == format_lsn(0)
+    dba_signal(server, "dba-1", "execute-snapshot", ["dbo.Orders"])
+    with caplog.at_level(logging.INFO, LOGGER):
+        result = run(server, streaming_checkpoint())
+    assert result.exit_code == 0
+    assert out(result) == [("Read", i) for i in range(1, 6)]
+    assert "purged" not in caplog.text

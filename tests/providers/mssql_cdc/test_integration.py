@@ -514,6 +514,124 @@ def test_an_incremental_snapshot_killed_inside_under_concurrent_writes_ends_with
     assert database.value("SELECT OBJECT_ID(N'dbo.dstream_signals')") is None
 
 
+def verb(config: dict[str, Any], command: str, task: str, arguments: Any = None) -> Any:
+    """A lifecycle verb of the provider, run in this process as `dstream <verb>` sends it."""
+    from dstream_mssql_cdc import MssqlCdcInputProvider
+
+    from dstream.sdk.testing import run_provider
+
+    result = run_provider(MssqlCdcInputProvider, config, checkpoint=arguments, task=task, command=command)
+    assert result.exit_code == 0, result.messages
+    return result
+
+
+def snapshot_gauges(live: LiveInput, name: str) -> list[float]:
+    return [m["gauge"]["value"] for m in live.messages if "gauge" in m and m["gauge"]["name"] == name]
+
+
+@pytest.mark.timeout(int(STARTUP) + 900)
+def test_incremental_snapshot_progress_reaches_100_percent_with_a_rate_for_a_login_without_view_database_state(
+    database: Database,
+) -> None:
+    """Issue 24's progress on SQL Server: the row estimate comes from sys.partitions, which a
+    login with SELECT on the table sees without VIEW DATABASE STATE; percent climbs to 100 and
+    the rate is positive."""
+    database.execute("CREATE TABLE dbo.Prog (id int PRIMARY KEY, v int NOT NULL)")
+    database.execute(
+        "INSERT INTO dbo.Prog SELECT TOP (5000) ROW_NUMBER() OVER (ORDER BY (SELECT NULL)), 0"
+        " FROM sys.all_columns a CROSS JOIN sys.all_columns b"
+    )
+    database.enable_table("Prog")
+    database.execute("CREATE TABLE dbo.Hidden (id int PRIMARY KEY)")
+    database.execute("INSERT INTO dbo.Hidden VALUES (1), (2)")
+    admin = {"connection_string": database.connection_string, "tables": ["dbo.Prog"], "snapshot": "incremental"}
+    verb({**admin, "enable_cdc": True}, "init", "progress")  # the signal table, CDC on it, the task's mark
+    reader = database.login(
+        "dstream_progress",
+        [
+            "GRANT SELECT ON dbo.Prog TO {user}",
+            "GRANT SELECT, INSERT ON dbo.dstream_signals TO {user}",
+        ],
+    )
+    session = session_for(reader)
+    session.connect()
+    try:
+        assert session.value("SELECT HAS_PERMS_BY_NAME(DB_NAME(), N'DATABASE', N'VIEW DATABASE STATE')") == 0
+        estimate = session.row_estimate(int(database.value("SELECT OBJECT_ID(N'dbo.Prog')")))
+        assert estimate is not None
+        assert estimate > 0
+        # the recorded server's rule (server.py): no permission on a table, no partition of it visible
+        assert session.row_estimate(int(database.value("SELECT OBJECT_ID(N'dbo.Hidden')"))) is None
+    finally:
+        session.close()
+    config = {**admin, "connection_string": reader, "snapshot_chunk_size": 500, **FAST}
+    live = LiveInput(config, task="progress")
+    try:
+        live.wait(lambda r: 100.0 in snapshot_gauges(r, "snapshot_percent"), "the snapshot at 100%", timeout=600)
+    finally:
+        assert live.stop() == 0
+    percents = snapshot_gauges(live, "snapshot_percent")
+    assert percents == sorted(percents), percents  # it only climbs
+    assert any(0.0 < p < 100.0 for p in percents), percents  # the estimate gave real intermediate values
+    assert snapshot_gauges(live, "snapshot_rows")[-1] == 5000.0
+    assert snapshot_gauges(live, "snapshot_rows_per_second")[-1] > 0
+    assert sorted(m["data"]["id"] for m in live.rows if m["metadata"]["OperationType"] == "Read") == list(
+        range(1, 5001)
+    )
+    summary_line(f"mssql incremental snapshot progress: estimate {estimate} rows, percents {percents}")
+
+
+@pytest.mark.timeout(int(STARTUP) + 900)
+def test_signals_sent_before_a_tasks_first_incremental_run_are_acted_on_and_leave_a_first_snapshot_whole(
+    database: Database,
+) -> None:
+    """A task that streamed with snapshot = "never", switched to "incremental" and init-ed, gets a
+    `dstream snapshot --where` while stopped and before it ever read the signal table: its next run
+    snapshots exactly the rows of the condition. A new task given a stop-snapshot before its first
+    run still snapshots every row (its own first snapshot stands, planned after the signal)."""
+    database.execute("CREATE TABLE dbo.Pre (id int PRIMARY KEY, v int NOT NULL)")
+    database.execute(
+        "INSERT INTO dbo.Pre SELECT TOP (300) ROW_NUMBER() OVER (ORDER BY (SELECT NULL)), 0"
+        " FROM sys.all_columns a CROSS JOIN sys.all_columns b"
+    )
+    database.enable_table("Pre")
+    base = {"connection_string": database.connection_string, "tables": ["dbo.Pre"], **FAST}
+    database.execute("UPDATE dbo.Pre SET v = 1 WHERE id = 1")
+    wait_until(captured_all(database, {"dbo_Pre": 2}), "the capture job")
+    streaming = LiveInput({**base, "snapshot": "never", "start": "latest"}, task="pre")
+    try:
+        streaming.wait(lambda r: bool(r.checkpoints), "a checkpoint of the streaming task")
+    finally:
+        assert streaming.stop() == 0
+    checkpoint = streaming.checkpoints[-1]
+    assert "dbo.Pre" in checkpoint["tables"]
+    incremental = {**base, "snapshot": "incremental"}
+    verb({**incremental, "enable_cdc": True}, "init", "pre")  # the signal table and the task's mark
+    verb(incremental, "snapshot", "pre", {"tables": ["dbo.Pre"], "where": {"dbo.Pre": "id > 100"}})
+    resumed = LiveInput(incremental, checkpoint, task="pre")
+    try:
+        resumed.wait(lambda r: 100.0 in snapshot_gauges(r, "snapshot_percent"), "the signalled snapshot", timeout=600)
+    finally:
+        assert resumed.stop() == 0
+    reads = sorted(m["data"]["id"] for m in resumed.rows if m["metadata"]["OperationType"] == "Read")
+    assert reads == list(range(101, 301))  # the condition's rows, once
+    # A second task on the same signal table: its mark comes after the first task's signal (not
+    # its), then a DBA's stop-snapshot before its first run, which its own first snapshot overrides.
+    verb({**incremental, "enable_cdc": True}, "init", "fresh")
+    database.execute(
+        "INSERT INTO dbo.dstream_signals (id, type, data) VALUES ('dba-stop', 'stop-snapshot',"
+        ' N\'{"data-collections": ["dbo.Pre"], "type": "incremental"}\')'
+    )
+    fresh = LiveInput({**incremental, "snapshot_chunk_size": 100}, task="fresh")
+    try:
+        fresh.wait(lambda r: 100.0 in snapshot_gauges(r, "snapshot_percent"), "the fresh task's snapshot", timeout=600)
+    finally:
+        assert fresh.stop() == 0
+    assert sorted(m["data"]["id"] for m in fresh.rows if m["metadata"]["OperationType"] == "Read") == list(
+        range(1, 301)
+    )
+
+
 def summary_line(text: str) -> None:
     """A line of the workflow's job summary (GitHub Actions), and of the test log."""
     logging.getLogger(LOGGER).info("%s", text)

@@ -153,6 +153,8 @@ ALLOWED = {
     "column_names",
     "begin_snapshot",
     "query",
+    # an incremental snapshot's row estimate: sys.partitions, visible with a permission on the table
+    "row_estimate",
 }
 
 
