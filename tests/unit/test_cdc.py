@@ -554,3 +554,23 @@ def test_an_abandoned_chunk_is_read_again_from_the_cursor() -> None:
     snaps.abandon()  # the connection dropped before its watermark was written
     assert snaps.close("w1") is None
     assert snaps.next_chunk() == ("t", IncrementalCursor(("4",), 4, 1))
+
+
+def test_a_request_during_a_snapshot_under_way_never_narrows_it() -> None:
+    """A filtered request while the full snapshot runs keeps every row (Debezium queues a
+    request after the running one: AbstractIncrementalSnapshotChangeEventSource.java 500-536,
+    addDataCollectionNamesToSnapshot reads a chunk at once only when no snapshot runs);
+    two filters read the rows of either; a full request widens a filtered one."""
+    snaps: IncrementalSnapshots[str] = IncrementalSnapshots()
+    snaps.start("t")
+    snaps.start("t", "id > 100")
+    assert snaps.cursors["t"].where is None
+    snaps.stop("t")
+    snaps.start("t", "a = 1")
+    snaps.start("t", "b = 2")
+    assert snaps.cursors["t"].where == "(a = 1) OR (b = 2)"
+    snaps.start("t")
+    assert snaps.cursors["t"].where is None
+    snaps.stop("t")
+    snaps.start("t", "a = 1")
+    assert snaps.cursors["t"].where == "a = 1"  # nothing under way: the request as asked

@@ -77,10 +77,17 @@ class IncrementalSnapshots(Generic[R]):
         return bool(self.cursors)
 
     def start(self, table: str, where: str | None = None, total: int | None = None) -> None:
-        """Snapshot ``table`` (again) from its first row; an open chunk of it is forgotten."""
+        """Snapshot ``table`` (again) from its first row; an open chunk of it is forgotten.
+
+        A table whose snapshot is under way starts again with the rows of both requests
+        (``where`` of either, none when one has none), so no request narrows another: a
+        filtered backfill asked during a full snapshot must not cut the rest of it short.
+        """
         if self._window is not None and self._window.table == table:
             self._window = None
-        self.cursors.pop(table, None)
+        current = self.cursors.pop(table, None)
+        if current is not None and where != current.where:
+            where = None if where is None or current.where is None else f"({current.where}) OR ({where})"
         self.cursors[table] = IncrementalCursor(where=where, total=total)
 
     def stop(self, table: str) -> bool:
