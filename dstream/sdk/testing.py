@@ -11,6 +11,7 @@ Example::
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -74,9 +75,22 @@ def run_provider(
 ) -> ProviderRun:
     # Announced as dstream's orchestrator does, so ctx.gauge() reports are collected.
     envelope = protocol.command_envelope(command, config, checkpoint, task, protocol.ORCHESTRATOR_FEATURES)
-    stdin = io.BytesIO(envelope + b"".join(stdin_lines or []))
-    stdout = io.BytesIO()
-    code = Host(cls, stdin, stdout).run()
+    stdout: io.BytesIO
+    if stdin_lines is None and command == "run" and getattr(cls, "wants_commits", lambda: False)():
+        # An input that listens for ``committed``: stdin stays open for the run (its end
+        # means "the orchestrator went away"), and every checkpoint is acknowledged at once,
+        # as an orchestrator whose output and store never lag would.
+        read_end, write_end = os.pipe()
+        os.write(write_end, envelope)
+        stdout = _Acknowledging(write_end)
+        with io.open(read_end, "rb") as stdin:  # noqa: UP020 - a file object over a pipe's descriptor
+            try:
+                code = Host(cls, stdin, stdout).run()
+            finally:
+                os.close(write_end)
+    else:
+        stdout = io.BytesIO()
+        code = Host(cls, io.BytesIO(envelope + b"".join(stdin_lines or [])), stdout).run()
     raw = stdout.getvalue()
     lines: list[dict[str, Any]] = []
     other: list[bytes] = []
@@ -114,3 +128,27 @@ def envelope(data: Any, metadata: dict[str, Any] | None = None) -> bytes:
 
 def checkpoint(position: Any) -> bytes:
     return protocol.checkpoint(position)
+
+
+class _Acknowledging(io.BytesIO):
+    """Collects what a provider prints; writes ``committed`` to its stdin for each checkpoint."""
+
+    def __init__(self, commits: int) -> None:
+        super().__init__()
+        self._commits = commits
+        self._partial = b""
+
+    def write(self, data: Any) -> int:
+        written = super().write(data)
+        *lines, self._partial = (self._partial + bytes(data)).split(b"\n")
+        for line in lines:
+            try:
+                value = protocol.decode_object(line)
+            except protocol.DecodeError:
+                continue
+            is_checkpoint, position = protocol.control_value(value, "checkpoint")
+            if not is_checkpoint and "data" in value and "checkpoint" in value:
+                is_checkpoint, position = True, value["checkpoint"]
+            if is_checkpoint:
+                os.write(self._commits, protocol.committed(position))
+        return written

@@ -13,12 +13,12 @@ checkpoint (``{"lsn": ..., "incremental": {"after": [...], "rows": n, "chunks": 
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
 from dstream.sdk import Record, Resource
-from dstream.sdk.cdc import IncrementalCursor, SnapshotProgress, key_of, read_metadata
+from dstream.sdk.cdc import IncrementalCursor, Position, PositionError, SnapshotProgress, key_of, read_metadata
+from dstream.sdk.cdc.pacing import ChunkPacer
 from dstream_mssql_cdc.errors import CdcError
 from dstream_mssql_cdc.incremental import (
     CLOSE,
@@ -37,7 +37,7 @@ from dstream_mssql_cdc.incremental import (
     signal_insert_sql,
     signal_table_ddl,
 )
-from dstream_mssql_cdc.lsn import format_lsn, increment_lsn
+from dstream_mssql_cdc.lsn import format_lsn, increment_lsn, parse_lsn
 from dstream_mssql_cdc.names import parse_table_name, quote_name
 from dstream_mssql_cdc.sql import keyset_params, snapshot_query
 
@@ -136,13 +136,14 @@ class Incremental:
         self.values = values
         self.marks: Watermarks[Record] = Watermarks(cursors, chunk_size)
         self.chunk_size = chunk_size
-        self.pause = pause
+        # Paced like PostgreSQL's (dstream.sdk.cdc.pacing); the stream position a chunk's rows
+        # carry is the signal table's, just after the chunk's close row.
+        self.pacer = ChunkPacer(pause, log=log)
         self.log = log
         self.progress = SnapshotProgress(gauge, log)
         for name, cursor in cursors.items():
             self.progress.started(name, cursor.rows)  # resumed: the rate counts this run's rows
         self.tables: set[str] = set()  # the task's tables (signals name them)
-        self._last_chunk = 0.0
         # This run's RUN row, until the stream reaches it: the signals before it were sent before
         # the run, and for the tables it snapshots from their first row (``planned``) that
         # snapshot, planned after them, stands (incremental.py's docstring).
@@ -198,6 +199,9 @@ class Incremental:
                 tables = {**base.get("tables", {}), **self._decorated(base, name, cursor)}
                 row.position = {**base, "tables": tables}
                 out.append(row)
+            at = self._signal_position(base)
+            if at is not None:
+                self.pacer.released(at, name, closed.cursor.rows)
             self.progress.report(name, closed.cursor, closed.finished)
             return out
         signal = parse_signal(kind, record.data.get("data"))
@@ -250,11 +254,26 @@ class Incremental:
     def abandon(self) -> None:
         self.marks.abandon()
 
+    def committed(self, position: Any) -> None:
+        """The orchestrator persisted ``position``: released chunks it covers are acknowledged."""
+        at = self._signal_position(position)
+        if at is not None:
+            self.pacer.committed(at, position["tables"])
+
+    def _signal_position(self, position: Any) -> tuple[int, int] | None:
+        tables = position.get("tables") if isinstance(position, dict) else None
+        if not isinstance(tables, dict):
+            return None
+        try:
+            return Position.from_json(tables.get(self.signal_table), parse_lsn).key
+        except PositionError:
+            return None
+
     # -- reading chunks (between polls) ----------------------------------------------------
 
     def read_chunk(self) -> bool:
         """Open, read and close the next chunk; False when there is none to read now."""
-        if time.monotonic() - self._last_chunk < self.pause:
+        if not self.pacer.ready():
             return False
         nxt = self.marks.next_chunk()
         if nxt is None:
@@ -266,7 +285,7 @@ class Incremental:
         rows = self._rows(shape, cursor)
         self.marks.read(chunk, table, rows)
         self.db.execute(insert, f"{chunk}-close", CLOSE, table)
-        self._last_chunk = time.monotonic()
+        self.pacer.read()
         return True
 
     def _rows(self, shape: Shape, cursor: IncrementalCursor) -> list[tuple[Any, tuple[str, ...], Record]]:

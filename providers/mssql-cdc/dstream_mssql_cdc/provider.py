@@ -193,6 +193,8 @@ class MssqlCdcInputProvider(SnapshotRuns, IncrementalRuns, InputProvider[MssqlCd
             stream.add(TableCursor(name, object_id, position, self.target.task_hint), announced=position is not None)
         if signal is not None:
             self.incr = self._incremental(setup, stream, signal, signal_at)
+            if self.ctx.receives_commits:
+                self.incr.pacer.expect_commits()  # chunks wait for the output to acknowledge earlier ones
         if setup.plan:
             done = yield from self._snapshots(setup, stream, setup.plan)
             if not done:
@@ -484,6 +486,12 @@ class MssqlCdcInputProvider(SnapshotRuns, IncrementalRuns, InputProvider[MssqlCd
             warning = lag_warning(cursor.table, self._table_lag(cursor, state), retention)
             if warning is not None:
                 self.log.warning("%s", warning)
+
+    def on_committed(self, position: Any) -> None:
+        """The orchestrator persisted ``position``: it paces incremental snapshot chunks (SQL
+        Server keeps its CDC rows for the retention period whatever is acknowledged)."""
+        if self.incr is not None:
+            self.incr.committed(position)
 
     def close(self) -> None:
         if self.changes:

@@ -447,3 +447,29 @@ def test_an_init_that_creates_the_signal_table_marks_all_of_it_as_the_tasks(
     assert result.exit_code == 0
     assert out(result) == [("Read", i) for i in range(1, 6)]
     assert "purged" not in caplog.text
+
+
+def test_chunks_wait_for_the_output_to_acknowledge_earlier_ones() -> None:
+    """Ack pacing (dstream.sdk.cdc.pacing), as on PostgreSQL: an output that acknowledges
+    nothing gets two released chunks and no third; acknowledged, every chunk comes."""
+    server = server_with(20)
+    deaf = type("Deaf", (provider_for(server),), {"on_committed": lambda self, position: None})
+    stalled = run_provider(
+        deaf,
+        {
+            "connection_string": CONN,
+            "tables": ["dbo.Orders"],
+            "snapshot": "incremental",
+            "snapshot_chunk_size": 4,
+            "poll_interval": "1ms",
+            "max_poll_interval": "2ms",
+        },
+        task="orders",
+    )
+    assert stalled.exit_code == 0
+    assert out(stalled) == [("Read", i) for i in range(1, 9)]  # two chunks of four
+    served = server_with(20)
+    assert out(run(served)) == [("Read", i) for i in range(1, 21)]
+    assert [r["type"] for r in served.instances[1].table.rows].count(
+        "snapshot-window-close"
+    ) == 6  # 5 full, 1 empty: the end

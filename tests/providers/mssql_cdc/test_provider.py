@@ -54,7 +54,8 @@ def test_a_run_emits_every_change_once_in_commit_order_with_the_starting_positio
     assert result.exit_code == 0
     assert result.handshake is not None
     assert result.handshake["verbs"] == ["run", "check", "init", "plan", "status", "destroy", "snapshot"]
-    assert result.handshake["features"] == []  # no commit feature: CDC keeps changes by time, not by reader
+    # CDC keeps changes by time, not by reader: acknowledgements only pace incremental snapshot chunks
+    assert result.handshake["features"] == ["commit"]
     assert rows(result) == EXPECTED
     start = {"lsn": format_lsn(START)}
     assert result.messages[0] == {
