@@ -11,7 +11,7 @@ Example::
 from __future__ import annotations
 
 import io
-import os
+import queue
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -80,14 +80,12 @@ def run_provider(
         # An input that listens for ``committed``: stdin stays open for the run (its end
         # means "the orchestrator went away"), and every checkpoint is acknowledged at once,
         # as an orchestrator whose output and store never lag would.
-        read_end, write_end = os.pipe()
-        os.write(write_end, envelope)
-        stdout = _Acknowledging(write_end)
-        with io.open(read_end, "rb") as stdin:  # noqa: UP020 - a file object over a pipe's descriptor
-            try:
-                code = Host(cls, stdin, stdout).run()
-            finally:
-                os.close(write_end)
+        feed = _Feed(envelope)
+        stdout = _Acknowledging(feed)
+        try:
+            code = Host(cls, feed, stdout).run()  # type: ignore[arg-type]
+        finally:
+            feed.put(b"")
     else:
         stdout = io.BytesIO()
         code = Host(cls, io.BytesIO(envelope + b"".join(stdin_lines or [])), stdout).run()
@@ -130,10 +128,30 @@ def checkpoint(position: Any) -> bytes:
     return protocol.checkpoint(position)
 
 
-class _Acknowledging(io.BytesIO):
-    """Collects what a provider prints; writes ``committed`` to its stdin for each checkpoint."""
+class _Feed:
+    """A provider's stdin that stays open until the run ends: what :meth:`put` queues, then
+    ``b""`` (the end) once ``b""`` is put."""
 
-    def __init__(self, commits: int) -> None:
+    def __init__(self, first: bytes) -> None:
+        self._queue: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        self._queue.put(first)
+        self._ended = False
+
+    def put(self, data: bytes) -> None:
+        self._queue.put(data)
+
+    def read(self, size: int = -1) -> bytes:
+        if self._ended:
+            return b""
+        data = self._queue.get()
+        self._ended = not data
+        return data
+
+
+class _Acknowledging(io.BytesIO):
+    """Collects what a provider prints; feeds ``committed`` to its stdin for each checkpoint."""
+
+    def __init__(self, commits: _Feed) -> None:
         super().__init__()
         self._commits = commits
         self._partial = b""
@@ -150,5 +168,5 @@ class _Acknowledging(io.BytesIO):
             if not is_checkpoint and "data" in value and "checkpoint" in value:
                 is_checkpoint, position = True, value["checkpoint"]
             if is_checkpoint:
-                os.write(self._commits, protocol.committed(position))
+                self._commits.put(protocol.committed(position))
         return written

@@ -574,3 +574,18 @@ def test_a_request_during_a_snapshot_under_way_never_narrows_it() -> None:
     snaps.stop("t")
     snaps.start("t", "a = 1")
     assert snaps.cursors["t"].where == "a = 1"  # nothing under way: the request as asked
+
+
+def test_an_incremental_cursor_keeps_when_it_started_and_status_gives_its_rate() -> None:
+    cursor = IncrementalCursor(("9",), 600, 6, None, 1200, 1000.0)
+    again = IncrementalCursor.from_json(cursor.to_json())
+    assert again == cursor
+    assert again.status(1060.0) == {
+        "snapshot_rows": 600,
+        "snapshot_chunks": 6,
+        "snapshot_percent": 50.0,
+        "snapshot_rows_per_second": 10.0,
+    }
+    assert "snapshot_rows_per_second" not in IncrementalCursor(rows=5).status(1060.0)  # an older checkpoint's
+    with pytest.raises(PositionError):
+        IncrementalCursor.from_json({"after": None, "rows": 1, "chunks": 1, "started": "yesterday"})

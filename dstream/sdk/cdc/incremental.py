@@ -22,6 +22,7 @@ every change after H is newer than it. Memory is one chunk; no transaction outli
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -88,7 +89,7 @@ class IncrementalSnapshots(Generic[R]):
         current = self.cursors.pop(table, None)
         if current is not None and where != current.where:
             where = None if where is None or current.where is None else f"({current.where}) OR ({where})"
-        self.cursors[table] = IncrementalCursor(where=where, total=total)
+        self.cursors[table] = IncrementalCursor(where=where, total=total, started=round(time.time(), 3))
 
     def stop(self, table: str) -> bool:
         """Stop snapshotting ``table`` (its rows so far stay emitted); False: it was not."""

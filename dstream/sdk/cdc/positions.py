@@ -62,7 +62,8 @@ class IncrementalCursor:
 
     ``after``: the engine's text of the last key read (None: from the first row); ``rows``
     emitted and ``chunks`` read so far; ``where``: the filter of a partial snapshot;
-    ``total``: the table's estimated row count when it started (for the percentage).
+    ``total``: the table's estimated row count when it started (for the percentage);
+    ``started``: when it started (Unix time, seconds), for ``dstream status``'s rate.
     """
 
     after: tuple[str, ...] | None = None
@@ -70,12 +71,29 @@ class IncrementalCursor:
     chunks: int = 0
     where: str | None = None
     total: int | None = None
+    started: float | None = None
 
     @property
     def percent(self) -> float | None:
         if not self.total:
             return None
         return min(100.0, 100.0 * self.rows / self.total)
+
+    def rate(self, now: float) -> float | None:
+        """Rows per second since the snapshot started (stops and restarts included)."""
+        if self.started is None or now <= self.started:
+            return None
+        return self.rows / (now - self.started)
+
+    def status(self, now: float) -> dict[str, Any]:
+        """What ``dstream status`` shows of a snapshot under way (both CDC providers)."""
+        out: dict[str, Any] = {"snapshot_rows": self.rows, "snapshot_chunks": self.chunks}
+        if self.percent is not None:
+            out["snapshot_percent"] = round(self.percent, 1)
+        rate = self.rate(now)
+        if rate is not None:
+            out["snapshot_rows_per_second"] = round(rate, 1)
+        return out
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -87,11 +105,13 @@ class IncrementalCursor:
             out["where"] = self.where
         if self.total is not None:
             out["total"] = self.total
+        if self.started is not None:
+            out["started"] = self.started
         return out
 
     @classmethod
     def from_json(cls, value: Any) -> IncrementalCursor:
-        if not isinstance(value, dict) or set(value) - {"after", "rows", "chunks", "where", "total"}:
+        if not isinstance(value, dict) or set(value) - {"after", "rows", "chunks", "where", "total", "started"}:
             raise PositionError(f"incremental snapshot cursor {value!r} is not {{'after': [...], 'rows': n, ...}}")
         after = value.get("after")
         if after is not None and (not isinstance(after, list) or not all(isinstance(v, str) for v in after)):
@@ -105,8 +125,16 @@ class IncrementalCursor:
         where = value.get("where")
         if where is not None and not isinstance(where, str):
             raise PositionError(f"incremental snapshot cursor {value!r}: 'where' must be a text")
+        started = value.get("started")
+        if started is not None and (isinstance(started, bool) or not isinstance(started, int | float)):
+            raise PositionError(f"incremental snapshot cursor {value!r}: 'started' must be a Unix time")
         return cls(
-            None if after is None else tuple(after), counts[0], counts[1], where, total if total is not None else None
+            None if after is None else tuple(after),
+            counts[0],
+            counts[1],
+            where,
+            total if total is not None else None,
+            None if started is None else float(started),
         )
 
 

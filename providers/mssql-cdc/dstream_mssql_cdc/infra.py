@@ -21,6 +21,7 @@ destroy. The planning functions here are pure; :class:`Infrastructure` carries t
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -344,11 +345,7 @@ class Infrastructure:
             details["snapshot_rows"] = position.snapshot.rows
             return Resource(TABLE, table, "none", "snapshot", details)
         if position.incremental is not None:  # an incremental snapshot under way (the table streams meanwhile)
-            cursor = position.incremental
-            details["snapshot_rows"] = cursor.rows
-            details["snapshot_chunks"] = cursor.chunks
-            if cursor.percent is not None:
-                details["snapshot_percent"] = round(cursor.percent, 1)
+            details.update(position.incremental.status(time.time()))
         if max_lsn is None or position.lsn > max_lsn:
             details["lag_seconds"] = 0.0
             return Resource(TABLE, table, "none", "streaming", details)

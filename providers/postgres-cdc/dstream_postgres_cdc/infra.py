@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from dstream.sdk import Resource
@@ -160,11 +161,7 @@ class Infrastructure:
             if mine is not None and mine.snapshot is not None:
                 details["snapshot_rows"] = mine.snapshot.rows  # emitted so far of a snapshot under way
             if mine is not None and mine.incremental is not None:  # an incremental snapshot under way
-                cursor = mine.incremental
-                details["snapshot_rows"] = cursor.rows
-                details["snapshot_chunks"] = cursor.chunks
-                if cursor.percent is not None:
-                    details["snapshot_percent"] = round(cursor.percent, 1)
+                details.update(mine.incremental.status(time.time()))
             yield Resource(IDENTITY, table.qualified, "none", table.identity, details)
 
     def destroy(self) -> Iterator[Resource]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 import pytest
@@ -318,6 +319,9 @@ def test_status_shows_each_tables_snapshot_rows_chunks_and_percent() -> None:
     assert table["details"]["snapshot_rows"] == cursor["rows"]
     assert table["details"]["snapshot_chunks"] == cursor["chunks"]
     assert table["details"]["snapshot_percent"] == round(100.0 * cursor["rows"] / 10, 1)
+    assert time.time() - 60 < cursor["started"] <= time.time()  # when it started: status's rate
+    # status ran before this line: its rate is at least the one computed now
+    assert table["details"]["snapshot_rows_per_second"] >= cursor["rows"] / (time.time() - cursor["started"]) - 0.1
 
 
 # -- signals sent before a task's first run ------------------------------------------------

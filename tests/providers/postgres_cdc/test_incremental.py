@@ -370,6 +370,7 @@ def test_stop_signal_and_status_show_an_incremental_snapshot_under_way(
     assert details["snapshot_rows"] >= 200
     assert details["snapshot_chunks"] >= 2
     assert 0 < details["snapshot_percent"] < 100
+    assert details["snapshot_rows_per_second"] > 0  # since it started (the checkpoint keeps when)
     result = run_cli("snapshot", "stp", "--table", table, "--stop", "-f", str(hcl))
     assert result.returncode == 0, result.stderr
     live.wait(lambda lv: "incremental" not in lv.checkpoints[-1]["tables"][name], "the stop signal")
