@@ -41,6 +41,8 @@ $(VENV)/.installed: pyproject.toml $(PROVIDERS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet --group dev -e '.[postgres,azure]' $(patsubst %/pyproject.toml,-e %,$(PROVIDERS))
+	@# jq from its sdist with -O2 (PyPI's wheel builds libjq unoptimised); once, kept in build/.
+	$(BIN)/python -m dstream.tooling.sourcebuilds install
 	touch $@
 
 services:
