@@ -31,11 +31,6 @@ PROVIDERS = ROOT / "benchmarks" / "providers"
 PYPI_WHEEL = ROOT / "build" / "jq-pypi" / "site"
 REGISTRY = os.environ.get("DSTREAM_REGISTRY", "127.0.0.1:5000")
 IMAGE = f"{REGISTRY}/dstream/jq-transform-provider:0.1.0"
-# Runs the provider inside its image and reports its CPU time (the image has no shell `time`).
-CPU_WRAPPER = (
-    "import resource, subprocess, sys; subprocess.run(['jq-transform-provider']); "
-    "r = resource.getrusage(resource.RUSAGE_CHILDREN); print('CPU', r.ru_utime, r.ru_stime, file=sys.stderr)"
-)
 PROGRAM = "del(.data.pad) | .metadata.Seen = true"
 SIZE = 500
 
@@ -59,6 +54,22 @@ task "bench" {{
   output {{ provider_path = "{sink}" }}
 }}
 """
+JQ_CLI_IMAGE = "dstream-bench/jq-cli:1"  # local only: Debian's jq CLI on the provider's base
+JQ_CLI_DOCKERFILE = """ARG BASE_IMAGE
+FROM ${BASE_IMAGE}
+RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends jq >/dev/null && rm -rf /var/lib/apt/lists/*
+USER 10001:10001
+"""
+DOCKER_RUN = "docker run -i --rm --log-driver none --network none --entrypoint python3"
+
+
+def _cpu_wrapper(argv: list[str]) -> str:
+    """python3 -c code that runs ``argv`` inside an image and reports its CPU time on stderr
+    (images have no shell `time`)."""
+    return (
+        f"import resource, subprocess, sys; subprocess.run({argv!r}); "
+        "r = resource.getrusage(resource.RUSAGE_CHILDREN); print('CPU', r.ru_utime, r.ru_stime, file=sys.stderr)"
+    )
 
 
 def _provider() -> str:
@@ -89,6 +100,13 @@ def _image_binding() -> str | None:
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     return probe.stdout.strip() if probe.returncode == 0 else None
+
+
+def _jq_cli_image() -> None:
+    """The jq CLI in a container on the same base, through the same `docker run -i` plumbing."""
+    base = os.environ.get("DSTREAM_BASE_IMAGE") or "python:3.12-slim"
+    cmd = ["docker", "build", "-q", "-t", JQ_CLI_IMAGE, "--build-arg", f"BASE_IMAGE={base}", "-"]
+    subprocess.run(cmd, input=JQ_CLI_DOCKERFILE, capture_output=True, text=True, check=True)
 
 
 def _timed(
@@ -155,14 +173,18 @@ def bench_jq(
             alone[f"cpu_ratio_{name}"] = round(cpu_ratio, 2)
         results["alone"] = alone
         if image_binding is not None:
-            docker = f"docker run -i --rm --log-driver none --network none --entrypoint python3 {IMAGE}"
-            row = _timed(shell, f"{tmp}/command.jsonl {data}", f'{docker} -c "{CPU_WRAPPER}"', sink, count, measure,
-                         cpu, timed_inside=True)  # fmt: skip
-            cpu_ratio = alone["jq_cli"]["cpu_us_per_envelope"] / row["cpu_us_per_envelope"]
+            _jq_cli_image()
+            cli = _cpu_wrapper(["jq", "-c", PROGRAM])
+            ours = _cpu_wrapper(["jq-transform-provider"])
+            peer = _timed(shell, f"{data}", f'{DOCKER_RUN} {JQ_CLI_IMAGE} -c "{cli}"', sink, count, measure, cpu,
+                          timed_inside=True)  # fmt: skip
+            row = _timed(shell, f"{tmp}/command.jsonl {data}", f'{DOCKER_RUN} {IMAGE} -c "{ours}"', sink, count,
+                         measure, cpu, timed_inside=True)  # fmt: skip
             results["container"] = {
-                "image": IMAGE, "jq_wheel_tag": image_binding, "transform": row,
-                "ratio": round(row["envelopes_per_s"] / alone["jq_cli"]["envelopes_per_s"], 2),
-                "cpu_ratio": round(cpu_ratio, 2),
+                "image": IMAGE, "jq_wheel_tag": image_binding, "transform": row, "jq_cli_in_container": peer,
+                "ratio": round(row["envelopes_per_s"] / peer["envelopes_per_s"], 2),
+                "cpu_ratio": round(peer["cpu_us_per_envelope"] / row["cpu_us_per_envelope"], 2),
+                "ratio_to_host_jq_cli": round(row["envelopes_per_s"] / alone["jq_cli"]["envelopes_per_s"], 2),
             }  # fmt: skip
         else:
             results["container"] = {"skipped": f"{IMAGE} is not in the local engine (make images)"}
