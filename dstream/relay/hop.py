@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -32,6 +33,22 @@ if TYPE_CHECKING:
 _log = log.get("relay")
 # Below this many bytes per line, per-line work in Python costs more than a few C scans.
 SHORT_LINE = 200
+
+
+_frozen = False
+
+
+def freeze_startup_objects() -> None:
+    """Once per process, before data flows: move every object alive now (modules, config,
+    engine clients) out of the garbage collector's reach. The relay allocates containers fast
+    enough to trigger collections every few blocks, and the older generations held all of
+    start-up: 13 % of the orchestrator's time at 500 B went to the collector (py-spy).
+    Objects created later are collected as before."""
+    global _frozen  # noqa: PLW0603 - a process-wide, once-only switch
+    if not _frozen:
+        _frozen = True
+        gc.collect()
+        gc.freeze()
 
 
 class SinkGone(Exception):
@@ -104,6 +121,7 @@ class Hop:
 
     async def run(self) -> None:
         """Relay until the source's stdout ends; then close the sink's stdin."""
+        freeze_startup_objects()
         framer = self._framer
         if self._leftover:
             await self._handle(framer.feed(self._leftover))
