@@ -35,20 +35,14 @@ _log = log.get("relay")
 SHORT_LINE = 200
 
 
-_frozen = False
-
-
 def freeze_startup_objects() -> None:
-    """Once per process, before data flows: move every object alive now (modules, config,
-    engine clients) out of the garbage collector's reach. The relay allocates containers fast
-    enough to trigger collections every few blocks, and the older generations held all of
-    start-up: 13 % of the orchestrator's time at 500 B went to the collector (py-spy).
-    Objects created later are collected as before."""
-    global _frozen  # noqa: PLW0603 - a process-wide, once-only switch
-    if not _frozen:
-        _frozen = True
-        gc.collect()
-        gc.freeze()
+    """Before data flows: move every object alive now out of the garbage collector's reach.
+    The task runner freezes what exists before an attempt starts (and unfreezes it when the
+    attempt ends); starting the providers then imports and builds much more (the Docker
+    client, its HTTP stack), which the relay's allocations made the collector rescan over
+    and over: 13 % of the orchestrator's time at 500 B through containers (py-spy). Objects
+    created later are collected as before."""
+    gc.freeze()
 
 
 class SinkGone(Exception):
