@@ -49,6 +49,7 @@ services:
 	bash scripts/dev/up.sh docker registry-auth base azurite postgres odbc
 
 images: venv services
+	bash scripts/dev/ensure-jq.sh --compiler   # the jq provider's libjq is built with -O2 (once)
 	$(BIN)/dstream providers push --all --orchestrator --build --registry $(REGISTRY)
 
 lint: venv

@@ -145,6 +145,7 @@ def install(root: Path, echo: Callable[[str], None]) -> int:
                 continue
             built = wheel(root, package, dist.version, env, echo)
             if built is None:
+                _log.warning("once it can be built: python -m dstream.tooling.sourcebuilds install")
                 failed += 1
                 continue
             if _installed_from(dist) == built.resolve().as_uri():

@@ -4,11 +4,16 @@
 #   - with --bindings: the venv's `jq` binding built from its sdist with -O2 (what `make venv`
 #     and the provider image use: dstream/tooling/sourcebuilds.py; PyPI's wheels build libjq
 #     without optimisation, about 2.5x slower than the jq CLI), and, for comparison, PyPI's
-#     wheel of the same version in build/jq-pypi/site.
+#     wheel of the same version in build/jq-pypi/site;
+#   - with --compiler: only what building from source needs (gcc, make), for `make images`.
 set -euo pipefail
 # shellcheck source=scripts/dev/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
+if [[ "${1:-}" == "--compiler" ]]; then
+    apt_install_missing gcc make
+    exit 0
+fi
 apt_install_missing jq
 log "jq CLI: $(jq --version)"
 [[ "${1:-}" == "--bindings" ]] || exit 0
