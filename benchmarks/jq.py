@@ -22,6 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -89,7 +90,7 @@ def _venv_binding() -> str:
 
     text = importlib.metadata.distribution("jq").read_text("direct_url.json") or "{}"
     url = str(json.loads(text).get("url", ""))
-    return url.rsplit("/", 2)[-2] if "source-wheels" in url else "pypi wheel (unoptimised libjq)"
+    return unquote(url.rsplit("/", 2)[-2]) if "source-wheels" in url else "pypi wheel (unoptimised libjq)"
 
 
 def _image_binding() -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 HERE = Path(__file__).resolve().parent
 
@@ -28,7 +29,7 @@ def _container(result: dict[str, Any], key: str, peer_name: str, goal: float) ->
 
 
 def _jq(jq: dict[str, Any]) -> list[str]:
-    venv = jq.get("venv_binding", "")
+    venv = unquote(jq.get("venv_binding", ""))
     names = {
         "venv": f"the venv's, built from the sdist with -O2 ({venv})" if "O2" in venv else f"the venv's ({venv})",
         "pypi_wheel": "PyPI's wheel (libjq built without -O2), for comparison",
