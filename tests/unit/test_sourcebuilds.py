@@ -114,3 +114,45 @@ def test_a_cached_wheel_is_not_built_again(tmp_path: Path, monkeypatch: pytest.M
 
     monkeypatch.setattr(sourcebuilds.subprocess, "run", refuse)
     assert sourcebuilds.wheel(root, "jq", "1.13.0", {"CPPFLAGS": "-O2"}, print) == built
+
+
+class _Engine:
+    """The engine calls the image builder makes; the first build fails like a Dockerfile
+    whose `import jq` check fails (a wheel built against a newer C library than the image's)."""
+
+    def __init__(self) -> None:
+        self.builds: list[list[str]] = []
+
+    def image(self, name: str) -> dict[str, Any]:
+        return {"Id": name}
+
+    def build(self, context: Path, tag: str, buildargs: dict[str, str], labels: dict[str, str]) -> Any:
+        from dstream.errors import RuntimeFailure
+
+        self.builds.append(sorted(p.name for p in (context / "wheels").glob("*.whl")))
+        if len(self.builds) == 1:
+            raise RuntimeFailure(f"building {tag} failed: ImportError: GLIBC_2.38 not found")
+        return iter(["Step 1/1 : FROM base"])
+
+
+def test_an_image_that_does_not_load_the_built_wheel_is_built_again_with_pypis(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from dstream.tooling import images
+
+    built = tmp_path / BUILT
+    built.write_bytes(b"built with -O2")
+    engine = _Engine()
+    builder = images.Builder(engine=engine, echo=lambda line: None)  # type: ignore[arg-type]
+    monkeypatch.setattr(builder, "_image_python", sourcebuilds.this_python)
+    monkeypatch.setattr(builder, "_download", lambda requirements, dest: (dest / PYPI).write_bytes(b"pypi"))
+    monkeypatch.setattr(builder, "_local_wheel", lambda project, dest: None)
+    monkeypatch.setattr(sourcebuilds, "wheel", lambda *args: built)
+    for folder in ("images", "providers"):  # the checkout's, with the staging folder under tmp_path
+        (tmp_path / folder).symlink_to(ROOT / folder)
+    monkeypatch.setattr(builder, "root", tmp_path)
+    with caplog.at_level(logging.WARNING, logger="dstream"):
+        builder.build("jq-transform-provider", "127.0.0.1:5000/test")
+    assert engine.builds == [[BUILT], [PYPI]]
+    assert "jq-transform-provider did not build with jq built from source" in caplog.text
+    assert "GLIBC_2.38" in caplog.text
