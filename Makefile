@@ -41,12 +41,15 @@ $(VENV)/.installed: pyproject.toml $(PROVIDERS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet --group dev -e '.[postgres,azure]' $(patsubst %/pyproject.toml,-e %,$(PROVIDERS))
+	@# jq from its sdist with -O2 (PyPI's wheel builds libjq unoptimised); once, kept in build/.
+	$(BIN)/python -m dstream.tooling.sourcebuilds install
 	touch $@
 
 services:
 	bash scripts/dev/up.sh docker registry-auth base azurite postgres odbc
 
 images: venv services
+	bash scripts/dev/ensure-jq.sh --compiler   # the jq provider's libjq is built with -O2 (once)
 	$(BIN)/dstream providers push --all --orchestrator --build --registry $(REGISTRY)
 
 lint: venv

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 HERE = Path(__file__).resolve().parent
 
@@ -28,20 +29,24 @@ def _container(result: dict[str, Any], key: str, peer_name: str, goal: float) ->
 
 
 def _jq(jq: dict[str, Any]) -> list[str]:
+    venv = unquote(jq.get("venv_binding", ""))
     names = {
-        "pypi_wheel": "PyPI's jq wheel (libjq built without -O2)",
-        "o2_build": "the same jq binding built with -O2",
+        "venv": f"the venv's, built from the sdist with -O2 ({venv})" if "O2" in venv else f"the venv's ({venv})",
+        "pypi_wheel": "PyPI's wheel (libjq built without -O2), for comparison",
+        "o2_build": "the same jq binding built with -O2",  # results of the earlier benchmark
     }
     out = [
         f"## The jq transform vs the jq CLI ({jq['jq_cli']})",
         "",
         f"`{jq['program']}` over the same {jq['size']} B envelopes ({jq['envelopes']:,}, a checkpoint every 1000),",
         "both writing into the benchmark sink, which times first to last byte. *Alone*: the transform",
-        "process reads a file, as `jq -c` does. *Three stages*: dstream, local providers (blast → jq",
-        "transform → sink) against the OS pipe `blast | jq -c … | sink`.",
+        "process reads a file, as `jq -c` does. *Container*: the provider image against Debian's jq CLI",
+        "in a container on the same base image, both through `docker run -i` (CPU measured inside).",
+        "*Three stages*: dstream, local providers (blast → jq transform → sink) against the OS pipe",
+        "`blast | jq -c … | sink`.",
         "",
-        "| setting | transform's jq binding | dstream env/s | jq CLI env/s | ratio | goal ≥ 1.0 |",
-        "| --- | --- | ---: | ---: | ---: | --- |",
+        "| setting | transform's jq binding | dstream env/s | jq CLI env/s | ratio | CPU µs/envelope (jq CLI) | goal ≥ 1.0 |",
+        "| --- | --- | ---: | ---: | ---: | ---: | --- |",
     ]
     alone = jq.get("alone", {})
     for key, label, peer in (("alone", "alone", "jq_cli"), ("pipeline", "three stages", "os_pipe_jq_cli")):
@@ -49,17 +54,35 @@ def _jq(jq: dict[str, Any]) -> list[str]:
         for name, binding in names.items():
             if name in rows:
                 ratio = rows[f"ratio_{name}"]
+                cpu = rows[name].get("cpu_us_per_envelope")
+                cpu_text = f"{cpu} ({rows[peer]['cpu_us_per_envelope']})" if cpu is not None else ""
                 out.append(
                     f"| {label} | {binding} | {rows[name]['envelopes_per_s']:,} | "
-                    f"{rows[peer]['envelopes_per_s']:,} | {ratio} | {_mark(ratio >= 1.0)} |"
+                    f"{rows[peer]['envelopes_per_s']:,} | {ratio} | {cpu_text} | {_mark(ratio >= 1.0)} |"
                 )
+        if key == "alone" and "transform" in jq.get("container", {}):
+            box = jq["container"]
+            ours, peer_row = box["transform"], box["jq_cli_in_container"]
+            out.append(
+                f"| container | the image's (wheel tag {box['jq_wheel_tag']}) | {ours['envelopes_per_s']:,} | "
+                f"{peer_row['envelopes_per_s']:,} | {box['ratio']} | {ours['cpu_us_per_envelope']} "
+                f"({peer_row['cpu_us_per_envelope']}) | {_mark(box['ratio'] >= 1.0)} |"
+            )
     out.append("")
+    if "skipped" in jq.get("container", {}):
+        out.append(f"- container: skipped: {jq['container']['skipped']}")
     for name, binding in names.items():
         if f"cpu_ratio_{name}" in alone:
             out.append(
                 f"- CPU time per envelope, alone, with {binding}: {alone[name]['cpu_us_per_envelope']} µs against "
                 f"the jq CLI's {alone['jq_cli']['cpu_us_per_envelope']} µs ({alone[f'cpu_ratio_{name}']}×)"
             )
+    if "cpu_ratio" in jq.get("container", {}):
+        box = jq["container"]
+        out.append(
+            f"- CPU time per envelope, in containers: {box['cpu_ratio']}× the jq CLI's; throughput "
+            f"{box['ratio_to_host_jq_cli']}× the jq CLI run on the host (outside Docker)"
+        )
     return [*out, ""]
 
 

@@ -17,6 +17,7 @@ with task, role, run id and their dstream process, so leftovers of a killed run 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import re
@@ -114,6 +115,62 @@ def owner_labels() -> dict[str, str]:
     return {k: v for k, v in labels.items() if v}
 
 
+class _Chunks(asyncio.Protocol):
+    """A socket's bytes as the chunks the transport read, handed over without a buffer to
+    copy them through (asyncio's StreamReader copies every byte twice more); reading pauses
+    above ``limit`` bytes held."""
+
+    def __init__(self, limit: int) -> None:
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._size = 0
+        self._limit = limit
+        self._ended = False
+        self._paused = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._size += len(data)
+        if self._size > self._limit and not self._paused and self._transport is not None:
+            self._paused = True
+            self._transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._ended = True
+        self._wake()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._ended = True  # a reset is an end too, as it was for the stream reader
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def read(self) -> list[bytes]:
+        """Every chunk held (waiting for one); ``[]`` at the end of the stream."""
+        while not self._chunks and not self._ended:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        chunks = list(self._chunks)
+        self._chunks.clear()
+        self._size = 0
+        if self._paused and self._transport is not None:
+            self._paused = False
+            self._transport.resume_reading()
+        return chunks
+
+
 def container_name(spec: ProviderSpec) -> str:
     safe = re.sub(r"[^a-zA-Z0-9_.-]", "-", spec.task)[:60]
     return f"dstream-{safe}-{spec.role}-{spec.run_id}"
@@ -130,21 +187,28 @@ class DockerProcess:
         self._code: int | None = None
         self._streams: list[Any] = []  # keep docker-py responses alive with their sockets
         self._sockets: dict[str, socket.socket] = {}
-        self._stdout: asyncio.StreamReader | None = None
+        self._stdout: _Chunks | None = None
         self._stdin: asyncio.StreamWriter | None = None
-        self._stdout_writer: asyncio.StreamWriter | None = None
+        self._stdout_transport: asyncio.BaseTransport | None = None
         self._stderr_writer: asyncio.StreamWriter | None = None
         self._stderr_task: asyncio.Task[None] | None = None
         self._exit_task: asyncio.Task[int] | None = None
         self._removed = False
 
     async def attach(self) -> None:
-        self._stdout, self._stdout_writer = await self._open("stdout")
+        self._stdout_transport, self._stdout = await self._open_chunks("stdout")
         stderr, self._stderr_writer = await self._open("stderr")
         _, self._stdin = await self._open("stdin")
         self._stderr_task = asyncio.create_task(self._pump_stderr(stderr))
 
     async def _open(self, stream: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection(sock=await self._attach(stream), limit=READ_CHUNK)
+
+    async def _open_chunks(self, stream: str) -> tuple[asyncio.BaseTransport, _Chunks]:
+        loop = asyncio.get_running_loop()
+        return await loop.create_connection(lambda: _Chunks(READ_CHUNK), sock=await self._attach(stream))
+
+    async def _attach(self, stream: str) -> socket.socket:
         raw, sock = await asyncio.to_thread(self._engine.attach, self._id, stream)
         self._streams.append(raw)
         self._sockets[stream] = sock
@@ -152,7 +216,7 @@ class DockerProcess:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
         sock.setblocking(False)
-        return await asyncio.open_connection(sock=sock, limit=READ_CHUNK)
+        return sock
 
     async def start(self) -> None:
         await asyncio.to_thread(self._engine.start, self._id, self.description)
@@ -174,15 +238,14 @@ class DockerProcess:
         self._tail.close()
 
     async def read(self, n: int = READ_CHUNK) -> bytes:
+        """What the container printed since the last read (about ``n`` bytes, up to twice
+        as many when the relay fell behind), in one copy from what the socket gave."""
         assert self._stdout is not None
         while True:
-            try:
-                chunk = await self._stdout.read(n)
-            except (ConnectionError, OSError):
+            chunks = await self._stdout.read()
+            if not chunks:
                 return b""
-            if not chunk:
-                return b""
-            data = self._demux.feed(chunk).get(STDOUT)
+            data = self._demux.payload(chunks, STDOUT)
             if data:
                 return data
 
@@ -237,7 +300,7 @@ class DockerProcess:
         self._removed = True
         for stream in self._sockets:
             self._shutdown(stream)
-        for writer in (self._stdin, self._stdout_writer, self._stderr_writer):
+        for writer in (self._stdin, self._stdout_transport, self._stderr_writer):
             if writer is not None:
                 writer.close()
         for raw in self._streams:

@@ -40,6 +40,33 @@ class FrameDemux:
                 self._buffer.clear()
         return {stream: b"".join(parts) for stream, parts in out.items()}
 
+    def payload(self, chunks: list[bytes], stream: int = STDOUT) -> bytes:
+        """The payload bytes of ``stream`` in ``chunks`` (other streams' dropped), copied once:
+        the data path's form of :meth:`feed`, which slices through memoryviews and joins at the end."""
+        parts: list[memoryview] = []
+        header = _HEADER.size
+        for chunk in chunks:
+            view = memoryview(chunk)
+            pos, end = 0, len(chunk)
+            while pos < end:
+                if self._want:
+                    take = min(self._want, end - pos)
+                    if self._stream == stream:
+                        parts.append(view[pos : pos + take])
+                    self._want -= take
+                    pos += take
+                elif not self._buffer and end - pos >= header:
+                    self._stream, self._want = _HEADER.unpack_from(chunk, pos)
+                    pos += header
+                else:  # a header split between chunks
+                    take = min(header - len(self._buffer), end - pos)
+                    self._buffer += view[pos : pos + take]
+                    pos += take
+                    if len(self._buffer) == header:
+                        self._stream, self._want = _HEADER.unpack(self._buffer)
+                        self._buffer.clear()
+        return b"".join(parts)
+
     @property
     def clean(self) -> bool:
         """True when no frame is half-read (a stream that ends here ended cleanly)."""

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from dstream import __version__, log
 from dstream.errors import RuntimeFailure
 from dstream.runtime.docker import DockerEngine
-from dstream.tooling import catalogue
+from dstream.tooling import catalogue, sourcebuilds
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -140,8 +140,13 @@ class Builder:
         source = self.root / entry.source
         stage = self._stage(name, dockerfile)
         requirements = _requirements(source / "pyproject.toml")
+        swapped: list[str] = []
         if requirements:
             self._download(requirements, stage / "wheels")
+            # Dependencies whose PyPI wheels are built slow (jq: libjq without -O2), built here.
+            swapped = sourcebuilds.replace_wheels(
+                source / "pyproject.toml", stage / "wheels", self._image_python(), self.root, self.echo
+            )
         self._local_wheel(source, stage / "wheels")
         tag = entry.image(registry)
         labels = {
@@ -153,7 +158,20 @@ class Builder:
             "io.dstream.verbs": ",".join(entry.verbs),
             "io.dstream.spec": json.dumps(entry.config_schema, separators=(",", ":")),
         }
-        self._build(stage, tag, {"PROVIDER_BASE": base_tag()}, labels)
+        try:
+            self._build(stage, tag, {"PROVIDER_BASE": base_tag()}, labels)
+        except RuntimeFailure as exc:
+            if not swapped:
+                raise
+            # E.g. a wheel built against a newer C library than the image's fails its import check.
+            _log.warning(
+                "%s did not build with %s built from source (%s); building it with PyPI's wheels, which are slower",
+                name,
+                ", ".join(swapped),
+                exc,
+            )
+            sourcebuilds.restore(stage / "wheels", swapped)
+            self._build(stage, tag, {"PROVIDER_BASE": base_tag()}, labels)
         return tag
 
     def build_orchestrator(self, registry: str | None = None) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -125,3 +127,26 @@ def test_lines_come_out_whole_and_in_order_however_the_reads_fall(
     if want[-1] == b"":
         want.pop()
     assert got == [(line, len(line) > LIMIT) for line in want]
+
+
+frames_st = st.lists(st.tuples(st.sampled_from([1, 2]), st.binary(max_size=40)), max_size=12)
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(frames_st, st.lists(st.integers(0, 60), max_size=12), st.integers(1, 4))
+def test_the_data_paths_demux_gives_what_the_reference_gives(
+    frames: list[tuple[int, bytes]], cuts: list[int], per_read: int
+) -> None:
+    """``payload`` (slices, one join, chunks read together) against ``feed`` (one chunk at a
+    time), for any frames cut at any points and any number of chunks per read."""
+    from dstream.runtime.frames import STDOUT, FrameDemux, frame
+
+    stream = b"".join(frame(kind, data) for kind, data in frames)
+    points = sorted({min(c, len(stream)) for c in cuts} | {0, len(stream)})
+    chunks = [stream[a:b] for a, b in itertools.pairwise(points)]
+    reference = FrameDemux()
+    expected = b"".join(reference.feed(c).get(STDOUT, b"") for c in chunks)
+    fast = FrameDemux()
+    got = b"".join(fast.payload(chunks[i : i + per_read]) for i in range(0, len(chunks), per_read))
+    assert got == expected == b"".join(data for kind, data in frames if kind == STDOUT)
+    assert fast.clean

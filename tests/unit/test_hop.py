@@ -123,3 +123,36 @@ def test_torn_lines_are_dead_lettered_on_every_path(torn: bytes, pieces: list[by
         assert checkpoints == []
         assert count == 2 + len(accepted)
         assert [raw for _, raw in dead.raw] == (pieces or [line for line in lines if b"big" not in line])
+
+
+def test_what_starting_the_providers_built_is_frozen_before_data_flows() -> None:
+    """The runner freezes what exists before an attempt; the Docker client and the rest that
+    starting providers builds came after, and the relay made the collector rescan it (13 % of
+    the orchestrator at 500 B). A hop freezes it before its first read."""
+    import asyncio
+    import gc
+
+    class _Source(_Proc):
+        async def read(self, n: int) -> bytes:
+            return b""
+
+        async def wait(self) -> int:
+            return 0
+
+    class _Sink(_Proc):
+        async def close_stdin(self) -> None:
+            pass
+
+    class _Gate(_Events):
+        async def gate(self, hop: Hop) -> None:
+            pass
+
+    one = hop(_Gate())
+    one.source, one.sink = _Source(), _Sink()  # type: ignore[assignment]
+    built_at_start = [[n] for n in range(1000)]  # what starting the providers allocated
+    gc.unfreeze()
+    try:
+        asyncio.run(one.run())
+        assert gc.get_freeze_count() >= len(built_at_start)
+    finally:
+        gc.unfreeze()
