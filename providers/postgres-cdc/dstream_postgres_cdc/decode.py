@@ -52,13 +52,19 @@ def loads(text: str) -> Any:
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
-        # A numeric too large for a double (1e400): keep its text rather than fail.
-        return json.loads(text, parse_float=_float_or_text)
+        # A numeric too large for a double (1e400, or an integer past 64 bits, which the
+        # envelope's JSON encoder refuses): keep its text rather than fail.
+        return json.loads(text, parse_float=_float_or_text, parse_int=_int_or_text)
 
 
 def loads_exact(text: str) -> Any:
     """Like :func:`loads`, with every number kept as its text."""
     return json.loads(text, parse_float=str, parse_int=str)
+
+
+def _int_or_text(text: str) -> int | str:
+    value = int(text)
+    return value if -(1 << 63) <= value < (1 << 64) else text
 
 
 def _float_or_text(text: str) -> float | str:

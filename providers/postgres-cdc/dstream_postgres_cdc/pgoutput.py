@@ -90,7 +90,7 @@ class PgoutputDecoder(Decoder):
         for payload in payloads:
             try:
                 emitted += self._one(payload, asm, out)
-            except (struct.error, IndexError, UnicodeDecodeError, ValueError) as exc:
+            except (struct.error, IndexError, UnicodeDecodeError, ValueError, OverflowError) as exc:
                 if isinstance(exc, MalformedMessage):
                     raise
                 raise MalformedMessage(_describe(payload, str(exc) or type(exc).__name__)) from None
@@ -137,7 +137,12 @@ class PgoutputDecoder(Decoder):
             }
             self.message(asm, message, lsn)
             return 0
-        if kind in (0x59, 0x4F):  # Y (a type's name), O (the origin of a replicated transaction)
+        if kind == 0x59:  # Y: a type's name (values are read by the Relation's type OIDs)
+            _schema, pos = _string(buf, 5)
+            _expect_end(buf, _string(buf, pos)[1])
+            return 0
+        if kind == 0x4F:  # O: the origin of a replicated transaction
+            _expect_end(buf, _string(buf, 9)[1])
             return 0
         raise MalformedMessage(_describe(buf, "unknown message kind"))
 
