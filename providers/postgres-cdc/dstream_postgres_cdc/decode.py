@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 OPERATIONS = {"I": INSERT, "U": UPDATE, "D": DELETE, "T": TRUNCATE}
 # int8, int2, int4, oid, float4, float8, numeric: printed unquoted by wal2json.
 NUMBER_OIDS = frozenset({20, 21, 23, 26, 700, 701, 1700})
+INTEGER_OIDS = frozenset({20, 21, 23, 26})  # int8, int2, int4, oid: 64 bits at most
 BOOL_OID = 16
 BYTEA_OID = 17
 
@@ -248,7 +249,9 @@ def converter(type_oid: int, numeric_as_string: bool) -> Callable[[str], Any] | 
     By the column's own type, as wal2json does: a domain over a number is text.
     """
     if type_oid in NUMBER_OIDS:
-        return _number_text if numeric_as_string else _number
+        if numeric_as_string:
+            return _number_text
+        return int if type_oid in INTEGER_OIDS else _number  # an integer's text is never NaN
     if type_oid == BOOL_OID:
         return _bool
     if type_oid == BYTEA_OID:

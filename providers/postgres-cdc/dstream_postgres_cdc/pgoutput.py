@@ -206,33 +206,32 @@ class PgoutputDecoder(Decoder):
 
     def _tuple(self, rel: Relation, buf: bytes, pos: int, key_only: bool) -> tuple[dict[str, Any], int]:
         """TupleData at ``pos``: the row (``key_only``: the replica identity's columns) and the end."""
+        # The hot path of a backlog: once per change, its loop once per column.
         (count,) = _I16.unpack_from(buf, pos)
         pos += 2
         names, convert, flags = rel.names, rel.convert, rel.key_flags
         if count != len(names):
             raise MalformedMessage(_describe(buf, f"{count} columns where the Relation has {len(names)}"))
+        size, unpack_length = len(buf), _I32.unpack_from
         row: dict[str, Any] = {}
         for i in range(count):
             kind = buf[pos]
-            pos += 1
             if kind == 0x74:  # t: text
-                (length,) = _I32.unpack_from(buf, pos)
-                pos += 4
-                end = pos + length
-                if length < 0 or end > len(buf):
+                start = pos + 5
+                pos = start + unpack_length(buf, pos + 1)[0]
+                if pos > size or pos < start:
                     raise MalformedMessage(_describe(buf, f"column {names[i]!r} runs past the end"))
                 if key_only and not flags[i]:
-                    pos = end
                     continue
-                text = buf[pos:end].decode()
-                pos = end
                 fn = convert[i]
+                text = buf[start:pos].decode()
                 row[names[i]] = text if fn is None else fn(text)
             elif kind == 0x6E:  # n: null
+                pos += 1
                 if not key_only or flags[i]:
                     row[names[i]] = None
             elif kind == 0x75:  # u: an unchanged TOASTed value, not sent: left out, as wal2json does
-                continue
+                pos += 1
             else:  # b (binary) is only sent when asked for (`binary 'true'`): not requested here
                 raise MalformedMessage(_describe(buf, f"column {names[i]!r} has an unknown kind {chr(kind)!r}"))
         return row, pos
