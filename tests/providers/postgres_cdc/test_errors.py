@@ -60,7 +60,6 @@ def test_wal2json_missing(
             db.name("slot"),
             str(tmp_path / "o.jsonl"),
             input_source=source,
-            plugin=db.plugin,
         )
     )
     result = run_cli("init", "cdc", "-f", str(hcl))
@@ -203,7 +202,11 @@ def test_table_without_a_key_needs_replica_identity_full(
     for command in ("plan", "init"):
         result = run_cli(command, "cdc", "-f", str(hcl))
         assert result.returncode == 1
-        assert f"public.{table} has no primary key and REPLICA IDENTITY DEFAULT: wal2json would skip" in result.stderr
+        effect = {
+            "wal2json": "wal2json would skip its updates and deletes",
+            "pgoutput": "PostgreSQL would refuse its updates and deletes once it is in the publication",
+        }[db.plugin]
+        assert f"public.{table} has no primary key and REPLICA IDENTITY DEFAULT: {effect}" in result.stderr
     assert db.slot(slot) is None
     hcl = task_file(
         cdc_task(
