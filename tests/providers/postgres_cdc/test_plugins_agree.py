@@ -178,3 +178,61 @@ def test_a_slot_of_the_other_plugin_is_one_actionable_line(db: Db, caplog: pytes
     db.execute(f"INSERT INTO {table} VALUES (1, 'a')")
     kept.wait(lambda lv: len(lv.data) == 1, "the change")
     assert kept.stop() == 0
+
+
+class _OldServer:
+    """What Infrastructure asks of a PostgreSQL 13 (no pgoutput `messages` option)."""
+
+    def __init__(self, version: int) -> None:
+        from dstream_postgres_cdc.config import Target
+
+        self.version = version
+        self.target = Target("db:5432/app", "u", "slot", "orders", "pgoutput")
+
+    def server_version(self) -> int:
+        return self.version
+
+
+@pytest.mark.parametrize("plugin", ["pgoutput"])
+def test_incremental_snapshots_with_pgoutput_need_postgresql_14(plugin: str) -> None:
+    from dstream_postgres_cdc.errors import CdcError
+    from dstream_postgres_cdc.infra import Infrastructure
+
+    def infra(version: int, plugin: str) -> Infrastructure:
+        return Infrastructure(_OldServer(version), "slot", "slot_reader", [], plugin, False)  # type: ignore[arg-type]
+
+    with pytest.raises(CdcError) as refused:
+        infra(130011, "pgoutput").check_messages('snapshot = "incremental"')
+    assert str(refused.value) == (
+        'snapshot = "incremental" needs logical decoding messages, which pgoutput sends from PostgreSQL 14 on '
+        '(db:5432/app runs an older one): set plugin = "wal2json", or snapshot = "initial"'
+    )
+    infra(140000, "pgoutput").check_messages("`dstream snapshot`")  # 14: fine
+    infra(130011, "wal2json").check_messages("`dstream snapshot`")  # wal2json has always sent them
+
+
+@pytest.mark.parametrize("plugin", ["pgoutput"])
+def test_init_sets_the_publications_tables_when_tables_change(db: Db) -> None:
+    a, b = db.create_table("a"), db.create_table("b")
+    cfg: dict[str, Any] = {"dsn": db.dsn, "slot_name": db.name("slot"), "plugin": "pgoutput"}
+
+    def init(tables: list[str], command: str = "init") -> list[tuple[str, str, Any]]:
+        verb = LiveInput(PostgresCdcInputProvider, {**cfg, "tables": tables}, command=command)
+        assert verb.wait_exit() == 0, verb.messages
+        return [(r["action"], r["state"], r.get("details")) for r in verb.resources if r["type"] == "publication"]
+
+    def published() -> list[str]:
+        rows = db.execute("SELECT tablename::text FROM pg_publication_tables WHERE pubname = %s", (db.name("slot"),))
+        return sorted(t for (t,) in rows)
+
+    assert init([a]) == [("create", "present", {"tables": [f"public.{a}"]})]
+    assert published() == [a]
+    assert init([a, b], "plan") == [
+        ("update", "present", {"tables": [f"public.{a}", f"public.{b}"], "was": [f"public.{a}"]})
+    ]
+    assert published() == [a]  # plan changes nothing
+    assert init([a, b])[0][0] == "update"
+    assert published() == [a, b]
+    assert init([b])[0][:2] == ("update", "present")
+    assert published() == [b]
+    assert init([b]) == [("none", "present", {"tables": [f"public.{b}"]})]
