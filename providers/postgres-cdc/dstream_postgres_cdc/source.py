@@ -7,12 +7,13 @@ snapshot's ``::text`` agree: TimeZone from the config, DateStyle ISO, IntervalSt
 extra_float_digits 1, bytea_output hex.
 
 Slots: the task's slot (``slot_name``, created by ``dstream init``) is advanced only to
-positions the orchestrator reported as committed. A run reads through a *temporary copy*
-of it (``<slot>_reader``, ``pg_copy_logical_replication_slot``) with
-``pg_logical_slot_get_changes``, which consumes what it returns: each poll decodes only new
-WAL, instead of re-decoding everything since the last commit as peeking the task's slot
-would. The copy lives as long as the run's session (PostgreSQL drops it when the session
-ends, also after kill -9), and a reconnect copies the slot again and skips what was emitted.
+positions the orchestrator reported as committed. A run reads through a *temporary copy* of
+it (``<slot>_reader``, ``pg_copy_logical_replication_slot``) with
+``pg_logical_slot_get_changes`` (``_get_binary_changes`` for pgoutput), which consumes what
+it returns: each poll decodes only new WAL, instead of re-decoding everything since the last
+commit as peeking the task's slot would. The copy lives as long as the run's session
+(PostgreSQL drops it when the session ends, also after kill -9), and a reconnect copies the
+slot again and skips what was emitted.
 """
 
 from __future__ import annotations
