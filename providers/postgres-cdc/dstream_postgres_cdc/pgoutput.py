@@ -101,12 +101,17 @@ class PgoutputDecoder(Decoder):
         change = _CHANGE_KINDS.get(kind)
         if change is not None:
             (relid,) = _U32.unpack_from(buf, 1)
-            rel = self._relation(relid, buf)
+            rel = self.relations.get(relid) or self._relation(relid, buf)
             if not rel.captured or (self.starts and self._commit < self._latest_start and self.dropped(rel.table)):
                 return 0
             seq = asm.next_change()
             if not seq:
                 return 0  # emitted before this restart or reconnect: not even decoded
+            if change == "I" and buf[5] == 0x4E:  # an insert, the most common change: its new row
+                data, end = self._tuple(rel, buf, 6, False)
+                if end != len(buf):
+                    _expect_end(buf, end)
+                return self.emit(self.make("I", rel.table, data, None, seq), asm, out)
             return self.emit(self._change(change, rel, buf, seq), asm, out)
         if kind == 0x42:  # B
             commit, when, xid = _BEGIN.unpack_from(buf, 1)
