@@ -233,6 +233,40 @@ def test_a_transaction_that_commits_exactly_at_the_previous_end_is_not_skipped()
     assert [c for c, _ in out] == ["b"]
 
 
+def replay_end_at_commit(
+    asm: TransactionAssembler[str], source: list[tuple[int, int, list[str]]] = SOURCE
+) -> list[tuple[str, dict[str, Any]]]:
+    """Like :func:`replay`, with each transaction's end given only at its commit (pgoutput)."""
+    out = []
+    for commit, end, changes in source:
+        asm.begin(commit)
+        for change in changes:
+            if not asm.next_change():
+                continue
+            ready = asm.change(change)
+            if ready:
+                out.append(ready)
+        ready = asm.commit(end)
+        if ready:
+            out.append(ready)
+    return out
+
+
+def test_the_end_given_at_commit_yields_the_same_positions_as_at_begin() -> None:
+    assert replay_end_at_commit(TransactionAssembler(None, fmt)) == replay(TransactionAssembler(None, fmt))
+    full = replay(TransactionAssembler(None, fmt))
+    for i, (_, position) in enumerate(full):
+        resumed = replay_end_at_commit(TransactionAssembler(Position.from_json(position, parse), fmt))
+        assert [c for c, _ in resumed] == [c for c, _ in full[i + 1 :]], position
+    asm: TransactionAssembler[str] = TransactionAssembler(None, fmt)
+    asm.begin(10)
+    asm.commit(12)  # an empty transaction: its end is a heartbeat
+    assert asm.checkpoint() == {"lsn": "L12"}
+    asm.begin(20)
+    with pytest.raises(ValueError, match="needs the end"):
+        asm.commit()
+
+
 def test_changes_emitted_before_are_not_even_decoded() -> None:
     asm: TransactionAssembler[str] = TransactionAssembler(Position(30, 3), fmt)
     assert asm.begin(10, 12) is False  # committed below the position: all emitted

@@ -21,7 +21,9 @@ class TransactionAssembler(Generic[T]):
     and the exclusive bound just past it (``end``: the next transaction's commit position
     can be no lower), :meth:`next_change` before decoding each change (0 means "emitted
     before: drop it undecoded", else the change's 1-based number in its transaction),
-    :meth:`change` with the decoded change, and :meth:`commit` at its end. Each call may
+    :meth:`change` with the decoded change, and :meth:`commit` at its end. A source that
+    learns ``end`` only at the commit (pgoutput: Begin carries the commit LSN, Commit the end
+    of its record) passes it to :meth:`commit` instead. Each call may
     return the *previous* change with its position: positions are JSON-ready dicts.
     Between transactions, :meth:`reached` records that everything committed below a
     position was read (a heartbeat), and :meth:`checkpoint` returns the position when no
@@ -54,11 +56,20 @@ class TransactionAssembler(Generic[T]):
     def in_transaction(self) -> bool:
         return self._in_txn
 
-    def begin(self, commit: int, end: int, commit_text: str | None = None, end_text: str | None = None) -> bool:
-        """Start a transaction; False when all of it was emitted before (drop its changes)."""
-        self._commit, self._end = commit, end
+    def begin(
+        self, commit: int, end: int | None = None, commit_text: str | None = None, end_text: str | None = None
+    ) -> bool:
+        """Start a transaction; False when all of it was emitted before (drop its changes).
+
+        Without ``end``, :meth:`commit` must be given it.
+        """
+        self._commit = commit
         self._commit_text = commit_text if commit_text is not None else self._format(commit)
-        self._end_text = end_text if end_text is not None else self._format(end)
+        if end is not None:
+            self._end = end
+            self._end_text = end_text if end_text is not None else self._format(end)
+        else:
+            self._end, self._end_text = commit, ""
         self._seen = 0
         self._pending = None
         self._in_txn = True
@@ -83,8 +94,14 @@ class TransactionAssembler(Generic[T]):
         self._done = (self._commit, index)
         return previous, {"lsn": self._commit_text, "index": index}
 
-    def commit(self) -> tuple[T, dict[str, Any]] | None:
-        """End the transaction; return its last change with the position past the transaction."""
+    def commit(self, end: int | None = None, end_text: str | None = None) -> tuple[T, dict[str, Any]] | None:
+        """End the transaction; return its last change with the position past the transaction
+        (``end``: when :meth:`begin` was not given it)."""
+        if end is not None:
+            self._end = end
+            self._end_text = end_text if end_text is not None else self._format(end)
+        elif not self._end_text:
+            raise ValueError("commit() needs the end of the transaction: begin() was not given it")
         self._in_txn = False
         previous, self._pending = self._pending, None
         self._done = max(self._done, (self._end, 0))

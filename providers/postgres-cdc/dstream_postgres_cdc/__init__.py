@@ -1,8 +1,9 @@
-"""postgres-cdc-input-provider: PostgreSQL change data capture through logical decoding (wal2json).
+"""postgres-cdc-input-provider: PostgreSQL change data capture through logical decoding
+(pgoutput or wal2json).
 
 See provider.py for positions, heartbeats and polling, snapshot.py and incremental.py for
 snapshots, checkpoint.py for the checkpoint, source.py for the slots, decode.py for the
-envelopes, infra.py for init/plan/status/destroy.
+envelopes (fed by pgoutput.py and wal2json.py), infra.py for init/plan/status/destroy.
 """
 
 from dstream_postgres_cdc.config import PostgresCdcConfig

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -43,6 +43,14 @@ class PostgresCdcConfig(IncrementalCdcConfig):
         default=None,
         pattern=SLOT_NAME,
         description="logical replication slot (lowercase letters, digits, _; at most 56); default dstream_<task>",
+    )
+    plugin: Literal["pgoutput", "wal2json"] | None = Field(
+        default=None,
+        description=(
+            "logical decoding output plugin: pgoutput (built into PostgreSQL >= 10; init creates a publication "
+            "named like the slot) or wal2json (an extension); default: the plugin of the task's existing slot, "
+            "else pgoutput"
+        ),
     )
     replica_identity_full: bool = Field(
         default=False,

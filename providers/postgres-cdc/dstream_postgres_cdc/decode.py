@@ -1,9 +1,9 @@
-"""wal2json (format version 2) rows → dstream records, and snapshot text → the same values.
+"""Decoded changes → dstream records (plugin-neutral), and column text → values.
 
-wal2json prints one JSON object per row: ``B`` (begin: ``lsn`` is the commit LSN,
-``nextlsn`` the end of the commit record), ``I``/``U``/``D``/``T`` (changes), ``C`` (commit),
-``M`` (logical messages, ignored). Values follow wal2json's rules, which the snapshot
-mirrors from each column's text: integer, float and numeric types are JSON numbers (NaN and
+Two front-ends feed :class:`Decoder`'s events (begin, change, message, commit): wal2json.py
+(format version 2 rows) and pgoutput.py (the binary logical replication messages). Both
+render values by wal2json's rules, which the snapshot also mirrors from each column's text
+(:func:`converter`): integer, float and numeric types are JSON numbers (NaN and
 ±Infinity become null), bool is true/false, bytea is hex without ``\\x``, everything else
 (timestamps, json, arrays, domains, ...) is its text. With ``numeric_as_string`` numbers
 keep their exact text (parsed here, as wal2json 2.5 has no such option): a numeric with
@@ -32,7 +32,7 @@ import orjson
 
 from dstream.sdk import Record
 from dstream.sdk.cdc import DELETE, INSERT, TRUNCATE, UPDATE
-from dstream_postgres_cdc.lsn import format_lsn, parse_lsn
+from dstream_postgres_cdc.lsn import format_lsn
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -41,10 +41,10 @@ if TYPE_CHECKING:
     from dstream_postgres_cdc.incremental import Incremental
     from dstream_postgres_cdc.source import Table
 
-ACTION_AT = len('{"action":"')
-_OPERATIONS = {"I": INSERT, "U": UPDATE, "D": DELETE, "T": TRUNCATE}
+OPERATIONS = {"I": INSERT, "U": UPDATE, "D": DELETE, "T": TRUNCATE}
 # int8, int2, int4, oid, float4, float8, numeric: printed unquoted by wal2json.
 NUMBER_OIDS = frozenset({20, 21, 23, 26, 700, 701, 1700})
+INTEGER_OIDS = frozenset({20, 21, 23, 26})  # int8, int2, int4, oid: 64 bits at most
 BOOL_OID = 16
 BYTEA_OID = 17
 
@@ -53,13 +53,19 @@ def loads(text: str) -> Any:
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
-        # A numeric too large for a double (1e400): keep its text rather than fail.
-        return json.loads(text, parse_float=_float_or_text)
+        # A numeric too large for a double (1e400, or an integer past 64 bits, which the
+        # envelope's JSON encoder refuses): keep its text rather than fail.
+        return json.loads(text, parse_float=_float_or_text, parse_int=_int_or_text)
 
 
 def loads_exact(text: str) -> Any:
     """Like :func:`loads`, with every number kept as its text."""
     return json.loads(text, parse_float=str, parse_int=str)
+
+
+def _int_or_text(text: str) -> int | str:
+    value = int(text)
+    return value if -(1 << 63) <= value < (1 << 64) else text
 
 
 def _float_or_text(text: str) -> float | str:
@@ -77,7 +83,11 @@ def commit_time(text: str | None) -> str | None:
 
 
 class Decoder:
-    """Feeds wal2json rows through a :class:`TransactionAssembler` and builds records.
+    """Transactions of decoded changes → records, through a :class:`TransactionAssembler`.
+
+    Plugin-neutral: a front-end (wal2json.py, pgoutput.py) parses its plugin's output and
+    calls :meth:`begin`, :meth:`dropped` and ``asm.next_change`` before decoding a change,
+    :meth:`emit` with the record (:meth:`make` builds it), :meth:`message` and :meth:`commit`.
 
     ``starts`` holds, per table, where its changes start (the point of the snapshot its
     rows came from): changes of transactions committed below it are dropped, as the
@@ -94,10 +104,10 @@ class Decoder:
     ) -> None:
         self.names = {(t.schema, t.name): t.qualified for t in tables}
         self.keys = {t.qualified: t.key for t in tables}
+        self.numeric_as_string = numeric_as_string
         self.starts = {name: lsn for name, lsn in (starts or {}).items() if lsn > 0}
-        self._latest_start = max(self.starts.values(), default=0)
+        self._latest_start: int = max(self.starts.values(), default=0)
         self.positions = positions if positions is not None else {}
-        self._loads = loads_exact if numeric_as_string else loads
         self._txn: tuple[str, Any, str | None] = ("", None, None)  # commit LSN text, xid, commit time
         self._commit = 0
         self.last_commit_time: str | None = None  # of the last transaction handed out (for lag)
@@ -107,72 +117,77 @@ class Decoder:
     def position(self, stream: dict[str, Any]) -> dict[str, Any]:
         return {**stream, "tables": self.positions}
 
-    def feed(self, rows: list[tuple[str]], asm: TransactionAssembler[Record], out: list[Record]) -> int:
-        """Decode ``rows`` into ``out`` (records with their positions); return how many."""
+    # -- events ---------------------------------------------------------------------------
+
+    def begin(
+        self,
+        asm: TransactionAssembler[Record],
+        commit: int,
+        commit_text: str,
+        end: int | None,
+        end_text: str | None,
+        xid: Any,
+        when: str | None,
+    ) -> None:
+        """A transaction starts (``end``: None when the plugin tells it only at the commit)."""
+        self._commit = commit
+        if self.starts and commit >= self._latest_start:
+            self.starts = {}  # the stream has passed every table's start
+        self._replayed = not asm.begin(commit, end, commit_text, end_text)
+        self._txn = (commit_text, xid, when)
+
+    @property
+    def filtering(self) -> bool:
+        """Some table's start is past this transaction: call :meth:`dropped` for each change."""
+        return bool(self.starts) and self._commit < self._latest_start
+
+    def dropped(self, table: str) -> bool:
+        """A table snapshotted after this commit has the change in its rows: drop it before
+        it is counted, so the transaction's change numbers stay what they were before the
+        table joined (a checkpoint's index counts them)."""
+        return self._commit < self.starts.get(table, 0)
+
+    def emit(self, record: Record, asm: TransactionAssembler[Record], out: list[Record]) -> int:
+        """Hand ``record`` to the assembler; append the change it releases (with its position)."""
+        if self.incremental is not None:
+            self.incremental.change(self._txn[1], record)
+        ready = asm.change(record)
+        if ready is None:
+            return 0
+        previous, position = ready
+        previous.position = {**position, "tables": self.positions}
+        out.append(previous)
+        return 1
+
+    def message(self, asm: TransactionAssembler[Record], message: dict[str, Any], lsn: int) -> None:
+        """A logical decoding message (``prefix``, ``content``) written at ``lsn``."""
+        if self.incremental is None:
+            return
+        # Not one handed out before this restart or reconnect (its signal was applied then).
+        replayed = self._replayed if asm.in_transaction else lsn < asm.done.lsn
+        if not replayed:
+            self.incremental.message(message)  # a watermark or a signal (else ignored)
+
+    def commit(
+        self, asm: TransactionAssembler[Record], out: list[Record], end: int | None = None, end_text: str | None = None
+    ) -> int:
+        """The transaction ends; return how many records were appended to ``out``."""
         emitted = 0
-        # Bound once per chunk: this loop runs once per change of a backlog.
-        next_change, change, parse, build, incremental = (
-            asm.next_change,
-            asm.change,
-            self._loads,
-            self._record,
-            self.incremental,
-        )
-        for (text,) in rows:
-            kind = text[ACTION_AT]
-            if kind in "IUDT":
-                if self.starts and self._commit < self._latest_start:
-                    # A table snapshotted after this commit has it in its rows: drop it before
-                    # it is counted, so the transaction's change numbers stay what they were
-                    # before the table joined (a checkpoint's index counts them).
-                    row = parse(text)
-                    if self._commit < self.starts.get(self._table(row), 0):
-                        continue
-                    seq = next_change()
-                    if not seq:
-                        continue
-                else:
-                    seq = next_change()
-                    if not seq:
-                        continue  # emitted before this restart or reconnect: not even decoded
-                    row = parse(text)
-                record = build(kind, row, seq)
-                if incremental is not None:
-                    incremental.change(self._txn[1], record)
-                ready = change(record)
-            elif kind == "B":
-                row = loads(text)
-                commit, end = row["lsn"], row["nextlsn"]
-                self._commit = parse_lsn(commit)
-                if self.starts and self._commit >= self._latest_start:
-                    self.starts = {}  # the stream has passed every table's start
-                self._replayed = not asm.begin(self._commit, parse_lsn(end), commit, end)
-                self._txn = (commit, row.get("xid"), commit_time(row.get("timestamp")))
-                continue
-            elif kind == "C":
-                if self.incremental is not None:
-                    self.incremental.apply_signals()  # the transaction's last change carries their effect
-                    self._sync_positions()
-                ready = asm.commit()
-                self.last_commit_time = self._txn[2]
-            else:
-                if self.incremental is not None and kind == "M":
-                    message = loads(text)
-                    # Not one handed out before this restart or reconnect (its signal was applied then).
-                    replayed = self._replayed if asm.in_transaction else parse_lsn(message["lsn"]) < asm.done.lsn
-                    if not replayed:
-                        self.incremental.message(message)  # a watermark or a signal (else ignored)
-                continue
-            if ready is not None:
-                record, position = ready
-                record.position = {**position, "tables": self.positions}
-                out.append(record)
-                emitted += 1
-            if kind == "C" and self.incremental is not None:
-                released = self.incremental.after_commit(asm.done.to_json(format_lsn), self._txn[0])
-                out.extend(released)
-                emitted += len(released)
-                self._sync_positions()
+        if self.incremental is not None:
+            self.incremental.apply_signals()  # the transaction's last change carries their effect
+            self._sync_positions()
+        ready = asm.commit(end, end_text)
+        self.last_commit_time = self._txn[2]
+        if ready is not None:
+            record, position = ready
+            record.position = {**position, "tables": self.positions}
+            out.append(record)
+            emitted += 1
+        if self.incremental is not None:
+            released = self.incremental.after_commit(asm.done.to_json(format_lsn), self._txn[0])
+            out.extend(released)
+            emitted += len(released)
+            self._sync_positions()
         return emitted
 
     def _sync_positions(self) -> None:
@@ -181,19 +196,17 @@ class Decoder:
         if changed is not None:
             self.positions = changed  # a new dict: records handed out keep the one they had
 
-    def _table(self, row: dict[str, Any]) -> str:
-        schema, name = row["schema"], row["table"]
-        return self.names.get((schema, name)) or f"{schema}.{name}"
+    # -- envelopes ------------------------------------------------------------------------
 
-    def _record(self, kind: str, row: dict[str, Any], seq: int) -> Record:
+    def make(self, kind: str, table: str, data: dict[str, Any], before: dict[str, Any] | None, seq: int) -> Record:
+        """The record of a change: ``data`` the new row (a delete: None), ``before`` the old
+        row or its replica identity's columns (None when the plugin sent none)."""
         # The hot path of a backlog (py-spy, docs/performance.md): one call per change, so
         # lookups are local and the key is built inline (what row_key does: value or None).
         commit, xid, when = self._txn
-        schema, name = row["schema"], row["table"]
-        table = self.names.get((schema, name)) or f"{schema}.{name}"
         meta: dict[str, Any] = {
             "TableName": table,
-            "OperationType": _OPERATIONS[kind],
+            "OperationType": OPERATIONS[kind],
             "LSN": commit,
             "Seq": seq,
             "TxId": xid,
@@ -201,18 +214,14 @@ class Decoder:
         }
         key = self.keys.get(table, ())
         if kind == "I":
-            data = {c["name"]: c["value"] for c in row["columns"]}
             if key:
                 meta["Key"] = {k: data.get(k) for k in key}
             return Record(data, meta)
         if kind == "U":
-            data = {c["name"]: c["value"] for c in row["columns"]}
-            identity = row.get("identity")
-            if identity is None:
+            if before is None:
                 if key:
                     meta["Key"] = {k: data.get(k) for k in key}
                 return Record(data, meta)
-            before = {c["name"]: c["value"] for c in identity}
             if len(before) > len(data):  # unchanged TOAST values: the old row has them
                 for column, value in before.items():
                     data.setdefault(column, value)
@@ -221,7 +230,7 @@ class Decoder:
             meta["Before"] = before
             return Record(data, meta)
         if kind == "D":
-            before = {c["name"]: c["value"] for c in row.get("identity") or ()}
+            before = before if before is not None else {}
             if key:
                 meta["Key"] = {k: before.get(k) for k in key}
             meta["Before"] = before
@@ -231,17 +240,23 @@ class Decoder:
 
 def converters(table: Table, numeric_as_string: bool) -> list[Callable[[str], Any] | None]:
     """Per column, how a snapshot's text becomes the value wal2json would print (None: as is)."""
-    out: list[Callable[[str], Any] | None] = []
-    for column in table.columns:
-        if column.type_oid in NUMBER_OIDS:
-            out.append(_number_text if numeric_as_string else _number)
-        elif column.type_oid == BOOL_OID:
-            out.append(_bool)
-        elif column.type_oid == BYTEA_OID:
-            out.append(_bytea)
-        else:
-            out.append(None)
-    return out
+    return [converter(column.type_oid, numeric_as_string) for column in table.columns]
+
+
+def converter(type_oid: int, numeric_as_string: bool) -> Callable[[str], Any] | None:
+    """How a column's output text becomes the value wal2json prints (None: the text as is).
+
+    By the column's own type, as wal2json does: a domain over a number is text.
+    """
+    if type_oid in NUMBER_OIDS:
+        if numeric_as_string:
+            return _number_text
+        return int if type_oid in INTEGER_OIDS else _number  # an integer's text is never NaN
+    if type_oid == BOOL_OID:
+        return _bool
+    if type_oid == BYTEA_OID:
+        return _bytea
+    return None
 
 
 def _number(text: str) -> Any:

@@ -1,13 +1,19 @@
-"""``dstream init|plan|status|destroy``: the replication slot and the tables' replica identity.
+"""``dstream init|plan|status|destroy``: the replication slot, the publication (pgoutput)
+and the tables' replica identity.
 
-- init: checks wal_level and the tables, creates the logical replication slot (wal2json)
-  if missing, and with ``replica_identity_full = true`` sets REPLICA IDENTITY FULL on
-  tables that do not have it.
+- init: checks wal_level and the tables; with pgoutput creates the publication (named like
+  the slot) for the tables, or sets its tables when ``tables`` changed, *before* the slot:
+  pgoutput looks the publication up in the catalog as of each change it decodes, so a
+  slot created first fails on changes written before the publication existed (pgjdbc
+  issue 1147; Debezium DBZ-1684 creates the publication first for this reason). Then it
+  creates the logical replication slot if missing, and with ``replica_identity_full = true``
+  sets REPLICA IDENTITY FULL on tables that do not have it.
 - plan: the same checks and rows, with the actions init would take, changing nothing.
 - status: the slot (present/absent, whether a run is reading it, its lag in bytes:
   ``pg_current_wal_lsn() - confirmed_flush_lsn``, and the WAL it retains) and each table
   (replica identity, key, lag in bytes behind the current LSN, snapshot progress).
-- destroy: drops the slot (refusing while a run reads it). Tables are left as they are.
+- destroy: drops the slot (refusing while a run reads it) and the publication. Tables are
+  left as they are.
 """
 
 from __future__ import annotations
@@ -23,10 +29,12 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from dstream_postgres_cdc.checkpoint import Stored
-    from dstream_postgres_cdc.source import Session, Slot, Table
+    from dstream_postgres_cdc.source import Publication, Session, Slot, Table
 
 SLOT = "replication_slot"
+PUBLICATION = "publication"
 IDENTITY = "replica_identity"
+MESSAGES_SINCE = 140000  # pgoutput's `messages` option: PostgreSQL 14
 
 
 class Infrastructure:
@@ -39,6 +47,7 @@ class Infrastructure:
         self.table_names = table_names
         self.plugin = plugin
         self.identity_full = identity_full
+        self.publication = slot if plugin == "pgoutput" else None  # the publication pgoutput reads
 
     # -- checks shared with the run ---------------------------------------------------------
 
@@ -74,20 +83,27 @@ class Infrastructure:
         return found
 
     def check_identity(self, table: Table, becomes_full: bool = False) -> None:
-        """wal2json skips the updates and deletes of a table without a replica identity."""
+        """wal2json skips the updates and deletes of a table without a replica identity; once
+        such a table is in a publication, PostgreSQL refuses them (pgoutput)."""
         if becomes_full or table.identity in ("full", "index") or (table.identity == "default" and table.key):
             return
+        effect = (
+            "PostgreSQL would refuse its updates and deletes once it is in the publication"
+            if self.plugin == "pgoutput"
+            else "wal2json would skip its updates and deletes"
+        )
         raise CdcError(
-            f"{table.qualified} has no primary key and REPLICA IDENTITY {table.identity.upper()}: wal2json would "
-            f"skip its updates and deletes. Add a primary key, or set replica_identity_full = true and run "
+            f"{table.qualified} has no primary key and REPLICA IDENTITY {table.identity.upper()}: {effect}. "
+            f"Add a primary key, or set replica_identity_full = true and run "
             f"`dstream init` (or ALTER TABLE {table.qualified} REPLICA IDENTITY FULL)"
         )
 
     def check_slot(self, slot: Slot) -> None:
         if slot.plugin != self.plugin:
+            keep = f'set plugin = "{slot.plugin}", ' if slot.plugin in ("wal2json", "pgoutput") else ""
             raise CdcError(
                 f'replication slot "{slot.name}" uses the output plugin {slot.plugin!r}, not {self.plugin}: '
-                f"pick another slot_name (or `dstream destroy` and `dstream init` to recreate it)"
+                f"{keep}pick another slot_name, or `dstream destroy` and `dstream init` to recreate it"
             )
         database = self.db.database()
         if slot.database != database:
@@ -96,10 +112,39 @@ class Infrastructure:
                 f"pick another slot_name"
             )
 
+    def check_publication(self, tables: list[Table]) -> None:
+        """A run's check (pgoutput): the publication exists and publishes every change of the tables."""
+        if self.publication is None:
+            return
+        found = self.db.publication(self.publication)
+        hint = f"run `dstream init {self.db.target.task_hint}`"
+        if found is None:
+            raise CdcError(f'publication "{self.publication}" does not exist on {self.db.target.server}: {hint}')
+        lacks = found.lacks(tables)
+        if lacks:
+            raise CdcError(
+                f'publication "{self.publication}" does not publish {", ".join(lacks)} (were tables added since '
+                f"`dstream init`?): {hint}, which adds them"
+            )
+        if not found.all_actions:
+            raise CdcError(
+                f'publication "{self.publication}" does not publish every insert, update, delete and truncate: {hint}'
+            )
+
+    def check_messages(self, why: str) -> None:
+        """pgoutput sends logical decoding messages (incremental snapshots' watermarks and
+        signals) only from PostgreSQL 14 on (its `messages` option)."""
+        if self.plugin == "pgoutput" and self.db.server_version() < MESSAGES_SINCE:
+            raise CdcError(
+                f"{why} needs logical decoding messages, which pgoutput sends from PostgreSQL 14 on "
+                f'({self.db.target.server} runs an older one): set plugin = "wal2json", or snapshot = "initial"'
+            )
+
     # -- verbs ------------------------------------------------------------------------------
 
-    def _checked(self) -> tuple[list[Table], Slot | None]:
-        """init's and plan's checks, before either changes or reports anything: the tables and the slot."""
+    def _checked(self) -> tuple[list[Table], Slot | None, Publication | None]:
+        """init's and plan's checks, before either changes or reports anything: the tables, the
+        slot and the publication."""
         self.check_wal_level()
         tables = self.tables()
         for table in tables:
@@ -107,28 +152,62 @@ class Infrastructure:
         slot = self.db.slot(self.slot)
         if slot is not None:
             self.check_slot(slot)
-        return tables, slot
+        publication = self.db.publication(self.publication) if self.publication is not None else None
+        return tables, slot, publication
+
+    def _publication_action(self, tables: list[Table], found: Publication | None) -> str:
+        if self.publication is None:
+            return "none"
+        if found is None:
+            return "create"
+        wanted = {t.qualified for t in tables}
+        if found.all_tables or found.tables != wanted or not found.all_actions:
+            return "update"
+        return "none"
+
+    def _publication_resources(self, tables: list[Table], found: Publication | None, apply: bool) -> Iterator[Resource]:
+        if self.publication is None:
+            return
+        action = self._publication_action(tables, found)
+        names = [t.qualified for t in tables]
+        if apply and action == "create":
+            self.db.create_publication(self.publication, tables)
+        elif apply and action == "update":
+            self.db.alter_publication(self.publication, tables)
+        details: dict[str, Any] = {"tables": names}
+        if action == "update" and found is not None:
+            details["was"] = "ALL TABLES" if found.all_tables else sorted(found.tables)
+        state = "present" if apply or found is not None else "absent"
+        yield Resource(PUBLICATION, self.publication, action, state, details)
 
     def init(self) -> Iterator[Resource]:
-        tables, slot = self._checked()
+        tables, slot, publication = self._checked()
+        # Done in this order, shown slot first: the replica identity before the publication
+        # (PostgreSQL refuses updates of a published table without one), the publication
+        # before the slot (see above).
+        identities: list[Resource] = []
+        for table in tables:
+            if self.identity_full and table.identity != "full":
+                self.db.set_replica_identity_full(table)
+                identities.append(Resource(IDENTITY, table.qualified, "update", "full", {"was": table.identity}))
+            else:
+                identities.append(Resource(IDENTITY, table.qualified, "none", table.identity))
+        published = list(self._publication_resources(tables, publication, apply=True))
         if slot is None:
             lsn = self.db.create_slot(self.slot, self.plugin)
             yield Resource(SLOT, self.slot, "create", "present", {"plugin": self.plugin, "lsn": format_lsn(lsn)})
         else:
             yield Resource(SLOT, self.slot, "none", "present", self._slot_details(slot))
-        for table in tables:
-            if self.identity_full and table.identity != "full":
-                self.db.set_replica_identity_full(table)
-                yield Resource(IDENTITY, table.qualified, "update", "full", {"was": table.identity})
-            else:
-                yield Resource(IDENTITY, table.qualified, "none", table.identity)
+        yield from published
+        yield from identities
 
     def plan(self) -> Iterator[Resource]:
-        tables, slot = self._checked()
+        tables, slot, publication = self._checked()
         if slot is None:
             yield Resource(SLOT, self.slot, "create", "absent", {"plugin": self.plugin})
         else:
             yield Resource(SLOT, self.slot, "none", "present", self._slot_details(slot))
+        yield from self._publication_resources(tables, publication, apply=False)
         for table in tables:
             if self.identity_full and table.identity != "full":
                 yield Resource(IDENTITY, table.qualified, "update", table.identity, {"to": "full"})
@@ -145,6 +224,16 @@ class Infrastructure:
             yield Resource(SLOT, self.slot, "none", "absent", missing)
         else:
             yield Resource(SLOT, self.slot, "none", "present", self._slot_details(slot))
+        if self.publication is not None:
+            found = self.db.publication(self.publication)
+            if found is None:
+                yield Resource(PUBLICATION, self.publication, "none", "absent")
+            else:
+                published = ["ALL TABLES"] if found.all_tables else sorted(found.tables)
+                shown: dict[str, Any] = {"tables": published}
+                if not found.all_actions:
+                    shown["all_actions"] = False
+                yield Resource(PUBLICATION, self.publication, "none", "present", shown)
         position = stored.stream.lsn if stored is not None and stored.stream is not None else None
         if position is None and slot is not None:
             position = slot.confirmed  # what the orchestrator last committed
@@ -168,6 +257,7 @@ class Infrastructure:
         slot = self.db.slot(self.slot)
         if slot is None:
             yield Resource(SLOT, self.slot, "none", "absent")
+            yield from self._drop_publication()
             return
         reader = self.db.slot(self.reader)
         if reader is not None and reader.active_pid:
@@ -177,6 +267,16 @@ class Infrastructure:
             )
         self.db.drop_slot(self.slot)
         yield Resource(SLOT, self.slot, "delete", "absent", {"plugin": slot.plugin})
+        yield from self._drop_publication()
+
+    def _drop_publication(self) -> Iterator[Resource]:
+        if self.publication is None:
+            return
+        if self.db.publication(self.publication) is None:
+            yield Resource(PUBLICATION, self.publication, "none", "absent")
+            return
+        self.db.drop_publication(self.publication)
+        yield Resource(PUBLICATION, self.publication, "delete", "absent")
 
     def _slot_details(self, slot: Slot) -> dict[str, Any]:
         reader = self.db.slot(self.reader)

@@ -40,8 +40,9 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, ClassVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dstream.sdk import Checkpoint, InfrastructureProvider, InputProvider, Record, Resource
 from dstream.sdk.cdc import (
@@ -55,19 +56,22 @@ from dstream.sdk.cdc import (
 )
 from dstream_postgres_cdc.checkpoint import Stored, parse_checkpoint
 from dstream_postgres_cdc.config import READER_SUFFIX, PostgresCdcConfig, Target, default_slot_name
-from dstream_postgres_cdc.decode import Decoder
 from dstream_postgres_cdc.errors import CdcError, ConnectionLost, slot_missing_error
 from dstream_postgres_cdc.incremental import SIGNAL, Incremental, signal_content, signal_sql
-from dstream_postgres_cdc.infra import Infrastructure
+from dstream_postgres_cdc.infra import MESSAGES_SINCE, Infrastructure
 from dstream_postgres_cdc.lsn import format_lsn, parse_lsn
+from dstream_postgres_cdc.pgoutput import PgoutputDecoder
 from dstream_postgres_cdc.snapshot import snapshot_pass
 from dstream_postgres_cdc.source import ChunkSession, Session, SnapshotSession
+from dstream_postgres_cdc.wal2json import Wal2jsonDecoder
 
 if TYPE_CHECKING:
     from collections.abc import Generator, Iterable, Iterator
+    from datetime import tzinfo
 
     from dstream.sdk import Context
     from dstream.sdk.cdc import SnapshotPlan
+    from dstream_postgres_cdc.decode import Decoder
     from dstream_postgres_cdc.source import Table
 
 Output = Record | Checkpoint
@@ -78,7 +82,7 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
     name = "postgres-cdc-input-provider"
     version = "0.1.0"
     Config = PostgresCdcConfig
-    plugin: ClassVar[str] = "wal2json"
+    default_plugin: ClassVar[str] = "pgoutput"  # for a task without a slot yet (README: "Output plugin")
     checkpoint_every = 2000
     checkpoint_interval = 1.0
 
@@ -86,16 +90,23 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
         super().__init__(config, ctx)
         self.slot = config.slot_name or default_slot_name(ctx.task)
         self.reader = self.slot + READER_SUFFIX
+        self.plugin = config.plugin or self.default_plugin
         self.target = Target.from_config(config, self.slot, ctx.task, self.plugin)
         self.application_name = f"dstream:{ctx.task or self.name}"[:63]
         self.db = Session(config.dsn.get_secret_value(), self.target, self.application_name, config.timezone)
         self.db.connect()  # a clear error handshake when the server cannot be reached
+        if config.plugin is None:  # an existing task keeps the plugin its slot was created with
+            slot = self.db.slot(self.slot)
+            if slot is not None and slot.plugin in ("wal2json", "pgoutput") and slot.plugin != self.plugin:
+                self.plugin = slot.plugin
+                self.target = self.db.target = Target.from_config(config, self.slot, ctx.task, self.plugin)
         self.infra = Infrastructure(
             self.db, self.slot, self.reader, config.tables, self.plugin, config.replica_identity_full
         )
         self.lag = LagReporter(ctx.gauge, self.log)
         if ctx.command == "run" and config.snapshot == "incremental":
             self._refuse_keyless(self.infra.tables())  # an error handshake: one line, before anything runs
+            self.infra.check_messages('snapshot = "incremental"')
         self._release_to: int | None = None  # highest committed position not yet applied to the slot
         self._slot_at = 0  # the slot's confirmed position as last seen or set
         self._snapshot: SnapshotSession | None = None
@@ -165,6 +176,7 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
             chosen.append(found)
         if not stop:
             self._refuse_keyless(chosen)
+        self.infra.check_messages("`dstream snapshot`")
         qualified = [t.qualified for t in chosen]
         conditions = {by_name[name].qualified: cond for name, cond in where.items() if name in by_name}
         unknown = sorted(set(where) - set(by_name))
@@ -233,6 +245,7 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
             )
         tables = self.infra.tables()
         self._check_identity(tables)
+        self.infra.check_publication(tables)
         self._slot_at = slot.confirmed or 0
         start = stored.stream
         if start is not None and self._slot_at > start.lsn:
@@ -269,6 +282,11 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
                 )
 
     def _decoding_options(self, tables: list[Table]) -> list[str]:
+        if self.infra.publication is not None:  # pgoutput: the publication picks the tables
+            options = ["proto_version", "1", "publication_names", self.infra.publication]
+            if self.db.server_version() >= MESSAGES_SINCE:
+                options += ["messages", "true"]  # incremental snapshots' watermarks and signals
+            return options
         options = ["format-version", "2", "include-lsn", "1", "include-timestamp", "1", "include-xids", "1"]
         options += ["include-types", "0", "add-tables", ",".join(_wal2json_name(t) for t in tables)]
         return options
@@ -286,7 +304,8 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
         asm: TransactionAssembler[Record] = TransactionAssembler(start, format_lsn)
         starts = {name: position.lsn for name, position in positions.items()}
         incr = self._incremental(tables, positions, incremental)
-        decoder = Decoder(tables, cfg.numeric_as_string, starts, incr.positions_json(), incr)
+        decoder = self._decoder(tables, starts, incr)
+        changes_of = self.db.binary_changes if self.plugin == "pgoutput" else self.db.changes
         polls = PollInterval(cfg.poll_interval, cfg.max_poll_interval)
         backoff = Backoff(cfg.reconnect_timeout)
         self.log.info(
@@ -303,7 +322,7 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
                 self._apply_release()
                 upto = self.db.flush_lsn()
                 rows = changes = 0
-                for chunk in self.db.changes(self.reader, format_lsn(upto), cfg.batch_size, self._options):
+                for chunk in changes_of(self.reader, format_lsn(upto), cfg.batch_size, self._options):
                     rows += len(chunk)
                     changes += decoder.feed(chunk, asm, batch)
                     yield from batch
@@ -331,6 +350,24 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
             wait = polls.after_poll(changes, full or chunked)
             if wait and not self.ctx.sleep(wait):
                 return
+
+    def _decoder(self, tables: list[Table], starts: dict[str, int], incr: Incremental) -> Any:
+        """The plugin's decoder (wal2json.py or pgoutput.py; their ``feed`` takes what
+        ``changes``/``binary_changes`` yield)."""
+        cfg = self.config
+        if self.plugin == "pgoutput":
+            return PgoutputDecoder(
+                tables, cfg.numeric_as_string, starts, incr.positions_json(), incr, self._session_timezone()
+            )
+        return Wal2jsonDecoder(tables, cfg.numeric_as_string, starts, incr.positions_json(), incr)
+
+    def _session_timezone(self) -> tzinfo:
+        """The session's TimeZone, in which wal2json prints commit times (pgoutput sends UTC)."""
+        name = str(self.db.value("SELECT current_setting('TimeZone')"))
+        try:
+            return ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):  # a POSIX-style zone ("<+03>-03"): its offset now
+            return timezone(timedelta(seconds=self.db.timezone_offset()))
 
     def _incremental(self, tables: list[Table], positions: dict[str, Position], new: tuple[str, ...]) -> Incremental:
         """Incremental snapshots: those under way (in the checkpoint), ``new`` ones, and signals."""

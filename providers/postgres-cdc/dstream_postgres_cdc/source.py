@@ -7,12 +7,13 @@ snapshot's ``::text`` agree: TimeZone from the config, DateStyle ISO, IntervalSt
 extra_float_digits 1, bytea_output hex.
 
 Slots: the task's slot (``slot_name``, created by ``dstream init``) is advanced only to
-positions the orchestrator reported as committed. A run reads through a *temporary copy*
-of it (``<slot>_reader``, ``pg_copy_logical_replication_slot``) with
-``pg_logical_slot_get_changes``, which consumes what it returns: each poll decodes only new
-WAL, instead of re-decoding everything since the last commit as peeking the task's slot
-would. The copy lives as long as the run's session (PostgreSQL drops it when the session
-ends, also after kill -9), and a reconnect copies the slot again and skips what was emitted.
+positions the orchestrator reported as committed. A run reads through a *temporary copy* of
+it (``<slot>_reader``, ``pg_copy_logical_replication_slot``) with
+``pg_logical_slot_get_changes`` (``_get_binary_changes`` for pgoutput), which consumes what
+it returns: each poll decodes only new WAL, instead of re-decoding everything since the last
+commit as peeking the task's slot would. The copy lives as long as the run's session
+(PostgreSQL drops it when the session ends, also after kill -9), and a reconnect copies the
+slot again and skips what was emitted.
 """
 
 from __future__ import annotations
@@ -76,6 +77,18 @@ class Slot:
     confirmed: int | None
     restart: int | None
     wal_status: str | None
+
+
+@dataclass(frozen=True)
+class Publication:
+    name: str
+    all_tables: bool  # FOR ALL TABLES
+    all_actions: bool  # publishes inserts, updates, deletes and truncates
+    tables: frozenset[str]  # schema.table
+
+    def lacks(self, tables: list[Table]) -> list[str]:
+        """The qualified names of ``tables`` it does not publish."""
+        return [] if self.all_tables else [t.qualified for t in tables if t.qualified not in self.tables]
 
 
 class Session:
@@ -205,6 +218,66 @@ class Session:
                     yield rows
         except psycopg.Error as exc:
             raise translate(exc, self.target, conn) from exc
+
+    def binary_changes(self, slot: str, upto: str, nchanges: int, options: list[str]) -> Iterator[list[bytes]]:
+        """:meth:`changes` for a binary plugin (pgoutput): each chunk is the messages' payloads."""
+        conn = self.conn
+        try:
+            # binary=True: bytea arrives as its bytes, not as hex text to decode.
+            with conn.transaction(), conn.cursor(name="dstream_cdc_changes", binary=True) as cur:
+                cur.execute(
+                    "SELECT data FROM pg_logical_slot_get_binary_changes(%s, %s::pg_lsn, %s, VARIADIC %s::text[])",
+                    (slot, upto, nchanges, options),
+                )
+                while True:
+                    rows = cur.fetchmany(FETCH_ROWS)
+                    if not rows:
+                        return
+                    yield [row[0] for row in rows]
+        except psycopg.Error as exc:
+            raise translate(exc, self.target, conn) from exc
+
+    def server_version(self) -> int:
+        """``server_version_num``: 150004 for 15.4."""
+        return int(self.value("SELECT current_setting('server_version_num')::int"))
+
+    def timezone_offset(self) -> float:
+        """The session TimeZone's UTC offset now, in seconds."""
+        return float(self.value("SELECT extract(timezone FROM now())"))
+
+    # -- publications (pgoutput) ----------------------------------------------------------------
+
+    def publication(self, name: str) -> Publication | None:
+        rows = self.query(
+            "SELECT puballtables, pubinsert AND pubupdate AND pubdelete AND pubtruncate FROM pg_publication"
+            " WHERE pubname = %s",
+            (name,),
+        )
+        if not rows:
+            return None
+        tables = self.query(
+            "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s ORDER BY 1, 2", (name,)
+        )
+        return Publication(name, bool(rows[0][0]), bool(rows[0][1]), frozenset(f"{s}.{t}" for s, t in tables))
+
+    def create_publication(self, name: str, tables: list[Table]) -> None:
+        self.query(
+            sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
+                sql.Identifier(name), sql.SQL(", ").join(t.ident for t in tables)
+            )
+        )
+
+    def alter_publication(self, name: str, tables: list[Table]) -> None:
+        """The publication holds exactly ``tables`` and publishes every kind of change."""
+        ident = sql.Identifier(name)
+        with self.conn.transaction():
+            self.query(
+                sql.SQL("ALTER PUBLICATION {} SET TABLE {}").format(ident, sql.SQL(", ").join(t.ident for t in tables))
+            )
+            self.query(sql.SQL("ALTER PUBLICATION {} SET (publish = 'insert, update, delete, truncate')").format(ident))
+
+    def drop_publication(self, name: str) -> None:
+        self.query(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(name)))
 
     # -- tables ---------------------------------------------------------------------------
 

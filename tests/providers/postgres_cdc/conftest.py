@@ -23,10 +23,21 @@ if TYPE_CHECKING:
 PG_BIN = Path(os.environ.get("DSTREAM_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
 
 
+PLUGINS = ("wal2json", "pgoutput")
+
+
+@pytest.fixture(params=PLUGINS)
+def plugin(request: pytest.FixtureRequest) -> str:
+    """The output plugin a test's slots are created with (and its tasks name): every test that
+    uses ``db`` runs with both. A module whose tests do not depend on it overrides this
+    fixture with one value."""
+    return str(request.param)
+
+
 @pytest.fixture
-def db(pg_dsn: str) -> Iterator[Db]:
-    """Tables, slots and roles named ``tcdc_<random>_…``, all dropped after the test."""
-    handle = Db(pg_dsn, f"tcdc_{uuid.uuid4().hex[:8]}")
+def db(pg_dsn: str, plugin: str) -> Iterator[Db]:
+    """Tables, slots, publications and roles named ``tcdc_<random>_…``, all dropped after the test."""
+    handle = Db(pg_dsn, f"tcdc_{uuid.uuid4().hex[:8]}", plugin)
     try:
         yield handle
     finally:

@@ -36,9 +36,10 @@ WAIT = 90.0
 class Db:
     """The test database, with names unique to one test and everything dropped afterwards."""
 
-    def __init__(self, dsn: str, prefix: str) -> None:
+    def __init__(self, dsn: str, prefix: str, plugin: str = "wal2json") -> None:
         self.dsn = dsn
         self.prefix = prefix
+        self.plugin = plugin  # what create_slot uses (the provider then follows the slot's plugin)
         self.conn = psycopg.connect(dsn, autocommit=True)
 
     def name(self, suffix: str) -> str:
@@ -93,9 +94,29 @@ class Db:
         return found is not None and found["confirmed"] is not None and found["confirmed"] >= lsn
 
     def create_slot(self, name: str) -> int:
+        """A slot of this test's plugin; for pgoutput first its publication (named like the
+        slot, as `dstream init` makes it) of every table of this test that exists now."""
+        if self.plugin == "pgoutput":
+            self.publish(name)
         return parse_lsn(
-            self.value("SELECT lsn::text FROM pg_create_logical_replication_slot(%s, 'wal2json')", (name,))
+            self.value("SELECT lsn::text FROM pg_create_logical_replication_slot(%s, %s)", (name, self.plugin))
         )
+
+    def publish(self, publication: str) -> None:
+        """(pgoutput) The publication holds every table of this test (what `dstream init` does
+        when ``tables`` changes)."""
+        tables = [
+            t
+            for (t,) in self.execute(
+                "SELECT relname FROM pg_class WHERE relname LIKE %s AND relkind = 'r' ORDER BY 1", (self.prefix + "%",)
+            )
+        ]
+        listed = sql.SQL(", ").join(sql.Identifier(t) for t in tables)
+        if self.value("SELECT 1 FROM pg_publication WHERE pubname = %s", (publication,)) is None:
+            query = sql.SQL("CREATE PUBLICATION {} FOR TABLE {}") if tables else sql.SQL("CREATE PUBLICATION {}")
+        else:
+            query = sql.SQL("ALTER PUBLICATION {} SET TABLE {}")
+        self.execute(query.format(sql.Identifier(publication), listed))
 
     def flush_lsn(self) -> int:
         return parse_lsn(self.value("SELECT pg_current_wal_flush_lsn()::text"))
@@ -128,6 +149,8 @@ class Db:
                     with contextlib.suppress(psycopg.Error):
                         self.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
             time.sleep(0.1)  # terminated backends drop their temporary slots as they exit
+        for (publication,) in self.execute("SELECT pubname FROM pg_publication WHERE pubname LIKE %s", (like,)):
+            self.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(publication)))
         for (table,) in self.execute("SELECT relname FROM pg_class WHERE relname LIKE %s AND relkind = 'r'", (like,)):
             self.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(sql.Identifier(table)))
         for (role,) in self.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE %s", (like,)):
@@ -151,7 +174,10 @@ def cdc_task(
     input_extra: str = "",
     output_extra: str = "",
     task_extra: str = "",
+    plugin: str | None = None,
 ) -> str:
+    if plugin is not None:
+        config = f'plugin = "{plugin}"\n{config}'
     return f"""
 task "{name}" {{
   {task_extra}

@@ -32,6 +32,13 @@ pytestmark = [pytest.mark.postgres, pytest.mark.integration]
 TOTAL = 100_000
 
 
+@pytest.fixture
+def plugin() -> str:
+    """These tests run the provider image in the local registry (built from whatever code was
+    current when it was pushed): its slots stay wal2json, which every image knows."""
+    return "wal2json"
+
+
 @pytest.fixture(scope="session")
 def cdc_images(engine: DockerEngine, registry: str) -> dict[str, str]:  # noqa: F811
     """The postgres-cdc and file-output images in the local registry (built if missing)."""

@@ -1,4 +1,4 @@
-"""Decoder._record (the backlog's hot path, built for speed) against a plain reference.
+"""Wal2jsonDecoder._record (with Decoder.make, the backlog's hot path, built for speed) against a plain reference.
 
 The reference is the rule the provider's README states, written the obvious way: ``data``
 is the new row (a delete: the old row), an update's TOAST-unchanged columns come from the
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from dstream_postgres_cdc.decode import Decoder
 from dstream_postgres_cdc.source import Column, Table
+from dstream_postgres_cdc.wal2json import Wal2jsonDecoder
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -68,7 +68,7 @@ def changes(draw: st.DrawFn) -> tuple[str, dict[str, Any], tuple[str, ...]]:
 @given(changes())
 def test_records_follow_the_reference(change: tuple[str, dict[str, Any], tuple[str, ...]]) -> None:
     kind, row, key = change
-    decoder = Decoder([_table(key)])
+    decoder = Wal2jsonDecoder([_table(key)])
     decoder._txn = ("0/16B3748", 7, "2026-12-07T04:00:00+00:00")
     record = decoder._record(kind, row, 3)
     data, meta = _reference(kind, row, key)

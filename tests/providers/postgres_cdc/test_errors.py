@@ -39,12 +39,13 @@ NO_WAL2JSON = """
 from dstream_postgres_cdc import PostgresCdcInputProvider
 
 class WithoutPlugin(PostgresCdcInputProvider):
-    plugin = "wal2json_not_installed"  # what a server without wal2json looks like
+    default_plugin = "wal2json_not_installed"  # what a server without wal2json looks like
 
 WithoutPlugin.main()
 """
 
 
+@pytest.mark.parametrize("plugin", ["wal2json"])  # a plugin that is not installed
 def test_wal2json_missing(
     db: Db, task_file: Callable[..., Path], tmp_path: Path, script: Callable[[str, str], Path]
 ) -> None:
@@ -52,7 +53,14 @@ def test_wal2json_missing(
     provider = script("cdc-without-wal2json", NO_WAL2JSON)
     source = f'provider_path = "{provider}"'
     hcl = task_file(
-        cdc_task("cdc", db.user_dsn(), [table], db.name("slot"), str(tmp_path / "o.jsonl"), input_source=source)
+        cdc_task(
+            "cdc",
+            db.user_dsn(),
+            [table],
+            db.name("slot"),
+            str(tmp_path / "o.jsonl"),
+            input_source=source,
+        )
     )
     result = run_cli("init", "cdc", "-f", str(hcl))
     assert result.returncode == 1
@@ -61,19 +69,27 @@ def test_wal2json_missing(
     assert db.slot(db.name("slot")) is None
 
 
+@pytest.mark.parametrize("plugin", ["pgoutput"])  # checked before any plugin is used
 def test_slot_missing_says_run_dstream_init(db: Db, task_file: Callable[..., Path], tmp_path: Path) -> None:
     table = db.create_table("t")
-    hcl = task_file(cdc_task("orders", db.user_dsn(), [table], db.name("slot"), str(tmp_path / "o.jsonl")))
+    hcl = task_file(
+        cdc_task("orders", db.user_dsn(), [table], db.name("slot"), str(tmp_path / "o.jsonl"), plugin=db.plugin)
+    )
     result = run_cli("run", "orders", "-f", str(hcl))
     assert result.returncode == 1
     assert f'replication slot "{db.name("slot")}" does not exist' in result.stderr
     assert "run `dstream init orders` first" in result.stderr
 
 
+@pytest.mark.parametrize("plugin", ["pgoutput"])  # checked before any plugin is used
 def test_missing_table(db: Db, task_file: Callable[..., Path], tmp_path: Path) -> None:
     table = db.create_table("t")
     slot = db.name("slot")
-    hcl = task_file(cdc_task("cdc", db.user_dsn(), [table, "public.no_such_table"], slot, str(tmp_path / "o.jsonl")))
+    hcl = task_file(
+        cdc_task(
+            "cdc", db.user_dsn(), [table, "public.no_such_table"], slot, str(tmp_path / "o.jsonl"), plugin=db.plugin
+        )
+    )
     result = run_cli("init", "cdc", "-f", str(hcl))
     assert result.returncode == 1
     assert "table 'public.no_such_table' does not exist in 127.0.0.1:5432/dstream_test" in result.stderr
@@ -82,7 +98,10 @@ def test_missing_table(db: Db, task_file: Callable[..., Path], tmp_path: Path) -
     result = run_cli("run", "cdc", "-f", str(hcl))
     assert result.returncode == 1
     assert "table 'public.no_such_table' does not exist" in result.stderr
-    twice = task_file(cdc_task("cdc", db.user_dsn("u2"), [table, f"public.{table}"], slot, "o.jsonl"), name="twice.hcl")
+    twice = task_file(
+        cdc_task("cdc", db.user_dsn("u2"), [table, f"public.{table}"], slot, "o.jsonl", plugin=db.plugin),
+        name="twice.hcl",
+    )
     result = run_cli("run", "cdc", "-f", str(twice))
     assert result.returncode == 1
     assert f"'public.{table}' is public.{table}, which is already listed in tables" in result.stderr
@@ -96,7 +115,15 @@ def test_lost_replication_privilege(db: Db, task_file: Callable[..., Path], tmp_
     db.create_slot(slot)
     out = tmp_path / "o.jsonl"
     hcl = task_file(
-        cdc_task("cdc", dsn, [table], slot, str(out), config="poll_interval = 0.05\nmax_poll_interval = 0.2")
+        cdc_task(
+            "cdc",
+            dsn,
+            [table],
+            slot,
+            str(out),
+            config="poll_interval = 0.05\nmax_poll_interval = 0.2",
+            plugin=db.plugin,
+        )
     )
     proc = start_run("cdc", hcl)
     db.execute(f"INSERT INTO {table} VALUES (1, 'a')")
@@ -133,7 +160,7 @@ def test_server_going_away_is_retried_then_fails(db: Db, task_file: Callable[...
     try:
         dsn = db.user_dsn().replace(":5432/", f":{proxy.port}/")
         config = "poll_interval = 0.05\nmax_poll_interval = 0.2\nreconnect_timeout = 3"
-        hcl = task_file(cdc_task("cdc", dsn, [table], slot, str(out), config=config))
+        hcl = task_file(cdc_task("cdc", dsn, [table], slot, str(out), config=config, plugin=db.plugin))
         proc = start_run("cdc", hcl)
         db.execute(f"INSERT INTO {table} SELECT g, 0 FROM generate_series(1, 1000) g")
         wait_until(lambda: line_count(out) == 1000, "the first changes", proc)
@@ -171,14 +198,26 @@ def test_table_without_a_key_needs_replica_identity_full(
 ) -> None:
     table = db.create_table("nokey", "id int, v text")  # no primary key: wal2json skips updates and deletes
     dsn, slot, out = db.user_dsn(), db.name("slot"), tmp_path / "o.jsonl"
-    hcl = task_file(cdc_task("cdc", dsn, [table], slot, str(out), config="max_poll_interval = 0.2"))
+    hcl = task_file(cdc_task("cdc", dsn, [table], slot, str(out), config="max_poll_interval = 0.2", plugin=db.plugin))
     for command in ("plan", "init"):
         result = run_cli(command, "cdc", "-f", str(hcl))
         assert result.returncode == 1
-        assert f"public.{table} has no primary key and REPLICA IDENTITY DEFAULT: wal2json would skip" in result.stderr
+        effect = {
+            "wal2json": "wal2json would skip its updates and deletes",
+            "pgoutput": "PostgreSQL would refuse its updates and deletes once it is in the publication",
+        }[db.plugin]
+        assert f"public.{table} has no primary key and REPLICA IDENTITY DEFAULT: {effect}" in result.stderr
     assert db.slot(slot) is None
     hcl = task_file(
-        cdc_task("cdc", dsn, [table], slot, str(out), config="replica_identity_full = true\nmax_poll_interval = 0.2")
+        cdc_task(
+            "cdc",
+            dsn,
+            [table],
+            slot,
+            str(out),
+            config="replica_identity_full = true\nmax_poll_interval = 0.2",
+            plugin=db.plugin,
+        )
     )
     assert run_cli("init", "cdc", "-f", str(hcl)).returncode == 0
     db.execute(f"INSERT INTO {table} VALUES (1, 'a')")

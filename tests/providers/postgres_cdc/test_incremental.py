@@ -232,7 +232,7 @@ def test_incremental_snapshot_under_writers_and_two_kill_9_replays_to_the_source
         f'snapshot = "incremental"\n      snapshot_chunk_size = {chunk}\n      snapshot_chunk_pause = "{pause}"\n'
         f"      {where}\n      {FAST}"
     )
-    hcl = task_file(cdc_task("inc", db.dsn, [big, live], slot, str(out), config=config))
+    hcl = task_file(cdc_task("inc", db.dsn, [big, live], slot, str(out), config=config, plugin=db.plugin))
     assert run_cli("init", "inc", "-f", str(hcl)).returncode == 0
     name_big, name_live = f"public.{big}", f"public.{live}"
 
@@ -329,7 +329,7 @@ def test_dstream_snapshot_signals_a_running_task_which_snapshots_the_filtered_ro
     table = db.create_table("t", "id int PRIMARY KEY, v int")
     db.execute(f"INSERT INTO {table} SELECT g, 0 FROM generate_series(1, 1000) g")
     slot = db.name("slot")
-    hcl = task_file(cdc_task("sig", db.dsn, [table], slot, str(tmp_path / "unused.jsonl")))
+    hcl = task_file(cdc_task("sig", db.dsn, [table], slot, str(tmp_path / "unused.jsonl"), plugin=db.plugin))
     assert run_cli("init", "sig", "-f", str(hcl)).returncode == 0
     live = LiveInput(PostgresCdcInputProvider, live_config(db, [table], snapshot_chunk_size=30), task="sig")
     db.execute(f"INSERT INTO {table} VALUES (5000, 1)")  # streaming: no snapshot (snapshot = "never")
@@ -360,7 +360,7 @@ def test_stop_signal_and_status_show_an_incremental_snapshot_under_way(
     db.execute(f"INSERT INTO {table} SELECT g, 0 FROM generate_series(1, 2000) g")
     db.execute(f"ANALYZE {table}")
     slot = db.name("slot")
-    hcl = task_file(cdc_task("stp", db.dsn, [table], slot, str(tmp_path / "unused.jsonl")))
+    hcl = task_file(cdc_task("stp", db.dsn, [table], slot, str(tmp_path / "unused.jsonl"), plugin=db.plugin))
     assert run_cli("init", "stp", "-f", str(hcl)).returncode == 0
     cfg = live_config(db, [table], snapshot="incremental", snapshot_chunk_size=100, snapshot_chunk_pause="200ms")
     live = LiveInput(PostgresCdcInputProvider, cfg, task="stp")
@@ -428,7 +428,9 @@ def test_keyless_tables_are_refused_for_incremental_with_the_fix(
     assert refusal["status"] == "error"  # before anything runs: one line, no traceback
     assert f"public.{keyless} has no primary key" in refusal["message"]
     assert 'snapshot = "initial"' in refusal["message"]
-    hcl = task_file(cdc_task("nk", db.dsn, [keyless], db.name("slot"), str(tmp_path / "unused.jsonl")))
+    hcl = task_file(
+        cdc_task("nk", db.dsn, [keyless], db.name("slot"), str(tmp_path / "unused.jsonl"), plugin=db.plugin)
+    )
     result = run_cli("snapshot", "nk", "--table", keyless, "-f", str(hcl))
     assert result.returncode != 0
     assert f"public.{keyless} has no primary key" in result.stderr

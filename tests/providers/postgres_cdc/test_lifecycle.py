@@ -46,12 +46,23 @@ def test_plan_init_status_destroy(db: Db, task_file: Callable[..., Path], tmp_pa
     slot = db.name("slot")
     pa, pb = f"public.{a}", f"public.{b}"
     hcl = task_file(
-        cdc_task("cdc", db.dsn, [a, b], slot, str(tmp_path / "out.jsonl"), config="replica_identity_full = true")
+        cdc_task(
+            "cdc",
+            db.dsn,
+            [a, b],
+            slot,
+            str(tmp_path / "out.jsonl"),
+            config="replica_identity_full = true",
+            plugin=db.plugin,
+        )
     )
 
+    # pgoutput: the publication (named like the slot) of the tables, created before the slot.
+    publication = [("publication", slot, "create", "absent")] if db.plugin == "pgoutput" else []
     planned = verb("plan", hcl)
     assert rows(planned) == [
         ("replication_slot", slot, "create", "absent"),
+        *publication,
         ("replica_identity", pa, "update", "default"),
         ("replica_identity", pb, "none", "full"),
     ]
@@ -61,6 +72,7 @@ def test_plan_init_status_destroy(db: Db, task_file: Callable[..., Path], tmp_pa
     created = verb("init", hcl)
     assert rows(created) == [
         ("replication_slot", slot, "create", "present"),
+        *[(kind, name, action, "present") for kind, name, action, _ in publication],
         ("replica_identity", pa, "update", "full"),
         ("replica_identity", pb, "none", "full"),
     ]
@@ -69,7 +81,12 @@ def test_plan_init_status_destroy(db: Db, task_file: Callable[..., Path], tmp_pa
     assert not made["temporary"]
     assert created[0]["details"]["lsn"] == format_lsn(made["confirmed"])
     assert identity(db, a) == "f"
-    assert [r[2] for r in rows(verb("init", hcl))] == ["none", "none", "none"]  # idempotent
+    assert [r[2] for r in rows(verb("init", hcl))] == ["none"] * (3 + len(publication))  # idempotent
+    if publication:
+        assert created[1]["details"]["tables"] == [pa, pb]
+        assert set(
+            db.value("SELECT array_agg(tablename::text) FROM pg_publication_tables WHERE pubname = %s", (slot,))
+        ) == {a, b}
 
     status = verb("status", hcl)
     assert rows(status)[0] == ("replication_slot", slot, "none", "present")
@@ -98,17 +115,30 @@ def test_plan_init_status_destroy(db: Db, task_file: Callable[..., Path], tmp_pa
     proc.send_signal(signal.SIGTERM)
     assert finish(proc)[0] == 0
 
-    assert rows(verb("destroy", hcl)) == [("replication_slot", slot, "delete", "absent")]
+    if publication:
+        assert rows(verb("status", hcl))[1] == ("publication", slot, "none", "present")
+    dropped = [("publication", slot, "delete", "absent")] if publication else []
+    assert rows(verb("destroy", hcl)) == [("replication_slot", slot, "delete", "absent"), *dropped]
     assert db.slot(slot) is None
+    assert db.value("SELECT count(*) FROM pg_publication WHERE pubname = %s", (slot,)) == 0
     assert rows(verb("status", hcl))[0] == ("replication_slot", slot, "none", "absent")
-    assert rows(verb("destroy", hcl)) == [("replication_slot", slot, "none", "absent")]  # idempotent
+    gone = [("publication", slot, "none", "absent")] if publication else []
+    assert rows(verb("destroy", hcl)) == [("replication_slot", slot, "none", "absent"), *gone]  # idempotent
 
 
 def test_status_lag_falls_as_heartbeats_release_wal(db: Db, task_file: Callable[..., Path], tmp_path: Path) -> None:
     captured, busy = db.create_table("quiet"), db.create_table("busy")
     slot = db.name("slot")
     hcl = task_file(
-        cdc_task("cdc", db.dsn, [captured], slot, str(tmp_path / "out.jsonl"), config="max_poll_interval = 0.5")
+        cdc_task(
+            "cdc",
+            db.dsn,
+            [captured],
+            slot,
+            str(tmp_path / "out.jsonl"),
+            config="max_poll_interval = 0.5",
+            plugin=db.plugin,
+        )
     )
     verb("init", hcl)
     db.execute(f"INSERT INTO {busy} SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g")
@@ -124,7 +154,7 @@ def test_status_lag_falls_as_heartbeats_release_wal(db: Db, task_file: Callable[
     assert finish(proc)[0] == 0
     assert not (tmp_path / "out.jsonl").exists() or (tmp_path / "out.jsonl").read_text() == ""
     # status gets the task's persisted checkpoint: the table's lag is measured from it.
-    table = verb("status", hcl)[1]
+    table = next(r for r in verb("status", hcl) if r["type"] == "replica_identity")
     assert table["name"] == f"public.{captured}"
     assert 0 <= table["details"]["lag_bytes"] < before
     assert table["details"]["key"] == ["id"]

@@ -57,7 +57,15 @@ def test_three_tables_multi_statement_transactions_and_a_50k_row_transaction_in_
     slot = db.name("slot")
     out = tmp_path / "out.jsonl"
     hcl = task_file(
-        cdc_task("cdc", db.dsn, [a, f"public.{b}", c], slot, str(out), config=f"replica_identity_full = true\n{FAST}")
+        cdc_task(
+            "cdc",
+            db.dsn,
+            [a, f"public.{b}", c],
+            slot,
+            str(out),
+            config=f"replica_identity_full = true\n{FAST}",
+            plugin=db.plugin,
+        )
     )
     init = run_cli("init", "cdc", "-f", str(hcl), "--json")
     assert init.returncode == 0, init.stderr
@@ -164,7 +172,7 @@ def test_sigterm_mid_stream_then_resume_has_no_duplicates(
     slot = db.name("slot")
     db.create_slot(slot)
     out = tmp_path / "out.jsonl"
-    hcl = task_file(cdc_task("cdc", db.dsn, tables, slot, str(out), config=FAST))
+    hcl = task_file(cdc_task("cdc", db.dsn, tables, slot, str(out), config=FAST, plugin=db.plugin))
     workload.start(TOTAL)
     rng = random.Random()
     for _ in range(3):
@@ -196,7 +204,7 @@ def test_kill_9_at_random_points_then_resume_loses_nothing(
     slot = db.name("slot")
     db.create_slot(slot)
     out = tmp_path / "out.jsonl"
-    hcl = task_file(cdc_task("cdc", db.dsn, tables, slot, str(out), config=FAST))
+    hcl = task_file(cdc_task("cdc", db.dsn, tables, slot, str(out), config=FAST, plugin=db.plugin))
     workload.start(TOTAL)
     rng = random.Random()
     for _ in range(2):
@@ -233,7 +241,7 @@ def test_restart_inside_a_large_transaction_neither_skips_nor_repeats(
     slot = db.name("slot")
     db.create_slot(slot)
     out = tmp_path / "out.jsonl"
-    hcl = task_file(cdc_task("cdc", db.dsn, [table], slot, str(out), config=FAST))
+    hcl = task_file(cdc_task("cdc", db.dsn, [table], slot, str(out), config=FAST, plugin=db.plugin))
     db.execute(f"INSERT INTO {table} SELECT g, 0 FROM generate_series(1, 150000) g")  # one transaction
     commit_lsn = None
     for point in (20_000, 70_000):
@@ -276,11 +284,18 @@ def test_initial_snapshot_while_writes_continue_replays_to_the_table_state(
     slot = db.name("slot")
     out = tmp_path / "out.jsonl"
     config = f'snapshot = "initial"\n{FAST}'
-    hcl = task_file(cdc_task("cdc", db.dsn, [single, composite], slot, str(out), config=config))
+    hcl = task_file(cdc_task("cdc", db.dsn, [single, composite], slot, str(out), config=config, plugin=db.plugin))
     slow = script("slow-output-provider", SLOW_OUTPUT)
     slow_hcl = task_file(
         cdc_task(
-            "cdc", db.dsn, [single, composite], slot, str(out), config=config, output_source=f'provider_path = "{slow}"'
+            "cdc",
+            db.dsn,
+            [single, composite],
+            slot,
+            str(out),
+            config=config,
+            output_source=f'provider_path = "{slow}"',
+            plugin=db.plugin,
         ),
         name="slow.hcl",
     )

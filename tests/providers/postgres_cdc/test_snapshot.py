@@ -81,10 +81,19 @@ def test_kill_9_inside_a_multi_chunk_snapshot_resumes_after_the_acknowledged_chu
         'snapshot = "initial"\n      batch_size = 1000\n      poll_interval = "50ms"\n      max_poll_interval = "500ms"'
     )
     tables = [keyed, keyless]
-    hcl = task_file(cdc_task("cdc", db.dsn, tables, slot, str(out), config=config))
+    hcl = task_file(cdc_task("cdc", db.dsn, tables, slot, str(out), config=config, plugin=db.plugin))
     slow = script("slow-output-provider", SLOW_OUTPUT)
     slow_hcl = task_file(
-        cdc_task("cdc", db.dsn, tables, slot, str(out), config=config, output_source=f'provider_path = "{slow}"'),
+        cdc_task(
+            "cdc",
+            db.dsn,
+            tables,
+            slot,
+            str(out),
+            config=config,
+            output_source=f'provider_path = "{slow}"',
+            plugin=db.plugin,
+        ),
         name="slow.hcl",
     )
     assert run_cli("init", "cdc", "-f", str(hcl)).returncode == 0
