@@ -47,7 +47,6 @@ from dstream.sdk import Checkpoint, InfrastructureProvider, InputProvider, Recor
 from dstream.sdk.cdc import (
     Backoff,
     LagReporter,
-    PollInterval,
     Position,
     PositionError,
     TransactionAssembler,
@@ -60,8 +59,9 @@ from dstream_postgres_cdc.errors import CdcError, ConnectionLost, slot_missing_e
 from dstream_postgres_cdc.incremental import SIGNAL, Incremental, signal_content, signal_sql
 from dstream_postgres_cdc.infra import Infrastructure
 from dstream_postgres_cdc.lsn import format_lsn, parse_lsn
+from dstream_postgres_cdc.replication import ReplicationReader
 from dstream_postgres_cdc.snapshot import snapshot_pass
-from dstream_postgres_cdc.source import ChunkSession, Session, SnapshotSession
+from dstream_postgres_cdc.source import ChunkSession, Session, SnapshotSession, session_settings
 
 if TYPE_CHECKING:
     from collections.abc import Generator, Iterable, Iterator
@@ -72,6 +72,24 @@ if TYPE_CHECKING:
 
 Output = Record | Checkpoint
 READER_WAIT = 30.0  # seconds to wait for a previous run's reader slot to go away
+WAIT = 0.1  # seconds the reader blocks for the server before it looks for a stop, commits and chunks
+RELEASE_EVERY = 1.0  # seconds between moves of the task's slot to the committed position
+LAG_EVERY = 1.0  # seconds between lag gauge reports
+
+
+class Every:
+    """``due()`` at most every ``interval`` seconds (the first call is due)."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._last: float | None = None
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if self._last is None or now - self._last >= self.interval:
+            self._last = now
+            return True
+        return False
 
 
 class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureProvider):
@@ -99,8 +117,9 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
         self._release_to: int | None = None  # highest committed position not yet applied to the slot
         self._slot_at = 0  # the slot's confirmed position as last seen or set
         self._snapshot: SnapshotSession | None = None
-        self._options: list[str] = []
-        self._reading = False
+        self._options: list[tuple[str, str]] = []
+        self._reader: ReplicationReader | None = None
+        self._releases = Every(RELEASE_EVERY)
         self._chunks: ChunkSession | None = None
 
     # -- lifecycle verbs --------------------------------------------------------------------
@@ -252,7 +271,7 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
             stored = Stored()
         elif start is not None:
             self._release(start.lsn)  # persisted by the orchestrator: safe to release
-            self._apply_release()
+            self._apply_release(force=True)
         self._options = self._decoding_options(tables)
         return tables, stored
 
@@ -267,9 +286,10 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
                     self.target.task_hint,
                 )
 
-    def _decoding_options(self, tables: list[Table]) -> list[str]:
-        options = ["format-version", "2", "include-lsn", "1", "include-timestamp", "1", "include-xids", "1"]
-        options += ["include-types", "0", "add-tables", ",".join(_wal2json_name(t) for t in tables)]
+    def _decoding_options(self, tables: list[Table]) -> list[tuple[str, str]]:
+        """The output plugin's options (wal2json's), as START_REPLICATION takes them."""
+        options = [("format-version", "2"), ("include-lsn", "1"), ("include-timestamp", "1"), ("include-xids", "1")]
+        options += [("include-types", "0"), ("add-tables", ",".join(_wal2json_name(t) for t in tables))]
         return options
 
     # -- streaming --------------------------------------------------------------------------
@@ -286,8 +306,14 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
         starts = {name: position.lsn for name, position in positions.items()}
         incr = self._incremental(tables, positions, incremental)
         decoder = Decoder(tables, cfg.numeric_as_string, starts, incr.positions_json(), incr)
-        polls = PollInterval(cfg.poll_interval, cfg.max_poll_interval)
         backoff = Backoff(cfg.reconnect_timeout)
+        reader = self._reader = ReplicationReader(
+            cfg.dsn.get_secret_value(),
+            self.target,
+            self.application_name,
+            session_settings(cfg.timezone),
+            self._options,
+        )
         self.log.info(
             "streaming %s from %s through slot %s",
             ", ".join(t.qualified for t in tables),
@@ -295,41 +321,51 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
             self.slot,
         )
         batch: list[Record] = []
+        lag = Every(LAG_EVERY)
         while True:
             try:
-                if not self._reading and not self._open_reader():
+                if not reader.streaming and not self._open_reader(reader, asm.done.lsn):
                     return
-                self._apply_release()
-                upto = self.db.flush_lsn()
-                rows = changes = 0
-                for chunk in self.db.changes(self.reader, format_lsn(upto), cfg.batch_size, self._options):
-                    rows += len(chunk)
-                    changes += decoder.feed(chunk, asm, batch)
+                # What arrived already, at most batch_size messages (never waiting for more).
+                rows = reader.read(cfg.batch_size)
+                if rows:
+                    decoder.feed(rows, asm, batch)
                     yield from batch
                     batch.clear()
+                else:
+                    asm.reached(reader.wal_end)  # caught up: a heartbeat (replication.py)
                 # An incremental snapshot's next chunk, read with the stream caught up to here
-                # (its low watermark); its rows go out when the next polls reach its high watermark.
+                # (its low watermark); its rows go out when the stream reaches its high watermark.
                 chunked = incr.due() and incr.read_chunk()
+                self._apply_release()
+                if not rows:
+                    reader.confirm(self._slot_at)
+                    if lag.due():
+                        self._report_lag(tables, asm, decoder, None)
+                elif lag.due():
+                    self._report_lag(tables, asm, decoder, self.db.flush_lsn())
                 backoff.reset()
             except ConnectionLost as exc:
                 batch.clear()
                 asm.abandon()
                 incr.abandon()
-                self._reading = False
-                self.db.close()  # PostgreSQL drops the reader slot when the session ends
+                reader.close()  # PostgreSQL drops the reader slot when the session ends
+                self.db.close()
                 if not backoff.wait(exc, lambda lost: self._gave_up(lost, backoff), self.log, self.ctx.sleep):
                     return
                 continue
-            full = rows >= cfg.batch_size
-            if not full:
-                asm.reached(upto)  # every transaction committed below the flush LSN was read
+            if rows:
+                continue
             position = asm.checkpoint()
             if position is not None:
                 yield Checkpoint(decoder.position(position))
-            self._report_lag(tables, asm, decoder, upto, full)
-            wait = polls.after_poll(changes, full or chunked)
-            if wait and not self.ctx.sleep(wait):
+            if not self.ctx.sleep(0):  # flushes what was emitted, delivers commits
                 return
+            if not chunked:
+                try:
+                    reader.wait(WAIT)
+                except ConnectionLost:
+                    continue  # the next read reports it
 
     def _incremental(self, tables: list[Table], positions: dict[str, Position], new: tuple[str, ...]) -> Incremental:
         """Incremental snapshots: those under way (in the checkpoint), ``new`` ones, and signals."""
@@ -358,17 +394,18 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
         return incr
 
     def _report_lag(
-        self, tables: list[Table], asm: TransactionAssembler[Record], decoder: Decoder, upto: int, full: bool
+        self, tables: list[Table], asm: TransactionAssembler[Record], decoder: Decoder, upto: int | None
     ) -> None:
-        """Every table shares the slot: its lag is the stream's (WAL bytes and seconds behind the flush LSN)."""
-        behind = max(0, upto - asm.done.lsn) if full else 0
+        """Every table shares the slot: its lag is the stream's (WAL bytes and seconds behind the
+        server's flush LSN ``upto``; None: caught up)."""
+        behind = max(0, upto - asm.done.lsn) if upto is not None else 0
         seconds: float | None = 0.0
-        if full:
+        if upto is not None:
             seconds = None
             if decoder.last_commit_time:
                 try:
                     committed = datetime.fromisoformat(decoder.last_commit_time)
-                    seconds = (datetime.now(UTC) - committed).total_seconds()
+                    seconds = max(0.0, (datetime.now(UTC) - committed).total_seconds())
                 except ValueError:
                     seconds = None
         for table in tables:
@@ -381,8 +418,9 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
             f"{backoff.summary()}; last error: {exc}"
         )
 
-    def _open_reader(self) -> bool:
-        """(Re)connect and copy the task's slot into this session's temporary reader slot."""
+    def _open_reader(self, reader: ReplicationReader, start: int) -> bool:
+        """(Re)connect; copy the task's slot into the temporary reader slot on a replication
+        connection and stream it from ``start`` (what was handed out; 0: the slot's position)."""
         if not self.db.connected:
             self.db.connect()
         waited_since = time.monotonic()
@@ -403,9 +441,9 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
                 f'replication slot "{self.slot}" no longer exists on {self.target.server} '
                 f"(dropped by `dstream destroy`?): run `dstream init {self.target.task_hint}`"
             )
-        self.db.copy_slot_temporary(self.slot, self.reader)
         self._slot_at = max(self._slot_at, slot.confirmed or 0)
-        self._reading = True
+        self._apply_release(force=True)
+        reader.start(self.reader, start, copy_of=self.slot)
         return True
 
     # -- releasing WAL ----------------------------------------------------------------------
@@ -423,9 +461,11 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
         if self._release_to is None or lsn > self._release_to:
             self._release_to = lsn
 
-    def _apply_release(self) -> None:
+    def _apply_release(self, force: bool = False) -> None:
+        """Move the task's slot to the highest committed position (at most every RELEASE_EVERY:
+        each move decodes the WAL from the slot's restart_lsn again)."""
         target = self._release_to
-        if target is None or target <= self._slot_at:
+        if target is None or target <= self._slot_at or not (force or self._releases.due()):
             return
         self._slot_at = self.db.advance_slot(self.slot, format_lsn(target))
 
@@ -476,6 +516,8 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
 
     def close(self) -> None:
         self._close_snapshot()
+        if self._reader is not None:
+            self._reader.close()
         if self._chunks is not None:
             self._chunks.close()
         self.db.close()

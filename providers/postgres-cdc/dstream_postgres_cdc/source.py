@@ -7,12 +7,11 @@ snapshot's ``::text`` agree: TimeZone from the config, DateStyle ISO, IntervalSt
 extra_float_digits 1, bytea_output hex.
 
 Slots: the task's slot (``slot_name``, created by ``dstream init``) is advanced only to
-positions the orchestrator reported as committed. A run reads through a *temporary copy*
-of it (``<slot>_reader``, ``pg_copy_logical_replication_slot``) with
-``pg_logical_slot_get_changes``, which consumes what it returns: each poll decodes only new
-WAL, instead of re-decoding everything since the last commit as peeking the task's slot
-would. The copy lives as long as the run's session (PostgreSQL drops it when the session
-ends, also after kill -9), and a reconnect copies the slot again and skips what was emitted.
+positions the orchestrator reported as committed (:meth:`Session.advance_slot`). A run
+streams a *temporary copy* of it (``<slot>_reader``) over the replication protocol
+(replication.py, which explains why a copy); the copy lives as long as that connection
+(PostgreSQL drops it when the session ends, also after kill -9), and a reconnect copies the
+slot again and skips what was emitted.
 """
 
 from __future__ import annotations
@@ -78,6 +77,18 @@ class Slot:
     wal_status: str | None
 
 
+def session_settings(timezone: str) -> dict[str, str]:
+    """What every session sets, so that wal2json's text and a snapshot's agree (the
+    replication connection passes them as libpq options: replication.py)."""
+    return {
+        "TimeZone": timezone,
+        "DateStyle": "ISO",
+        "IntervalStyle": "postgres",
+        "extra_float_digits": "1",
+        "bytea_output": "hex",
+    }
+
+
 class Session:
     """One autocommit connection, with every psycopg error translated (errors.py)."""
 
@@ -101,11 +112,10 @@ class Session:
         self._conn = conn
         if extra.get("replication"):
             return
+        settings = session_settings(self.timezone)
         self.query(
-            "SELECT set_config('TimeZone', %s, false), set_config('DateStyle', 'ISO', false),"
-            " set_config('IntervalStyle', 'postgres', false), set_config('extra_float_digits', '1', false),"
-            " set_config('bytea_output', 'hex', false)",
-            (self.timezone,),
+            sql.SQL("SELECT {}").format(sql.SQL(", ").join(sql.SQL("set_config(%s, %s, false)") for _ in settings)),
+            [part for item in settings.items() for part in item],
         )
 
     @property
