@@ -1,18 +1,20 @@
 """postgres-cdc-input-provider: every insert, update and delete of some tables, in commit order.
 
-Reading: each poll asks for at most ``batch_size`` changes (whole transactions) committed
-before the server's current flush LSN, through a temporary copy of the task's slot (see
-source.py), and decodes them (decode.py). Polls follow each other at once while a batch
-comes back full, every ``poll_interval`` while changes arrive, and back off (doubling) to
-``max_poll_interval`` while idle.
+Reading: the server pushes each transaction over the replication protocol as it commits,
+from a temporary copy of the task's slot (replication.py says why a copy). The provider
+decodes what has arrived (decode.py), at most ``batch_size`` messages at a time, and writes
+it at once; it never waits for more. Between batches it moves the task's slot to what the
+orchestrator committed (at most every RELEASE_EVERY), reports lag and reads incremental
+snapshot chunks. ``poll_interval`` and ``max_poll_interval`` are accepted and unused.
 
 Positions (``dstream.sdk.cdc.Position``; checkpoint.py has the whole checkpoint):
 
 - ``{"lsn": L}``: every transaction whose commit LSN is below L was emitted. After a
-  transaction, L is the end of its commit record (wal2json's ``nextlsn``); after a poll
-  that read everything up to the flush LSN F, L = F (a heartbeat). L is exactly what
-  ``pg_replication_slot_advance`` takes: a slot skips transactions whose commit LSN is
-  below its confirmed position.
+  transaction, L is the end of its commit record (wal2json's ``nextlsn``); once everything
+  the server sent was read, L = the ``walEnd`` of its last message (a heartbeat: every
+  transaction committed below it was sent; replication.py). L is exactly what
+  ``pg_replication_slot_advance`` and ``START_REPLICATION`` take: a slot skips transactions
+  whose commit LSN is below its confirmed position (or the start position).
 - ``{"lsn": C, "index": k}``: inside the transaction that commits at C, after its k-th
   change. Resuming skips its first k changes. The slot is advanced to C, which keeps that
   transaction.
@@ -21,8 +23,8 @@ Positions (``dstream.sdk.cdc.Position``; checkpoint.py has the whole checkpoint)
 The task's slot moves only in :meth:`on_committed` (what the orchestrator persisted after
 the output acknowledged it) and at start to the checkpoint the run resumes from, so WAL is
 kept until the output has the data. Heartbeats (transactions of other tables, or the
-flush LSN when idle) advance the checkpoint, and so the slot, while the captured tables
-are quiet.
+server's keepalives when idle) advance the checkpoint, and so the slot, while the captured
+tables are quiet.
 
 Snapshots (``snapshot = "initial"`` or ``"when_needed"``; snapshot.py): on a first run every
 table's rows come first (``OperationType = "Read"``), as of the point where the stream then
@@ -31,7 +33,7 @@ the stream resumes. ``when_needed`` also starts over with a snapshot when the sl
 the checkpoint (the changes in between are gone) instead of failing.
 
 Incremental snapshots (``snapshot = "incremental"``, and ``dstream snapshot`` signals; see
-incremental.py): the stream starts at once, and between polls a table's next key-ordered
+incremental.py): the stream starts at once, and between batches a table's next key-ordered
 chunk is read in a short transaction of its own; its rows go out when the stream reaches the
 chunk's high watermark, minus those whose key changed meanwhile (DBLog).
 """
