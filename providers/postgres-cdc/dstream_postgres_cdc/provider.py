@@ -77,6 +77,7 @@ READER_WAIT = 30.0  # seconds to wait for a previous run's reader slot to go awa
 WAIT = 0.1  # seconds the reader blocks for the server before it looks for a stop, commits and chunks
 RELEASE_EVERY = 1.0  # seconds between moves of the task's slot to the committed position
 LAG_EVERY = 1.0  # seconds between lag gauge reports
+HEARTBEAT_EVERY = 0.2  # seconds between heartbeat checkpoints (and feedback) while idle
 
 
 class Every:
@@ -85,13 +86,14 @@ class Every:
     def __init__(self, interval: float) -> None:
         self.interval = interval
         self._last: float | None = None
+        self.ready = False  # what the last due() said
 
     def due(self) -> bool:
         now = time.monotonic()
-        if self._last is None or now - self._last >= self.interval:
+        self.ready = self._last is None or now - self._last >= self.interval
+        if self.ready:
             self._last = now
-            return True
-        return False
+        return self.ready
 
 
 class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureProvider):
@@ -324,6 +326,7 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
         )
         batch: list[Record] = []
         lag = Every(LAG_EVERY)
+        heartbeat = Every(HEARTBEAT_EVERY)
         while True:
             try:
                 if not reader.streaming and not self._open_reader(reader, asm.done.lsn):
@@ -340,11 +343,15 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
                 # (its low watermark); its rows go out when the stream reaches its high watermark.
                 chunked = incr.due() and incr.read_chunk()
                 self._apply_release()
-                if not rows:
-                    reader.confirm(self._slot_at)
+                # Drained for now, but more already waiting in the socket: read it first
+                # (it is on its way out too), so a backlog is not cut into a flush and a
+                # heartbeat every few messages.
+                idle = not rows and not reader.wait(0)
+                if idle and heartbeat.due():
+                    reader.confirm(self._slot_at)  # also asks the server for its next keepalive
                     if lag.due():
                         self._report_lag(tables, asm, decoder, None)
-                elif lag.due():
+                elif rows and lag.due():
                     self._report_lag(tables, asm, decoder, self.db.flush_lsn())
                 backoff.reset()
             except ConnectionLost as exc:
@@ -356,9 +363,9 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
                 if not backoff.wait(exc, lambda lost: self._gave_up(lost, backoff), self.log, self.ctx.sleep):
                     return
                 continue
-            if rows:
+            if not idle:
                 continue
-            position = asm.checkpoint()
+            position = asm.checkpoint() if heartbeat.ready else None
             if position is not None:
                 yield Checkpoint(decoder.position(position))
             if not self.ctx.sleep(0):  # flushes what was emitted, delivers commits
