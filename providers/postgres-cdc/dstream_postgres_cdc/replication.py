@@ -30,18 +30,20 @@ from the resume position: the server skips every transaction whose commit record
 it (``start_decoding_at``), as ``pg_replication_slot_advance`` did.
 
 Heartbeats (:attr:`ReplicationReader.wal_end`): psycopg2 keeps the ``walEnd`` of the last
-message read, a keepalive's or an XLogData's (pqpath.c lines 1574, 1587). A keepalive carries
-the walsender's ``sentPtr`` (``WalSndKeepalive``: ``pq_sendint64(&output_message, sentPtr)``),
-which for logical decoding is the end of the last WAL record decoded (``XLogSendLogical``:
-``sentPtr = logical_decoding_ctx->reader->EndRecPtr`` after the record was processed, which
-for a commit record writes the whole transaction's output first); keepalives go out in
-``WalSndWaitForWal`` when decoding caught up with the flushed WAL, after the output was queued
-on the same connection (PostgreSQL 15 ``src/backend/replication/walsender.c``). An XLogData's
-``walEnd`` is the LSN its output was written for (``WalSndPrepareWrite`` writes ``lsn`` as both
-``dataStart`` and ``walEnd``): a change's or a begin's LSN (below its transaction's commit, and
-transactions are sent in commit order), a commit's end. So once every message read was decoded,
-every transaction committed below ``wal_end`` was read: a heartbeat, as the flush LSN after a
-poll was.
+message read, a keepalive's or an XLogData's (pqpath.c lines 1574, 1587). PostgreSQL's
+``src/backend/replication/walsender.c`` (read at postgres/postgres 2090edc and older copies;
+the functions are the same in 15): a keepalive carries ``sentPtr`` (``WalSndKeepalive``:
+``XLogRecPtrIsInvalid(writePtr) ? sentPtr : writePtr``; ``writePtr`` is only given for an
+empty transaction skipped under synchronous replication: its end), and for logical decoding
+``XLogSendLogical`` sets ``sentPtr = logical_decoding_ctx->reader->EndRecPtr`` right after
+``LogicalDecodingProcessRecord`` (which, for a commit record, writes the whole transaction's
+output first), on the same connection, so the output reaches us before the keepalive. An
+XLogData's ``walEnd`` is the LSN its output was written for (``WalSndPrepareWrite`` writes
+``lsn`` as both ``dataStart`` and ``walEnd``, or 0 when it is not the last write): a change's
+or a begin's LSN, below its own transaction's commit, while transactions are sent whole in
+commit order, or a commit's end. So once every message read was decoded, every transaction
+committed below ``wal_end`` was read: a heartbeat, as the flush LSN after a poll was. (Not so
+for pgoutput's ``streaming`` of in-progress transactions, which this reader never asks for.)
 
 Feedback: the reader reports ``write`` = what it read and ``flush`` = what the orchestrator
 committed (:meth:`ReplicationReader.confirm`); a report also re-arms the walsender's keepalive
