@@ -75,7 +75,11 @@ if TYPE_CHECKING:
 Output = Record | Checkpoint
 READER_WAIT = 30.0  # seconds to wait for a previous run's reader slot to go away
 WAIT = 0.1  # seconds the reader blocks for the server before it looks for a stop, commits and chunks
-RELEASE_EVERY = 1.0  # seconds between moves of the task's slot to the committed position
+# Seconds between moves of the task's slot to the committed position, while caught up and
+# while catching up: each move decodes the WAL again from the slot's restart_lsn (on the
+# server, but the reader waits for it), so a backlog is not slowed by one every second.
+RELEASE_EVERY = 1.0
+RELEASE_BUSY_EVERY = 15.0
 LAG_EVERY = 1.0  # seconds between lag gauge reports
 HEARTBEAT_EVERY = 0.2  # seconds between heartbeat checkpoints (and feedback) while idle
 
@@ -123,7 +127,7 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
         self._snapshot: SnapshotSession | None = None
         self._options: list[tuple[str, str]] = []
         self._reader: ReplicationReader | None = None
-        self._releases = Every(RELEASE_EVERY)
+        self._released_at = 0.0  # time.monotonic() of the last move of the task's slot
         self._chunks: ChunkSession | None = None
 
     # -- lifecycle verbs --------------------------------------------------------------------
@@ -342,11 +346,11 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
                 # An incremental snapshot's next chunk, read with the stream caught up to here
                 # (its low watermark); its rows go out when the stream reaches its high watermark.
                 chunked = incr.due() and incr.read_chunk()
-                self._apply_release()
                 # Drained for now, but more already waiting in the socket: read it first
                 # (it is on its way out too), so a backlog is not cut into a flush and a
                 # heartbeat every few messages.
                 idle = not rows and not reader.wait(0)
+                self._apply_release(idle=idle)
                 if idle and heartbeat.due():
                     reader.confirm(self._slot_at)  # also asks the server for its next keepalive
                     if lag.due():
@@ -470,12 +474,16 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
         if self._release_to is None or lsn > self._release_to:
             self._release_to = lsn
 
-    def _apply_release(self, force: bool = False) -> None:
-        """Move the task's slot to the highest committed position (at most every RELEASE_EVERY:
-        each move decodes the WAL from the slot's restart_lsn again)."""
+    def _apply_release(self, force: bool = False, idle: bool = True) -> None:
+        """Move the task's slot to the highest committed position (at most every RELEASE_EVERY,
+        RELEASE_BUSY_EVERY while catching up)."""
         target = self._release_to
-        if target is None or target <= self._slot_at or not (force or self._releases.due()):
+        if target is None or target <= self._slot_at:
             return
+        now = time.monotonic()
+        if not force and now - self._released_at < (RELEASE_EVERY if idle else RELEASE_BUSY_EVERY):
+            return
+        self._released_at = now
         self._slot_at = self.db.advance_slot(self.slot, format_lsn(target))
 
     # -- snapshots --------------------------------------------------------------------------
