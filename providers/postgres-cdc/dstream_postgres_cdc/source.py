@@ -28,11 +28,8 @@ from dstream_postgres_cdc.errors import CdcError, ConnectionLost, first_line, tr
 from dstream_postgres_cdc.lsn import parse_lsn
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from dstream_postgres_cdc.config import Target
 
-FETCH_ROWS = 5000
 IDENTITY = {"d": "default", "n": "nothing", "f": "full", "i": "index"}
 _DEFAULTS = {"connect_timeout": "10", "keepalives": "1", "keepalives_idle": "10", "keepalives_interval": "5"}
 
@@ -181,9 +178,6 @@ class Session:
     def drop_slot(self, name: str) -> None:
         self.query("SELECT pg_drop_replication_slot(%s)", (name,))
 
-    def copy_slot_temporary(self, source: str, name: str) -> None:
-        self.query("SELECT pg_copy_logical_replication_slot(%s, %s, true)", (source, name))
-
     def advance_slot(self, name: str, lsn: str) -> int:
         return parse_lsn(
             self.value("SELECT end_lsn::text FROM pg_replication_slot_advance(%s, %s::pg_lsn)", (name, lsn))
@@ -194,27 +188,6 @@ class Session:
 
     def wal_lsn(self) -> int:
         return parse_lsn(self.value("SELECT pg_current_wal_lsn()::text"))
-
-    def changes(self, slot: str, upto: str, nchanges: int, options: list[str]) -> Iterator[list[tuple[str]]]:
-        """Consume up to ``nchanges`` rows (whole transactions) committed before ``upto``, in chunks.
-
-        A server-side cursor keeps client memory bounded even for a transaction of millions
-        of rows (the server materialises the result, spilling to disk past work_mem).
-        """
-        conn = self.conn
-        try:
-            with conn.transaction(), conn.cursor(name="dstream_cdc_changes") as cur:
-                cur.execute(
-                    "SELECT data FROM pg_logical_slot_get_changes(%s, %s::pg_lsn, %s, VARIADIC %s::text[])",
-                    (slot, upto, nchanges, options),
-                )
-                while True:
-                    rows = cur.fetchmany(FETCH_ROWS)
-                    if not rows:
-                        return
-                    yield rows
-        except psycopg.Error as exc:
-            raise translate(exc, self.target, conn) from exc
 
     # -- tables ---------------------------------------------------------------------------
 
