@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import psycopg
@@ -255,6 +256,26 @@ def test_heartbeats_advance_the_checkpoint_and_the_slot_while_the_captured_table
     assert db.slot(slot)["confirmed"] > start
     assert live.data == []
     assert live.stop() == 0
+
+
+def test_changes_are_pushed_at_once_whatever_the_poll_interval(db: Db) -> None:
+    """The server pushes each commit: after a quiet spell a change arrives in well under a
+    second even with poll_interval = 5 s (the polling reader waited up to max_poll_interval)."""
+    table = db.create_table("t")
+    slot = db.name("slot")
+    db.create_slot(slot)
+    live = LiveInput(PostgresCdcInputProvider, config(db, [table], poll_interval=5, max_poll_interval=10))
+    wait_until(lambda: db.slot_ready(db.name("slot_reader")), "the run to stream")
+    quiet = db.flush_lsn()
+    live.wait(lambda lv: any(parse_lsn(c["lsn"]) >= quiet for c in lv.checkpoints), "the reader to go idle")
+    delays = []
+    for i in range(5):
+        db.execute(f"INSERT INTO {table} VALUES (%s, 'x')", (i,))
+        committed = time.monotonic()
+        live.wait(lambda lv, n=i + 1: len(lv.data) == n, f"change {i + 1}")
+        delays.append(time.monotonic() - committed)
+    assert live.stop() == 0
+    assert max(delays) < 1.0, delays
 
 
 def test_heartbeats_alone_never_move_the_slot_before_the_orchestrator_commits_them(db: Db) -> None:
