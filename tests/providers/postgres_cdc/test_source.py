@@ -10,6 +10,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import dstream_postgres_cdc.provider as provider_module
 import psycopg
 import pytest
 from dstream_postgres_cdc import PostgresCdcInputProvider
@@ -300,6 +301,30 @@ def test_heartbeats_alone_never_move_the_slot_before_the_orchestrator_commits_th
     assert live.data == []
     assert live.stop() == 0
     assert db.slot(slot)["confirmed"] == parse_lsn(heartbeat["lsn"])
+
+
+def test_a_second_run_of_the_task_is_refused_while_the_first_streams(
+    db: Db, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The reader copy belongs to the first run's replication connection (its active_pid):
+    a second run waits for it to go, then fails with one line; the first keeps streaming."""
+    monkeypatch.setattr(provider_module, "READER_WAIT", 1.0)
+    table = db.create_table("t")
+    db.create_slot(db.name("slot"))
+    first = LiveInput(PostgresCdcInputProvider, config(db, [table]))
+    wait_until(lambda: db.slot_ready(db.name("slot_reader")), "the first run to stream")
+    second = LiveInput(PostgresCdcInputProvider, config(db, [table]))
+    assert second.wait_exit() == 1
+    assert second.data == []
+    pid = db.slot(db.name("slot_reader"))["active_pid"]
+    failures = [r.getMessage() for r in caplog.records if "running twice" in r.getMessage()]
+    assert failures == [
+        f'dstream-failure: replication slot "{db.name("slot")}" is already being read (temporary slot '
+        f'"{db.name("slot_reader")}", backend pid {pid}): is this task running twice?'
+    ]
+    db.execute(f"INSERT INTO {table} VALUES (1, 'after')")
+    first.wait(lambda lv: len(lv.data) == 1, "the first run's change")
+    assert first.stop() == 0
 
 
 def test_a_restarted_server_session_is_reconnected_without_loss_or_duplicates(db: Db) -> None:
