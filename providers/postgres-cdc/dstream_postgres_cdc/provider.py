@@ -1,18 +1,20 @@
 """postgres-cdc-input-provider: every insert, update and delete of some tables, in commit order.
 
-Reading: each poll asks for at most ``batch_size`` changes (whole transactions) committed
-before the server's current flush LSN, through a temporary copy of the task's slot (see
-source.py), and decodes them (decode.py). Polls follow each other at once while a batch
-comes back full, every ``poll_interval`` while changes arrive, and back off (doubling) to
-``max_poll_interval`` while idle.
+Reading: the server pushes each transaction over the replication protocol as it commits,
+from a temporary copy of the task's slot (replication.py says why a copy). The provider
+decodes what has arrived (decode.py), at most ``batch_size`` messages at a time, and writes
+it at once; it never waits for more. Between batches it moves the task's slot to what the
+orchestrator committed (at most every RELEASE_EVERY), reports lag and reads incremental
+snapshot chunks. ``poll_interval`` and ``max_poll_interval`` are accepted and unused.
 
 Positions (``dstream.sdk.cdc.Position``; checkpoint.py has the whole checkpoint):
 
 - ``{"lsn": L}``: every transaction whose commit LSN is below L was emitted. After a
-  transaction, L is the end of its commit record (wal2json's ``nextlsn``); after a poll
-  that read everything up to the flush LSN F, L = F (a heartbeat). L is exactly what
-  ``pg_replication_slot_advance`` takes: a slot skips transactions whose commit LSN is
-  below its confirmed position.
+  transaction, L is the end of its commit record (wal2json's ``nextlsn``); once everything
+  the server sent was read, L = the ``walEnd`` of its last message (a heartbeat: every
+  transaction committed below it was sent; replication.py). L is exactly what
+  ``pg_replication_slot_advance`` and ``START_REPLICATION`` take: a slot skips transactions
+  whose commit LSN is below its confirmed position (or the start position).
 - ``{"lsn": C, "index": k}``: inside the transaction that commits at C, after its k-th
   change. Resuming skips its first k changes. The slot is advanced to C, which keeps that
   transaction.
@@ -21,8 +23,8 @@ Positions (``dstream.sdk.cdc.Position``; checkpoint.py has the whole checkpoint)
 The task's slot moves only in :meth:`on_committed` (what the orchestrator persisted after
 the output acknowledged it) and at start to the checkpoint the run resumes from, so WAL is
 kept until the output has the data. Heartbeats (transactions of other tables, or the
-flush LSN when idle) advance the checkpoint, and so the slot, while the captured tables
-are quiet.
+server's keepalives when idle) advance the checkpoint, and so the slot, while the captured
+tables are quiet.
 
 Snapshots (``snapshot = "initial"`` or ``"when_needed"``; snapshot.py): on a first run every
 table's rows come first (``OperationType = "Read"``), as of the point where the stream then
@@ -31,7 +33,7 @@ the stream resumes. ``when_needed`` also starts over with a snapshot when the sl
 the checkpoint (the changes in between are gone) instead of failing.
 
 Incremental snapshots (``snapshot = "incremental"``, and ``dstream snapshot`` signals; see
-incremental.py): the stream starts at once, and between polls a table's next key-ordered
+incremental.py): the stream starts at once, and between batches a table's next key-ordered
 chunk is read in a short transaction of its own; its rows go out when the stream reaches the
 chunk's high watermark, minus those whose key changed meanwhile (DBLog).
 """
@@ -48,7 +50,6 @@ from dstream.sdk import Checkpoint, InfrastructureProvider, InputProvider, Recor
 from dstream.sdk.cdc import (
     Backoff,
     LagReporter,
-    PollInterval,
     Position,
     PositionError,
     TransactionAssembler,
@@ -61,8 +62,9 @@ from dstream_postgres_cdc.incremental import SIGNAL, Incremental, signal_content
 from dstream_postgres_cdc.infra import MESSAGES_SINCE, Infrastructure
 from dstream_postgres_cdc.lsn import format_lsn, parse_lsn
 from dstream_postgres_cdc.pgoutput import PgoutputDecoder
+from dstream_postgres_cdc.replication import ReplicationReader
 from dstream_postgres_cdc.snapshot import snapshot_pass
-from dstream_postgres_cdc.source import ChunkSession, Session, SnapshotSession
+from dstream_postgres_cdc.source import ChunkSession, Session, SnapshotSession, session_settings
 from dstream_postgres_cdc.wal2json import Wal2jsonDecoder
 
 if TYPE_CHECKING:
@@ -76,6 +78,30 @@ if TYPE_CHECKING:
 
 Output = Record | Checkpoint
 READER_WAIT = 30.0  # seconds to wait for a previous run's reader slot to go away
+WAIT = 0.1  # seconds the reader blocks for the server before it looks for a stop, commits and chunks
+# Seconds between moves of the task's slot to the committed position, while caught up and
+# while catching up: each move decodes the WAL again from the slot's restart_lsn (on the
+# server, but the reader waits for it), so a backlog is not slowed by one every second.
+RELEASE_EVERY = 1.0
+RELEASE_BUSY_EVERY = 15.0
+LAG_EVERY = 1.0  # seconds between lag gauge reports
+HEARTBEAT_EVERY = 0.2  # seconds between heartbeat checkpoints (and feedback) while idle
+
+
+class Every:
+    """``due()`` at most every ``interval`` seconds (the first call is due)."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._last: float | None = None
+        self.ready = False  # what the last due() said
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        self.ready = self._last is None or now - self._last >= self.interval
+        if self.ready:
+            self._last = now
+        return self.ready
 
 
 class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureProvider):
@@ -110,8 +136,9 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
         self._release_to: int | None = None  # highest committed position not yet applied to the slot
         self._slot_at = 0  # the slot's confirmed position as last seen or set
         self._snapshot: SnapshotSession | None = None
-        self._options: list[str] = []
-        self._reading = False
+        self._options: list[tuple[str, str]] = []
+        self._reader: ReplicationReader | None = None
+        self._released_at = 0.0  # time.monotonic() of the last move of the task's slot
         self._chunks: ChunkSession | None = None
         self._incr: Incremental | None = None
 
@@ -266,7 +293,7 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
             stored = Stored()
         elif start is not None:
             self._release(start.lsn)  # persisted by the orchestrator: safe to release
-            self._apply_release()
+            self._apply_release(force=True)
         self._options = self._decoding_options(tables)
         return tables, stored
 
@@ -281,14 +308,15 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
                     self.target.task_hint,
                 )
 
-    def _decoding_options(self, tables: list[Table]) -> list[str]:
+    def _decoding_options(self, tables: list[Table]) -> list[tuple[str, str]]:
+        """The output plugin's options, as START_REPLICATION takes them."""
         if self.infra.publication is not None:  # pgoutput: the publication picks the tables
-            options = ["proto_version", "1", "publication_names", self.infra.publication]
+            options = [("proto_version", "1"), ("publication_names", self.infra.publication)]
             if self.db.server_version() >= MESSAGES_SINCE:
-                options += ["messages", "true"]  # incremental snapshots' watermarks and signals
+                options.append(("messages", "true"))  # incremental snapshots' watermarks and signals
             return options
-        options = ["format-version", "2", "include-lsn", "1", "include-timestamp", "1", "include-xids", "1"]
-        options += ["include-types", "0", "add-tables", ",".join(_wal2json_name(t) for t in tables)]
+        options = [("format-version", "2"), ("include-lsn", "1"), ("include-timestamp", "1"), ("include-xids", "1")]
+        options += [("include-types", "0"), ("add-tables", ",".join(_wal2json_name(t) for t in tables))]
         return options
 
     # -- streaming --------------------------------------------------------------------------
@@ -305,9 +333,15 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
         starts = {name: position.lsn for name, position in positions.items()}
         incr = self._incremental(tables, positions, incremental)
         decoder = self._decoder(tables, starts, incr)
-        changes_of = self.db.binary_changes if self.plugin == "pgoutput" else self.db.changes
-        polls = PollInterval(cfg.poll_interval, cfg.max_poll_interval)
         backoff = Backoff(cfg.reconnect_timeout)
+        reader = self._reader = ReplicationReader(
+            cfg.dsn.get_secret_value(),
+            self.target,
+            self.application_name,
+            session_settings(cfg.timezone),
+            self._options,
+            binary=self.plugin == "pgoutput",
+        )
         self.log.info(
             "streaming %s from %s through slot %s",
             ", ".join(t.qualified for t in tables),
@@ -315,45 +349,60 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
             self.slot,
         )
         batch: list[Record] = []
+        lag = Every(LAG_EVERY)
+        heartbeat = Every(HEARTBEAT_EVERY)
         while True:
             try:
-                if not self._reading and not self._open_reader():
+                if not reader.streaming and not self._open_reader(reader, asm.done.lsn):
                     return
-                self._apply_release()
-                upto = self.db.flush_lsn()
-                rows = changes = 0
-                for chunk in changes_of(self.reader, format_lsn(upto), cfg.batch_size, self._options):
-                    rows += len(chunk)
-                    changes += decoder.feed(chunk, asm, batch)
+                # What arrived already, at most batch_size messages (never waiting for more).
+                rows = reader.read(cfg.batch_size)
+                if rows:
+                    decoder.feed(rows, asm, batch)
                     yield from batch
                     batch.clear()
+                else:
+                    asm.reached(reader.wal_end)  # caught up: a heartbeat (replication.py)
                 # An incremental snapshot's next chunk, read with the stream caught up to here
-                # (its low watermark); its rows go out when the next polls reach its high watermark.
+                # (its low watermark); its rows go out when the stream reaches its high watermark.
                 chunked = incr.due() and incr.read_chunk()
+                # Drained for now, but more already waiting in the socket: read it first
+                # (it is on its way out too), so a backlog is not cut into a flush and a
+                # heartbeat every few messages.
+                idle = not rows and not reader.wait(0)
+                self._apply_release(idle=idle)
+                if idle and heartbeat.due():
+                    reader.confirm(self._slot_at)  # also asks the server for its next keepalive
+                    if lag.due():
+                        self._report_lag(tables, asm, decoder, None)
+                elif rows and lag.due():
+                    self._report_lag(tables, asm, decoder, self.db.flush_lsn())
                 backoff.reset()
             except ConnectionLost as exc:
                 batch.clear()
                 asm.abandon()
                 incr.abandon()
-                self._reading = False
-                self.db.close()  # PostgreSQL drops the reader slot when the session ends
+                reader.close()  # PostgreSQL drops the reader slot when the session ends
+                self.db.close()
                 if not backoff.wait(exc, lambda lost: self._gave_up(lost, backoff), self.log, self.ctx.sleep):
                     return
                 continue
-            full = rows >= cfg.batch_size
-            if not full:
-                asm.reached(upto)  # every transaction committed below the flush LSN was read
-            position = asm.checkpoint()
+            if not idle:
+                continue
+            position = asm.checkpoint() if heartbeat.ready else None
             if position is not None:
                 yield Checkpoint(decoder.position(position))
-            self._report_lag(tables, asm, decoder, upto, full)
-            wait = polls.after_poll(changes, full or chunked)
-            if wait and not self.ctx.sleep(wait):
+            if not self.ctx.sleep(0):  # flushes what was emitted, delivers commits
                 return
+            if not chunked:
+                try:
+                    reader.wait(WAIT)
+                except ConnectionLost:
+                    continue  # the next read reports it
 
     def _decoder(self, tables: list[Table], starts: dict[str, int], incr: Incremental) -> Any:
-        """The plugin's decoder (wal2json.py or pgoutput.py; their ``feed`` takes what
-        ``changes``/``binary_changes`` yield)."""
+        """The plugin's decoder (wal2json.py or pgoutput.py; their ``feed`` takes the payloads
+        the replication reader hands out: ``str`` for wal2json, ``bytes`` for pgoutput)."""
         cfg = self.config
         if self.plugin == "pgoutput":
             return PgoutputDecoder(
@@ -399,17 +448,18 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
         return incr
 
     def _report_lag(
-        self, tables: list[Table], asm: TransactionAssembler[Record], decoder: Decoder, upto: int, full: bool
+        self, tables: list[Table], asm: TransactionAssembler[Record], decoder: Decoder, upto: int | None
     ) -> None:
-        """Every table shares the slot: its lag is the stream's (WAL bytes and seconds behind the flush LSN)."""
-        behind = max(0, upto - asm.done.lsn) if full else 0
+        """Every table shares the slot: its lag is the stream's (WAL bytes and seconds behind the
+        server's flush LSN ``upto``; None: caught up)."""
+        behind = max(0, upto - asm.done.lsn) if upto is not None else 0
         seconds: float | None = 0.0
-        if full:
+        if upto is not None:
             seconds = None
             if decoder.last_commit_time:
                 try:
                     committed = datetime.fromisoformat(decoder.last_commit_time)
-                    seconds = (datetime.now(UTC) - committed).total_seconds()
+                    seconds = max(0.0, (datetime.now(UTC) - committed).total_seconds())
                 except ValueError:
                     seconds = None
         for table in tables:
@@ -422,8 +472,9 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
             f"{backoff.summary()}; last error: {exc}"
         )
 
-    def _open_reader(self) -> bool:
-        """(Re)connect and copy the task's slot into this session's temporary reader slot."""
+    def _open_reader(self, reader: ReplicationReader, start: int) -> bool:
+        """(Re)connect; copy the task's slot into the temporary reader slot on a replication
+        connection and stream it from ``start`` (what was handed out; 0: the slot's position)."""
         if not self.db.connected:
             self.db.connect()
         waited_since = time.monotonic()
@@ -444,9 +495,9 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
                 f'replication slot "{self.slot}" no longer exists on {self.target.server} '
                 f"(dropped by `dstream destroy`?): run `dstream init {self.target.task_hint}`"
             )
-        self.db.copy_slot_temporary(self.slot, self.reader)
         self._slot_at = max(self._slot_at, slot.confirmed or 0)
-        self._reading = True
+        self._apply_release(force=True)
+        reader.start(self.reader, start, copy_of=self.slot)
         return True
 
     # -- releasing WAL ----------------------------------------------------------------------
@@ -466,10 +517,16 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
         if self._release_to is None or lsn > self._release_to:
             self._release_to = lsn
 
-    def _apply_release(self) -> None:
+    def _apply_release(self, force: bool = False, idle: bool = True) -> None:
+        """Move the task's slot to the highest committed position (at most every RELEASE_EVERY,
+        RELEASE_BUSY_EVERY while catching up)."""
         target = self._release_to
         if target is None or target <= self._slot_at:
             return
+        now = time.monotonic()
+        if not force and now - self._released_at < (RELEASE_EVERY if idle else RELEASE_BUSY_EVERY):
+            return
+        self._released_at = now
         self._slot_at = self.db.advance_slot(self.slot, format_lsn(target))
 
     # -- snapshots --------------------------------------------------------------------------
@@ -519,6 +576,8 @@ class PostgresCdcInputProvider(InputProvider[PostgresCdcConfig], InfrastructureP
 
     def close(self) -> None:
         self._close_snapshot()
+        if self._reader is not None:
+            self._reader.close()
         if self._chunks is not None:
             self._chunks.close()
         self.db.close()

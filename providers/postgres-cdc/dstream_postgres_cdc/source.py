@@ -1,17 +1,15 @@
 """Everything that talks to PostgreSQL (psycopg's other users: errors.py, and config.py,
 which parses the DSN).
 
-Sessions are autocommit and render values the same way, so that wal2json's text (produced
-by the output functions of the session that calls ``pg_logical_slot_get_changes``) and a
-snapshot's ``::text`` agree: TimeZone from the config, DateStyle ISO, IntervalStyle postgres,
-extra_float_digits 1, bytea_output hex.
+Sessions are autocommit and render values the same way, so that the stream's text (wal2json
+and pgoutput print each value with its output function, in the walsender's session, which
+replication.py gives the same settings) and a snapshot's ``::text`` agree: TimeZone from
+the config, DateStyle ISO, IntervalStyle postgres, extra_float_digits 1, bytea_output hex.
 
 Slots: the task's slot (``slot_name``, created by ``dstream init``) is advanced only to
-positions the orchestrator reported as committed. A run reads through a *temporary copy* of
-it (``<slot>_reader``, ``pg_copy_logical_replication_slot``) with
-``pg_logical_slot_get_changes`` (``_get_binary_changes`` for pgoutput), which consumes what
-it returns: each poll decodes only new WAL, instead of re-decoding everything since the last
-commit as peeking the task's slot would. The copy lives as long as the run's session
+positions the orchestrator reported as committed (:meth:`Session.advance_slot`). A run
+streams a *temporary copy* of it (``<slot>_reader``) over the replication protocol
+(replication.py, which explains why a copy); the copy lives as long as that connection
 (PostgreSQL drops it when the session ends, also after kill -9), and a reconnect copies the
 slot again and skips what was emitted.
 """
@@ -30,11 +28,8 @@ from dstream_postgres_cdc.errors import CdcError, ConnectionLost, first_line, tr
 from dstream_postgres_cdc.lsn import parse_lsn
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from dstream_postgres_cdc.config import Target
 
-FETCH_ROWS = 5000
 IDENTITY = {"d": "default", "n": "nothing", "f": "full", "i": "index"}
 _DEFAULTS = {"connect_timeout": "10", "keepalives": "1", "keepalives_idle": "10", "keepalives_interval": "5"}
 
@@ -91,6 +86,18 @@ class Publication:
         return [] if self.all_tables else [t.qualified for t in tables if t.qualified not in self.tables]
 
 
+def session_settings(timezone: str) -> dict[str, str]:
+    """What every session sets, so that wal2json's text and a snapshot's agree (the
+    replication connection passes them as libpq options: replication.py)."""
+    return {
+        "TimeZone": timezone,
+        "DateStyle": "ISO",
+        "IntervalStyle": "postgres",
+        "extra_float_digits": "1",
+        "bytea_output": "hex",
+    }
+
+
 class Session:
     """One autocommit connection, with every psycopg error translated (errors.py)."""
 
@@ -114,11 +121,10 @@ class Session:
         self._conn = conn
         if extra.get("replication"):
             return
+        settings = session_settings(self.timezone)
         self.query(
-            "SELECT set_config('TimeZone', %s, false), set_config('DateStyle', 'ISO', false),"
-            " set_config('IntervalStyle', 'postgres', false), set_config('extra_float_digits', '1', false),"
-            " set_config('bytea_output', 'hex', false)",
-            (self.timezone,),
+            sql.SQL("SELECT {}").format(sql.SQL(", ").join(sql.SQL("set_config(%s, %s, false)") for _ in settings)),
+            [part for item in settings.items() for part in item],
         )
 
     @property
@@ -184,9 +190,6 @@ class Session:
     def drop_slot(self, name: str) -> None:
         self.query("SELECT pg_drop_replication_slot(%s)", (name,))
 
-    def copy_slot_temporary(self, source: str, name: str) -> None:
-        self.query("SELECT pg_copy_logical_replication_slot(%s, %s, true)", (source, name))
-
     def advance_slot(self, name: str, lsn: str) -> int:
         return parse_lsn(
             self.value("SELECT end_lsn::text FROM pg_replication_slot_advance(%s, %s::pg_lsn)", (name, lsn))
@@ -197,45 +200,6 @@ class Session:
 
     def wal_lsn(self) -> int:
         return parse_lsn(self.value("SELECT pg_current_wal_lsn()::text"))
-
-    def changes(self, slot: str, upto: str, nchanges: int, options: list[str]) -> Iterator[list[tuple[str]]]:
-        """Consume up to ``nchanges`` rows (whole transactions) committed before ``upto``, in chunks.
-
-        A server-side cursor keeps client memory bounded even for a transaction of millions
-        of rows (the server materialises the result, spilling to disk past work_mem).
-        """
-        conn = self.conn
-        try:
-            with conn.transaction(), conn.cursor(name="dstream_cdc_changes") as cur:
-                cur.execute(
-                    "SELECT data FROM pg_logical_slot_get_changes(%s, %s::pg_lsn, %s, VARIADIC %s::text[])",
-                    (slot, upto, nchanges, options),
-                )
-                while True:
-                    rows = cur.fetchmany(FETCH_ROWS)
-                    if not rows:
-                        return
-                    yield rows
-        except psycopg.Error as exc:
-            raise translate(exc, self.target, conn) from exc
-
-    def binary_changes(self, slot: str, upto: str, nchanges: int, options: list[str]) -> Iterator[list[bytes]]:
-        """:meth:`changes` for a binary plugin (pgoutput): each chunk is the messages' payloads."""
-        conn = self.conn
-        try:
-            # binary=True: bytea arrives as its bytes, not as hex text to decode.
-            with conn.transaction(), conn.cursor(name="dstream_cdc_changes", binary=True) as cur:
-                cur.execute(
-                    "SELECT data FROM pg_logical_slot_get_binary_changes(%s, %s::pg_lsn, %s, VARIADIC %s::text[])",
-                    (slot, upto, nchanges, options),
-                )
-                while True:
-                    rows = cur.fetchmany(FETCH_ROWS)
-                    if not rows:
-                        return
-                    yield [row[0] for row in rows]
-        except psycopg.Error as exc:
-            raise translate(exc, self.target, conn) from exc
 
     def server_version(self) -> int:
         """``server_version_num``: 150004 for 15.4."""

@@ -15,6 +15,8 @@ from dstream_postgres_cdc.decode import Decoder, commit_time, loads, loads_exact
 from dstream_postgres_cdc.lsn import parse_lsn
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from dstream.sdk import Record
     from dstream.sdk.cdc import TransactionAssembler
     from dstream_postgres_cdc.incremental import Incremental
@@ -37,12 +39,12 @@ class Wal2jsonDecoder(Decoder):
         super().__init__(tables, numeric_as_string, starts, positions, incremental)
         self._loads = loads_exact if numeric_as_string else loads
 
-    def feed(self, rows: list[tuple[str]], asm: TransactionAssembler[Record], out: list[Record]) -> int:
+    def feed(self, rows: Sequence[str], asm: TransactionAssembler[Record], out: list[Record]) -> int:
         """Decode ``rows`` into ``out`` (records with their positions); return how many."""
         emitted = 0
         # Bound once per chunk: this loop runs once per change of a backlog.
         next_change, parse, build, emit = asm.next_change, self._loads, self._record, self.emit
-        for (text,) in rows:
+        for text in rows:
             kind = text[ACTION_AT]
             if kind in "IUDT":
                 if self.starts and self._commit < self._latest_start:  # self.filtering, inline

@@ -6,6 +6,7 @@ restarts without duplicates."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 from typing import TYPE_CHECKING
@@ -41,10 +42,18 @@ def plugin() -> str:
 
 @pytest.fixture(scope="session")
 def cdc_images(engine: DockerEngine, registry: str) -> dict[str, str]:  # noqa: F811
-    """The postgres-cdc and file-output images in the local registry (built if missing)."""
+    """The postgres-cdc and file-output images in the local registry (built if missing).
+
+    ``DSTREAM_TEST_PG_CDC_REGISTRY`` (e.g. ``127.0.0.1:5000/wt-mybranch``, pushed with
+    `dstream providers build postgres-cdc-input-provider --registry ...`) tests a branch's own
+    provider image instead of the shared tag."""
     builder = Builder(engine)
     images = {}
+    own = os.environ.get("DSTREAM_TEST_PG_CDC_REGISTRY")
     for name in ("postgres-cdc-input-provider", "file-output-provider"):
+        if own and name == "postgres-cdc-input-provider":
+            images[name] = f"{own}/dstream/{name}:0.1.0"
+            continue
         ref = f"{registry}/dstream/{name}:0.1.0"
         if not _in_registry(ref):
             builder.push(name, registry)

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import dstream_postgres_cdc.provider as provider_module
 import psycopg
 import pytest
 from dstream_postgres_cdc import PostgresCdcInputProvider
@@ -145,6 +147,47 @@ def test_values_are_the_same_from_the_snapshot_and_from_the_stream(db: Db, numer
     assert (read["j"], read["arr"], read["ch"], read["nul"]) == ('{"a": [1, 2]}', "{1,2}", "ab ", None)
 
 
+def test_the_replication_connection_renders_values_like_the_snapshot_whatever_the_roles_defaults(db: Db) -> None:
+    """wal2json renders with the walsender's settings: a role whose defaults differ from the
+    provider's (ALTER ROLE ... SET) still streams exactly what its snapshot reads."""
+    dsn = db.user_dsn("renders")
+    role = db.name("renders")
+    for setting in (
+        "DateStyle = 'SQL, DMY'",
+        "IntervalStyle = 'sql_standard'",
+        "extra_float_digits = 0",
+        "bytea_output = 'escape'",
+        "TimeZone = 'America/St_Johns'",
+    ):
+        db.execute(f'ALTER ROLE "{role}" SET {setting}')
+    table = db.create_table(
+        "render", "id int PRIMARY KEY, ts timestamptz, tsz timestamp, d date, iv interval, f8 float8, f4 real, by bytea"
+    )
+    row = "%s, '2024-01-02 03:04:05.678+02', '2024-01-02 03:04:05', '2024-01-02', '1 day 02:03:04', 0.1::float8 + 0.2::float8, 1.1, '\\xdeadbeef'"
+    db.execute(f"INSERT INTO {table} VALUES ({row})", (1,))
+    db.create_slot(db.name("slot"))
+    cfg = {**config(db, [table], snapshot="initial", timezone="Asia/Kolkata"), "dsn": dsn}
+    live = LiveInput(PostgresCdcInputProvider, cfg)
+    live.wait(lambda lv: len(lv.data) == 1, "the snapshot row")
+    db.execute(f"INSERT INTO {table} VALUES ({row})", (2,))
+    live.wait(lambda lv: len(lv.data) == 2, "the streamed row")
+    assert live.stop() == 0
+    read, insert = (m["data"] for m in live.data)
+    assert [m["metadata"]["OperationType"] for m in live.data] == ["Read", "Insert"]
+    assert (read.pop("id"), insert.pop("id")) == (1, 2)
+    assert insert == read
+    assert insert == {
+        "ts": "2024-01-02 06:34:05.678+05:30",  # timezone = "Asia/Kolkata", DateStyle ISO
+        "tsz": "2024-01-02 03:04:05",
+        "d": "2024-01-02",
+        "iv": "1 day 02:03:04",  # IntervalStyle postgres
+        "f8": 0.30000000000000004,  # extra_float_digits 1: the shortest exact text
+        "f4": 1.1,
+        "by": "deadbeef",  # bytea_output hex
+    }
+    assert "+05:30" in str(live.data[1]["metadata"]["CommitTime"])  # the commit time in the same zone
+
+
 def test_resuming_from_every_checkpoint_neither_skips_nor_repeats(db: Db) -> None:
     table = db.create_table("t", "id int PRIMARY KEY, v int")
     other = db.create_table("o", "id int PRIMARY KEY, v int")
@@ -214,6 +257,74 @@ def test_heartbeats_advance_the_checkpoint_and_the_slot_while_the_captured_table
     assert db.slot(slot)["confirmed"] > start
     assert live.data == []
     assert live.stop() == 0
+
+
+def test_changes_are_pushed_at_once_whatever_the_poll_interval(db: Db) -> None:
+    """The server pushes each commit: after a quiet spell a change arrives in well under a
+    second even with poll_interval = 5 s (the polling reader waited up to max_poll_interval)."""
+    table = db.create_table("t")
+    slot = db.name("slot")
+    db.create_slot(slot)
+    live = LiveInput(PostgresCdcInputProvider, config(db, [table], poll_interval=5, max_poll_interval=10))
+    wait_until(lambda: db.slot_ready(db.name("slot_reader")), "the run to stream")
+    quiet = db.flush_lsn()
+    live.wait(lambda lv: any(parse_lsn(c["lsn"]) >= quiet for c in lv.checkpoints), "the reader to go idle")
+    delays = []
+    for i in range(5):
+        db.execute(f"INSERT INTO {table} VALUES (%s, 'x')", (i,))
+        committed = time.monotonic()
+        live.wait(lambda lv, n=i + 1: len(lv.data) == n, f"change {i + 1}")
+        delays.append(time.monotonic() - committed)
+    assert live.stop() == 0
+    assert max(delays) < 1.0, delays
+
+
+def test_heartbeats_alone_never_move_the_slot_before_the_orchestrator_commits_them(db: Db) -> None:
+    """Keepalives carry the server's position while the captured table is quiet: they make
+    checkpoints, but the task's slot stays where it was until one is committed (and then
+    goes exactly there), however many keepalives the replication connection handles."""
+    captured = db.create_table("quiet")
+    busy = db.create_table("busy")
+    slot = db.name("slot")
+    start = db.create_slot(slot)
+    live = LiveInput(PostgresCdcInputProvider, config(db, [captured]), auto_commit=False)
+    wait_until(lambda: db.slot_ready(db.name("slot_reader")), "the run to stream")
+    for round_ in range(3):
+        for i in range(50):
+            db.execute(f"INSERT INTO {busy} VALUES (%s, 'other table')", (round_ * 100 + i,))
+        after = db.flush_lsn()
+        live.wait(lambda lv, a=after: any(parse_lsn(c["lsn"]) >= a for c in lv.checkpoints), "a heartbeat")
+        assert db.slot(slot)["confirmed"] == start
+    heartbeat = live.checkpoints[-1]
+    live.commit(heartbeat)
+    wait_until(lambda: db.slot(slot)["confirmed"] == parse_lsn(heartbeat["lsn"]), "the slot at the committed heartbeat")
+    assert live.data == []
+    assert live.stop() == 0
+    assert db.slot(slot)["confirmed"] == parse_lsn(heartbeat["lsn"])
+
+
+def test_a_second_run_of_the_task_is_refused_while_the_first_streams(
+    db: Db, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The reader copy belongs to the first run's replication connection (its active_pid):
+    a second run waits for it to go, then fails with one line; the first keeps streaming."""
+    monkeypatch.setattr(provider_module, "READER_WAIT", 1.0)
+    table = db.create_table("t")
+    db.create_slot(db.name("slot"))
+    first = LiveInput(PostgresCdcInputProvider, config(db, [table]))
+    wait_until(lambda: db.slot_ready(db.name("slot_reader")), "the first run to stream")
+    second = LiveInput(PostgresCdcInputProvider, config(db, [table]))
+    assert second.wait_exit() == 1
+    assert second.data == []
+    pid = db.slot(db.name("slot_reader"))["active_pid"]
+    failures = [r.getMessage() for r in caplog.records if "running twice" in r.getMessage()]
+    assert failures == [
+        f'dstream-failure: replication slot "{db.name("slot")}" is already being read (temporary slot '
+        f'"{db.name("slot_reader")}", backend pid {pid}): is this task running twice?'
+    ]
+    db.execute(f"INSERT INTO {table} VALUES (1, 'after')")
+    first.wait(lambda lv: len(lv.data) == 1, "the first run's change")
+    assert first.stop() == 0
 
 
 def test_a_restarted_server_session_is_reconnected_without_loss_or_duplicates(db: Db) -> None:
