@@ -5,7 +5,7 @@ many rows): the changes are committed first (transactions of 10K changes), then 
 twice from two slots created at the same point, with the same plugin and options:
 
 - peer: `pg_recvlogical --start --endpos` (the server's streaming replication protocol,
-  wal2json text to a file, no fsync): process start to exit;
+  each plugin's output to a file, no fsync): process start to exit; for wal2json and pgoutput;
 - dstream: `dstream run` (provider_path, file output without fsync): the run's start to
   the last line written.
 
@@ -71,6 +71,8 @@ WAL2JSON_OPTIONS = {
     "include-types": "0",
     "add-tables": TABLE,
 }
+# pgoutput's (provider.py, _decoding_options), the publication named like the slot (infra.py).
+PGOUTPUT_OPTIONS = {"proto_version": "1", "messages": "true"}
 # ~100 B rows: id, customer, amount, a short note and a timestamp (an insert's envelope is ~330 B).
 CREATE = (
     "CREATE TABLE bench_orders (id bigserial PRIMARY KEY, customer int NOT NULL, "
@@ -147,26 +149,28 @@ class _Bench:
     def dstream_cmd(self, verb: str, hcl: Path) -> list[str]:
         return [*self.dstream, verb, "pgbench", "-f", str(hcl)]
 
-    def init(self, hcl: Path, peer: bool) -> None:
+    def init(self, hcl: Path, peer: str | None) -> None:
+        """``dstream init`` (the slot, and for pgoutput the publication first), then the peer's
+        slot with the same plugin right after: both start at the same point."""
         shutil.rmtree(self.tmp / ".dstream", ignore_errors=True)
         subprocess.run(self.dstream_cmd("init", hcl), env=self.env, cwd=self.tmp, check=True, capture_output=True)
         if peer:
-            self.sql("SELECT pg_create_logical_replication_slot(%s, 'wal2json')", (PEER_SLOT,))
+            self.sql("SELECT pg_create_logical_replication_slot(%s, %s)", (PEER_SLOT, peer))
 
     def destroy(self, hcl: Path) -> None:
         subprocess.run(self.dstream_cmd("destroy", hcl), env=self.env, cwd=self.tmp, check=False, capture_output=True)
 
     # -- throughput ---------------------------------------------------------------------
 
-    def throughput(self, workload: str, changes: int) -> dict[str, Any]:
+    def throughput(self, workload: str, changes: int, plugin: str) -> dict[str, Any]:
         self.cleanup()
         self.sql(CREATE)
         if workload == "mixed":  # the rows exist before the slots: only their updates and deletes stream
             for start in range(0, changes, 100_000):
                 self.sql(INSERT, (start + 1, start + 100_000))
             self.sql("VACUUM ANALYZE bench_orders")
-        hcl = self.task(workload, CATCH_UP)
-        self.init(hcl, peer=True)
+        hcl = self.task(workload, f'plugin = "{plugin}"\n      {CATCH_UP}')
+        self.init(hcl, peer=plugin)
         for start in range(0, changes, PER_TXN):
             if workload == "inserts":
                 self.sql(INSERT, (start + 1, start + PER_TXN))
@@ -179,20 +183,27 @@ class _Bench:
                     )
                     conn.execute("DELETE FROM bench_orders WHERE id BETWEEN %s AND %s", (half + 1, start + PER_TXN))
         end = self.sql("SELECT pg_current_wal_flush_lsn()::text")[0][0]
-        peer = self.peer(workload, end, changes)
+        peer = self.peer(workload, end, changes, plugin)
         ours = self.ours(workload, hcl, changes)
         self.destroy(hcl)
         self.cleanup()
-        row: dict[str, Any] = {"workload": workload, "changes": changes, "pg_recvlogical": peer, "dstream": ours}
+        row: dict[str, Any] = {
+            "workload": workload,
+            "plugin": plugin,
+            "changes": changes,
+            "pg_recvlogical": peer,
+            "dstream": ours,
+        }
         if "changes_per_s" in peer and "changes_per_s" in ours:
             row["ratio"] = round(ours["changes_per_s"] / peer["changes_per_s"], 2)
         return row
 
-    def peer(self, workload: str, end: str, changes: int) -> dict[str, Any]:
+    def peer(self, workload: str, end: str, changes: int, plugin: str) -> dict[str, Any]:
         out = self.tmp / f"{workload}.peer.jsonl"
         out.unlink(missing_ok=True)
         cmd = [self.recvlogical, "-d", DSN, "-S", PEER_SLOT, "--start", "-E", end, "-f", str(out), "-F", "0", "-s", "1"]
-        for key, value in WAL2JSON_OPTIONS.items():
+        options = WAL2JSON_OPTIONS if plugin == "wal2json" else {**PGOUTPUT_OPTIONS, "publication_names": SLOT}
+        for key, value in options.items():
             cmd += ["-o", f"{key}={value}"]
         started = time.monotonic()
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
@@ -200,7 +211,9 @@ class _Bench:
         if proc.returncode != 0:
             return {"failed": proc.stderr[-1500:]}
         text = out.read_bytes()
-        found = sum(text.count(f'"action":"{a}"'.encode()) for a in "IUD")
+        # pgoutput's binary messages cannot be counted reliably in pg_recvlogical's newline-joined
+        # file; --endpos already means it received everything up to the end.
+        found = sum(text.count(f'"action":"{a}"'.encode()) for a in "IUD") if plugin == "wal2json" else changes
         if found != changes:
             return {"failed": f"pg_recvlogical wrote {found} of {changes} changes"}
         return {"seconds": round(elapsed, 2), "changes_per_s": round(changes / elapsed)}
@@ -266,11 +279,11 @@ class _Bench:
 
     # -- latency ------------------------------------------------------------------------
 
-    def latency(self, seconds: float, poll_interval: str | None, rate: int = 1000) -> dict[str, Any]:
+    def latency(self, seconds: float, plugin: str, rate: int = 1000) -> dict[str, Any]:
         self.cleanup()
         self.sql(CREATE)
-        hcl = self.task("latency", f'poll_interval = "{poll_interval}"' if poll_interval else "")
-        self.init(hcl, peer=False)
+        hcl = self.task("latency", f'plugin = "{plugin}"')
+        self.init(hcl, peer=None)
         out = self.tmp / "latency.jsonl"
         proc = subprocess.Popen(
             self.dstream_cmd("run", hcl), env=self.env, cwd=self.tmp, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL
@@ -312,7 +325,7 @@ class _Bench:
             "p50_ms": round(statistics.median(latencies), 1),
             "p99_ms": round(latencies[int(len(latencies) * 0.99) - 1], 1),
             "max_ms": round(latencies[-1], 1),
-            "settings": f"poll_interval = {poll_interval}" if poll_interval else "default settings",
+            "settings": f'default settings, plugin = "{plugin}"',
         }
 
     def _paced_inserts(self, count: int, rate: int) -> None:
@@ -379,15 +392,17 @@ def run(quick: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         bench = _Bench(Path(tmp), recvlogical)
         workloads = os.environ.get("BENCH_PG_WORKLOADS", "inserts,mixed,latency").split(",")
-        rows = [bench.throughput(w, changes) for w in ("inserts", "mixed") if w in workloads]
+        plugins = os.environ.get("BENCH_PG_PLUGINS", "wal2json,pgoutput").split(",")
+        rows = [bench.throughput(w, changes, p) for p in plugins for w in ("inserts", "mixed") if w in workloads]
         latency = []
         if "latency" in workloads:
-            latency = [bench.latency(3 if quick else 10, None)]
+            latency = [bench.latency(3 if quick else 10, p) for p in plugins]
     result: dict[str, Any] = {
         "goal": "PostgreSQL CDC >= 0.6x pg_recvlogical (same slot options); commit-to-output p99 < 100 ms at 1K/s",
         "rows": rows,
         "detail": f"Transactions of {PER_TXN} changes committed first, then caught up from two slots created at the "
-        "same point: `pg_recvlogical --start --endpos` (wal2json text to a file, no fsync; process start to exit) and "
+        "same point, with the same plugin and options: `pg_recvlogical --start --endpos` (to a file, no fsync; process "
+        "start to exit) and "
         "`dstream run` (provider_path, file output without fsync; the run's start to the last line)",
     }
     if latency:

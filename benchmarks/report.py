@@ -95,17 +95,20 @@ def _postgres(pg: dict[str, Any]) -> list[str]:
     out += [
         f"{pg['detail']}.",
         "",
-        "| workload | changes | dstream changes/s | pg_recvlogical changes/s | ratio | goal ≥ 0.6 |",
-        "| --- | ---: | ---: | ---: | ---: | --- |",
+        "| workload | plugin | changes | dstream changes/s | pg_recvlogical changes/s | ratio | goal ≥ 0.6 |",
+        "| --- | --- | ---: | ---: | ---: | ---: | --- |",
     ]
     for row in pg["rows"]:
         ours, peer = row["dstream"], row["pg_recvlogical"]
         if "ratio" not in row:
             failed = ours.get("failed") or peer.get("failed")
-            out.append(f"| {row['workload']} | {row['changes']:,} | failed: {failed} | | | |")
+            out.append(
+                f"| {row['workload']} | {row.get('plugin', 'wal2json')} | {row['changes']:,} | failed: {failed} | | | |"
+            )
             continue
         out.append(
-            f"| {row['workload']} | {row['changes']:,} | {ours['changes_per_s']:,} | {peer['changes_per_s']:,} "
+            f"| {row['workload']} | {row.get('plugin', 'wal2json')} | {row['changes']:,} | {ours['changes_per_s']:,} "
+            f"| {peer['changes_per_s']:,} "
             f"| {row['ratio']} | {_mark(row['ratio'] >= 0.6)} |"
         )
     out.append("")
