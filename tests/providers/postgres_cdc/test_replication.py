@@ -21,6 +21,13 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.postgres
 
 
+@pytest.fixture
+def plugin() -> str:
+    """The reader's own behaviour, with wal2json's options (both plugins stream through it in
+    the provider's tests)."""
+    return "wal2json"
+
+
 def reader(db: Db, table: str, **options: str) -> ReplicationReader:
     target = Target("127.0.0.1:5432/test", "dstream", db.name("slot"), "TASK")
     plugin = {"format-version": "2", "include-lsn": "1", "add-tables": f"public.{table}", **options}
