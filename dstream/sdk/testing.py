@@ -19,6 +19,8 @@ from dstream import protocol
 from dstream.sdk.host import Host
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from dstream.sdk.base import Provider
 
 
@@ -81,9 +83,13 @@ def run_provider(
         # means "the orchestrator went away"), and every checkpoint is acknowledged at once,
         # as an orchestrator whose output and store never lag would.
         feed = _Feed(envelope)
-        stdout = _Acknowledging(feed)
+        stdout = _Acknowledging()
+        host = Host(cls, feed, stdout)  # type: ignore[arg-type]
+        # Straight into the provider's queue as each checkpoint is written (stdout is not
+        # buffered here): delivered at its next record or sleep, never later by a thread's whim.
+        stdout.acknowledge = host.ctx._committed.put
         try:
-            code = Host(cls, feed, stdout).run()  # type: ignore[arg-type]
+            code = host.run()
         finally:
             feed.put(b"")
     else:
@@ -129,8 +135,8 @@ def checkpoint(position: Any) -> bytes:
 
 
 class _Feed:
-    """A provider's stdin that stays open until the run ends: what :meth:`put` queues, then
-    ``b""`` (the end) once ``b""`` is put."""
+    """A provider's stdin that stays open until the run ends (its end would mean "the
+    orchestrator went away"): the command envelope, then ``b""`` once the run is over."""
 
     def __init__(self, first: bytes) -> None:
         self._queue: queue.SimpleQueue[bytes] = queue.SimpleQueue()
@@ -149,11 +155,11 @@ class _Feed:
 
 
 class _Acknowledging(io.BytesIO):
-    """Collects what a provider prints; feeds ``committed`` to its stdin for each checkpoint."""
+    """Collects what a provider prints; acknowledges each checkpoint as it is written."""
 
-    def __init__(self, commits: _Feed) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self._commits = commits
+        self.acknowledge: Callable[[Any], None] = lambda position: None
         self._partial = b""
 
     def write(self, data: Any) -> int:
@@ -168,5 +174,5 @@ class _Acknowledging(io.BytesIO):
             if not is_checkpoint and "data" in value and "checkpoint" in value:
                 is_checkpoint, position = True, value["checkpoint"]
             if is_checkpoint:
-                self._commits.put(protocol.committed(position))
+                self.acknowledge(position)
         return written
