@@ -107,7 +107,7 @@ def destroy(
 
     document = load_document(file)
     # As Terraform refreshes before it destroys: say which resources still hold data.
-    for what in checkpoints.holding_data(asyncio.run(run_verb(document, task, "status"))):
+    for what in checkpoints.holding_data([o.reply for o in asyncio.run(run_verb(document, task, "status"))]):
         log.get("lifecycle").warning("%s: destroy deletes it with its contents", what)
     if not yes:
         stages = ", ".join(f"{role} {block.source}" for role, block, _ in document.task(task).stages)

@@ -10,8 +10,8 @@ from dstream.state import open_store
 
 if TYPE_CHECKING:
     from dstream.config.models import Document
+    from dstream.protocol import LifecycleReply
     from dstream.state.base import StoredCheckpoint
-    from dstream.task.lifecycle import ProviderOutcome
 
 # Status details that count what a resource holds (queues' messages, Service Bus counts).
 _CONTENT_KEYS = ("messages", "active_messages", "dead_lettered_messages", "scheduled_messages", "blobs", "rows")
@@ -37,11 +37,11 @@ def when(checkpoint: StoredCheckpoint) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(checkpoint.updated_at))
 
 
-def holding_data(outcomes: list[ProviderOutcome]) -> list[str]:
+def holding_data(replies: list[LifecycleReply]) -> list[str]:
     """``"storage_queue orders holds 30 messages"`` for each present resource that is not empty."""
     found = []
-    for outcome in outcomes:
-        for res in outcome.reply.resources:
+    for reply in replies:
+        for res in reply.resources:
             counts = {k: v for k, v in res.details.items() if k in _CONTENT_KEYS and isinstance(v, int) and v > 0}
             if res.state != "absent" and counts:
                 held = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items())

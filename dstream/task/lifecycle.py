@@ -18,6 +18,7 @@ from dstream import log, protocol
 from dstream.errors import DStreamError, ProviderError
 from dstream.redact import Redactor
 from dstream.relay.handshake import stderr_excerpt
+from dstream.task import checkpoints
 from dstream.task.launch import LaunchOptions, new_run_id, start_and_open
 
 if TYPE_CHECKING:
@@ -102,8 +103,6 @@ async def _one(
 
 
 def _stored_checkpoint(document: Document, task_name: str) -> Any:
-    from dstream.task import checkpoints
-
     try:
         stored = checkpoints.stored(document, task_name)  # the store is closed again
     except DStreamError as exc:
